@@ -1,0 +1,50 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+  name: "swift-vfio",
+  platforms: [.macOS(.v13)],
+  products: [
+    .executable(name: "vfioctl", targets: ["vfioctl"]),
+    .library(name: "VFIOHost", targets: ["VFIOHost"]),
+    .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
+    .library(name: "VFIO", targets: ["VFIO"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+  ],
+  targets: [
+    // Kernel uAPI structures, request numbers and an errno-returning ioctl.
+    .target(name: "CVFIO"),
+    // Read-only model of the host: sysfs, PCI config space, IOMMU groups.
+    .target(
+      name: "VFIOHost",
+      dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+    // Assignability verdicts and plans computed from the host model.
+    .target(name: "VFIOPolicy", dependencies: ["VFIOHost"]),
+    // Userspace VFIO: containers, groups, devices, iommufd, DMA, regions, interrupts.
+    .target(
+      name: "VFIO",
+      dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
+    // Subcommands and pure renderers behind `vfioctl`.
+    .target(
+      name: "VFIOCommands",
+      dependencies: [
+        "VFIOHost", "VFIOPolicy",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
+    .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
+    .executableTarget(
+      name: "vfio-bench",
+      dependencies: [
+        "VFIOHost", "VFIOPolicy", "VFIOCommands",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost"], resources: []),
+    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands"]),
+    .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
+  ]
+)
