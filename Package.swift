@@ -6,6 +6,7 @@ let package = Package(
   platforms: [.macOS(.v13)],
   products: [
     .executable(name: "vfioctl", targets: ["vfioctl"]),
+    .executable(name: "vfio-edu", targets: ["vfio-edu"]),
     .library(name: "VFIOHost", targets: ["VFIOHost"]),
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
@@ -43,6 +44,10 @@ let package = Package(
         "VFIOHost", "VFIOPolicy", "VFIOCommands",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
+    // Example userspace driver for QEMU's edu device, built on the VFIO library.
+    .executableTarget(
+      name: "vfio-edu",
+      dependencies: ["VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost"], resources: []),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
