@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// Everything the host's sysfs says about PCI devices, IOMMU groups and VFIO, read once and
+/// without writing anything.
+public struct HostInventory: Sendable {
+  /// Every PCI function, in address order.
+  public let devices: [PCIDevice]
+  /// IOMMU groups in numeric order; empty when no IOMMU is enabled.
+  public let groups: [IOMMUGroup]
+  public let iommuUnits: [IOMMUUnit]
+  public let vfio: VFIOSupport
+  /// What the host uses below each function (mounts, interfaces, consoles).
+  public let hostUse: [PCIAddress: [HostUse]]
+  /// Functions sharing each Linux IRQ among those with an INTx pin.
+  public let sharedIRQs: [Int: [PCIAddress]]
+  /// The page size BAR alignment is judged by.
+  public let pageSize: UInt64
+  /// Devices that could not be read, with the reason; they are left out of `devices`.
+  public let unreadable: [(name: String, reason: String)]
+
+  private let index: [PCIAddress: Int]
+  private let groupIndex: [Int: Int]
+
+  public func device(_ address: PCIAddress) -> PCIDevice? { index[address].map { devices[$0] } }
+  public func group(_ id: Int) -> IOMMUGroup? { groupIndex[id].map { groups[$0] } }
+  public func group(of device: PCIDevice) -> IOMMUGroup? { device.iommuGroup.flatMap(group) }
+  public func uses(of address: PCIAddress) -> [HostUse] { hostUse[address] ?? [] }
+
+  /// Functions on the same bus segment behind the same bridge: what a secondary bus reset at
+  /// that bridge hits, the function itself included. Empty on a root bus, which has no bridge.
+  public func busResetScope(of device: PCIDevice) -> [PCIDevice] {
+    guard let bridge = device.upstreamBridges.first else { return [] }
+    return devices.filter { $0.upstreamBridges.contains(bridge) }
+  }
+
+  /// Whether IOMMU groups exist at all: the kernel created them because an IOMMU is on.
+  public var iommuEnabled: Bool { !groups.isEmpty }
+
+  /// Reads the host (or a captured tree) rooted at `sysfs`.
+  public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil) throws(InventoryError) -> HostInventory {
+    guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
+    let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    var devices: [PCIDevice] = []
+    var unreadable: [(String, String)] = []
+    var resetAttributeSeen = false
+    for name in sysfs.list("/sys/bus/pci/devices") {
+      do {
+        let device = try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
+        resetAttributeSeen = resetAttributeSeen || device.kernelResetMethods != nil
+        devices.append(device)
+      } catch {
+        unreadable.append((name, error.description))
+      }
+    }
+    devices.sort { $0.address < $1.address }
+    // Kernels since 5.15 hide `reset_method` on functions they cannot reset; once any
+    // function shows it, its absence elsewhere means "no method" rather than "unknown".
+    if resetAttributeSeen {
+      for i in devices.indices where devices[i].kernelResetMethods == nil { devices[i].kernelResetMethods = [] }
+    }
+    var shared: [Int: [PCIAddress]] = [:]
+    for device in devices where device.interrupt.pin != 0 {
+      if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
+    }
+    return HostInventory(
+      devices: devices, groups: readGroups(sysfs), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
+      hostUse: HostUseScanner(sysfs: sysfs).scan(), sharedIRQs: shared.filter { $0.value.count > 1 },
+      pageSize: pageSize, unreadable: unreadable)
+  }
+
+  init(
+    devices: [PCIDevice], groups: [IOMMUGroup], iommuUnits: [IOMMUUnit], vfio: VFIOSupport,
+    hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]], pageSize: UInt64,
+    unreadable: [(name: String, reason: String)]
+  ) {
+    self.devices = devices
+    self.groups = groups
+    self.iommuUnits = iommuUnits
+    self.vfio = vfio
+    self.hostUse = hostUse
+    self.sharedIRQs = sharedIRQs
+    self.pageSize = pageSize
+    self.unreadable = unreadable
+    var index: [PCIAddress: Int] = [:]
+    for (i, device) in devices.enumerated() { index[device.address] = i }
+    self.index = index
+    var groupIndex: [Int: Int] = [:]
+    for (i, group) in groups.enumerated() { groupIndex[group.id] = i }
+    self.groupIndex = groupIndex
+  }
+
+  private static func readGroups(_ sysfs: Sysfs) -> [IOMMUGroup] {
+    sysfs.list("/sys/kernel/iommu_groups").compactMap { name -> IOMMUGroup? in
+      guard let id = Int(name) else { return nil }
+      let members = sysfs.list("/sys/kernel/iommu_groups/\(name)/devices")
+      let pci = members.filter(looksLikePCIAddress).compactMap { try? PCIAddress(parsing: $0) }
+      return IOMMUGroup(
+        id: id, type: sysfs.readString("/sys/kernel/iommu_groups/\(name)/type"), devices: pci.sorted(),
+        otherMembers: members.filter { !looksLikePCIAddress($0) })
+    }.sorted { $0.id < $1.id }
+  }
+
+  private static func readIOMMUUnits(_ sysfs: Sysfs) -> [IOMMUUnit] {
+    sysfs.list("/sys/class/iommu").map { name in
+      // VT-d's ECAP bit 3 (IR): the unit can remap interrupts.
+      let ecap = sysfs.readString("/sys/class/iommu/\(name)/intel-iommu/ecap").flatMap { UInt64($0, radix: 16) }
+      return IOMMUUnit(name: name, interruptRemappingSupported: ecap.map { $0 & 0x8 != 0 })
+    }
+  }
+
+  private static func readVFIOSupport(_ sysfs: Sysfs) -> VFIOSupport {
+    VFIOSupport(
+      modules: VFIOSupport.relevantModules.filter { sysfs.isDirectory("/sys/module/\($0)") },
+      vfioPCIDriver: sysfs.isDirectory("/sys/bus/pci/drivers/vfio-pci"),
+      containerNode: sysfs.exists("/dev/vfio/vfio"),
+      groupNodes: sysfs.list("/dev/vfio").compactMap { Int($0) }.sorted(),
+      iommufdNode: sysfs.exists("/dev/iommu"),
+      deviceNodes: sysfs.list("/dev/vfio/devices"))
+  }
+}
+
+/// Why the host could not be read at all.
+public enum InventoryError: Error, Equatable, CustomStringConvertible {
+  case noPCIBus(String)
+
+  public var description: String {
+    switch self {
+    case .noPCIBus(let path):
+      return "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
+    }
+  }
+}

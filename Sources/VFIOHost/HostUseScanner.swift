@@ -1,0 +1,200 @@
+/// Finds what the host is using below each PCI function: disks and their mounts, swap and
+/// holders, network interfaces, consoles. Reads only class directories and procfs, never the
+/// devices themselves.
+struct HostUseScanner {
+  let sysfs: Sysfs
+
+  func scan() -> [PCIAddress: [HostUse]] {
+    var uses: [PCIAddress: [HostUse]] = [:]
+    let mounts = MountTable(sysfs: sysfs)
+    for (address, use) in blockUses(mounts: mounts) + networkUses() + displayUses() {
+      uses[address, default: []].append(use)
+    }
+    return uses
+  }
+
+  // MARK: Block devices
+
+  private func blockUses(mounts: MountTable) -> [(PCIAddress, HostUse)] {
+    var result: [(PCIAddress, HostUse)] = []
+    for disk in sysfs.list("/sys/block") {
+      guard let target = sysfs.readLink("/sys/block/\(disk)"),
+        let owner = owningFunction(resolve(link: target, in: "/sys/block"))
+      else { continue }
+      let diskPath = "/sys/block/\(disk)"
+      let partitions = sysfs.list(diskPath).filter { $0.hasPrefix(disk) && sysfs.exists("\(diskPath)/\($0)/partition") }
+      var found: [HostUse] = []
+      for (name, path) in [(disk, diskPath)] + partitions.map({ ($0, "\(diskPath)/\($0)") }) {
+        found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0)
+      }
+      if found.isEmpty {
+        found.append(HostUse(kind: .disk, subject: disk, detail: "is a disk the host sees (not mounted, not swap)", active: false))
+      }
+      result += found.map { (owner, $0) }
+    }
+    return result
+  }
+
+  private func uses(ofBlock name: String, at path: String, mounts: MountTable, depth: Int) -> [HostUse] {
+    var found: [HostUse] = []
+    if let dev = sysfs.readString("\(path)/dev") {
+      for point in mounts.mountPoints(device: dev, name: name) {
+        found.append(HostUse(kind: .mount, subject: name, detail: "is mounted at \(point)", active: true))
+      }
+    }
+    if mounts.swaps.contains(name) {
+      found.append(HostUse(kind: .swap, subject: name, detail: "is in use as swap", active: true))
+    }
+    // Holders (device mapper, md) stack further block devices on top; follow a few levels.
+    guard depth < 4 else { return found }
+    for holder in sysfs.list("\(path)/holders") {
+      let holderPath = "/sys/block/\(holder)"
+      let label = sysfs.readString("\(holderPath)/dm/name").map { "\(holder) (\($0))" } ?? holder
+      let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1)
+      let detail = above.isEmpty ? "is held by \(label)" : "is held by \(label), which " + above.map(\.detail).joined(separator: ", ")
+      found.append(HostUse(kind: .holder, subject: name, detail: detail, active: true))
+    }
+    return found
+  }
+
+  // MARK: Network
+
+  private func networkUses() -> [(PCIAddress, HostUse)] {
+    let routed = Set(
+      (sysfs.readString("/proc/net/route") ?? "").split(separator: "\n").dropFirst()
+        .compactMap { $0.split(separator: "\t").first.map(String.init) })
+    var addresses: [String: [String]] = [:]
+    // /proc/net/if_inet6: address, ifindex, prefix length, scope, flags, name; scope 0x20 is link-local.
+    for line in (sysfs.readString("/proc/net/if_inet6") ?? "").split(separator: "\n") {
+      let f = line.split(separator: " ", omittingEmptySubsequences: true)
+      guard f.count >= 6, f[3] != "20", f[0].count == 32 else { continue }
+      addresses[String(f[5]), default: []].append(ipv6(String(f[0])) + "/" + String(Int(f[2], radix: 16) ?? 0))
+    }
+    var result: [(PCIAddress, HostUse)] = []
+    for interface in sysfs.list("/sys/class/net") {
+      guard let target = sysfs.readLink("/sys/class/net/\(interface)"),
+        let owner = owningFunction(resolve(link: target, in: "/sys/class/net"))
+      else { continue }
+      let flags = sysfs.readInteger("/sys/class/net/\(interface)/flags") ?? 0
+      let state = sysfs.readString("/sys/class/net/\(interface)/operstate") ?? "unknown"
+      let up = flags & 1 != 0  // IFF_UP
+      let hasRoutes = routed.contains(interface)
+      let v6 = addresses[interface] ?? []
+      var facts = [up ? "up (\(state))" : "down"]
+      if hasRoutes { facts.append("has IPv4 routes") }
+      if !v6.isEmpty { facts.append("has addresses " + v6.joined(separator: ", ")) }
+      result.append(
+        (owner, HostUse(kind: .interface, subject: interface, detail: "is " + facts.joined(separator: ", "),
+          active: up && (hasRoutes || !v6.isEmpty))))
+    }
+    return result
+  }
+
+  // MARK: Display
+
+  private func displayUses() -> [(PCIAddress, HostUse)] {
+    // fbcon binds to every framebuffer once any vtconsole of its kind is bound.
+    let fbconBound = sysfs.list("/sys/class/vtconsole").contains { con in
+      (sysfs.readString("/sys/class/vtconsole/\(con)/name") ?? "").contains("frame buffer")
+        && sysfs.readString("/sys/class/vtconsole/\(con)/bind") == "1"
+    }
+    var result: [(PCIAddress, HostUse)] = []
+    for (classDir, prefix) in [("/sys/class/graphics", "fb"), ("/sys/class/drm", "card")] {
+      for name in sysfs.list(classDir) where name.hasPrefix(prefix) && !name.contains("-") {
+        guard let target = sysfs.readLink("\(classDir)/\(name)/device"),
+          let owner = owningFunction(resolve(link: target, in: "\(classDir)/\(name)"))
+            ?? owningFunction(resolve(link: sysfs.readLink("\(classDir)/\(name)") ?? "", in: classDir))
+        else { continue }
+        if prefix == "fb" && fbconBound {
+          result.append((owner, HostUse(kind: .console, subject: name, detail: "carries the host's text console (fbcon)", active: true)))
+        } else {
+          result.append((owner, HostUse(kind: .display, subject: name, detail: "is a display device of the host", active: false)))
+        }
+      }
+    }
+    return result
+  }
+}
+
+/// The PCI function a sysfs path belongs to: its deepest `dddd:bb:dd.f` component.
+func owningFunction(_ path: String) -> PCIAddress? {
+  for component in path.split(separator: "/").reversed() where looksLikePCIAddress(component) {
+    if let address = try? PCIAddress(parsing: String(component)) { return address }
+  }
+  return nil
+}
+
+/// A cheap shape test (`0000:00:1f.2`) before the full parse.
+func looksLikePCIAddress<S: StringProtocol>(_ text: S) -> Bool {
+  let utf8 = text.utf8
+  guard utf8.count == 12 else { return false }
+  let bytes = Array(utf8)
+  return bytes[4] == UInt8(ascii: ":") && bytes[7] == UInt8(ascii: ":") && bytes[10] == UInt8(ascii: ".")
+}
+
+private func ipv6(_ hex32: String) -> String {
+  let chars = Array(hex32)
+  var groups: [String] = []
+  for i in stride(from: 0, to: 32, by: 4) {
+    let group = String(chars[i..<i + 4]).drop(while: { $0 == "0" })
+    groups.append(group.isEmpty ? "0" : String(group))
+  }
+  return groups.joined(separator: ":")
+}
+
+/// Mounts by device number (from mountinfo, which also covers `/dev/root`) and active swap.
+struct MountTable {
+  var byDevice: [String: [String]] = [:]
+  var byName: [String: [String]] = [:]
+  var swaps: Set<String> = []
+
+  init(sysfs: Sysfs) {
+    // mountinfo: id parent major:minor root mountpoint options... - fstype source superoptions
+    if let text = sysfs.readString("/proc/self/mountinfo") {
+      for line in text.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        guard f.count > 4 else { continue }
+        byDevice[String(f[2]), default: []].append(unescapeMountPath(String(f[4])))
+        if let dash = f.firstIndex(of: "-"), dash + 2 < f.count {
+          byName[lastComponent(String(f[dash + 2])), default: []].append(unescapeMountPath(String(f[4])))
+        }
+      }
+    } else if let text = sysfs.readString("/proc/mounts") {
+      for line in text.split(separator: "\n") {
+        let f = line.split(separator: " ")
+        guard f.count > 2, f[0].hasPrefix("/dev/") else { continue }
+        byName[lastComponent(String(f[0])), default: []].append(unescapeMountPath(String(f[1])))
+      }
+    }
+    for line in (sysfs.readString("/proc/swaps") ?? "").split(separator: "\n").dropFirst() {
+      if let first = line.split(separator: " ").first, first.hasPrefix("/dev/") { swaps.insert(lastComponent(String(first))) }
+    }
+  }
+
+  func mountPoints(device: String, name: String) -> [String] {
+    let points = (byDevice[device] ?? []) + (byName[name] ?? [])
+    var unique: [String] = []
+    for point in points where !unique.contains(point) { unique.append(point) }
+    return unique
+  }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+private func unescapeMountPath(_ text: String) -> String {
+  guard text.contains("\\") else { return text }
+  var out: [UInt8] = []
+  let bytes = Array(text.utf8)
+  var i = 0
+  while i < bytes.count {
+    if bytes[i] == UInt8(ascii: "\\"), i + 3 < bytes.count,
+      let value = UInt8(String(decoding: bytes[i + 1...i + 3], as: UTF8.self), radix: 8)
+    {
+      out.append(value)
+      i += 4
+    } else {
+      out.append(bytes[i])
+      i += 1
+    }
+  }
+  return String(decoding: out, as: UTF8.self)
+}

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
+/// The host's file system seen from a root directory: `/` on a live host, or a captured tree.
+///
+/// Every path the model reads is built here, so a test or a replayed bug report only has to
+/// pass another root. Reads go straight to open/read/readlink: inventory walks thousands of
+/// tiny sysfs attributes and Foundation's file APIs cost several times more per file.
+public struct Sysfs: Sendable {
+  /// The directory standing in for `/`, without a trailing slash (`""` for the live host).
+  public let root: String
+
+  /// When set, every path read is noted, so `capture` copies exactly what the model reads.
+  public let recorder: AccessRecorder?
+
+  public init(root: String = "/", recorder: AccessRecorder? = nil) {
+    var trimmed = root
+    while trimmed.hasSuffix("/") { trimmed.removeLast() }
+    self.root = trimmed
+    self.recorder = recorder
+  }
+
+  /// True when this reads the live host rather than a captured tree.
+  public var isLiveHost: Bool { root.isEmpty }
+
+  /// The real path of a host path such as `/sys/bus/pci/devices`.
+  public func path(_ hostPath: String) -> String { root + hostPath }
+
+  /// The bytes of a file, at most `limit` of them; nil when it cannot be opened or read.
+  public func readBytes(_ hostPath: String, limit: Int = 65536) -> [UInt8]? {
+    recorder?.note(.file, hostPath)
+    let fd = open(path(hostPath), O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
+      var result: [UInt8] = []
+      while result.count < limit {
+        let got = read(fd, buffer.baseAddress, min(buffer.count, limit - result.count))
+        if got < 0 {
+          if errno == EINTR { continue }
+          // An attribute whose read fails (EIO on some config spaces, EINVAL on write-only
+          // attributes) is as good as absent for a reader.
+          return result.isEmpty ? nil : result
+        }
+        if got == 0 { break }
+        result.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[0..<got]))
+      }
+      return result
+    }
+  }
+
+  /// A text attribute with surrounding white space removed; nil when absent.
+  public func readString(_ hostPath: String) -> String? {
+    guard let bytes = readBytes(hostPath, limit: 1 << 20) else { return nil }
+    var end = bytes.count
+    while end > 0, isSpace(bytes[end - 1]) { end -= 1 }
+    var start = 0
+    while start < end, isSpace(bytes[start]) { start += 1 }
+    return String(decoding: bytes[start..<end], as: UTF8.self)
+  }
+
+  /// A decimal or `0x` hexadecimal attribute.
+  public func readInteger(_ hostPath: String) -> Int? {
+    guard let text = readString(hostPath) else { return nil }
+    return parseInteger(text)
+  }
+
+  /// The target of a symbolic link, as stored (usually relative); nil when not a link.
+  public func readLink(_ hostPath: String) -> String? {
+    recorder?.note(.link, hostPath)
+    var buffer = [CChar](repeating: 0, count: 4096)
+    let count = readlink(path(hostPath), &buffer, buffer.count - 1)
+    guard count >= 0 else { return nil }
+    return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+  }
+
+  /// The last component of a link's target: the driver name of `driver`, the group of
+  /// `iommu_group`.
+  public func linkName(_ hostPath: String) -> String? {
+    guard let target = readLink(hostPath) else { return nil }
+    return lastComponent(target)
+  }
+
+  /// Names in a directory, without `.` and `..`, sorted; empty when absent.
+  public func list(_ hostPath: String) -> [String] {
+    recorder?.note(.directory, hostPath)
+    guard let dir = opendir(path(hostPath)) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+      }
+      if name != "." && name != ".." { names.append(name) }
+    }
+    return names.sorted()
+  }
+
+  public func exists(_ hostPath: String) -> Bool {
+    recorder?.note(.presence, hostPath)
+    return access(path(hostPath), F_OK) == 0
+  }
+
+  public func isDirectory(_ hostPath: String) -> Bool {
+    recorder?.note(.presence, hostPath)
+    var info = stat()
+    return stat(path(hostPath), &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+  }
+}
+
+/// Resolves a relative link target against the directory holding the link, collapsing `..`.
+public func resolve(link target: String, in directory: String) -> String {
+  var parts = target.hasPrefix("/") ? [] : directory.split(separator: "/").map(String.init)
+  for part in target.split(separator: "/") {
+    switch part {
+    case ".": continue
+    case "..": if !parts.isEmpty { parts.removeLast() }
+    default: parts.append(String(part))
+    }
+  }
+  return "/" + parts.joined(separator: "/")
+}
+
+func lastComponent(_ path: String) -> String {
+  guard let slash = path.lastIndex(of: "/") else { return path }
+  return String(path[path.index(after: slash)...])
+}
+
+func parseInteger(_ text: String) -> Int? {
+  let trimmed = text.trimmingSpaces
+  if trimmed.hasPrefix("0x") || trimmed.hasPrefix("0X") {
+    return Int(trimmed.dropFirst(2), radix: 16)
+  }
+  return Int(trimmed)
+}
+
+private func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x0A || byte == 0x09 || byte == 0x0D }
+
+extension StringProtocol {
+  var trimmingSpaces: String {
+    var start = startIndex
+    var end = endIndex
+    while start < end, self[start].isWhitespace { start = index(after: start) }
+    while end > start, self[index(before: end)].isWhitespace { end = index(before: end) }
+    return String(self[start..<end])
+  }
+}
