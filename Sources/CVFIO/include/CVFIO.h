@@ -1,16 +1,172 @@
-// C shim for swift-vfio: the kernel's VFIO uAPI structures and request numbers, and an
-// ioctl that Swift can call (the libc one is variadic). Every symbol is prefixed `cvfio_`.
+// C shim for swift-vfio: the kernel's VFIO and iommufd uAPI structures and request numbers,
+// and an ioctl that Swift can call (the libc one is variadic). Every symbol is prefixed `cvfio_`.
+//
+// linux/vfio.h comes from the build host (Debian 12: linux-libc-dev 6.1). What 6.1 lacks —
+// linux/iommufd.h and the device-cdev ioctls added in 6.6 — is written out below from the
+// kernel's documented ABI (include/uapi/linux/iommufd.h, include/uapi/linux/vfio.h). Sizes are
+// pinned with _Static_assert here and again in Tests/VFIOTests so header drift fails the build.
 #ifndef CVFIO_H
 #define CVFIO_H
 
 #include <stdint.h>
+#include <linux/types.h>
 #include <linux/vfio.h>
 
 /// ioctl(2) returning 0 (or the positive result) on success and -errno on failure.
 int cvfio_ioctl(int fd, unsigned long request, void *arg);
 
-/// ioctl(2) with an integer argument (VFIO_GROUP_SET_CONTAINER takes a pointer, but
-/// VFIO_SET_IOMMU and VFIO_CHECK_EXTENSION take the value itself).
+/// ioctl(2) with an integer argument (VFIO_SET_IOMMU and VFIO_CHECK_EXTENSION take the value).
 int cvfio_ioctl_int(int fd, unsigned long request, unsigned long value);
+
+/// eventfd(2) with EFD_CLOEXEC added; the descriptor or -errno. (Glibc's module map lacks it.)
+int cvfio_eventfd(unsigned int initval, int flags);
+
+/// Non-blocking flag for cvfio_eventfd.
+extern const int cvfio_EFD_NONBLOCK;
+
+/// The soft RLIMIT_MEMLOCK in bytes; UINT64_MAX when unlimited or unknown.
+uint64_t cvfio_memlock_limit(void);
+
+/// epoll_create1(EPOLL_CLOEXEC); the descriptor or -errno.
+int cvfio_epoll_create(void);
+
+/// Adds `fd` for level-triggered readability with `token` as its user data; 0 or -errno.
+int cvfio_epoll_add(int epfd, int fd, uint64_t token);
+
+/// Removes `fd`; 0 or -errno.
+int cvfio_epoll_del(int epfd, int fd);
+
+/// epoll_wait(2) storing each ready descriptor's token in `tokens`; the count or -errno.
+int cvfio_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout_ms);
+
+// MARK: iommufd (include/uapi/linux/iommufd.h, stable since 6.2)
+
+struct cvfio_iommu_destroy {
+  __u32 size;
+  __u32 id;
+};
+
+struct cvfio_iommu_ioas_alloc {
+  __u32 size;
+  __u32 flags;
+  __u32 out_ioas_id;
+};
+
+struct cvfio_iommu_iova_range {
+  __aligned_u64 start;
+  __aligned_u64 last;  // inclusive
+};
+
+struct cvfio_iommu_ioas_iova_ranges {
+  __u32 size;
+  __u32 ioas_id;
+  __u32 num_iovas;
+  __u32 reserved;
+  __aligned_u64 allowed_iovas;  // user pointer to struct cvfio_iommu_iova_range[]
+  __aligned_u64 out_iova_alignment;
+};
+
+enum {
+  CVFIO_IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0,
+  CVFIO_IOMMU_IOAS_MAP_WRITEABLE = 1 << 1,
+  CVFIO_IOMMU_IOAS_MAP_READABLE = 1 << 2,
+};
+
+struct cvfio_iommu_ioas_map {
+  __u32 size;
+  __u32 flags;
+  __u32 ioas_id;
+  __u32 reserved;
+  __aligned_u64 user_va;
+  __aligned_u64 length;
+  __aligned_u64 iova;
+};
+
+struct cvfio_iommu_ioas_unmap {
+  __u32 size;
+  __u32 ioas_id;
+  __aligned_u64 iova;
+  __aligned_u64 length;
+};
+
+enum {
+  CVFIO_IOMMU_OPTION_RLIMIT_MODE = 0,
+  CVFIO_IOMMU_OPTION_HUGE_PAGES = 1,
+  CVFIO_IOMMU_OPTION_OP_SET = 0,
+  CVFIO_IOMMU_OPTION_OP_GET = 1,
+};
+
+struct cvfio_iommu_option {
+  __u32 size;
+  __u32 option_id;
+  __u16 op;
+  __u16 reserved;
+  __u32 object_id;
+  __aligned_u64 val64;
+};
+
+// MARK: VFIO device cdev (include/uapi/linux/vfio.h, 6.6+)
+
+struct cvfio_device_bind_iommufd {
+  __u32 argsz;
+  __u32 flags;
+  __s32 iommufd;
+  __u32 out_devid;
+};
+
+struct cvfio_device_attach_iommufd_pt {
+  __u32 argsz;
+  __u32 flags;
+  __u32 pt_id;
+};
+
+struct cvfio_device_detach_iommufd_pt {
+  __u32 argsz;
+  __u32 flags;
+};
+
+/// VFIO_DEVICE_GET_PCI_HOT_RESET_INFO flags added with the cdev interface (6.6).
+enum {
+  CVFIO_PCI_HOT_RESET_FLAG_DEV_ID = 1 << 0,
+  CVFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED = 1 << 1,
+};
+
+// MARK: Request numbers. _IO() is a macro Swift cannot import, so each is exported as a constant.
+
+extern const unsigned long cvfio_VFIO_GET_API_VERSION;
+extern const unsigned long cvfio_VFIO_CHECK_EXTENSION;
+extern const unsigned long cvfio_VFIO_SET_IOMMU;
+extern const unsigned long cvfio_VFIO_GROUP_GET_STATUS;
+extern const unsigned long cvfio_VFIO_GROUP_SET_CONTAINER;
+extern const unsigned long cvfio_VFIO_GROUP_UNSET_CONTAINER;
+extern const unsigned long cvfio_VFIO_GROUP_GET_DEVICE_FD;
+extern const unsigned long cvfio_VFIO_DEVICE_GET_INFO;
+extern const unsigned long cvfio_VFIO_DEVICE_GET_REGION_INFO;
+extern const unsigned long cvfio_VFIO_DEVICE_GET_IRQ_INFO;
+extern const unsigned long cvfio_VFIO_DEVICE_SET_IRQS;
+extern const unsigned long cvfio_VFIO_DEVICE_RESET;
+extern const unsigned long cvfio_VFIO_DEVICE_GET_PCI_HOT_RESET_INFO;
+extern const unsigned long cvfio_VFIO_DEVICE_PCI_HOT_RESET;
+extern const unsigned long cvfio_VFIO_DEVICE_FEATURE;
+extern const unsigned long cvfio_VFIO_DEVICE_BIND_IOMMUFD;
+extern const unsigned long cvfio_VFIO_DEVICE_ATTACH_IOMMUFD_PT;
+extern const unsigned long cvfio_VFIO_DEVICE_DETACH_IOMMUFD_PT;
+extern const unsigned long cvfio_VFIO_IOMMU_GET_INFO;
+extern const unsigned long cvfio_VFIO_IOMMU_MAP_DMA;
+extern const unsigned long cvfio_VFIO_IOMMU_UNMAP_DMA;
+extern const unsigned long cvfio_VFIO_IOMMU_ENABLE;
+extern const unsigned long cvfio_VFIO_IOMMU_DISABLE;
+extern const unsigned long cvfio_VFIO_IOMMU_SPAPR_TCE_GET_INFO;
+extern const unsigned long cvfio_VFIO_IOMMU_SPAPR_REGISTER_MEMORY;
+extern const unsigned long cvfio_VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY;
+extern const unsigned long cvfio_VFIO_IOMMU_SPAPR_TCE_CREATE;
+extern const unsigned long cvfio_VFIO_IOMMU_SPAPR_TCE_REMOVE;
+extern const unsigned long cvfio_VFIO_EEH_PE_OP;
+extern const unsigned long cvfio_IOMMU_DESTROY;
+extern const unsigned long cvfio_IOMMU_IOAS_ALLOC;
+extern const unsigned long cvfio_IOMMU_IOAS_IOVA_RANGES;
+extern const unsigned long cvfio_IOMMU_IOAS_MAP;
+extern const unsigned long cvfio_IOMMU_IOAS_UNMAP;
+extern const unsigned long cvfio_IOMMU_OPTION;
 
 #endif

@@ -1,0 +1,309 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+import SystemPackage
+
+/// The rules an IOMMU address space imposes on mappings.
+public struct IOVALayout: Sendable, Equatable {
+  /// Ranges a mapping may use.
+  public var ranges: [IOVARange]
+  /// Bitmap of supported page sizes; the lowest set bit is the required alignment.
+  public var pageSizes: UInt64
+  /// How many more mappings the kernel accepts (type1's DMA_AVAIL), when it says.
+  public var dmaAvailable: UInt32?
+
+  public init(ranges: [IOVARange], pageSizes: UInt64, dmaAvailable: UInt32? = nil) {
+    self.ranges = ranges
+    self.pageSizes = pageSizes
+    self.dmaAvailable = dmaAvailable
+  }
+
+  /// The smallest page size the IOMMU maps, which every IOVA and length must be a multiple of.
+  public var minimumPageSize: UInt64 {
+    pageSizes == 0 ? UInt64(systemPageSize) : pageSizes & (~pageSizes &+ 1)
+  }
+}
+
+/// Whether the device may read and/or write a mapping.
+public struct DMAAccess: OptionSet, Sendable, Hashable {
+  public let rawValue: UInt32
+  public init(rawValue: UInt32) { self.rawValue = rawValue }
+  /// The device reads the memory (RAM → device).
+  public static let read = DMAAccess(rawValue: 1)
+  /// The device writes the memory (device → RAM).
+  public static let write = DMAAccess(rawValue: 2)
+  public static let readWrite: DMAAccess = [.read, .write]
+}
+
+/// One IOVA → process-memory translation.
+public struct DMAMapping: Sendable, Hashable, CustomStringConvertible {
+  public var vaddr: UInt64
+  public var iova: UInt64
+  public var length: UInt64
+  public var access: DMAAccess
+
+  public init(vaddr: UInt64, iova: UInt64, length: UInt64, access: DMAAccess = .readWrite) {
+    self.vaddr = vaddr
+    self.iova = iova
+    self.length = length
+    self.access = access
+  }
+
+  public var description: String {
+    "iova 0x\(String(iova, radix: 16)) -> va 0x\(String(vaddr, radix: 16)) (0x\(String(length, radix: 16)) bytes)"
+  }
+
+  /// Merges mappings that are contiguous in both IOVA and process memory with the same access,
+  /// so the kernel sees one call per contiguous range (per-call cost dominates small mappings).
+  public static func coalesce(_ mappings: [DMAMapping]) -> [DMAMapping] {
+    var result: [DMAMapping] = []
+    for m in mappings.sorted(by: { $0.iova < $1.iova }) {
+      if var last = result.last, last.access == m.access,
+        last.iova &+ last.length == m.iova, last.vaddr &+ last.length == m.vaddr,
+        last.iova <= m.iova
+      {
+        last.length += m.length
+        result[result.count - 1] = last
+      } else {
+        result.append(m)
+      }
+    }
+    return result
+  }
+}
+
+/// An IOMMU address space that can map process memory: a type1 `Container` or an iommufd `IOAS`.
+public protocol DMAMapper: AnyObject, Sendable {
+  /// The ranges, page sizes and mapping budget the kernel reports now.
+  func iovaLayout() throws(VFIOError) -> IOVALayout
+  /// VFIO_IOMMU_MAP_DMA or IOMMU_IOAS_MAP at a fixed IOVA.
+  func map(_ mapping: DMAMapping) throws(VFIOError)
+  /// VFIO_IOMMU_UNMAP_DMA or IOMMU_IOAS_UNMAP of exactly that range.
+  func unmap(_ mapping: DMAMapping) throws(VFIOError)
+}
+
+/// Failure of a map call, with the limit it hit named.
+func mapFailure(
+  _ errno: Errno, request: IoctlRequest, path: String, mapping: DMAMapping, kernel: any KernelInterface
+) -> VFIOError {
+  switch errno {
+  case .noMemory:
+    let limit = kernel.memlockLimit().map { "\($0 / 1024) KiB" } ?? "unlimited"
+    return VFIOError(
+      .memlockLimit, errno: errno, operation: request.name, path: path,
+      message: "pinning \(mapping.length) bytes exceeds the locked-memory limit (RLIMIT_MEMLOCK soft limit \(limit))",
+      hint: "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd LimitMEMLOCK=, or CAP_IPC_LOCK) to cover all mapped memory")
+  case .noSpace:
+    let limit =
+      kernel.readFile("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit")?
+      .trimmingWhitespace() ?? "65535"
+    return VFIOError(
+      .dmaEntryLimit, errno: errno, operation: request.name, path: path,
+      message: "the container holds the maximum number of DMA mappings (dma_entry_limit \(limit))",
+      hint: "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit module parameter")
+  case .fileExists, .addressInUse:
+    return VFIOError(
+      .overlap, errno: errno, operation: request.name, path: path,
+      message: "\(mapping) overlaps an existing mapping",
+      hint: "unmap the existing range first or choose another IOVA")
+  case .invalidArgument:
+    return VFIOError(
+      .syscall, errno: errno, operation: request.name, path: path,
+      message: "the kernel rejected \(mapping)",
+      hint: "check alignment to the IOMMU page size, that the IOVA is inside the reported ranges, and that the memory is mapped read/write")
+  case .badAddress:
+    return VFIOError(
+      .syscall, errno: errno, operation: request.name, path: path,
+      message: "the process memory of \(mapping) is not mapped",
+      hint: "map memory from a live DMABuffer")
+  default:
+    return .syscall(errno, operation: request.name, path: path, message: "mapping \(mapping) failed")
+  }
+}
+
+extension String {
+  func trimmingWhitespace() -> String {
+    var s = Substring(self)
+    while let c = s.first, c.isWhitespace { s.removeFirst() }
+    while let c = s.last, c.isWhitespace { s.removeLast() }
+    return String(s)
+  }
+}
+
+let systemPageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+/// Page-aligned anonymous memory owned by this object, for a device to DMA into or out of.
+public final class DMABuffer: @unchecked Sendable {
+  /// How the buffer's pages are backed.
+  public enum Backing: Sendable {
+    /// Base pages.
+    case normal
+    /// Base pages with MADV_HUGEPAGE on a 2 MiB-aligned range, so the kernel may use THP.
+    case transparentHugePages
+    /// MAP_HUGETLB from the hugetlbfs pool (vm.nr_hugepages must be set).
+    case hugeTLB
+  }
+
+  static let hugePageSize = 2 << 20
+
+  public let address: UnsafeMutableRawPointer
+  public let length: Int
+  public let backing: Backing
+  let kernel: any KernelInterface
+  // What was mmap'd, which for THP is larger than `length` to allow aligning.
+  let mappedBase: UnsafeMutableRawPointer
+  let mappedLength: Int
+
+  /// Allocates at least `length` bytes, rounded up to the page size of `backing`.
+  public init(length: Int, backing: Backing = .normal, kernel: any KernelInterface = LinuxKernel())
+    throws(VFIOError)
+  {
+    guard length > 0 else {
+      throw VFIOError(.invalidArgument, operation: "mmap", message: "a DMA buffer needs a length > 0")
+    }
+    let unit = backing == .normal ? systemPageSize : Self.hugePageSize
+    let rounded = (length + unit - 1) / unit * unit
+    var flags = MAP_PRIVATE | MAP_ANONYMOUS
+    var request = rounded
+    switch backing {
+    case .normal: break
+    case .hugeTLB: flags |= MAP_HUGETLB
+    case .transparentHugePages: request = rounded + Self.hugePageSize
+    }
+    let base: UnsafeMutableRawPointer
+    switch kernel.mmap(length: request, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0) {
+    case .success(let p): base = p
+    case .failure(let errno):
+      throw VFIOError(
+        errno == .noMemory && backing == .hugeTLB ? .unsupported : .syscall, errno: errno,
+        operation: "mmap", message: "cannot allocate \(rounded) bytes of DMA memory",
+        hint: backing == .hugeTLB ? "reserve huge pages (`echo N > /proc/sys/vm/nr_hugepages`) or use .transparentHugePages" : nil)
+    }
+    var start = base
+    if backing == .transparentHugePages {
+      let misalignment = Int(bitPattern: base) % Self.hugePageSize
+      if misalignment != 0 { start = base + (Self.hugePageSize - misalignment) }
+      // Advisory: without THP the buffer still works, with base pages.
+      _ = kernel.madvise(start, length: rounded, advice: MADV_HUGEPAGE)
+    }
+    self.address = start
+    self.length = rounded
+    self.backing = backing
+    self.kernel = kernel
+    self.mappedBase = base
+    self.mappedLength = request
+  }
+
+  deinit { kernel.munmap(mappedBase, length: mappedLength) }
+
+  public var bytes: UnsafeMutableRawBufferPointer {
+    UnsafeMutableRawBufferPointer(start: address, count: length)
+  }
+
+  /// The buffer's address as the kernel's `vaddr`/`user_va` fields want it.
+  public var vaddr: UInt64 { UInt64(UInt(bitPattern: address)) }
+}
+
+/// An IOMMU address space with its IOVA bookkeeping: picks IOVAs inside the kernel's ranges,
+/// rejects overlaps and misalignment before the kernel does, and names the limit hit.
+public final class DMASpace: @unchecked Sendable {
+  public let mapper: any DMAMapper
+  public private(set) var layout: IOVALayout
+  public private(set) var allocator: IOVAAllocator
+  public private(set) var mappings: [DMAMapping] = []
+  // Mappings made since `layout` was read, which DMA_AVAIL did not count yet.
+  var mappedSinceLayout = 0
+
+  public init(_ mapper: any DMAMapper) throws(VFIOError) {
+    self.mapper = mapper
+    let layout = try mapper.iovaLayout()
+    self.layout = layout
+    self.allocator = IOVAAllocator(ranges: layout.ranges, alignment: layout.minimumPageSize)
+  }
+
+  /// Maps `length` bytes of process memory at `vaddr`; at `iova` if given, else at a free IOVA
+  /// (below `limit` if given).
+  @discardableResult
+  public func map(
+    vaddr: UInt64, length: UInt64, at iova: UInt64? = nil, below limit: UInt64? = nil,
+    access: DMAAccess = .readWrite
+  ) throws(VFIOError) -> DMAMapping {
+    let align = layout.minimumPageSize
+    guard vaddr % align == 0 else {
+      throw VFIOError(
+        .misaligned, operation: "map DMA",
+        message: "process address 0x\(String(vaddr, radix: 16)) is not aligned to the IOMMU page size 0x\(String(align, radix: 16))",
+        hint: "map memory from a DMABuffer, which is page-aligned")
+    }
+    if let available = layout.dmaAvailable, mappedSinceLayout >= Int(available) {
+      throw VFIOError(
+        .dmaEntryLimit, operation: "map DMA",
+        message: "the container accepts \(available) more mappings (DMA_AVAIL) and all are used",
+        hint: "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit")
+    }
+    let chosen: UInt64
+    if let iova {
+      if let limit, iova >= limit || limit - iova < length {
+        throw VFIOError(
+          .outsideIOVARanges, operation: "map DMA",
+          message: "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not below the device's limit 0x\(String(limit, radix: 16))")
+      }
+      try allocator.reserve(iova, length: length)
+      chosen = iova
+    } else {
+      chosen = try allocator.allocate(length: length, below: limit)
+    }
+    let mapping = DMAMapping(vaddr: vaddr, iova: chosen, length: length, access: access)
+    do {
+      try mapper.map(mapping)
+    } catch {
+      try? allocator.release(chosen, length: length)
+      throw error
+    }
+    mappings.append(mapping)
+    mappedSinceLayout += 1
+    return mapping
+  }
+
+  /// Maps a whole `DMABuffer`.
+  @discardableResult
+  public func map(
+    _ buffer: DMABuffer, at iova: UInt64? = nil, below limit: UInt64? = nil,
+    access: DMAAccess = .readWrite
+  ) throws(VFIOError) -> DMAMapping {
+    try map(vaddr: buffer.vaddr, length: UInt64(buffer.length), at: iova, below: limit, access: access)
+  }
+
+  /// Maps many fixed-IOVA segments with one kernel call per contiguous run.
+  @discardableResult
+  public func map(segments: [DMAMapping]) throws(VFIOError) -> [DMAMapping] {
+    var done: [DMAMapping] = []
+    for m in DMAMapping.coalesce(segments) {
+      done.append(try map(vaddr: m.vaddr, length: m.length, at: m.iova, access: m.access))
+    }
+    return done
+  }
+
+  /// Unmaps a mapping made by this space.
+  public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
+    guard let index = mappings.firstIndex(of: mapping) else {
+      throw VFIOError(.invalidArgument, operation: "unmap DMA", message: "\(mapping) was not mapped by this DMA space")
+    }
+    try mapper.unmap(mapping)
+    mappings.remove(at: index)
+    mappedSinceLayout -= 1
+    try allocator.release(mapping.iova, length: mapping.length)
+  }
+
+  /// Re-reads the layout (iommufd narrows ranges as devices attach).
+  public func refreshLayout() throws(VFIOError) {
+    let fresh = try mapper.iovaLayout()
+    var allocator = IOVAAllocator(ranges: fresh.ranges, alignment: fresh.minimumPageSize)
+    for m in mappings { try allocator.reserve(m.iova, length: m.length) }
+    self.layout = fresh
+    self.allocator = allocator
+    self.mappedSinceLayout = 0
+  }
+}

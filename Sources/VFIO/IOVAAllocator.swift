@@ -1,0 +1,129 @@
+/// A span of IOVA space in use.
+public struct IOVASpan: Sendable, Equatable, CustomStringConvertible {
+  public var start: UInt64
+  public var length: UInt64
+  /// Inclusive; callers guarantee `length > 0` and no overflow.
+  public var last: UInt64 { start + (length - 1) }
+  public var description: String {
+    "0x\(String(start, radix: 16))+0x\(String(length, radix: 16))"
+  }
+}
+
+/// Hands out IOVAs inside the ranges the IOMMU reports, aligned to its minimum page size and
+/// never overlapping. Pure bookkeeping: the kernel is told nothing until a mapping is made.
+public struct IOVAAllocator: Sendable, Equatable {
+  public private(set) var ranges: [IOVARange]
+  /// Minimum alignment of every IOVA and length (the IOMMU's smallest page size).
+  public let alignment: UInt64
+  /// Spans in use, sorted by start.
+  public private(set) var used: [IOVASpan] = []
+
+  public init(ranges: [IOVARange], alignment: UInt64) {
+    precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of two")
+    self.ranges = ranges.sorted { $0.start < $1.start }
+    self.alignment = alignment
+  }
+
+  /// Claims `[iova, iova + length)`, which the caller chose.
+  public mutating func reserve(_ iova: UInt64, length: UInt64) throws(VFIOError) {
+    let span = try validate(iova, length)
+    if let clash = used.first(where: { $0.start <= span.last && span.start <= $0.last }) {
+      throw VFIOError(
+        .overlap, operation: "reserve IOVA",
+        message: "IOVA \(span) overlaps the existing mapping \(clash)",
+        hint: "unmap the existing mapping first or choose another IOVA")
+    }
+    insert(span)
+  }
+
+  /// Finds, claims and returns a free IOVA for `length` bytes, aligned to at least `alignment`
+  /// and, when `limit` is given, entirely below it (for devices with a narrow DMA mask).
+  public mutating func allocate(length: UInt64, alignment: UInt64? = nil, below limit: UInt64? = nil)
+    throws(VFIOError) -> UInt64
+  {
+    let align = max(self.alignment, alignment ?? 0)
+    guard length > 0, length % self.alignment == 0 else {
+      throw misaligned("length 0x\(String(length, radix: 16))")
+    }
+    guard align & (align - 1) == 0 else {
+      throw VFIOError(.invalidArgument, operation: "allocate IOVA", message: "alignment \(align) is not a power of two")
+    }
+    for range in ranges {
+      var last = range.last
+      if let limit {
+        guard limit > range.start else { continue }
+        last = min(last, limit - 1)
+      }
+      guard var candidate = alignUp(range.start, align) else { continue }
+      var exhausted = false
+      for span in used where span.last >= candidate {
+        if span.start > last { break }
+        if span.start > candidate && span.start - candidate >= length { break }
+        guard span.last < UInt64.max, let next = alignUp(span.last + 1, align) else {
+          exhausted = true
+          break
+        }
+        candidate = next
+      }
+      if !exhausted && candidate <= last && last - candidate >= length - 1 {
+        insert(IOVASpan(start: candidate, length: length))
+        return candidate
+      }
+    }
+    var where_ = "in the IOVA ranges \(ranges.map(\.description).joined(separator: ", "))"
+    if let limit { where_ += " below 0x\(String(limit, radix: 16))" }
+    throw VFIOError(
+      .iovaExhausted, operation: "allocate IOVA",
+      message: "no free 0x\(String(length, radix: 16))-byte span \(where_)",
+      hint: "unmap something, map less, or coalesce buffers into fewer larger mappings")
+  }
+
+  /// Returns a span claimed by `reserve` or `allocate`.
+  public mutating func release(_ iova: UInt64, length: UInt64) throws(VFIOError) {
+    guard let index = used.firstIndex(of: IOVASpan(start: iova, length: length)) else {
+      throw VFIOError(
+        .invalidArgument, operation: "release IOVA",
+        message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not an allocated span")
+    }
+    used.remove(at: index)
+  }
+
+  func validate(_ iova: UInt64, _ length: UInt64) throws(VFIOError) -> IOVASpan {
+    guard length > 0, iova % alignment == 0, length % alignment == 0 else {
+      throw misaligned("IOVA 0x\(String(iova, radix: 16)) length 0x\(String(length, radix: 16))")
+    }
+    guard UInt64.max - iova >= length - 1 else {
+      throw outside(IOVASpan(start: iova, length: 0), "wraps past the end of the address space")
+    }
+    let span = IOVASpan(start: iova, length: length)
+    guard ranges.contains(where: { $0.start <= span.start && span.last <= $0.last }) else {
+      throw outside(span, "is not inside the IOMMU's IOVA ranges \(ranges.map(\.description).joined(separator: ", "))")
+    }
+    return span
+  }
+
+  func misaligned(_ what: String) -> VFIOError {
+    VFIOError(
+      .misaligned, operation: "IOVA check",
+      message: "\(what) is not a non-zero multiple of the IOMMU page size 0x\(String(alignment, radix: 16))",
+      hint: "align IOVA, address and length to 0x\(String(alignment, radix: 16))")
+  }
+
+  func outside(_ span: IOVASpan, _ why: String) -> VFIOError {
+    VFIOError(
+      .outsideIOVARanges, operation: "IOVA check", message: "IOVA \(span) \(why)",
+      hint: "choose an IOVA inside the reported ranges (reserved regions such as the MSI window are excluded)")
+  }
+
+  mutating func insert(_ span: IOVASpan) {
+    let index = used.firstIndex(where: { $0.start > span.start }) ?? used.endIndex
+    used.insert(span, at: index)
+  }
+}
+
+/// `value` rounded up to a multiple of the power of two `alignment`, or nil on overflow.
+func alignUp(_ value: UInt64, _ alignment: UInt64) -> UInt64? {
+  let mask = alignment - 1
+  let (sum, overflow) = value.addingReportingOverflow(mask)
+  return overflow ? nil : sum & ~mask
+}
