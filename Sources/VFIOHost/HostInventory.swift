@@ -13,6 +13,7 @@ public struct HostInventory: Sendable {
   public let groups: [IOMMUGroup]
   public let iommuUnits: [IOMMUUnit]
   public let vfio: VFIOSupport
+  public let environment: KernelEnvironment
   /// What the host uses below each function (mounts, interfaces, consoles).
   public let hostUse: [PCIAddress: [HostUse]]
   /// Functions sharing each Linux IRQ among those with an INTx pin.
@@ -68,19 +69,20 @@ public struct HostInventory: Sendable {
     }
     return HostInventory(
       devices: devices, groups: readGroups(sysfs), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
-      hostUse: HostUseScanner(sysfs: sysfs).scan(), sharedIRQs: shared.filter { $0.value.count > 1 },
+      environment: KernelEnvironment.read(sysfs), hostUse: HostUseScanner(sysfs: sysfs).scan(), sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
 
   init(
     devices: [PCIDevice], groups: [IOMMUGroup], iommuUnits: [IOMMUUnit], vfio: VFIOSupport,
-    hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]], pageSize: UInt64,
+    environment: KernelEnvironment, hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]], pageSize: UInt64,
     unreadable: [(name: String, reason: String)]
   ) {
     self.devices = devices
     self.groups = groups
     self.iommuUnits = iommuUnits
     self.vfio = vfio
+    self.environment = environment
     self.hostUse = hostUse
     self.sharedIRQs = sharedIRQs
     self.pageSize = pageSize

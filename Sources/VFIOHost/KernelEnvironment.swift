@@ -1,0 +1,47 @@
+/// Host-wide facts that decide whether VFIO can work at all: the kernel command line, the CPU
+/// vendor, interrupt remapping, the memlock limit and vfio_iommu_type1's parameters.
+public struct KernelEnvironment: Sendable, Equatable, Codable {
+  public let commandLine: String?
+  /// `GenuineIntel`, `AuthenticAMD`, … (nil on architectures without `vendor_id`).
+  public let cpuVendor: String?
+  /// `/proc/interrupts` shows IR- (remapped) interrupt chips.
+  public let interruptRemappingActive: Bool
+  /// RLIMIT_MEMLOCK soft limit in bytes from `/proc/self/limits`; nil when unknown, `Int.max`
+  /// when unlimited.
+  public let memlockLimit: Int?
+  /// vfio_iommu_type1's `allow_unsafe_interrupts` (Y/N), when the module is loaded.
+  public let allowUnsafeInterrupts: Bool?
+  /// vfio_iommu_type1's `dma_entry_limit`: the most DMA mappings one container may hold.
+  public let dmaEntryLimit: Int?
+
+  public static func read(_ sysfs: Sysfs) -> KernelEnvironment {
+    let vendor = sysfs.readString("/proc/cpuinfo")?.split(separator: "\n")
+      .first { $0.hasPrefix("vendor_id") }
+      .flatMap { $0.split(separator: ":").last?.trimmingSpaces }
+    let interrupts = sysfs.readString("/proc/interrupts") ?? ""
+    let parameters = "/sys/module/vfio_iommu_type1/parameters"
+    return KernelEnvironment(
+      commandLine: sysfs.readString("/proc/cmdline"), cpuVendor: vendor,
+      interruptRemappingActive: interrupts.contains("IR-"),
+      memlockLimit: sysfs.readString("/proc/self/limits").flatMap(parseMemlock),
+      allowUnsafeInterrupts: sysfs.readString("\(parameters)/allow_unsafe_interrupts").map { $0 == "Y" },
+      dmaEntryLimit: sysfs.readInteger("\(parameters)/dma_entry_limit"))
+  }
+
+  /// The value of `name=` on the command line, or "" for a bare flag; nil when absent.
+  public func commandLineOption(_ name: String) -> String? {
+    for word in (commandLine ?? "").split(separator: " ") {
+      if word == name { return "" }
+      if word.hasPrefix(name + "=") { return String(word.dropFirst(name.count + 1)) }
+    }
+    return nil
+  }
+}
+
+/// "Max locked memory  8388608  8388608  bytes" → 8388608 (the soft limit).
+func parseMemlock(_ limits: String) -> Int? {
+  guard let line = limits.split(separator: "\n").first(where: { $0.hasPrefix("Max locked memory") }) else { return nil }
+  let fields = line.dropFirst("Max locked memory".count).split(separator: " ")
+  guard let soft = fields.first else { return nil }
+  return soft == "unlimited" ? Int.max : Int(soft)
+}

@@ -1,0 +1,109 @@
+/// Names from the `pci.ids` database (Debian's `pci.ids` package), looked up by ID.
+///
+/// The file is indexed in one pass over its bytes (vendor and class line offsets); device and
+/// subclass names are found by scanning only that vendor's or class's block.
+public final class PCIIDDatabase: Sendable {
+  public static let standardPaths = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"]
+
+  private let bytes: [UInt8]
+  private let vendors: [UInt16: Int]
+  private let classes: [UInt8: Int]
+
+  /// Loads the first database found under `sysfs`'s root, then on the live host.
+  public static func load(_ sysfs: Sysfs) -> PCIIDDatabase? {
+    for base in [sysfs, Sysfs()] {
+      for path in standardPaths {
+        if let bytes = base.readBytes(path, limit: 64 << 20) { return PCIIDDatabase(bytes: bytes) }
+      }
+    }
+    return nil
+  }
+
+  public init(bytes: [UInt8]) {
+    self.bytes = bytes
+    var vendors: [UInt16: Int] = [:]
+    var classes: [UInt8: Int] = [:]
+    var lineStart = 0
+    let count = bytes.count
+    while lineStart < count {
+      let first = bytes[lineStart]
+      if first == UInt8(ascii: "C"), lineStart + 4 < count, bytes[lineStart + 1] == UInt8(ascii: " "),
+        let id = parseHex(bytes, lineStart + 2, 2)
+      {
+        classes[UInt8(id)] = lineStart
+      } else if first != UInt8(ascii: "\t"), first != UInt8(ascii: "#"), let id = parseHex(bytes, lineStart, 4) {
+        if vendors[UInt16(id)] == nil { vendors[UInt16(id)] = lineStart }
+      }
+      while lineStart < count, bytes[lineStart] != UInt8(ascii: "\n") { lineStart += 1 }
+      lineStart += 1
+    }
+    self.vendors = vendors
+    self.classes = classes
+  }
+
+  public func vendorName(_ vendor: UInt16) -> String? {
+    vendors[vendor].map { name(atLine: $0, skip: 4) }
+  }
+
+  public func deviceName(vendor: UInt16, device: UInt16) -> String? {
+    guard let start = vendors[vendor] else { return nil }
+    return findChild(after: start, depth: 1, id: UInt32(device), digits: 4)
+  }
+
+  /// Subclass name (`Ethernet controller`), or the base class name when the subclass is unknown.
+  public func className(_ classCode: UInt32) -> String? {
+    let base = UInt8(classCode >> 16)
+    guard let start = classes[base] else { return nil }
+    return findChild(after: start, depth: 1, id: (classCode >> 8) & 0xFF, digits: 2) ?? name(atLine: start, skip: 4)
+  }
+
+  /// Scans the lines following a block header for `depth` tabs then `id`; stops at the next
+  /// header of a lower depth.
+  private func findChild(after start: Int, depth: Int, id: UInt32, digits: Int) -> String? {
+    var line = nextLine(start)
+    while line < bytes.count {
+      var tabs = 0
+      while line + tabs < bytes.count, bytes[line + tabs] == UInt8(ascii: "\t") { tabs += 1 }
+      let isComment = line + tabs < bytes.count && bytes[line + tabs] == UInt8(ascii: "#")
+      let isBlank = line + tabs < bytes.count && bytes[line + tabs] == UInt8(ascii: "\n")
+      if tabs < depth && !isComment && !isBlank { return nil }
+      if tabs == depth, let value = parseHex(bytes, line + tabs, digits), value == id {
+        return name(atLine: line, skip: tabs + digits)
+      }
+      line = nextLine(line)
+    }
+    return nil
+  }
+
+  private func nextLine(_ offset: Int) -> Int {
+    var i = offset
+    while i < bytes.count, bytes[i] != UInt8(ascii: "\n") { i += 1 }
+    return i + 1
+  }
+
+  private func name(atLine line: Int, skip: Int) -> String {
+    var start = line + skip
+    while start < bytes.count, bytes[start] == UInt8(ascii: " ") || bytes[start] == UInt8(ascii: "\t") { start += 1 }
+    var end = start
+    while end < bytes.count, bytes[end] != UInt8(ascii: "\n") { end += 1 }
+    return String(decoding: bytes[start..<end], as: UTF8.self)
+  }
+}
+
+private func parseHex(_ bytes: [UInt8], _ offset: Int, _ digits: Int) -> UInt32? {
+  guard offset + digits < bytes.count else { return nil }
+  var value: UInt32 = 0
+  for i in 0..<digits {
+    let c = bytes[offset + i]
+    let digit: UInt8
+    switch c {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = c - UInt8(ascii: "A") + 10
+    default: return nil
+    }
+    value = value << 4 | UInt32(digit)
+  }
+  // The ID must be followed by the two-space separator, or it is some other line.
+  return bytes[offset + digits] == UInt8(ascii: " ") ? value : nil
+}
