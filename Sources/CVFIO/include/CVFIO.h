@@ -39,6 +39,16 @@ int cvfio_epoll_del(int epfd, int fd);
 /// epoll_wait(2) storing each ready descriptor's token in `tokens`; the count or -errno.
 int cvfio_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout_ms);
 
+// Volatile MMIO accessors: one load or store of exactly the given width, never merged or elided.
+static inline uint8_t cvfio_mmio_read8(const void *p) { return *(const volatile uint8_t *)p; }
+static inline uint16_t cvfio_mmio_read16(const void *p) { return *(const volatile uint16_t *)p; }
+static inline uint32_t cvfio_mmio_read32(const void *p) { return *(const volatile uint32_t *)p; }
+static inline uint64_t cvfio_mmio_read64(const void *p) { return *(const volatile uint64_t *)p; }
+static inline void cvfio_mmio_write8(void *p, uint8_t v) { *(volatile uint8_t *)p = v; }
+static inline void cvfio_mmio_write16(void *p, uint16_t v) { *(volatile uint16_t *)p = v; }
+static inline void cvfio_mmio_write32(void *p, uint32_t v) { *(volatile uint32_t *)p = v; }
+static inline void cvfio_mmio_write64(void *p, uint64_t v) { *(volatile uint64_t *)p = v; }
+
 // MARK: iommufd (include/uapi/linux/iommufd.h, stable since 6.2)
 
 struct cvfio_iommu_destroy {
