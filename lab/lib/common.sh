@@ -1,0 +1,33 @@
+# Shared paths and helpers for the lab scripts; sourced, never run.
+# Everything large (kernels, .debs, initramfs images, QEMU output scratch) lives in the
+# cache, outside the repository, so a clone stays small and rebuilds are cheap.
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_DIR=$(cd "$LAB_DIR/.." && pwd)
+CACHE=${VFIO_LAB_CACHE:-$HOME/.cache/swift-vfio-lab}
+mkdir -p "$CACHE"
+
+log() { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf '[lab] error: %s\n' "$*" >&2; exit 1; }
+
+# Milliseconds since the epoch, for the wall-time lines.
+now_ms() { date +%s%3N; }
+# "12.3s" from two now_ms values.
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fs", (b - a) / 1000 }'; }
+
+# Installs Debian packages only when missing, so repeated runs neither touch apt nor need
+# the network. apt-get update runs at most once per process.
+ensure_packages() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    if [ -z "${LAB_APT_UPDATED:-}" ]; then
+        apt-get update -qq >&2 || die "apt-get update failed"
+        LAB_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+        || die "apt-get install ${missing[*]} failed"
+}

@@ -1,0 +1,82 @@
+# `lab/vm fetch`: host packages and the two Debian kernels, unpacked into the cache.
+# Sourced by lab/vm after lib/common.sh.
+
+KERNELS_DIR=$CACHE/kernels
+DEBS_DIR=$CACHE/debs
+
+# A private apt configuration that adds bookworm-backports without touching /etc/apt:
+# its own sources, lists and cache under $CACHE/apt. Only used when the system's own
+# sources do not carry a 6.12 kernel (bookworm-security carries it nowadays).
+backports_apt() {
+    local root=$CACHE/apt
+    mkdir -p "$root/lists/partial" "$root/archives/partial" "$root/sources.list.d"
+    cat > "$root/sources.list" <<SRC
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
+SRC
+    cat > "$root/apt.conf" <<CONF
+Dir::Etc::SourceList "$root/sources.list";
+Dir::Etc::SourceParts "$root/sources.list.d";
+Dir::State::Lists "$root/lists";
+Dir::Cache "$root";
+Dir::State::status "/var/lib/dpkg/status";
+CONF
+    if [ ! -e "$root/lists/.updated" ]; then
+        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || die "apt-get update (backports) failed"
+        touch "$root/lists/.updated"
+    fi
+    echo "$root/apt.conf"
+}
+
+# Newest linux-image-6.12.*+deb12-amd64 that apt knows, under the given APT_CONFIG (or the system's).
+newest_612_image() {
+    apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' 2>/dev/null \
+        | awk '{print $1}' | sort -V | tail -n 1
+}
+
+# Downloads one package (by exact name) into the deb cache, once.
+download_deb() {
+    local pkg=$1 f
+    mkdir -p "$DEBS_DIR"
+    f=$(ls "$DEBS_DIR"/"${pkg}"_*.deb 2>/dev/null | head -n 1)
+    if [ -z "$f" ]; then
+        log "downloading $pkg"
+        (cd "$DEBS_DIR" && apt-get download -qq -o APT::Sandbox::User=root "$pkg" >&2) || die "apt-get download $pkg failed"
+        f=$(ls "$DEBS_DIR"/"${pkg}"_*.deb | head -n 1)
+    fi
+    echo "$f"
+}
+
+# Unpacks a kernel image package into $KERNELS_DIR/<label> and records its release, once.
+unpack_kernel() {
+    local label=$1 deb=$2 dir=$KERNELS_DIR/$1 kver
+    if [ -e "$dir/.done" ] && [ "$(cat "$dir/.deb")" = "$(basename "$deb")" ]; then return 0; fi
+    rm -rf "$dir"; mkdir -p "$dir"
+    log "unpacking $(basename "$deb") -> $dir"
+    dpkg-deb -x "$deb" "$dir/root" || die "dpkg-deb -x $deb failed"
+    kver=$(ls "$dir/root/lib/modules")
+    ln -s "root/boot/vmlinuz-$kver" "$dir/bzImage"
+    echo "$kver" > "$dir/kver"
+    basename "$deb" > "$dir/.deb"
+    touch "$dir/.done"
+}
+
+cmd_fetch() {
+    ensure_packages qemu-system-x86 busybox-static python3
+    local img61 img612
+    img61=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6\.1/ {print $2; exit}')
+    [ -n "$img61" ] || { apt-get update -qq >&2; img61=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6\.1/ {print $2; exit}'); }
+    [ -n "$img61" ] || die "apt-cache depends linux-image-amd64 names no 6.1 image"
+    unpack_kernel 6.1 "$(download_deb "$img61")"
+
+    img612=$(newest_612_image)
+    if [ -z "$img612" ]; then
+        export APT_CONFIG; APT_CONFIG=$(backports_apt)
+        img612=$(newest_612_image)
+    fi
+    [ -n "$img612" ] || die "no linux-image-6.12.*+deb12-amd64 found, even with bookworm-backports"
+    unpack_kernel 6.12 "$(download_deb "$img612")"
+    unset APT_CONFIG
+    log "kernels: 6.1=$(cat "$KERNELS_DIR/6.1/kver") 6.12=$(cat "$KERNELS_DIR/6.12/kver")"
+}
