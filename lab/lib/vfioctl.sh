@@ -1,0 +1,36 @@
+# Shared by lab/suite and lab/capture-fixtures: topology discovery and the vfioctl build.
+# Sourced after lib/common.sh.
+
+# Topologies whose kernel can be had on this machine (the iommufd one only once built,
+# unless LAB_BUILD_KERNEL=1 allows building it on demand).
+available_topologies() {
+    local f k
+    for f in "$LAB_DIR"/topologies/*.topo; do
+        k=$(sed -n 's/^KERNEL=//p' "$f")
+        if [ "$k" = iommufd ] && [ ! -e "$CACHE/kernels/iommufd/.done" ] && [ -z "${LAB_BUILD_KERNEL:-}" ]; then
+            log "skipping $(basename "$f" .topo): iommufd kernel not built (lab/vm build-kernel iommufd)"
+            continue
+        fi
+        basename "$f" .topo
+    done
+}
+
+# Builds vfioctl (statically linked Swift stdlib, separate scratch path so it never
+# disturbs developers' .build) and prints its path; fails quietly when it does not
+# build yet, or when LAB_NO_VFIOCTL is set. VFIOCTL=PATH uses a prebuilt binary.
+build_vfioctl() {
+    [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
+    if [ -n "${VFIOCTL:-}" ]; then [ -x "$VFIOCTL" ] && { echo "$VFIOCTL"; return 0; }; return 1; fi
+    command -v swift >/dev/null 2>&1 || { log "no swift toolchain"; return 1; }
+    local logf=$CACHE/vfioctl-build.log
+    log "building vfioctl (log: $logf)"
+    if ! (cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
+            --scratch-path .build-lab) > "$logf" 2>&1; then
+        log "vfioctl does not build: $(grep -m1 'error:' "$logf" || tail -n 1 "$logf")"
+        return 1
+    fi
+    local bin; bin=$(cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
+        --scratch-path .build-lab --show-bin-path)/vfioctl
+    [ -x "$bin" ] || return 1
+    echo "$bin"
+}
