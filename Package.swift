@@ -35,7 +35,6 @@ let package = Package(
       dependencies: [
         "VFIOHost", "VFIOPolicy",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
     .executableTarget(

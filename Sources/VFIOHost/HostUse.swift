@@ -36,4 +36,18 @@ public struct HostUse: Sendable, Equatable, Codable, CustomStringConvertible {
   }
 
   public var description: String { "\(subject) \(detail)" }
+
+  /// What the user does to end this use.
+  public var remedy: String {
+    switch kind {
+    case .mount: "unmount what is mounted from /dev/\(subject)"
+    case .swap: "swapoff /dev/\(subject)"
+    case .holder: "stop what holds /dev/\(subject) (its device-mapper or RAID device)"
+    case .disk: "nothing: the disk just disappears from the host"
+    case .interface: "ip link set \(subject) down (and move its addresses and routes elsewhere)"
+    case .console: "move the host console off \(subject) (another GPU, or fbcon=map:) and unbind the vtconsole"
+    case .display: "stop what uses \(subject)"
+    case .bootVGA: "make another device the boot VGA in firmware"
+    }
+  }
 }

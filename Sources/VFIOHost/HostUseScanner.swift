@@ -80,7 +80,7 @@ struct HostUseScanner {
       let up = flags & 1 != 0  // IFF_UP
       let hasRoutes = routed.contains(interface)
       let v6 = addresses[interface] ?? []
-      var facts = [up ? "up (\(state))" : "down"]
+      var facts = [up ? (state == "up" ? "up" : "up (link \(state))") : "down"]
       if hasRoutes { facts.append("has IPv4 routes") }
       if !v6.isEmpty { facts.append("has addresses " + v6.joined(separator: ", ")) }
       result.append(
@@ -132,14 +132,26 @@ func looksLikePCIAddress<S: StringProtocol>(_ text: S) -> Bool {
   return bytes[4] == UInt8(ascii: ":") && bytes[7] == UInt8(ascii: ":") && bytes[10] == UInt8(ascii: ".")
 }
 
-private func ipv6(_ hex32: String) -> String {
+/// RFC 5952 text for an address from /proc/net/if_inet6 (32 hex digits): the longest run of
+/// two or more zero groups becomes `::`.
+func ipv6(_ hex32: String) -> String {
   let chars = Array(hex32)
-  var groups: [String] = []
-  for i in stride(from: 0, to: 32, by: 4) {
+  let groups = stride(from: 0, to: 32, by: 4).map { i -> String in
     let group = String(chars[i..<i + 4]).drop(while: { $0 == "0" })
-    groups.append(group.isEmpty ? "0" : String(group))
+    return group.isEmpty ? "0" : String(group)
   }
-  return groups.joined(separator: ":")
+  var best = (start: -1, length: 0)
+  var i = 0
+  while i < groups.count {
+    var j = i
+    while j < groups.count, groups[j] == "0" { j += 1 }
+    if j - i > best.length && j - i >= 2 { best = (i, j - i) }
+    i = max(j, i + 1)
+  }
+  guard best.start >= 0 else { return groups.joined(separator: ":") }
+  let head = groups[..<best.start].joined(separator: ":")
+  let tail = groups[(best.start + best.length)...].joined(separator: ":")
+  return head + "::" + tail
 }
 
 /// Mounts by device number (from mountinfo, which also covers `/dev/root`) and active swap.

@@ -65,10 +65,14 @@ public struct Assessor: Sendable {
           devices: [address]))
     }
     guard let groupID = device.iommuGroup, inventory.group(groupID) != nil else {
+      // Without a group nothing can be assigned, but the rest of what stands in the way is
+      // still worth saying: the user fixing the IOMMU needs to know what comes next.
       reasons += missingGroupReasons(device)
+      let members = [member(device)]
+      if device.isEndpoint { reasons += rules(members: members, devices: [device]) }
       return Assessment(
         target: .device(address), group: nil, verdict: reasons.verdict, reasons: reasons,
-        members: [member(device)], plan: nil)
+        members: members, plan: nil)
     }
     let groupAssessment = assess(group: groupID)
     reasons += groupAssessment.reasons
@@ -93,22 +97,28 @@ public struct Assessor: Sendable {
       reasons.append(Reason(.noEndpoint, .blocker, "group \(id) holds only bridges; there is nothing to assign"))
     }
     reasons += platformReasons(devices)
-    reasons += hostUseReasons(devices)
     reasons += companionReasons(endpoints, group: id)
     reasons += topologyReasons(endpoints)
-    for device in endpoints {
-      reasons += configReasons(device)
-      reasons += barReasons(device)
-      reasons += interruptReasons(device, group: group)
-      reasons += sriovReasons(device)
-    }
-    reasons += resetReasons(members)
+    reasons += rules(members: members, devices: devices)
     let sorted = reasons.enumerated().sorted { a, b in
       a.element.severity != b.element.severity ? a.element.severity < b.element.severity : a.offset < b.offset
     }.map(\.element)
     let verdict = sorted.verdict
     let plan = verdict == .notAssignable ? nil : AssignmentPlan(group: id, members: members, inventory: inventory)
     return Assessment(target: .group(id), group: id, verdict: verdict, reasons: sorted, members: members, plan: plan)
+  }
+
+  /// The rules that look at each member on its own: host use, config, BARs, INTx, SR-IOV, reset.
+  private func rules(members: [Assessment.Member], devices: [PCIDevice]) -> [Reason] {
+    var reasons = hostUseReasons(devices)
+    let addresses = Set(devices.map(\.address))
+    for device in devices where device.isEndpoint {
+      reasons += configReasons(device)
+      reasons += barReasons(device)
+      reasons += interruptReasons(device, members: addresses)
+      reasons += sriovReasons(device)
+    }
+    return reasons + resetReasons(members)
   }
 
   private func member(_ device: PCIDevice) -> Assessment.Member {
@@ -158,7 +168,7 @@ public struct Assessor: Sendable {
             .hostInUse, .blocker,
             "\(device.address) is in use by the host: " + active.map(\.description).joined(separator: "; "),
             devices: [device.address],
-            remedy: "stop that use first (unmount, swapoff, take the interface down), then try again"))
+            remedy: active.map(\.remedy).joined(separator: "; ") + "; then try again"))
       }
       if !idle.isEmpty {
         reasons.append(
@@ -260,11 +270,11 @@ public struct Assessor: Sendable {
     return reasons
   }
 
-  private func interruptReasons(_ device: PCIDevice, group: IOMMUGroup) -> [Reason] {
+  private func interruptReasons(_ device: PCIDevice, members: Set<PCIAddress>) -> [Reason] {
     guard device.interrupt.pin != 0, device.config?.msi == nil, device.config?.msix == nil,
       let irq = device.interrupt.irq, let sharing = inventory.sharedIRQs[irq]
     else { return [] }
-    let others = sharing.filter { !group.devices.contains($0) }
+    let others = sharing.filter { !members.contains($0) }
     guard !others.isEmpty else { return [] }
     let masking =
       device.interrupt.masking == .required

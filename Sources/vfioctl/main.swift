@@ -1,1 +1,3 @@
 import VFIOCommands
+
+VFIOCtl.main()

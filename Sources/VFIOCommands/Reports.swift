@@ -1,0 +1,139 @@
+import VFIOHost
+import VFIOPolicy
+
+/// The JSON documents `vfioctl` prints. Field names are a public interface: see
+/// docs/json.md, and `schemaVersion` changes when a field changes meaning or disappears.
+public enum Schema {
+  public static let version = 1
+}
+
+/// Everything known about one PCI function, as `show` and `list --json` print it.
+public struct DeviceReport: Codable, Sendable, Equatable {
+  public var address: PCIAddress
+  public var vendorID: String
+  public var deviceID: String
+  public var subsystemVendorID: String?
+  public var subsystemID: String?
+  public var classCode: String
+  public var revision: String
+  public var vendorName: String?
+  public var deviceName: String?
+  public var className: String?
+  /// Vendor and device names, or `vvvv:dddd` when pci.ids does not know them.
+  public var name: String
+  public var kind: Kind
+  public var driver: String?
+  public var driverOverride: String?
+  public var iommuGroup: Int?
+  public var numaNode: Int?
+  public var headerType: Int
+  public var multifunction: Bool
+  public var express: Express?
+  public var upstreamBridges: [PCIAddress]
+  public var resetMethods: [ResetMethod]
+  public var resetMethodsSource: ResetChoice.Source
+  public var bars: [BAR]
+  public var capabilities: Capabilities
+  public var sriov: SRIOVState?
+  public var physicalFunction: PCIAddress?
+  public var interrupt: Interrupt
+  public var hostUse: [HostUse]
+  public var bootVGA: Bool
+  public var verdict: Verdict
+  public var configError: String?
+
+  public enum Kind: String, Codable, Sendable {
+    case endpoint, bridge, platform
+  }
+
+  public struct Express: Codable, Sendable, Equatable {
+    public var portType: String
+    public var version: Int
+    public var flr: Bool
+  }
+
+  public struct Capabilities: Codable, Sendable, Equatable {
+    /// Standard capability IDs in chain order, as two hex digits.
+    public var standard: [String]
+    /// Extended capability IDs in chain order, as four hex digits.
+    public var extended: [String]
+    /// False when config space was only partly readable (not root), so absence means unknown.
+    public var complete: Bool
+    public var powerManagement: PowerManagementCapability?
+    public var advancedFeaturesFLR: Bool?
+    public var msi: MSICapability?
+    public var msix: MSIXCapability?
+    public var acs: ACS?
+  }
+
+  public struct ACS: Codable, Sendable, Equatable {
+    public var supported: [String]
+    public var enabled: [String]
+  }
+
+  public struct Interrupt: Codable, Sendable, Equatable {
+    public var pin: String?
+    public var irq: Int?
+    public var masking: INTxMasking
+    public var sharedWith: [PCIAddress]
+  }
+}
+
+/// One IOMMU group with its verdict.
+public struct GroupReport: Codable, Sendable, Equatable {
+  public var id: Int
+  public var type: String?
+  public var devices: [PCIAddress]
+  public var endpoints: [PCIAddress]
+  public var otherMembers: [String]
+  public var verdict: Verdict
+  public var reasons: [Reason]
+}
+
+/// `vfioctl list --json`.
+public struct ListReport: Codable, Sendable {
+  public var schemaVersion = Schema.version
+  public var kernelRelease: String?
+  public var iommu: IOMMUSummary
+  public var vfio: VFIOSupport
+  public var groups: [GroupReport]
+  public var devices: [DeviceReport]
+  public var unreadable: [Unreadable]
+
+  public struct IOMMUSummary: Codable, Sendable {
+    public var enabled: Bool
+    public var units: [IOMMUUnit]
+  }
+
+  public struct Unreadable: Codable, Sendable {
+    public var name: String
+    public var reason: String
+  }
+}
+
+/// `vfioctl show --json`: one device, or one group with its devices.
+public struct ShowReport: Codable, Sendable {
+  public var schemaVersion = Schema.version
+  public var group: GroupReport?
+  public var devices: [DeviceReport]
+}
+
+/// `vfioctl explain --json`.
+public struct ExplainReport: Codable, Sendable {
+  public var schemaVersion = Schema.version
+  /// The address or group number asked about.
+  public var target: String
+  public var group: Int?
+  public var verdict: Verdict
+  public var reasons: [Reason]
+  public var members: [Assessment.Member]
+  public var plan: AssignmentPlan?
+}
+
+/// `vfioctl doctor --json`.
+public struct DoctorReport: Codable, Sendable {
+  public var schemaVersion = Schema.version
+  public var kernelRelease: String?
+  public var ok: Bool
+  public var findings: [Finding]
+}

@@ -1,0 +1,23 @@
+import VFIOHost
+
+/// What a command is about: a PCI function or a whole IOMMU group.
+public enum Selector: Sendable, Equatable, CustomStringConvertible {
+  case device(PCIAddress)
+  case group(Int)
+
+  /// A decimal number is a group; anything else must be a PCI address.
+  public init(parsing text: String) throws(PCIAddressError) {
+    if !text.isEmpty, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let id = Int(text) {
+      self = .group(id)
+    } else {
+      self = .device(try PCIAddress(parsing: text))
+    }
+  }
+
+  public var description: String {
+    switch self {
+    case .device(let address): address.description
+    case .group(let id): "group \(id)"
+    }
+  }
+}

@@ -1,0 +1,57 @@
+import ArgumentParser
+
+struct ShowCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "show", abstract: "Show everything known about a device (0000:01:00.0 or 01:00.0) or an IOMMU group (a number).")
+
+  @Argument(help: "A PCI address or an IOMMU group number.", transform: parseSelector)
+  var target: Selector
+
+  @OptionGroup var host: HostOptions
+  @OptionGroup var output: OutputOptions
+
+  func run() throws {
+    try reportingErrors {
+      try output.emit(try host.builder().show(target), human: HumanRenderer.show)
+    }
+  }
+}
+
+struct ExplainCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "explain",
+    abstract: "Say whether a device or group can be assigned, why, and the plan (a dry run: nothing is changed).",
+    discussion: "Exits 1 when the verdict is `not assignable`.")
+
+  @Argument(help: "A PCI address or an IOMMU group number.", transform: parseSelector)
+  var target: Selector
+
+  @OptionGroup var host: HostOptions
+  @OptionGroup var output: OutputOptions
+
+  func run() throws {
+    try reportingErrors {
+      let report = try host.builder().explain(target)
+      try output.emit(report, human: HumanRenderer.explain)
+      if report.verdict == .notAssignable { throw ExitCode(1) }
+    }
+  }
+}
+
+struct DoctorCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "doctor",
+    abstract: "Check the host for device assignment: IOMMU, interrupt remapping, modules, /dev/vfio, memlock.",
+    discussion: "Exits 1 when a problem stops assignment.")
+
+  @OptionGroup var host: HostOptions
+  @OptionGroup var output: OutputOptions
+
+  func run() throws {
+    try reportingErrors {
+      let report = try host.builder().doctor()
+      try output.emit(report, human: HumanRenderer.doctor)
+      if !report.ok { throw ExitCode(1) }
+    }
+  }
+}

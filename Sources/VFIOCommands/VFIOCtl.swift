@@ -1,0 +1,15 @@
+import ArgumentParser
+
+/// `vfioctl`: inventory, explanation and (in later commands) assignment of PCI devices to VFIO.
+public struct VFIOCtl: ParsableCommand {
+  public static let configuration = CommandConfiguration(
+    commandName: "vfioctl",
+    abstract: "Inspect and assign PCI devices for VFIO: IOMMU groups, verdicts, plans.",
+    discussion: """
+      Exit codes: 0 ok, 1 negative verdict (explain, doctor), 64 usage, 66 no such device or group,
+      69 host data unavailable, 70 internal error.
+      """,
+    subcommands: [ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self])
+
+  public init() {}
+}

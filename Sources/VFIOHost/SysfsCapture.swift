@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// Copies what a recorded read of the host touched into a directory, in the same layout, so
+/// that `Sysfs(root: directory)` replays the read exactly: files with their contents, links
+/// with their (relative) targets, directories, and device nodes as empty placeholders.
+public struct SysfsCapture {
+  public let source: Sysfs
+  public let destination: String
+
+  public init(source: Sysfs, destination: String) {
+    var trimmed = destination
+    while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
+    self.source = Sysfs(root: source.root)  // never record the copy's own reads
+    self.destination = trimmed
+  }
+
+  /// Writes every access; returns how many entries were written.
+  @discardableResult
+  public func write(_ accesses: [(access: AccessRecorder.Access, path: String)]) throws(CaptureError) -> Int {
+    try makeDirectories(destination)
+    var written = 0
+    for (access, path) in accesses {
+      switch access {
+      case .file: written += try copyFile(path) ? 1 : 0
+      case .link: written += try copyLink(path) ? 1 : 0
+      case .presence: written += try copyEntry(path, contentsToo: true) ? 1 : 0
+      case .directory:
+        guard source.isDirectory(path) else { continue }
+        try makeDirectories(destination + path)
+        written += 1
+        // Listings are replayed for what the readers look for in them: links, subdirectories
+        // and device nodes. Unread attribute files are left out rather than faked.
+        for name in source.list(path) {
+          written += try copyEntry(path == "/" ? "/\(name)" : "\(path)/\(name)", contentsToo: false) ? 1 : 0
+        }
+      }
+    }
+    return written
+  }
+
+  private func copyFile(_ path: String) throws(CaptureError) -> Bool {
+    guard let bytes = source.readBytes(path, limit: 4 << 20) else { return false }
+    try makeDirectories(parent(destination + path))
+    let fd = open(destination + path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw .write(destination + path, errno) }
+    defer { close(fd) }
+    let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+    guard written == bytes.count else { throw .write(destination + path, errno) }
+    return true
+  }
+
+  private func copyLink(_ path: String) throws(CaptureError) -> Bool {
+    guard let target = source.readLink(path) else { return false }
+    try makeDirectories(parent(destination + path))
+    var existing = stat()
+    if lstat(destination + path, &existing) == 0 { return false }
+    guard symlink(target, destination + path) == 0 else { throw .write(destination + path, errno) }
+    // Readers take names from links (driver, iommu_group) and walk others (bus → devices);
+    // give the target directory a place so the link is not dangling.
+    let resolved = resolve(link: target, in: parent(path))
+    if resolved.hasPrefix("/sys/"), source.isDirectory(resolved) { try makeDirectories(destination + resolved) }
+    return true
+  }
+
+  private func copyEntry(_ path: String, contentsToo: Bool) throws(CaptureError) -> Bool {
+    var info = stat()
+    guard lstat(source.path(path), &info) == 0 else { return false }
+    switch info.st_mode & S_IFMT {
+    case S_IFLNK: return try copyLink(path)
+    case S_IFDIR:
+      try makeDirectories(destination + path)
+      return true
+    case S_IFCHR, S_IFBLK:
+      try makeDirectories(parent(destination + path))
+      let fd = open(destination + path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+      guard fd >= 0 else { throw .write(destination + path, errno) }
+      close(fd)
+      return true
+    case S_IFREG: return contentsToo ? try copyFile(path) : false
+    default: return false
+    }
+  }
+
+  private func makeDirectories(_ path: String) throws(CaptureError) {
+    var current = ""
+    for component in path.split(separator: "/") {
+      current += "/" + component
+      if mkdir(current, 0o755) != 0 && errno != EEXIST { throw .write(current, errno) }
+    }
+  }
+
+  private func parent(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { return "/" }
+    return String(path[..<slash])
+  }
+}
+
+/// A capture that could not be written.
+public enum CaptureError: Error, CustomStringConvertible {
+  case write(String, Int32)
+
+  public var description: String {
+    switch self {
+    case .write(let path, let code):
+      return "cannot write \(path): \(String(cString: strerror(code))); choose a writable, empty directory"
+    }
+  }
+}
