@@ -25,6 +25,10 @@ public struct Sysfs: Sendable {
     self.recorder = recorder
   }
 
+  /// A file a capture puts in directories that would otherwise be empty, because git stores
+  /// no empty directories; readers never list it. Sysfs has no such name.
+  public static let keepMarker = ".vfioctl-keep"
+
   /// True when this reads the live host rather than a captured tree.
   public var isLiveHost: Bool { root.isEmpty }
 
@@ -96,7 +100,7 @@ public struct Sysfs: Sendable {
       let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
         String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
       }
-      if name != "." && name != ".." { names.append(name) }
+      if name != "." && name != ".." && name != Sysfs.keepMarker { names.append(name) }
     }
     return names.sorted()
   }

@@ -13,6 +13,12 @@ public struct SysfsCapture {
 
   public init(source: Sysfs, destination: String) {
     var trimmed = destination
+    if !trimmed.hasPrefix("/") {
+      var buffer = [CChar](repeating: 0, count: 4096)
+      if getcwd(&buffer, buffer.count) != nil {
+        trimmed = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + trimmed
+      }
+    }
     while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
     self.source = Sysfs(root: source.root)  // never record the copy's own reads
     self.destination = trimmed
@@ -39,7 +45,28 @@ public struct SysfsCapture {
         }
       }
     }
+    try markEmptyDirectories(destination)
     return written
+  }
+
+  /// Puts the keep marker into every empty directory below `path`.
+  private func markEmptyDirectories(_ path: String) throws(CaptureError) {
+    guard let dir = opendir(path) else { return }
+    var names: [String] = []
+    var isEmpty = true
+    while let entry = readdir(dir) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+      guard name != "." && name != ".." else { continue }
+      isEmpty = false
+      if entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
+    }
+    closedir(dir)
+    if isEmpty {
+      let fd = open(path + "/" + Sysfs.keepMarker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+      guard fd >= 0 else { throw .write(path, errno) }
+      close(fd)
+    }
+    for name in names { try markEmptyDirectories(path + "/" + name) }
   }
 
   private func copyFile(_ path: String) throws(CaptureError) -> Bool {
@@ -75,14 +102,21 @@ public struct SysfsCapture {
       try makeDirectories(destination + path)
       return true
     case S_IFCHR, S_IFBLK:
-      try makeDirectories(parent(destination + path))
-      let fd = open(destination + path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
-      guard fd >= 0 else { throw .write(destination + path, errno) }
-      close(fd)
-      return true
+      return try placeholder(path)
+    case S_IFREG where path.hasPrefix("/dev/"):
+      // A node that an earlier capture already turned into a placeholder.
+      return try placeholder(path)
     case S_IFREG: return contentsToo ? try copyFile(path) : false
     default: return false
     }
+  }
+
+  private func placeholder(_ path: String) throws(CaptureError) -> Bool {
+    try makeDirectories(parent(destination + path))
+    let fd = open(destination + path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw .write(destination + path, errno) }
+    close(fd)
+    return true
   }
 
   private func makeDirectories(_ path: String) throws(CaptureError) {
