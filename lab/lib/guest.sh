@@ -25,6 +25,7 @@ load_topology() {
     local f=$LAB_DIR/topologies/$1.topo
     [ -f "$f" ] || die "no topology $1 (have: $(cd "$LAB_DIR/topologies" && ls *.topo | sed 's/\.topo$//' | tr '\n' ' '))"
     KERNEL=""; MODULES=(); QEMU_ARGS=(); APPEND=""; DISKS=(); MEMORY=512; VFIO_BIND=(); GUEST_SETUP=""
+    HOST_PACKAGES=(); GUEST_BINS=()
     # shellcheck source=/dev/null
     . "$f"
     [ -n "$KERNEL" ] || die "$f sets no KERNEL"
@@ -126,7 +127,8 @@ build_initramfs() {
     # Guest helper scripts are always there, so commands can say `sh /lab/guest/X.sh`.
     cp -r "$LAB_DIR/guest" "$root/lab/guest"
     stage_modules "$kdir" "$root"
-    for spec in ${BINS[@]+"${BINS[@]}"}; do stage_bin "$spec" "$root"; done
+    [ ${#HOST_PACKAGES[@]} -eq 0 ] || ensure_packages "${HOST_PACKAGES[@]}"
+    for spec in ${GUEST_BINS[@]+"${GUEST_BINS[@]}"} ${BINS[@]+"${BINS[@]}"}; do stage_bin "$spec" "$root"; done
     for spec in ${FILES[@]+"${FILES[@]}"}; do
         mkdir -p "$root$(dirname "${spec#*:}")"; cp -rL "${spec%%:*}" "$root${spec#*:}"
     done
