@@ -78,3 +78,15 @@ public final class OpenedDevice: @unchecked Sendable {
     return OpenedDevice(device: device, dma: dma, backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
   }
 }
+
+extension OpenedDevice {
+  /// Opens a device by its cdev path (/dev/vfio/devices/vfioN) with a fresh iommufd and IOAS.
+  public static func open(cdev path: String, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev")
+    throws(VFIOError) -> OpenedDevice
+  {
+    let iommufd = try IOMMUFD(path: "\(devRoot)/iommu", kernel: kernel)
+    let ioas = try iommufd.allocateIOAS()
+    let device = try Device.open(cdev: path, iommufd: iommufd, ioas: ioas)
+    return OpenedDevice(device: device, dma: try DMASpace(ioas), backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
+  }
+}

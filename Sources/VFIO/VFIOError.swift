@@ -59,11 +59,14 @@ public struct VFIOError: Error, Sendable, Equatable, CustomStringConvertible {
     self.hint = hint
   }
 
+  /// The symbolic errno ("EBUSY"), if a system call failed.
+  public var errnoName: String? { errno.map(VFIO.errnoName) }
+
   public var description: String {
     var text = operation
     if let path { text += " on \(path)" }
     text += " failed: \(message)"
-    if let errno { text += " (\(errnoName(errno)))" }
+    if let name = errnoName { text += " (\(name))" }
     if let hint { text += ". \(hint)" }
     return text
   }
