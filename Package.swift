@@ -47,8 +47,10 @@ let package = Package(
     .executableTarget(
       name: "vfio-edu",
       dependencies: ["VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-    .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost"], resources: []),
-    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands"]),
+    // Fixture paths and scratch copies shared by the test targets.
+    .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
+    .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
+    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
   ]
 )

@@ -24,6 +24,8 @@ struct CaptureCommand: ParsableCommand {
       let builder = try host.builder(recorder: recorder)
       _ = builder.list()
       _ = builder.doctor()
+      SysfsCapture.touchCompanionAttributes(
+        Sysfs(root: host.root, recorder: recorder), devices: builder.inventory.devices)
       let count: Int
       do {
         count = try SysfsCapture(source: host.sysfs, destination: directory).write(recorder.accesses)

@@ -6,8 +6,8 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
   public let commandLine: String?
   /// `GenuineIntel`, `AuthenticAMD`, … (nil on architectures without `vendor_id`).
   public let cpuVendor: String?
-  /// `/proc/interrupts` shows IR- (remapped) interrupt chips.
-  public let interruptRemappingActive: Bool
+  /// `/proc/interrupts` shows IR- (remapped) interrupt chips; nil when it could not be read.
+  public let interruptRemappingActive: Bool?
   /// RLIMIT_MEMLOCK soft limit in bytes from `/proc/self/limits`; nil when unknown, `Int.max`
   /// when unlimited.
   public let memlockLimit: Int?
@@ -20,11 +20,11 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
     let vendor = sysfs.readString("/proc/cpuinfo")?.split(separator: "\n")
       .first { $0.hasPrefix("vendor_id") }
       .flatMap { $0.split(separator: ":").last?.trimmingSpaces }
-    let interrupts = sysfs.readString("/proc/interrupts") ?? ""
+    let interrupts = sysfs.readString("/proc/interrupts")
     let parameters = "/sys/module/vfio_iommu_type1/parameters"
     return KernelEnvironment(
       kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), commandLine: sysfs.readString("/proc/cmdline"), cpuVendor: vendor,
-      interruptRemappingActive: interrupts.contains("IR-"),
+      interruptRemappingActive: interrupts.map { $0.contains("IR-") },
       memlockLimit: sysfs.readString("/proc/self/limits").flatMap(parseMemlock),
       allowUnsafeInterrupts: sysfs.readString("\(parameters)/allow_unsafe_interrupts").map { $0 == "Y" },
       dmaEntryLimit: sysfs.readInteger("\(parameters)/dma_entry_limit"))

@@ -24,6 +24,19 @@ public struct SysfsCapture {
     self.destination = trimmed
   }
 
+  /// Attributes the model reads only as a fallback but other readers of a capture need:
+  /// `lspci -A linux-sysfs` requires them, and they let a capture be checked against config.
+  public static let companionAttributes = [
+    "vendor", "device", "class", "revision", "subsystem_vendor", "subsystem_device", "irq", "modalias",
+  ]
+
+  /// Reads the companion attributes of every device through `sysfs`, so a recorder notes them.
+  public static func touchCompanionAttributes(_ sysfs: Sysfs, devices: [PCIDevice]) {
+    for device in devices {
+      for name in companionAttributes { _ = sysfs.readBytes("\(device.sysfsPath)/\(name)") }
+    }
+  }
+
   /// Writes every access; returns how many entries were written.
   @discardableResult
   public func write(_ accesses: [(access: AccessRecorder.Access, path: String)]) throws(CaptureError) -> Int {

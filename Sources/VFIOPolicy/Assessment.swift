@@ -216,16 +216,24 @@ public struct Assessor: Sendable {
     for device in endpoints {
       let path = [device] + device.upstreamBridges.compactMap(inventory.device)
       for port in path {
-        guard let express = port.config?.express, port.config?.extendedChainComplete == true else { continue }
-        let checks = [.rootPort, .downstreamPort].contains(express.portType) || (port.isMultifunction && port.isEndpoint)
-        guard checks, portsSeen.insert(port.address).inserted else { continue }
-        let missing = port.config?.acs?.missingForIsolation ?? ACSControls.isolation
-        guard !missing.isEmpty else { continue }
-        let what = port.config?.acs == nil ? "has no ACS capability" : "has ACS without \(missing.names.joined(separator: "/")) enabled"
+        let isPort = [.rootPort, .downstreamPort].contains(port.config?.express?.portType)
+        let isMultifunction = port.isMultifunction && port.isEndpoint
+        guard isPort || isMultifunction, portsSeen.insert(port.address).inserted else { continue }
+        let what: String
+        if port.isConventionalPCI == true {
+          what = "is conventional PCI, which has no ACS"
+        } else if port.config?.extendedChainComplete == true {
+          let missing = port.config?.acs?.missingForIsolation ?? ACSControls.isolation
+          guard !missing.isEmpty else { continue }
+          what = port.config?.acs == nil ? "has no ACS capability" : "has ACS without \(missing.names.joined(separator: "/")) enabled"
+        } else {
+          continue  // extended config space unreadable: ACS unknown
+        }
+        let kind = isPort ? port.config?.express?.portType.name ?? "port" : "multifunction"
         reasons.append(
           Reason(
             .acsMissing, .condition,
-            "\(port.address) (\(express.portType.name)\(port.isMultifunction && port.isEndpoint ? ", multifunction" : "")) \(what), so the kernel cannot isolate the functions below it and grouped them together",
+            "\(port.address) (\(kind)) \(what), so the kernel cannot isolate \(isPort ? "the functions below it" : "its sibling functions") and grouped them together",
             devices: [port.address]))
       }
     }

@@ -60,7 +60,10 @@ public struct Doctor: Sendable {
 
   private func interruptRemapping() -> Finding? {
     guard inventory.iommuEnabled else { return nil }
-    if env.interruptRemappingActive {
+    guard let active = env.interruptRemappingActive else {
+      return Finding("interrupt-remapping", .info, "unknown: /proc/interrupts could not be read")
+    }
+    if active {
       return Finding("interrupt-remapping", .ok, "interrupts are remapped (IR- chips in /proc/interrupts)")
     }
     if env.allowUnsafeInterrupts == true {

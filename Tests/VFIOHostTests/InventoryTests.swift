@@ -1,0 +1,124 @@
+import VFIOHost
+import VFIOTestSupport
+import XCTest
+
+/// The model read from a tree captured in a q35 guest with VT-d (Debian 6.1), checked against
+/// what the guest's own shell script read from the kernel in the same boot.
+final class InventoryTests: XCTestCase {
+  func testDevicesDriversAndGroupsMatchTheKernel() throws {
+    let inventory = try Fixtures.inventory("q35-vtd")
+    let facts = Fixtures.facts("q35-vtd")
+    XCTAssertFalse(facts.isEmpty, "lab-facts.txt missing from the fixture")
+    let devices = facts.filter { $0.first == "device" }
+    XCTAssertEqual(inventory.devices.map(\.address.description), devices.map { $0[1] })
+    for fact in devices {
+      let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
+      XCTAssertEqual(String(device.vendorID, radix: 16), fact[2].lowercased().trimmingLeadingZeros)
+      XCTAssertEqual(String(device.deviceID, radix: 16), fact[3].lowercased().trimmingLeadingZeros)
+      XCTAssertEqual(device.classCode, UInt32(fact[4], radix: 16))
+    }
+    for fact in facts where fact.first == "driver" {
+      XCTAssertEqual(inventory.device(try PCIAddress(parsing: fact[1]))?.driver ?? "-", fact[2], fact[1])
+    }
+    var members: [Int: [String]] = [:]
+    for fact in facts where fact.first == "member" { members[Int(fact[1])!, default: []].append(fact[2]) }
+    XCTAssertEqual(inventory.groups.map(\.id), members.keys.sorted())
+    for group in inventory.groups {
+      XCTAssertEqual(group.devices.map(\.description), members[group.id]?.sorted(), "group \(group.id)")
+      XCTAssertEqual(group.type, facts.first { $0.first == "group" && $0[1] == String(group.id) }?[2])
+    }
+  }
+
+  func testResetMethodsAndBARsMatchTheKernel() throws {
+    let inventory = try Fixtures.inventory("q35-vtd")
+    for fact in Fixtures.facts("q35-vtd") where fact.first == "reset" {
+      let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
+      let expected = fact[2] == "absent" || fact[2] == "-" ? [] : Array(fact[2...])
+      XCTAssertEqual(device.kernelResetMethods?.map(\.rawValue), expected, fact[1])
+    }
+    for fact in Fixtures.facts("q35-vtd") where fact.first == "bar" {
+      let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
+      let bar = try XCTUnwrap(device.bars.first { $0.index == Int(fact[2]) }, "\(fact)")
+      XCTAssertEqual(bar.start, UInt64(fact[3]))
+      XCTAssertEqual(bar.size, UInt64(fact[4]))
+    }
+  }
+
+  func testTheTwoE1000BehindTheBridgeShareTheBridgesGroup() throws {
+    let inventory = try Fixtures.inventory("q35-vtd")
+    let first = try XCTUnwrap(inventory.device(try PCIAddress(parsing: "01:01.0")))
+    let second = try XCTUnwrap(inventory.device(try PCIAddress(parsing: "01:02.0")))
+    XCTAssertEqual(first.iommuGroup, second.iommuGroup)
+    XCTAssertEqual(first.upstreamBridges.map(\.description), ["0000:00:04.0"])
+    let group = try XCTUnwrap(inventory.group(of: first))
+    XCTAssertEqual(group.devices.map(\.description), ["0000:00:04.0", "0000:01:01.0", "0000:01:02.0"])
+    XCTAssertEqual(inventory.busResetScope(of: second).map(\.address.description), ["0000:01:01.0", "0000:01:02.0"])
+    XCTAssertEqual(first.interrupt.masking, .untested)
+    XCTAssertEqual(first.isConventionalPCI, true)
+  }
+
+  func testIOMMUAndVFIOSupport() throws {
+    let inventory = try Fixtures.inventory("q35-vtd")
+    XCTAssertTrue(inventory.iommuEnabled)
+    XCTAssertEqual(inventory.iommuUnits.map(\.name), ["dmar0"])
+    XCTAssertTrue(inventory.vfio.vfioPCIDriver)
+    XCTAssertTrue(inventory.vfio.containerNode)
+    let nodes = Fixtures.facts("q35-vtd").filter { $0.first == "dev" && $0[1].hasPrefix("/dev/vfio/") }
+      .compactMap { Int($0[1].dropFirst("/dev/vfio/".count)) }
+    XCTAssertEqual(inventory.vfio.groupNodes, nodes.sorted())
+    // Captures made before vfioctl existed in the guest lack /proc/sys/kernel/osrelease.
+    if let release = inventory.environment.kernelRelease {
+      XCTAssertEqual(release, Fixtures.facts("q35-vtd").first { $0.first == "kernel" }?[1])
+    }
+  }
+
+  func testHostWithoutIOMMUStillListsEveryDeviceAndItsUse() throws {
+    let inventory = try Fixtures.inventory("host-firecracker")
+    XCTAssertFalse(inventory.iommuEnabled)
+    XCTAssertEqual(inventory.devices.count, 6)
+    XCTAssertTrue(inventory.devices.allSatisfy { $0.iommuGroup == nil })
+    let disk = try XCTUnwrap(inventory.devices.first { $0.classCode >> 8 == 0x0180 })
+    XCTAssertTrue(inventory.uses(of: disk.address).contains { $0.kind == .mount && $0.detail == "is mounted at /" && $0.active })
+    let nic = try XCTUnwrap(inventory.devices.first { $0.classCode >> 8 == 0x0200 })
+    XCTAssertTrue(inventory.uses(of: nic.address).contains { $0.kind == .interface && $0.active })
+  }
+
+  func testMissingRootIsAClearError() {
+    XCTAssertThrowsError(try HostInventory.read(Sysfs(root: "/nonexistent/tree"))) {
+      XCTAssertTrue("\($0)".contains("not a Linux sysfs tree"))
+    }
+  }
+
+  func testGarbageConfigSpaceDoesNotStopTheInventory() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let device = try XCTUnwrap(Sysfs(root: copy.path).readLink("/sys/bus/pci/devices/0000:00:02.0"))
+    let configPath = copy.path + resolve(link: device, in: "/sys/bus/pci/devices") + "/config"
+    try copy.write(configPath, bytes: [1, 2, 3])
+    let inventory = try HostInventory.read(Sysfs(root: copy.path), pageSize: 4096)
+    let broken = try XCTUnwrap(inventory.device(try PCIAddress(parsing: "00:02.0")))
+    XCTAssertEqual(broken.configError, ConfigSpaceError.truncated(3).description)
+    XCTAssertEqual(broken.vendorID, 0x8086, "IDs come from the sysfs attributes when config is unusable")
+    XCTAssertEqual(inventory.devices.count, 15)
+  }
+
+  func testCaptureReplaysExactly() throws {
+    let source = Fixtures.sysfs("q35-vtd")
+    let recorder = AccessRecorder()
+    let original = try HostInventory.read(Sysfs(root: source.root, recorder: recorder), pageSize: 4096)
+    let target = try TemporaryTree()
+    try SysfsCapture(source: source, destination: target.path + "/copy").write(recorder.accesses)
+    let replayed = try HostInventory.read(Sysfs(root: target.path + "/copy"), pageSize: 4096)
+    XCTAssertEqual(replayed.devices.map(\.address), original.devices.map(\.address))
+    XCTAssertEqual(replayed.groups, original.groups)
+    XCTAssertEqual(replayed.vfio, original.vfio)
+    XCTAssertEqual(replayed.devices.map(\.bars), original.devices.map(\.bars))
+    XCTAssertEqual(replayed.devices.map(\.driver), original.devices.map(\.driver))
+  }
+}
+
+extension String {
+  fileprivate var trimmingLeadingZeros: String {
+    let trimmed = drop { $0 == "0" }
+    return trimmed.isEmpty ? "0" : String(trimmed)
+  }
+}

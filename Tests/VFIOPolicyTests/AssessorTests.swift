@@ -1,0 +1,143 @@
+import VFIOHost
+import VFIOPolicy
+import VFIOTestSupport
+import XCTest
+
+/// Every assignability rule, on trees captured from real kernels (copied and edited in a
+/// temporary directory where a rule needs a situation the capture did not have).
+final class AssessorTests: XCTestCase {
+  private func assess(_ target: String, fixture: String = "q35-vtd", root: String? = nil) throws -> Assessment {
+    let inventory = try HostInventory.read(Sysfs(root: root ?? Fixtures.root(fixture)), pageSize: 4096)
+    return try XCTUnwrap(Assessor(inventory: inventory).assess(device: try PCIAddress(parsing: target)))
+  }
+
+  private func codes(_ assessment: Assessment, _ severity: Reason.Severity) -> [Reason.Code] {
+    assessment.reasons.filter { $0.severity == severity }.map(\.code)
+  }
+
+  func testBridgeGroupGoesTogetherWithABusReset() throws {
+    let assessment = try assess("01:02.0")
+    XCTAssertEqual(assessment.verdict, .conditional)
+    XCTAssertEqual(codes(assessment, .blocker), [])
+    XCTAssertTrue(codes(assessment, .condition).contains(.companions))
+    XCTAssertTrue(codes(assessment, .condition).contains(.behindPCIBridge))
+    XCTAssertTrue(codes(assessment, .condition).contains(.busReset))
+    let companions = try XCTUnwrap(assessment.reasons.first { $0.code == .companions })
+    XCTAssertEqual(companions.devices.map(\.description), ["0000:01:01.0", "0000:01:02.0"])
+    XCTAssertEqual(assessment.members.map(\.role), [.bridge, .endpoint, .endpoint])
+    // The kernel lists "bus" only for the first function it probed; both get the bus reset.
+    XCTAssertEqual(assessment.members.compactMap { $0.reset?.method }, [.bus, .bus])
+    XCTAssertEqual(assessment.members.last?.reset?.affectsOutsideGroup, [])
+  }
+
+  func testBridgeItselfIsNotAnEndpoint() throws {
+    let assessment = try assess("00:04.0")
+    XCTAssertEqual(assessment.verdict, .notAssignable)
+    XCTAssertEqual(codes(assessment, .blocker), [.notEndpoint])
+  }
+
+  func testChipsetGroupHoldsAPlatformDevice() throws {
+    let assessment = try assess("00:1f.2")
+    XCTAssertEqual(assessment.verdict, .notAssignable)
+    XCTAssertTrue(codes(assessment, .blocker).contains(.platformDevice))
+  }
+
+  func testEduHasNoResetMethod() throws {
+    let assessment = try assess("00:03.0")
+    XCTAssertEqual(codes(assessment, .blocker), [.noReset])
+  }
+
+  func testNVMeUsesFLR() throws {
+    let assessment = try assess("02:00.0")
+    XCTAssertEqual(assessment.members.first?.reset?.method, .flr)
+    XCTAssertEqual(codes(assessment, .blocker), [])
+    XCTAssertNotNil(assessment.plan)
+  }
+
+  func testSubPageBARAloneInItsPageIsACondition() throws {
+    let assessment = try assess("00:07.0")
+    XCTAssertTrue(codes(assessment, .condition).contains(.subPageBAR))
+  }
+
+  func testSubPageBARSharingAPageIsABlocker() throws {
+    // Move the watchdog's 16-byte BAR0 into the page of the edu's BAR0.
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let sysfs = Sysfs(root: copy.path)
+    let edu = try XCTUnwrap(HostInventory.read(sysfs, pageSize: 4096).device(try PCIAddress(parsing: "00:03.0")))
+    let start = edu.bars[0].start + 0x100
+    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:00:07.0")), in: "/sys/bus/pci/devices")
+    var lines = try XCTUnwrap(sysfs.readString(dir + "/resource")).split(separator: "\n").map(String.init)
+    lines[0] = String(format0x(start)) + " " + format0x(start + 15) + " " + String(lines[0].split(separator: " ")[2])
+    try copy.write(copy.path + dir + "/resource", text: lines.joined(separator: "\n") + "\n")
+    let assessment = try assess("00:07.0", root: copy.path)
+    let shared = try XCTUnwrap(assessment.reasons.first { $0.code == .sharedBARPage })
+    XCTAssertEqual(shared.severity, .blocker)
+    XCTAssertTrue(shared.devices.contains(try PCIAddress(parsing: "00:03.0")))
+  }
+
+  func testHostUseBlocksTheWholeGroup() throws {
+    // Give the NVMe namespace a mount, as /proc/self/mountinfo and /sys/block show it.
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let sysfs = Sysfs(root: copy.path)
+    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    let disk = copy.path + dir + "/nvme/nvme0/nvme0n1"
+    XCTAssertEqual(system("mkdir -p '\(disk)' '\(copy.path)/sys/block' '\(copy.path)/proc/self'"), 0)
+    try copy.write(disk + "/dev", text: "259:0\n")
+    XCTAssertEqual(symlink("..\(dir.dropFirst("/sys".count))/nvme/nvme0/nvme0n1", copy.path + "/sys/block/nvme0n1"), 0)
+    try copy.write(copy.path + "/proc/self/mountinfo", text: "30 1 259:0 / /srv rw,relatime - ext4 /dev/nvme0n1 rw\n")
+    let assessment = try assess("02:00.0", root: copy.path)
+    XCTAssertEqual(assessment.verdict, .notAssignable)
+    let use = try XCTUnwrap(assessment.reasons.first { $0.code == .hostInUse })
+    XCTAssertTrue(use.message.contains("nvme0n1 is mounted at /srv"), use.message)
+    XCTAssertTrue(use.remedy?.contains("unmount") ?? false)
+    XCTAssertNil(assessment.plan)
+  }
+
+  func testNoIOMMUIsABlockerAndTheOtherReasonsStillShow() throws {
+    let inventory = try Fixtures.inventory("host-firecracker")
+    let disk = try XCTUnwrap(inventory.devices.first { $0.classCode >> 8 == 0x0180 })
+    let assessment = try XCTUnwrap(Assessor(inventory: inventory).assess(device: disk.address))
+    XCTAssertEqual(assessment.verdict, .notAssignable)
+    XCTAssertEqual(codes(assessment, .blocker).first, .noIOMMU)
+    XCTAssertTrue(codes(assessment, .blocker).contains(.hostInUse))
+  }
+
+  func testDeviceWithoutAGroupOnAnIOMMUHost() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let sysfs = Sysfs(root: copy.path)
+    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    XCTAssertEqual(unlink(copy.path + dir + "/iommu_group"), 0)
+    XCTAssertEqual(codes(try assess("02:00.0", root: copy.path), .blocker), [.noGroup])
+  }
+
+  func testMissingACSIsNamedForMultifunctionGroups() throws {
+    let assessment = try assess("00:1f.3")
+    XCTAssertTrue(assessment.reasons.contains { $0.code == .acsMissing })
+  }
+
+  func testPlanUnbindsBindsAndRestoresTheOriginalDriver() throws {
+    let assessment = try assess("00:02.0")
+    let plan = try XCTUnwrap(assessment.plan)
+    XCTAssertEqual(plan.detach.map(\.action), [.unbind, .setDriverOverride, .probe])
+    XCTAssertEqual(plan.detach.first?.driver, "e1000e")
+    XCTAssertEqual(plan.restore.map(\.action), [.unbind, .clearDriverOverride, .bind])
+    XCTAssertEqual(plan.restore.last?.driver, "e1000e")
+    XCTAssertEqual(plan.resets.first?.method, .pm)
+    XCTAssertEqual(
+      plan.detach.flatMap(\.commands),
+      [
+        "echo 0000:00:02.0 > /sys/bus/pci/devices/0000:00:02.0/driver/unbind",
+        "echo vfio-pci > /sys/bus/pci/devices/0000:00:02.0/driver_override",
+        "echo 0000:00:02.0 > /sys/bus/pci/drivers_probe",
+      ])
+  }
+
+  func testUnknownGroupIsNotAssignable() {
+    XCTAssertEqual(try Assessor(inventory: Fixtures.inventory("q35-vtd")).assess(group: 999).verdict, .notAssignable)
+  }
+}
+
+private func format0x(_ value: UInt64) -> String {
+  let digits = String(value, radix: 16)
+  return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
+}
