@@ -80,6 +80,41 @@ public final class OpenedDevice: @unchecked Sendable {
 }
 
 extension OpenedDevice {
+  /// Opens another PCI device into the same DMA space as `other`: its group joins `other`'s
+  /// container (or the device is taken from the same group), or its cdev binds to the same
+  /// iommufd and IOAS. Mappings made through `dma` then reach both devices, and a hot reset
+  /// can prove ownership of both.
+  public static func open(
+    _ address: String, sharing other: OpenedDevice, sysfsRoot: String = "/sys", devRoot: String = "/dev"
+  ) throws(VFIOError) -> OpenedDevice {
+    let kernel = other.device.kernel
+    if let container = other.container, let otherGroup = other.group {
+      let number = try Group.number(ofDevice: address, kernel: kernel, sysfsRoot: sysfsRoot)
+      let group: Group
+      if number == otherGroup.number {
+        group = otherGroup
+      } else {
+        group = try Group(number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+        try group.attach(to: container)
+      }
+      let device = try group.openDevice(address)
+      return OpenedDevice(device: device, dma: other.dma, backend: .legacy, group: group, container: container, iommufd: nil)
+    }
+    guard let iommufd = other.iommufd, case .iommufd(_, _, let ioas) = other.device.binding else {
+      throw VFIOError(.invalidArgument, operation: "open", message: "\(other.device.name) has no shareable DMA space")
+    }
+    guard var cdev = Device.cdevPath(ofDevice: address, kernel: kernel, sysfsRoot: sysfsRoot) else {
+      throw VFIOError(
+        .notFound, operation: "open", path: "\(sysfsRoot)/bus/pci/devices/\(address)/vfio-dev",
+        message: "device \(address) has no VFIO cdev", hint: "bind it to vfio-pci")
+    }
+    if devRoot != "/dev" { cdev = devRoot + cdev.dropFirst("/dev".count) }
+    let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address)
+    // Attaching can narrow the IOAS's ranges.
+    try other.dma.refreshLayout()
+    return OpenedDevice(device: device, dma: other.dma, backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
+  }
+
   /// Opens a device by its cdev path (/dev/vfio/devices/vfioN) with a fresh iommufd and IOAS.
   public static func open(cdev path: String, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev")
     throws(VFIOError) -> OpenedDevice

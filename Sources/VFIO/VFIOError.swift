@@ -63,11 +63,15 @@ public struct VFIOError: Error, Sendable, Equatable, CustomStringConvertible {
   public var errnoName: String? { errno.map(VFIO.errnoName) }
 
   public var description: String {
-    var text = operation
-    if let path { text += " on \(path)" }
-    text += " failed: \(message)"
-    if let name = errnoName { text += " (\(name))" }
-    if let hint { text += ". \(hint)" }
+    let place = path.map { "\(operation) on \($0)" } ?? operation
+    var text: String
+    if code == .syscall {
+      text = "\(place) failed: \(message)"
+      if let name = errnoName { text += " (\(name))" }
+    } else {
+      text = "\(message) (\(place)\(errnoName.map { ", \($0)" } ?? ""))"
+    }
+    if let hint { text += "; \(hint)" }
     return text
   }
 }

@@ -1,29 +1,49 @@
 import ArgumentParser
 import VFIO
 
-#if canImport(Glibc)
-  import Glibc
-#elseif canImport(Musl)
-  import Musl
-#endif
-
 extension Backend: ExpressibleByArgument {}
 
-/// Drives QEMU's edu device through VFIO and reports whether every check passed.
+/// Example VFIO userspace driver for QEMU's edu device, plus the probes the integration
+/// tests use on other devices.
 @main
 struct VFIOEdu: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "vfio-edu",
     abstract: "Example VFIO userspace driver for QEMU's edu device (1234:11e8).",
-    discussion: "Exits 0 only if every check passed.")
+    subcommands: [Exercise.self, Probe.self, HotReset.self],
+    defaultSubcommand: Exercise.self)
+}
+
+struct Common: ParsableArguments {
+  @Option(help: "legacy (group/container), iommufd (cdev), or auto.")
+  var backend: Backend = .auto
+
+  @Flag(help: "Print the report as JSON.")
+  var json = false
+
+  /// Opens a PCI address or a /dev/vfio/devices/vfioN path.
+  func open(_ device: String) throws(VFIOError) -> OpenedDevice {
+    device.hasPrefix("/dev/vfio/devices/")
+      ? try OpenedDevice.open(cdev: device) : try OpenedDevice.open(device, backend: backend)
+  }
+
+  func finish(_ report: Report) throws {
+    print(json ? Render.json(report) : Render.text(report))
+    if !report.passed { throw ExitCode.failure }
+  }
+}
+
+/// Runs the edu checks: identity, liveness, factorial, DMA both ways with MSI, INTx.
+struct Exercise: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "run", abstract: "Exercise an edu device; exits 0 only if every check passed.")
 
   @Argument(help: "PCI address (0000:00:03.0) or device cdev (/dev/vfio/devices/vfio0).")
   var device: String
 
-  @Option(help: "legacy (group/container), iommufd (cdev), or auto.")
-  var backend: Backend = .auto
+  @OptionGroup var common: Common
 
-  @Option(help: "Bytes per DMA transfer (1...4095; QEMU 7.2 rejects the full 4096).")
+  @Option(help: "Bytes per DMA transfer (1...4095; QEMU 7.2 aborts on the full 4096).")
   var size: Int = 1024
 
   @Option(help: "Interrupt paths to test: msi, intx or both (comma separated).")
@@ -32,17 +52,14 @@ struct VFIOEdu: AsyncParsableCommand {
   @Flag(help: "Use pread/pwrite for BAR0 instead of mmap.")
   var noMmap = false
 
-  @Flag(help: "Print the report as JSON.")
-  var json = false
-
   func validate() throws {
     guard (1...4095).contains(size) else { throw ValidationError("--size must be 1...4095") }
   }
 
   func run() async throws {
-    var report = Report(device: device, backend: backend.rawValue)
+    var report = Report(device: device, backend: common.backend.rawValue)
     do {
-      let opened = try open()
+      let opened = try common.open(device)
       report.backend = opened.backend.rawValue
       let options = EduOptions(
         transferSize: size, interrupts: Set(interrupts.split(separator: ",").map(String.init)),
@@ -51,14 +68,87 @@ struct VFIOEdu: AsyncParsableCommand {
     } catch {
       report.error = error.description
     }
-    print(json ? Render.json(report) : Render.text(report))
-    if !report.passed { throw ExitCode.failure }
+    try common.finish(report)
   }
+}
 
-  func open() throws(VFIOError) -> OpenedDevice {
-    guard device.hasPrefix("/dev/vfio/devices/") else {
-      return try OpenedDevice.open(device, backend: backend)
+/// Opens any VFIO device and reports what the kernel says about it, or why it cannot be opened.
+struct Probe: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Open a device and list its regions and interrupts (any vfio-pci device).")
+
+  @Argument(help: "PCI address or device cdev.")
+  var device: String
+
+  @OptionGroup var common: Common
+
+  func run() throws {
+    var report = Report(device: device, backend: common.backend.rawValue)
+    do {
+      let opened = try common.open(device)
+      report.backend = opened.backend.rawValue
+      let d = opened.device
+      report.check("device info", d.info.isPCI, "flags 0x\(hex(d.info.flags)), \(d.info.regionCount) regions, \(d.info.irqCount) irqs")
+      for index in 0..<d.info.regionCount {
+        guard let r = try? d.regionInfo(index), r.size > 0 else { continue }
+        report.notes.append("region \(index): \(r.size) bytes flags 0x\(hex(r.flags)) caps \(r.capabilities)")
+      }
+      for index in IRQIndex.allCases where index.rawValue < d.info.irqCount {
+        do {
+          let i = try d.irqInfo(index)
+          report.notes.append("irq \(index): count \(i.count) flags 0x\(hex(i.flags))")
+        } catch {
+          // vfio-pci answers EINVAL for ERR on conventional PCI devices (no AER).
+          report.notes.append("irq \(index): \(error.errnoName ?? error.message)")
+        }
+      }
+      report.notes.append("dma: \(opened.dma.layout.ranges.map(\.description).joined(separator: " ")) pages 0x\(hex(opened.dma.layout.pageSizes))\(opened.dma.layout.dmaAvailable.map { " dma_avail \($0)" } ?? "")")
+    } catch {
+      report.error = error.description
     }
-    return try OpenedDevice.open(cdev: device)
+    try common.finish(report)
+  }
+}
+
+/// Resets a device's bus with VFIO_DEVICE_PCI_HOT_RESET, proving ownership of every affected
+/// device (group fds, or one iommufd for cdevs).
+struct HotReset: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "hot-reset", abstract: "Bus-reset a device and the devices that share its bus.")
+
+  @Argument(help: "PCI address.")
+  var device: String
+
+  @Option(name: .customLong("also"), help: "Other affected devices to open into the same DMA space first.")
+  var others: [String] = []
+
+  @OptionGroup var common: Common
+
+  func run() throws {
+    var report = Report(device: device, backend: common.backend.rawValue)
+    do {
+      let opened = try common.open(device)
+      report.backend = opened.backend.rawValue
+      let companions = try others.map { (a: String) throws(VFIOError) -> OpenedDevice in
+        try OpenedDevice.open(a, sharing: opened)
+      }
+      do {
+        try opened.device.reset()
+        report.notes.append("VFIO_DEVICE_RESET succeeded")
+      } catch {
+        report.notes.append("VFIO_DEVICE_RESET: \(error.errnoName ?? error.message)")
+      }
+      let info = try opened.device.hotResetInfo()
+      report.check(
+        "hot reset info", !info.devices.isEmpty,
+        "\(info.devices.count) affected: \(info.devices.map { "\($0.address) (\(info.byDeviceID ? "devid" : "group") \($0.groupOrDeviceID))" }.joined(separator: ", "))\(info.byDeviceID ? " (device ids\(info.allOwned ? ", all owned" : ""))" : "")")
+      let groups = companions.compactMap(\.group)
+      try opened.device.hotReset(groups: groups)
+      report.check("hot reset", true, "VFIO_DEVICE_PCI_HOT_RESET succeeded")
+      withExtendedLifetime(companions) {}
+    } catch {
+      report.error = error.description
+    }
+    try common.finish(report)
   }
 }
