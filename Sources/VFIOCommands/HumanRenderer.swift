@@ -10,7 +10,7 @@ public enum HumanRenderer {
     for device in sortedByGroup(report.devices) {
       let group = device.iommuGroup
       table.rows.append([
-        lastGroup == .some(group) ? "" : group.map(String.init) ?? "-",
+        group != nil && lastGroup == .some(group) ? "" : group.map(String.init) ?? "-",
         short(device.address), clip(device.className ?? device.classCode, 22), clip(device.name, 48),
         device.driver ?? "-", device.verdict.label,
       ])

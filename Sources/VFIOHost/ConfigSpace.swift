@@ -18,7 +18,11 @@ public struct ConfigSpace: Sendable {
   public init(_ bytes: [UInt8]) throws(ConfigSpaceError) {
     guard bytes.count >= 64 else { throw .truncated(bytes.count) }
     self.bytes = bytes
-    if vendorID == 0xFFFF || vendorID == 0x0000 { throw .notPresent(vendorID) }
+    // All ones is what a missing or powered-off function returns. A lone 0xffff vendor ID is
+    // not: SR-IOV VFs read it by design and the rest of their config space is real.
+    if bytes.prefix(64).allSatisfy({ $0 == 0xFF }) || bytes.prefix(64).allSatisfy({ $0 == 0 }) {
+      throw .notPresent(vendorID)
+    }
     guard headerType <= 2 else { throw .unknownHeaderType(headerType) }
     walkStandardChain()
     walkExtendedChain()

@@ -58,7 +58,8 @@ struct DeviceReader {
       upstreamBridges: Array(bridges), bars: bars, config: config, configError: configError,
       kernelResetMethods: resetMethods, sriov: readSRIOV(dir, config: config),
       physicalFunction: physfn,
-      interrupt: LegacyInterrupt(pin: pin, irq: pin == 0 ? nil : sysfs.readInteger("\(dir)/irq"), masking: masking),
+      interrupt: LegacyInterrupt(
+        pin: pin, irq: pin == 0 ? nil : sysfs.readInteger("\(dir)/irq").flatMap { $0 == 0 ? nil : $0 }, masking: masking),
       bootVGA: classCode >> 16 == 0x03 && sysfs.readString("\(dir)/boot_vga") == "1")
   }
 

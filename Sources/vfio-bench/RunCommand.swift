@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import VFIOCommands
+import VFIOHost
+
+/// Times `vfioctl list --json` on each tree, side by side with `lspci -k` on the same tree and
+/// with the usual shell loop over /sys/kernel/iommu_groups, and prints the ratios.
+struct RunCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "run", abstract: "Time vfioctl list --json against lspci -k and the iommu_groups shell loop.")
+
+  @Option(help: "The vfioctl binary to time (build it with -c release).") var vfioctl = ".build/release/vfioctl"
+  @Option(help: "Runs per measurement; the median is reported.") var runs = 7
+  @Option(help: "Where to generate the synthetic tree.") var synthetic = "/tmp/vfio-bench-synthetic"
+  @Option(help: "Root ports (one PF each) in the synthetic tree.") var ports = 64
+  @Option(help: "VFs per PF in the synthetic tree.") var vfs = 63
+  @Option(help: "Devices the shell loop may visit before it is cut (it spawns lspci per device).") var loopLimit = 512
+  @Argument(help: "Captured trees to time as well (default: every Tests/Fixtures/* tree).") var trees: [String] = []
+
+  func run() throws {
+    let fixtures = trees.isEmpty ? try defaultFixtures() : trees
+    let count = try SyntheticTree(
+      template: Templates.fixture, rootPort: Templates.rootPort, physicalFunction: Templates.physicalFunction,
+      virtualFunction: Templates.virtualFunction, ports: ports, vfs: vfs
+    ).write(to: synthetic)
+    print("synthetic tree: \(count + ports) functions (\(ports) root ports, \(ports) PFs x \(vfs) VFs) in \(synthetic)\n")
+    print(pad("tree", 24) + pad("functions", 11) + pad("vfioctl", 11) + pad("in-process", 12) + pad("lspci -k", 11)
+      + pad("ratio", 8) + pad("shell loop", 22) + "ratio")
+    for tree in [synthetic] + fixtures {
+      try measure(tree)
+    }
+    print("\nratio = tool time / vfioctl time (above 1: vfioctl is faster); times are medians of \(runs) runs")
+  }
+
+  private func measure(_ tree: String) throws {
+    let functions = (try? FileManager.default.contentsOfDirectory(atPath: tree + "/sys/bus/pci/devices").count) ?? 0
+    let ours = try median { try spawn(vfioctl, ["list", "--json", "--root", tree]) }
+    let inProcess = try median {
+      let start = now()
+      let inventory = try HostInventory.read(Sysfs(root: tree))
+      _ = try encodeJSON(ReportBuilder(inventory: inventory, names: PCIIDDatabase.load(Sysfs())).list())
+      return now() - start
+    }
+    let lspci = try median { try spawn("/usr/bin/lspci", ["-k", "-A", "linux-sysfs", "-O", "sysfs.path=\(tree)/sys/bus/pci"]) }
+    let loop = try shellLoop(tree)
+    print(
+      pad((tree as NSString).lastPathComponent, 24) + pad("\(functions)", 11) + pad(ms(ours), 11) + pad(ms(inProcess), 12)
+        + pad(ms(lspci), 11) + pad(String(format: "%.2fx", lspci / ours), 8)
+        + pad(ms(loop.time) + (loop.cut ? " (\(loop.visited) dev, est.)" : ""), 22)
+        + String(format: "%.1fx", loop.time / ours))
+  }
+
+  /// The loop people paste from wikis: every group, every member, `lspci -nns` each. When it
+  /// would visit more than `loopLimit` devices it runs on the first ones and is scaled up.
+  private func shellLoop(_ tree: String) throws -> (time: Double, cut: Bool, visited: Int) {
+    let groups = "\(tree)/sys/kernel/iommu_groups"
+    let total = (try? FileManager.default.subpathsOfDirectory(atPath: groups).filter { $0.contains("/devices/") }.count) ?? 0
+    let visit = min(total, loopLimit)
+    let script = """
+      n=0
+      for g in $(find \(groups)/* -maxdepth 0 -type d | sort -V); do
+        echo "IOMMU Group ${g##*/}:"
+        for d in $g/devices/*; do
+          [ $n -ge \(visit) ] && exit 0
+          n=$((n+1))
+          echo "    $(lspci -A linux-sysfs -O sysfs.path=\(tree)/sys/bus/pci -nns ${d##*/})"
+        done
+      done
+      """
+    let time = try spawn("/bin/bash", ["-c", script])
+    return (visit == 0 ? time : time * Double(total) / Double(visit), total > visit, visit)
+  }
+
+  private func defaultFixtures() throws -> [String] {
+    let base = "Tests/Fixtures"
+    return try FileManager.default.contentsOfDirectory(atPath: base).sorted().map { "\(base)/\($0)" }
+      .filter { FileManager.default.fileExists(atPath: "\($0)/sys/bus/pci/devices") }
+  }
+
+  private func median(_ body: () throws -> Double) throws -> Double {
+    var times: [Double] = []
+    for _ in 0..<runs { times.append(try body()) }
+    return times.sorted()[times.count / 2]
+  }
+
+  /// Wall time of a process whose output goes to /dev/null; a failure is an error.
+  private func spawn(_ path: String, _ arguments: [String]) throws -> Double {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    process.standardOutput = FileHandle.nullDevice
+    process.standardError = FileHandle.nullDevice
+    let start = now()
+    try process.run()
+    process.waitUntilExit()
+    let elapsed = now() - start
+    guard process.terminationStatus == 0 else {
+      throw BenchError("\(path) \(arguments.joined(separator: " ")) exited \(process.terminationStatus)")
+    }
+    return elapsed
+  }
+}
+
+private func now() -> Double {
+  var ts = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &ts)
+  return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+private func ms(_ seconds: Double) -> String { String(format: "%.1f ms", seconds * 1000) }
+private func pad(_ text: String, _ width: Int) -> String {
+  text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
