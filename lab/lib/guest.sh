@@ -212,6 +212,9 @@ cmd_run() {
     fi
 
     local boot="n/a"; [ -n "$tb" ] && boot=$(elapsed "$tq" "$tb")
+    # Machine-readable timings for lab/suite (seconds).
+    printf 'boot %s\nqemu %s\ntotal %s\n' "${boot%s}" "$(elapsed "$tq" "$te" | tr -d s)" \
+        "$(elapsed "$t0" "$te" | tr -d s)" > "$OUT/timings"
     log "$TOPO: boot $boot, qemu $(elapsed "$tq" "$te"), total $(elapsed "$t0" "$te") ($(sed -n 's/^LAB-BOOTED //p' "$con" | head -n 1))"
     if [ -n "$reason" ]; then
         echo "==== $TOPO: FAILED: $reason; last console lines ($con):" >&2

@@ -22,13 +22,21 @@ build_vfioctl() {
     [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
     if [ -n "${VFIOCTL:-}" ]; then [ -x "$VFIOCTL" ] && { echo "$VFIOCTL"; return 0; }; return 1; fi
     command -v swift >/dev/null 2>&1 || { log "no swift toolchain"; return 1; }
-    local logf=$CACHE/vfioctl-build.log
+    local logf=$CACHE/vfioctl-build.log try
     log "building vfioctl (log: $logf)"
-    if ! (cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
-            --scratch-path .build-lab) > "$logf" 2>&1; then
+    # Others edit Sources/ while we build: SwiftPM then aborts with "was modified during
+    # the build", which says nothing about the code. Retry that case a few times.
+    for try in 1 2 3; do
+        if (cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
+                --scratch-path .build-lab) > "$logf" 2>&1; then
+            break
+        fi
+        if [ $try -lt 3 ] && grep -q 'was modified during the build' "$logf"; then
+            log "sources changed during the build; retrying"; continue
+        fi
         log "vfioctl does not build: $(grep -m1 'error:' "$logf" || tail -n 1 "$logf")"
         return 1
-    fi
+    done
     local bin; bin=$(cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
         --scratch-path .build-lab --show-bin-path)/vfioctl
     [ -x "$bin" ] || return 1
