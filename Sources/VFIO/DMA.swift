@@ -212,7 +212,10 @@ public final class DMASpace: @unchecked Sendable {
   public let mapper: any DMAMapper
   public private(set) var layout: IOVALayout
   public private(set) var allocator: IOVAAllocator
-  public private(set) var mappings: [DMAMapping] = []
+  /// Live mappings by IOVA.
+  var byIOVA: [UInt64: DMAMapping] = [:]
+  /// Live mappings, in IOVA order.
+  public var mappings: [DMAMapping] { byIOVA.values.sorted { $0.iova < $1.iova } }
   // Mappings made since `layout` was read, which DMA_AVAIL did not count yet.
   var mappedSinceLayout = 0
 
@@ -262,7 +265,7 @@ public final class DMASpace: @unchecked Sendable {
       try? allocator.release(chosen, length: length)
       throw error
     }
-    mappings.append(mapping)
+    byIOVA[chosen] = mapping
     mappedSinceLayout += 1
     return mapping
   }
@@ -288,11 +291,11 @@ public final class DMASpace: @unchecked Sendable {
 
   /// Unmaps a mapping made by this space.
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
-    guard let index = mappings.firstIndex(of: mapping) else {
+    guard byIOVA[mapping.iova] == mapping else {
       throw VFIOError(.invalidArgument, operation: "unmap DMA", message: "\(mapping) was not mapped by this DMA space")
     }
     try mapper.unmap(mapping)
-    mappings.remove(at: index)
+    byIOVA[mapping.iova] = nil
     mappedSinceLayout -= 1
     try allocator.release(mapping.iova, length: mapping.length)
   }
@@ -301,7 +304,7 @@ public final class DMASpace: @unchecked Sendable {
   public func refreshLayout() throws(VFIOError) {
     let fresh = try mapper.iovaLayout()
     var allocator = IOVAAllocator(ranges: fresh.ranges, alignment: fresh.minimumPageSize)
-    for m in mappings { try allocator.reserve(m.iova, length: m.length) }
+    for m in byIOVA.values { try allocator.reserve(m.iova, length: m.length) }
     self.layout = fresh
     self.allocator = allocator
     self.mappedSinceLayout = 0

@@ -27,7 +27,10 @@ public struct IOVAAllocator: Sendable, Equatable {
   /// Claims `[iova, iova + length)`, which the caller chose.
   public mutating func reserve(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let span = try validate(iova, length)
-    if let clash = used.first(where: { $0.start <= span.last && span.start <= $0.last }) {
+    // Spans are sorted and disjoint, so only the neighbours of the insertion point can clash.
+    let index = insertionIndex(span.start)
+    let neighbours = [index - 1, index].filter { used.indices.contains($0) }.map { used[$0] }
+    if let clash = neighbours.first(where: { $0.start <= span.last && span.start <= $0.last }) {
       throw VFIOError(
         .overlap, operation: "reserve IOVA",
         message: "IOVA \(span) overlaps the existing mapping \(clash)",
@@ -56,7 +59,14 @@ public struct IOVAAllocator: Sendable, Equatable {
       }
       guard var candidate = alignUp(range.start, align) else { continue }
       var exhausted = false
-      for span in used where span.last >= candidate {
+      // Disjoint sorted spans have sorted ends too: skip those ending before the candidate.
+      var lo = 0
+      var hi = used.count
+      while lo < hi {
+        let mid = (lo + hi) / 2
+        if used[mid].last < candidate { lo = mid + 1 } else { hi = mid }
+      }
+      for span in used[lo...] {
         if span.start > last { break }
         if span.start > candidate && span.start - candidate >= length { break }
         guard span.last < UInt64.max, let next = alignUp(span.last + 1, align) else {
@@ -80,7 +90,8 @@ public struct IOVAAllocator: Sendable, Equatable {
 
   /// Returns a span claimed by `reserve` or `allocate`.
   public mutating func release(_ iova: UInt64, length: UInt64) throws(VFIOError) {
-    guard let index = used.firstIndex(of: IOVASpan(start: iova, length: length)) else {
+    let index = insertionIndex(iova) - 1
+    guard used.indices.contains(index), used[index] == IOVASpan(start: iova, length: length) else {
       throw VFIOError(
         .invalidArgument, operation: "release IOVA",
         message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not an allocated span")
@@ -115,9 +126,19 @@ public struct IOVAAllocator: Sendable, Equatable {
       hint: "choose an IOVA inside the reported ranges (reserved regions such as the MSI window are excluded)")
   }
 
+  /// The index of the first span starting after `start` (binary search).
+  func insertionIndex(_ start: UInt64) -> Int {
+    var lo = 0
+    var hi = used.count
+    while lo < hi {
+      let mid = (lo + hi) / 2
+      if used[mid].start <= start { lo = mid + 1 } else { hi = mid }
+    }
+    return lo
+  }
+
   mutating func insert(_ span: IOVASpan) {
-    let index = used.firstIndex(where: { $0.start > span.start }) ?? used.endIndex
-    used.insert(span, at: index)
+    used.insert(span, at: insertionIndex(span.start))
   }
 }
 
