@@ -18,7 +18,7 @@ class Facts:
     """The kernel's view, parsed from facts.txt lines (format: lab/guest/facts.sh)."""
 
     def __init__(self, path):
-        self.devices, self.driver, self.reset, self.bars = {}, {}, {}, {}
+        self.devices, self.driver, self.reset, self.bars, self.resources = {}, {}, {}, {}, {}
         self.groups, self.group_type, self.group_of = {}, {}, {}
         self.sriov, self.physfn, self.modules = {}, {}, {}
         self.iommus, self.devs, self.kernel = set(), set(), ""
@@ -37,6 +37,8 @@ class Facts:
                     self.reset[a[0]] = [] if a[1:] in (["-"], ["absent"]) else a[1:]
                 elif kind == "bar":
                     self.bars.setdefault(a[0], {})[int(a[1])] = (int(a[2]), int(a[3]))
+                elif kind == "resource":
+                    self.resources.setdefault(a[0], {})[int(a[1])] = (int(a[2]), int(a[3]))
                 elif kind == "group":
                     self.groups.setdefault(int(a[0]), set())
                     self.group_type[int(a[0])] = a[1]
@@ -228,7 +230,7 @@ def check_list_json(c, k, path):
     c.record("device list matches the kernel",
              ([f"missing {missing}"] if missing else []) + ([f"extra {extra}"] if extra else []))
 
-    ids, drivers, groups, resets, bars = [], [], [], [], []
+    ids, drivers, groups, resets, bars, others = [], [], [], [], [], []
     for b, fd in sorted(k.devices.items()):
         d = devices.get(b)
         if d is None:
@@ -241,15 +243,23 @@ def check_list_json(c, k, path):
             groups.append(f"{b}: vfioctl {d.get('iommuGroup')}, kernel {k.group_of.get(b)}")
         if list(d.get("resetMethods") or []) != k.reset.get(b, []):
             resets.append(f"{b}: vfioctl {d.get('resetMethods')}, kernel {k.reset.get(b)}")
-        got = {x["index"]: (x.get("start"), x.get("size")) for x in d.get("bars", []) if x.get("size")}
+        # BARs proper (role "bar") against resource lines 0-5; every entry, whatever its
+        # role (ROM, bridge window, VF BAR), against the resource line of the same index.
+        entries = [x for x in d.get("bars", []) if x.get("size")]
+        got = {x["index"]: (x.get("start"), x.get("size")) for x in entries if x.get("role", "bar") == "bar"}
         want = k.bars.get(b, {})
         if got != want:
             bars.append(f"{b}: vfioctl {got}, kernel {want}")
+        got_all = {x["index"]: (x.get("start"), x.get("size")) for x in entries}
+        want_all = k.resources.get(b, {})
+        if got_all != want_all:
+            others.append(f"{b}: vfioctl {got_all}, kernel {want_all}")
     c.record("vendor/device IDs match", ids)
     c.record("drivers match", drivers)
     c.record("per-device IOMMU group matches", groups)
     c.record("reset methods match", resets)
     c.record("BAR starts and sizes match", bars)
+    c.record("all resources (ROM, bridge windows, VF BARs) match", others)
 
 
 def check_capture(c, k, tree):

@@ -6,6 +6,8 @@
 #   device BDF VENDOR DEVICE CLASS      driver BDF NAME|-
 #   group N TYPE                        member N BDF
 #   reset BDF METHOD...|-|absent        bar BDF INDEX START SIZE FLAGS (resource lines 0-5)
+#   resource BDF LINE START SIZE FLAGS  (every non-empty line of `resource`: BARs, ROM = 6,
+#                                        SR-IOV VF BARs = 7-12, bridge windows after them)
 #   sriov BDF TOTALVFS NUMVFS           vf VF_BDF PF_BDF
 #   module NAME builtin|loaded          dev PATH (each /dev/vfio entry, /dev/iommu)
 echo "kernel $(uname -r)"
@@ -25,9 +27,11 @@ for d in /sys/bus/pci/devices/*; do
     fi
     i=0
     while read -r start end flags; do
-        [ $i -gt 5 ] && break
         s=$(hex "$start"); e=$(hex "$end")
-        [ "$e" -ne 0 ] && echo "bar $b $i $s $((e - s + 1)) $flags"
+        if [ "$e" -ne 0 ]; then
+            [ $i -le 5 ] && echo "bar $b $i $s $((e - s + 1)) $flags"
+            echo "resource $b $i $s $((e - s + 1)) $flags"
+        fi
         i=$((i + 1))
     done < $d/resource
     if [ -f $d/sriov_totalvfs ]; then echo "sriov $b $(cat $d/sriov_totalvfs) $(cat $d/sriov_numvfs)"; fi

@@ -202,7 +202,7 @@ cmd_run() {
     if grep -q "^LAB-OUT-END $NONCE " "$xfer.txt"; then
         status=$(sed -n "s/^LAB-OUT-END $NONCE //p" "$xfer.txt")
         sed -n "/^LAB-OUT-BEGIN $NONCE\$/,/^LAB-OUT-END $NONCE /p" "$xfer.txt" | sed '1d;$d' \
-            | base64 -d | tar -xz -C "$OUT" || { reason="corrupt /out transfer"; status=""; }
+            | base64 -d | tar -xzm -C "$OUT" || { reason="corrupt /out transfer"; status=""; }
     fi
     [ -n "$status" ] && echo "$status" > "$OUT/status"
     if [ -z "$reason" ]; then
