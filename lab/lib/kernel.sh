@@ -17,6 +17,7 @@ cmd_build_kernel() {
     if [ -e "$out/.done" ]; then
         ln -sfn "$flavour-$key" "$KERNELS_DIR/$flavour"
         log "kernel $flavour cached: $out ($(cat "$out/kver"))"
+        verify_boot
         return 0
     fi
 
@@ -34,7 +35,8 @@ cmd_build_kernel() {
     # ARCH=x86_64 (not x86) so tinyconfig starts 64-bit.
     local mk=(make -C "$src" O="$build" ARCH=x86_64)
     "${mk[@]}" -s tinyconfig >&2
-    "$src/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" >&2
+    "$src/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" > "$build/merge.log" 2>&1 \
+        || { cat "$build/merge.log" >&2; die "merge_config.sh failed"; }
     "${mk[@]}" -s olddefconfig >&2
     verify_config "$fragment" "$build/.config"
 
@@ -53,6 +55,17 @@ cmd_build_kernel() {
     ln -sfn "$flavour-$key" "$KERNELS_DIR/$flavour"
     rm -rf "$build"
     log "kernel $flavour built: $out ($(cat "$out/kver"))"
+    verify_boot
+}
+
+# Proof that the kernel does its job: boot q35-iommufd (edu and others bound to vfio-pci)
+# and require /dev/iommu plus a VFIO device cdev.
+verify_boot() {
+    log "verifying: booting q35-iommufd"
+    "$LAB_DIR/vm" run q35-iommufd --out "$CACHE/out/verify-iommufd" -- \
+        'test -c /dev/iommu && test -c /dev/vfio/devices/vfio0 && ls /dev/iommu /dev/vfio/devices' \
+        || die "the iommufd kernel booted without /dev/iommu or /dev/vfio/devices/vfio0 (see $CACHE/out/verify-iommufd/console.log)"
+    log "verified: /dev/iommu and /dev/vfio/devices/vfio0 present with devices bound to vfio-pci"
 }
 
 # Kconfig silently drops symbols whose dependencies are unmet; make that loud.
