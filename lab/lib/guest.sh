@@ -2,7 +2,7 @@
 # Sourced by lab/vm after lib/common.sh and lib/fetch.sh.
 
 # Parsed options (set by parse_guest_args).
-BINS=(); FILES=(); OUT=""; TIMEOUT=180; TOPO=""; CMD=""
+BINS=(); FILES=(); OUT=""; TIMEOUT=180; TOPO=""; CMD=""; SHOW=""
 
 parse_guest_args() {
     [ $# -ge 1 ] || usage
@@ -13,6 +13,7 @@ parse_guest_args() {
             --file) FILES+=("$2"); shift 2 ;;
             --out) OUT=$2; shift 2 ;;
             --timeout) TIMEOUT=$2; shift 2 ;;
+            --show) SHOW=1; shift ;;
             --) shift; CMD="$*"; break ;;
             *) die "unknown option $1" ;;
         esac
@@ -187,7 +188,7 @@ cmd_run() {
     while kill -0 "$pid" 2>/dev/null; do
         [ -z "$tb" ] && grep -q '^LAB-BOOTED' "$con" && tb=$(now_ms)
         if [ $(( ($(now_ms) - tq) / 1000 )) -ge "$TIMEOUT" ]; then
-            reason="timeout after ${TIMEOUT}s"; kill "$pid" 2>/dev/null; sleep 1; kill -9 "$pid" 2>/dev/null
+            reason="timeout after ${TIMEOUT}s"; kill "$pid" 2>/dev/null || true; sleep 1; kill -9 "$pid" 2>/dev/null || true
             break
         fi
         sleep 0.2
@@ -224,6 +225,8 @@ cmd_run() {
         exit 3
     fi
     rm -rf "$RUN_DIR"
+    # --show: the console from init to the command's end (kernel messages included).
+    [ -n "$SHOW" ] && sed -n '/^LAB-BOOTED/,/^LAB-STATUS/p' "$con"
     log "$TOPO: command exited $status; output in $OUT"
     return "$status"
 }
