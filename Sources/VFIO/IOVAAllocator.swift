@@ -11,11 +11,14 @@ public struct IOVASpan: Sendable, Equatable, CustomStringConvertible {
 
 /// Hands out IOVAs inside the ranges the IOMMU reports, aligned to its minimum page size and
 /// never overlapping. Pure bookkeeping: the kernel is told nothing until a mapping is made.
+///
+/// Occupied space is kept as merged, sorted intervals, so mapping a large buffer chunk by chunk
+/// (and unmapping it in order) costs O(log n) per call instead of shifting an array of spans.
 public struct IOVAAllocator: Sendable, Equatable {
   public private(set) var ranges: [IOVARange]
   /// Minimum alignment of every IOVA and length (the IOMMU's smallest page size).
   public let alignment: UInt64
-  /// Spans in use, sorted by start.
+  /// Occupied IOVA space: disjoint, non-adjacent intervals sorted by start.
   public private(set) var used: [IOVASpan] = []
 
   public init(ranges: [IOVARange], alignment: UInt64) {
@@ -27,14 +30,16 @@ public struct IOVAAllocator: Sendable, Equatable {
   /// Claims `[iova, iova + length)`, which the caller chose.
   public mutating func reserve(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let span = try validate(iova, length)
-    // Spans are sorted and disjoint, so only the neighbours of the insertion point can clash.
+    // Intervals are sorted and disjoint, so only the neighbours of the insertion point can clash.
     let index = insertionIndex(span.start)
-    let neighbours = [index - 1, index].filter { used.indices.contains($0) }.map { used[$0] }
-    if let clash = neighbours.first(where: { $0.start <= span.last && span.start <= $0.last }) {
-      throw VFIOError(
-        .overlap, operation: "reserve IOVA",
-        message: "IOVA \(span) overlaps the existing mapping \(clash)",
-        hint: "unmap the existing mapping first or choose another IOVA")
+    for i in [index - 1, index] where used.indices.contains(i) {
+      let other = used[i]
+      if other.start <= span.last && span.start <= other.last {
+        throw VFIOError(
+          .overlap, operation: "reserve IOVA",
+          message: "IOVA \(span) overlaps mapped IOVA space \(other)",
+          hint: "unmap the existing mapping first or choose another IOVA")
+      }
     }
     insert(span)
   }
@@ -88,15 +93,26 @@ public struct IOVAAllocator: Sendable, Equatable {
       hint: "unmap something, map less, or coalesce buffers into fewer larger mappings")
   }
 
-  /// Returns a span claimed by `reserve` or `allocate`.
+  /// Returns `[iova, iova + length)`, which must be wholly claimed, to the free space.
   public mutating func release(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let index = insertionIndex(iova) - 1
-    guard used.indices.contains(index), used[index] == IOVASpan(start: iova, length: length) else {
+    guard length > 0, used.indices.contains(index), UInt64.max - iova >= length - 1,
+      iova + (length - 1) <= used[index].last
+    else {
       throw VFIOError(
         .invalidArgument, operation: "release IOVA",
-        message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not an allocated span")
+        message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not allocated")
     }
-    used.remove(at: index)
+    let span = used[index]
+    let last = iova + (length - 1)
+    switch (span.start == iova, span.last == last) {
+    case (true, true): used.remove(at: index)
+    case (true, false): used[index] = IOVASpan(start: last + 1, length: span.last - last)
+    case (false, true): used[index].length = iova - span.start
+    case (false, false):
+      used[index].length = iova - span.start
+      used.insert(IOVASpan(start: last + 1, length: span.last - last), at: index + 1)
+    }
   }
 
   func validate(_ iova: UInt64, _ length: UInt64) throws(VFIOError) -> IOVASpan {
@@ -137,8 +153,19 @@ public struct IOVAAllocator: Sendable, Equatable {
     return lo
   }
 
+  /// Inserts a free span, merging it with adjacent intervals.
   mutating func insert(_ span: IOVASpan) {
-    used.insert(span, at: insertionIndex(span.start))
+    let index = insertionIndex(span.start)
+    let joinsPrevious = index > 0 && used[index - 1].last &+ 1 == span.start && used[index - 1].last != .max
+    let joinsNext = index < used.count && span.last &+ 1 == used[index].start && span.last != .max
+    switch (joinsPrevious, joinsNext) {
+    case (true, true):
+      used[index - 1].length += span.length + used[index].length
+      used.remove(at: index)
+    case (true, false): used[index - 1].length += span.length
+    case (false, true): used[index] = IOVASpan(start: span.start, length: span.length + used[index].length)
+    case (false, false): used.insert(span, at: index)
+    }
   }
 }
 

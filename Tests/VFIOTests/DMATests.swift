@@ -70,11 +70,36 @@ import Testing
     #expect(code { _ = try a.allocate(length: 0x1000) } == .iovaExhausted)
   }
 
-  @Test func releaseFreesExactSpan() throws {
+  @Test func releaseReturnsSpace() throws {
     var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
     let iova = try a.allocate(length: 0x4000)
-    #expect(code { try a.release(iova, length: 0x1000) } == .invalidArgument)
+    #expect(code { try a.release(iova + 0x4000, length: 0x1000) } == .invalidArgument, "never allocated")
     try a.release(iova, length: 0x4000)
+    #expect(a.used.isEmpty)
+    #expect(code { try a.release(iova, length: 0x4000) } == .invalidArgument, "double release")
+  }
+
+  @Test func contiguousSpansMergeAndSplit() throws {
+    var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
+    for i in 0..<8 { try a.reserve(0x10_0000 + UInt64(i) * 0x1000, length: 0x1000) }
+    #expect(a.used == [IOVASpan(start: 0x10_0000, length: 0x8000)])
+    try a.release(0x10_3000, length: 0x1000)
+    #expect(a.used == [IOVASpan(start: 0x10_0000, length: 0x3000), IOVASpan(start: 0x10_4000, length: 0x4000)])
+    #expect(try a.allocate(length: 0x1000, below: 0x20_0000) == 0, "first fit from the bottom")
+    try a.reserve(0x10_3000, length: 0x1000)
+    #expect(a.used == [IOVASpan(start: 0, length: 0x1000), IOVASpan(start: 0x10_0000, length: 0x8000)])
+    try a.release(0x10_0000, length: 0x1000)
+    try a.release(0x10_7000, length: 0x1000)
+    #expect(a.used.last == IOVASpan(start: 0x10_1000, length: 0x6000))
+    #expect(code { try a.reserve(0x10_6000, length: 0x2000) } == .overlap)
+  }
+
+  @Test func manySpansInOrderStayCheap() throws {
+    // 65,536 page mappings (type1's default dma_entry_limit) mapped and unmapped in order.
+    var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
+    for i in 0..<65536 { try a.reserve(0x100_0000 + UInt64(i) * 0x1000, length: 0x1000) }
+    #expect(a.used.count == 1)
+    for i in 0..<65536 { try a.release(0x100_0000 + UInt64(i) * 0x1000, length: 0x1000) }
     #expect(a.used.isEmpty)
   }
 

@@ -186,6 +186,10 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     let unmap = try #require(k.ioctlInputs.first { $0.name == "VFIO_IOMMU_UNMAP_DMA" }?.bytes)
     #expect(unmap == le32(24) + le32(0) + le64(0x10_0000) + le64(0x2000))
     #expect(opened.dma.mappings.isEmpty)
+    do {
+      try opened.dma.unmap(DMAMapping(vaddr: 0x7f12_3456_7000, iova: 0x10_0000, length: 0x1000))
+      Issue.record("unmapped a mapping that does not exist")
+    } catch { #expect(error.code == .invalidArgument) }
   }
 
   @Test func mapPicksIOVABelowLimitAndChecksOverlap() throws {
