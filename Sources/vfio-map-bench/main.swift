@@ -3,7 +3,7 @@
 // two together show what the library adds.
 //
 // usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0]
-//                           [--backing normal|thp] [--json]
+//                           [--backing normal|thp] [--json] [--dry-run]
 // A chunk of 0 maps the whole buffer in one call.
 import VFIO
 
@@ -20,6 +20,8 @@ struct Options {
   var chunks: [Int] = [4096, 2 << 20, 0]
   var backing = DMABuffer.Backing.normal
   var json = false
+  /// Bookkeeping only: a mapper that never calls the kernel, to isolate the library's cost.
+  var dryRun = false
 
   static func parse(_ args: [String]) -> Options? {
     var o = Options()
@@ -41,11 +43,13 @@ struct Options {
         default: return nil
         }
       case "--json": o.json = true
+      case "--dry-run": o.dryRun = true
       default:
         guard !a.hasPrefix("-"), o.device.isEmpty else { return nil }
         o.device = a
       }
     }
+    if o.dryRun && o.device.isEmpty { o.device = "none" }
     return o.device.isEmpty ? nil : o
   }
 }
@@ -95,9 +99,9 @@ func render(_ o: Options, _ backend: Backend, _ rows: [Row]) -> String {
     }
     return "{\"tool\":\"vfio-map-bench\",\"device\":\"\(o.device)\",\"backend\":\"\(backend.rawValue)\",\"size\":\(o.sizeMiB << 20),\"backing\":\"\(backing)\",\"results\":[\(items.joined(separator: ","))]}"
   }
-  var lines = ["vfio-map-bench \(o.device) \(backend.rawValue) \(o.sizeMiB) MiB \(backing)", "chunk      calls   map ms   unmap ms   map us/call"]
+  var lines = ["vfio-map-bench \(o.device) \(backend.rawValue) \(o.sizeMiB) MiB \(backing)", "chunk      calls   map ms   unmap ms   map ns/call"]
   for r in rows {
-    let per = r.mapNanos / UInt64(max(r.calls, 1)) / 1000
+    let per = r.mapNanos / UInt64(max(r.calls, 1))
     lines.append(
       [String(r.chunk), String(r.calls), ms(r.mapNanos), ms(r.unmapNanos), String(per)]
         .enumerated().map { i, s in i == 0 ? s.padding(9) : s.padding(i == 4 ? 0 : 9, left: true) }
@@ -114,24 +118,44 @@ extension String {
 }
 
 guard let options = Options.parse(Array(CommandLine.arguments.dropFirst())) else {
-  print("usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--json]")
+  print("usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--json] [--dry-run]")
   exit(2)
 }
 
+/// Accepts every mapping without a system call.
+final class NullMapper: DMAMapper {
+  func iovaLayout() throws(VFIOError) -> IOVALayout {
+    IOVALayout(ranges: [IOVARange(start: 0, last: (1 << 48) - 1)], pageSizes: 0x4020_1000)
+  }
+  func map(_ mapping: DMAMapping) throws(VFIOError) {}
+  func unmap(_ mapping: DMAMapping) throws(VFIOError) {}
+}
+
 do {
-  let opened = try OpenedDevice.open(options.device, backend: options.backend)
+  let dma: DMASpace
+  var backend = options.backend
+  var keep: OpenedDevice?
+  if options.dryRun {
+    dma = try DMASpace(NullMapper())
+  } else {
+    let opened = try OpenedDevice.open(options.device, backend: options.backend)
+    dma = opened.dma
+    backend = opened.backend
+    keep = opened
+  }
   let buffer = try DMABuffer(length: options.sizeMiB << 20, backing: options.backing)
   // Touch every page first: the first map would otherwise also pay for zero-filling.
   for i in stride(from: 0, to: buffer.length, by: 4096) { buffer.bytes[i] = 1 }
   // A 2 MiB-aligned IOVA inside the first range, so hugepage-backed chunks can use large IOPTEs.
-  guard let range = opened.dma.layout.ranges.first(where: { $0.last - $0.start >= UInt64(buffer.length) + (4 << 20) }) else {
+  guard let range = dma.layout.ranges.first(where: { $0.last - $0.start >= UInt64(buffer.length) + (4 << 20) }) else {
     print("no IOVA range fits \(buffer.length) bytes")
     exit(1)
   }
   let base = (range.start + (4 << 20)) & ~UInt64((2 << 20) - 1)
   var rows: [Row] = []
-  for chunk in options.chunks { rows.append(try measure(opened.dma, buffer, chunk: chunk, base: base)) }
-  print(render(options, opened.backend, rows))
+  for chunk in options.chunks { rows.append(try measure(dma, buffer, chunk: chunk, base: base)) }
+  print(render(options, backend, rows))
+  withExtendedLifetime(keep) {}
 } catch {
   print("vfio-map-bench: \(error)")
   exit(1)
