@@ -32,10 +32,13 @@ public enum CapabilityChain {
         throw malformed("capability at \(offset) points back to an earlier one; the chain loops")
       }
       guard offset >= fixedSize else {
-        throw malformed("capability offset \(offset) lies inside the \(fixedSize)-byte fixed struct")
+        throw malformed(
+          "capability offset \(offset) lies inside the \(fixedSize)-byte fixed struct")
       }
       guard offset + headerSize <= buffer.count else {
-        throw malformed("capability header at \(offset) runs past the \(buffer.count)-byte buffer; the chain is truncated")
+        throw malformed(
+          "capability header at \(offset) runs past the \(buffer.count)-byte buffer; the chain is truncated"
+        )
       }
       let id = buffer.load(UInt16.self, at: offset)
       let version = buffer.load(UInt16.self, at: offset + 2)
@@ -61,7 +64,9 @@ public enum CapabilityChain {
   /// Throws unless `capability` holds at least `size` bytes.
   static func require(_ capability: Capability, _ size: Int, _ what: String) throws(VFIOError) {
     guard capability.bytes.count >= size else {
-      throw malformed("\(what) capability needs \(size) bytes but \(capability.bytes.count) remain; the chain is truncated")
+      throw malformed(
+        "\(what) capability needs \(size) bytes but \(capability.bytes.count) remain; the chain is truncated"
+      )
     }
   }
 }
@@ -99,7 +104,9 @@ public enum RegionCapability: Sendable, Equatable {
         try CapabilityChain.require(cap, 16, "sparse mmap")
         let count = Int(cap.bytes.load(UInt32.self, at: 8))
         guard count <= (cap.bytes.count - 16) / 16 else {
-          throw CapabilityChain.malformed("sparse mmap lists \(count) areas but holds room for \((cap.bytes.count - 16) / 16); the chain is truncated")
+          throw CapabilityChain.malformed(
+            "sparse mmap lists \(count) areas but holds room for \((cap.bytes.count - 16) / 16); the chain is truncated"
+          )
         }
         let areas = (0..<count).map { i in
           SparseMmapArea(
@@ -157,7 +164,9 @@ public enum IOMMUCapability: Sendable, Equatable {
         try CapabilityChain.require(cap, 16, "IOVA range")
         let count = Int(cap.bytes.load(UInt32.self, at: 8))
         guard count <= (cap.bytes.count - 16) / 16 else {
-          throw CapabilityChain.malformed("IOVA range capability lists \(count) ranges but holds room for \((cap.bytes.count - 16) / 16); the chain is truncated")
+          throw CapabilityChain.malformed(
+            "IOVA range capability lists \(count) ranges but holds room for \((cap.bytes.count - 16) / 16); the chain is truncated"
+          )
         }
         var ranges: [IOVARange] = []
         for i in 0..<count {

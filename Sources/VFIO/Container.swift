@@ -1,5 +1,6 @@
 import CVFIO
 import SystemPackage
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -93,7 +94,9 @@ public final class Container: DMAMapper, @unchecked Sendable {
       throw VFIOError(
         .unsupported, operation: IoctlRequest.checkExtension.name, path: handle.path,
         message: "no IOMMU backend (type1v2, type1, sPAPR TCE) is available",
-        hint: "load vfio_iommu_type1 (`modprobe vfio_iommu_type1`) and boot with the IOMMU enabled (intel_iommu=on or amd_iommu=on)")
+        hint:
+          "load vfio_iommu_type1 (`modprobe vfio_iommu_type1`) and boot with the IOMMU enabled (intel_iommu=on or amd_iommu=on)"
+      )
     }
     try setIOMMU(type)
   }
@@ -165,7 +168,9 @@ public final class Container: DMAMapper, @unchecked Sendable {
     guard request.size == mapping.length else {
       throw VFIOError(
         .shortTransfer, operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path,
-        message: "unmapped \(request.size) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))")
+        message:
+          "unmapped \(request.size) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
+      )
     }
   }
 
@@ -203,7 +208,8 @@ public final class Container: DMAMapper, @unchecked Sendable {
   public func spaprCreateWindow(pageShift: UInt32, windowSize: UInt64, levels: UInt32 = 1)
     throws(VFIOError) -> UInt64
   {
-    var bytes = SPAPRCodec.createWindow(pageShift: pageShift, windowSize: windowSize, levels: levels)
+    var bytes = SPAPRCodec.createWindow(
+      pageShift: pageShift, windowSize: windowSize, levels: levels)
     try handle.ioctl(.spaprTCECreate, bytes: &bytes)
     let start = SPAPRCodec.decodeCreatedWindowStart(bytes)
     spaprWindows.append(IOVARange(start: start, last: start + windowSize - 1))
@@ -253,7 +259,8 @@ public struct Type1Info: Sendable, Equatable {
   public static func decode(_ buffer: [UInt8]) throws(VFIOError) -> Type1Info {
     let fixed = MemoryLayout<vfio_iommu_type1_info>.size
     guard buffer.count >= fixed else {
-      throw CapabilityChain.malformed("VFIO_IOMMU_GET_INFO returned \(buffer.count) bytes, fewer than \(fixed)")
+      throw CapabilityChain.malformed(
+        "VFIO_IOMMU_GET_INFO returned \(buffer.count) bytes, fewer than \(fixed)")
     }
     let flags: UInt32 = buffer.load(at: 4)
     let pageSizes: UInt64 = buffer.load(at: 8)

@@ -1,9 +1,10 @@
+import SystemPackage
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import SystemPackage
 
 /// The rules an IOMMU address space imposes on mappings.
 public struct IOVALayout: Sendable, Equatable {
@@ -86,15 +87,19 @@ public protocol DMAMapper: AnyObject, Sendable {
 
 /// Failure of a map call, with the limit it hit named.
 func mapFailure(
-  _ errno: Errno, request: IoctlRequest, path: String, mapping: DMAMapping, kernel: any KernelInterface
+  _ errno: Errno, request: IoctlRequest, path: String, mapping: DMAMapping,
+  kernel: any KernelInterface
 ) -> VFIOError {
   switch errno {
   case .noMemory:
     let limit = kernel.memlockLimit().map { "\($0 / 1024) KiB" } ?? "unlimited"
     return VFIOError(
       .memlockLimit, errno: errno, operation: request.name, path: path,
-      message: "pinning \(mapping.length) bytes exceeds the locked-memory limit (RLIMIT_MEMLOCK soft limit \(limit))",
-      hint: "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd LimitMEMLOCK=, or CAP_IPC_LOCK) to cover all mapped memory")
+      message:
+        "pinning \(mapping.length) bytes exceeds the locked-memory limit (RLIMIT_MEMLOCK soft limit \(limit))",
+      hint:
+        "raise RLIMIT_MEMLOCK (`ulimit -l`, systemd LimitMEMLOCK=, or CAP_IPC_LOCK) to cover all mapped memory"
+    )
   case .noSpace:
     let limit =
       kernel.readFile("/sys/module/vfio_iommu_type1/parameters/dma_entry_limit")?
@@ -102,7 +107,9 @@ func mapFailure(
     return VFIOError(
       .dmaEntryLimit, errno: errno, operation: request.name, path: path,
       message: "the container holds the maximum number of DMA mappings (dma_entry_limit \(limit))",
-      hint: "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit module parameter")
+      hint:
+        "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit module parameter"
+    )
   case .fileExists, .addressInUse:
     return VFIOError(
       .overlap, errno: errno, operation: request.name, path: path,
@@ -112,14 +119,17 @@ func mapFailure(
     return VFIOError(
       .syscall, errno: errno, operation: request.name, path: path,
       message: "the kernel rejected \(mapping)",
-      hint: "check alignment to the IOMMU page size, that the IOVA is inside the reported ranges, and that the memory is mapped read/write")
+      hint:
+        "check alignment to the IOMMU page size, that the IOVA is inside the reported ranges, and that the memory is mapped read/write"
+    )
   case .badAddress:
     return VFIOError(
       .syscall, errno: errno, operation: request.name, path: path,
       message: "the process memory of \(mapping) is not mapped",
       hint: "map memory from a live DMABuffer")
   default:
-    return .syscall(errno, operation: request.name, path: path, message: "mapping \(mapping) failed")
+    return .syscall(
+      errno, operation: request.name, path: path, message: "mapping \(mapping) failed")
   }
 }
 
@@ -161,7 +171,8 @@ public final class DMABuffer: @unchecked Sendable {
     throws(VFIOError)
   {
     guard length > 0 else {
-      throw VFIOError(.invalidArgument, operation: "mmap", message: "a DMA buffer needs a length > 0")
+      throw VFIOError(
+        .invalidArgument, operation: "mmap", message: "a DMA buffer needs a length > 0")
     }
     let unit = backing == .normal ? systemPageSize : Self.hugePageSize
     let rounded = (length + unit - 1) / unit * unit
@@ -173,13 +184,17 @@ public final class DMABuffer: @unchecked Sendable {
     case .transparentHugePages: request = rounded + Self.hugePageSize
     }
     let base: UnsafeMutableRawPointer
-    switch kernel.mmap(length: request, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0) {
+    switch kernel.mmap(
+      length: request, protection: PROT_READ | PROT_WRITE, flags: flags, fd: -1, offset: 0)
+    {
     case .success(let p): base = p
     case .failure(let errno):
       throw VFIOError(
         errno == .noMemory && backing == .hugeTLB ? .unsupported : .syscall, errno: errno,
         operation: "mmap", message: "cannot allocate \(rounded) bytes of DMA memory",
-        hint: backing == .hugeTLB ? "reserve huge pages (`echo N > /proc/sys/vm/nr_hugepages`) or use .transparentHugePages" : nil)
+        hint: backing == .hugeTLB
+          ? "reserve huge pages (`echo N > /proc/sys/vm/nr_hugepages`) or use .transparentHugePages"
+          : nil)
     }
     var start = base
     if backing == .transparentHugePages {
@@ -237,21 +252,26 @@ public final class DMASpace: @unchecked Sendable {
     guard vaddr % align == 0 else {
       throw VFIOError(
         .misaligned, operation: "map DMA",
-        message: "process address 0x\(String(vaddr, radix: 16)) is not aligned to the IOMMU page size 0x\(String(align, radix: 16))",
+        message:
+          "process address 0x\(String(vaddr, radix: 16)) is not aligned to the IOMMU page size 0x\(String(align, radix: 16))",
         hint: "map memory from a DMABuffer, which is page-aligned")
     }
     if let available = layout.dmaAvailable, mappedSinceLayout >= Int(available) {
       throw VFIOError(
         .dmaEntryLimit, operation: "map DMA",
         message: "the container accepts \(available) more mappings (DMA_AVAIL) and all are used",
-        hint: "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit")
+        hint:
+          "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit"
+      )
     }
     let chosen: UInt64
     if let iova {
       if let limit, iova >= limit || limit - iova < length {
         throw VFIOError(
           .outsideIOVARanges, operation: "map DMA",
-          message: "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not below the device's limit 0x\(String(limit, radix: 16))")
+          message:
+            "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not below the device's limit 0x\(String(limit, radix: 16))"
+        )
       }
       try allocator.reserve(iova, length: length)
       chosen = iova
@@ -276,7 +296,8 @@ public final class DMASpace: @unchecked Sendable {
     _ buffer: DMABuffer, at iova: UInt64? = nil, below limit: UInt64? = nil,
     access: DMAAccess = .readWrite
   ) throws(VFIOError) -> DMAMapping {
-    try map(vaddr: buffer.vaddr, length: UInt64(buffer.length), at: iova, below: limit, access: access)
+    try map(
+      vaddr: buffer.vaddr, length: UInt64(buffer.length), at: iova, below: limit, access: access)
   }
 
   /// Maps many fixed-IOVA segments with one kernel call per contiguous run.
@@ -292,7 +313,9 @@ public final class DMASpace: @unchecked Sendable {
   /// Unmaps a mapping made by this space.
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
     guard byIOVA[mapping.iova] == mapping else {
-      throw VFIOError(.invalidArgument, operation: "unmap DMA", message: "\(mapping) was not mapped by this DMA space")
+      throw VFIOError(
+        .invalidArgument, operation: "unmap DMA",
+        message: "\(mapping) was not mapped by this DMA space")
     }
     try mapper.unmap(mapping)
     byIOVA[mapping.iova] = nil

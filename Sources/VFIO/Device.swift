@@ -66,12 +66,14 @@ public final class Device: @unchecked Sendable {
       try handle.ioctl(.deviceAttachIOMMUFDPT, &attach)
     }
     return try Device(
-      handle: handle, name: name ?? path, binding: .iommufd(iommufd, deviceID: bind.out_devid, ioas: ioas))
+      handle: handle, name: name ?? path,
+      binding: .iommufd(iommufd, deviceID: bind.out_devid, ioas: ioas))
   }
 
   /// The cdev of a PCI device, from /sys/bus/pci/devices/BDF/vfio-dev/vfioN.
   public static func cdevPath(
-    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(), sysfsRoot: String = "/sys"
+    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(),
+    sysfsRoot: String = "/sys"
   ) -> String? {
     guard let names = kernel.listDirectory("\(sysfsRoot)/bus/pci/devices/\(address)/vfio-dev"),
       let node = names.first(where: { $0.hasPrefix("vfio") })
@@ -107,23 +109,32 @@ public final class Device: @unchecked Sendable {
   ) throws(VFIOError) -> T {
     try checkBounds(region, offset, MemoryLayout<T>.size)
     var value = T.zero
-    let n = withUnsafeMutableBytes(of: &value) { kernel.pread(handle.fd, into: $0, offset: region.offset + offset) }
+    let n = withUnsafeMutableBytes(of: &value) {
+      kernel.pread(handle.fd, into: $0, offset: region.offset + offset)
+    }
     try checkTransfer(n, MemoryLayout<T>.size, "pread", region, offset)
     return value
   }
 
   /// Writes `value` at `offset` within a region (pwrite at the region's file offset).
-  public func write<T: FixedWidthInteger>(_ value: T, region: RegionInfo, offset: UInt64) throws(VFIOError) {
+  public func write<T: FixedWidthInteger>(_ value: T, region: RegionInfo, offset: UInt64)
+    throws(VFIOError)
+  {
     try checkBounds(region, offset, MemoryLayout<T>.size)
-    let n = withUnsafeBytes(of: value) { kernel.pwrite(handle.fd, from: $0, offset: region.offset + offset) }
+    let n = withUnsafeBytes(of: value) {
+      kernel.pwrite(handle.fd, from: $0, offset: region.offset + offset)
+    }
     try checkTransfer(n, MemoryLayout<T>.size, "pwrite", region, offset)
   }
 
   /// Reads `count` bytes at `offset` within a region.
-  public func readBytes(region: RegionInfo, offset: UInt64, count: Int) throws(VFIOError) -> [UInt8] {
+  public func readBytes(region: RegionInfo, offset: UInt64, count: Int) throws(VFIOError) -> [UInt8]
+  {
     try checkBounds(region, offset, count)
     var bytes = [UInt8](repeating: 0, count: count)
-    let n = bytes.withUnsafeMutableBytes { kernel.pread(handle.fd, into: $0, offset: region.offset + offset) }
+    let n = bytes.withUnsafeMutableBytes {
+      kernel.pread(handle.fd, into: $0, offset: region.offset + offset)
+    }
     try checkTransfer(n, count, "pread", region, offset)
     return bytes
   }
@@ -132,20 +143,27 @@ public final class Device: @unchecked Sendable {
     guard offset <= region.size, region.size - offset >= UInt64(size) else {
       throw VFIOError(
         .invalidArgument, operation: "region access", path: handle.path,
-        message: "\(size) bytes at 0x\(String(offset, radix: 16)) fall outside region \(region.index) (0x\(String(region.size, radix: 16)) bytes)")
+        message:
+          "\(size) bytes at 0x\(String(offset, radix: 16)) fall outside region \(region.index) (0x\(String(region.size, radix: 16)) bytes)"
+      )
     }
   }
 
-  func checkTransfer(_ n: Int, _ want: Int, _ op: String, _ region: RegionInfo, _ offset: UInt64) throws(VFIOError) {
+  func checkTransfer(_ n: Int, _ want: Int, _ op: String, _ region: RegionInfo, _ offset: UInt64)
+    throws(VFIOError)
+  {
     if n < 0 {
       throw VFIOError.syscall(
         Errno(rawValue: Int32(-n)), operation: op, path: handle.path,
-        message: "region \(region.index) offset 0x\(String(offset, radix: 16)): \(Errno(rawValue: Int32(-n)))")
+        message:
+          "region \(region.index) offset 0x\(String(offset, radix: 16)): \(Errno(rawValue: Int32(-n)))"
+      )
     }
     guard n == want else {
       throw VFIOError(
         .shortTransfer, operation: op, path: handle.path,
-        message: "\(n) of \(want) bytes at region \(region.index) offset 0x\(String(offset, radix: 16))")
+        message:
+          "\(n) of \(want) bytes at region \(region.index) offset 0x\(String(offset, radix: 16))")
     }
   }
 
@@ -156,13 +174,15 @@ public final class Device: @unchecked Sendable {
     guard region.isMappable else {
       throw VFIOError(
         .unsupported, operation: "mmap", path: handle.path,
-        message: "region \(region.index) is not mappable", hint: "use read/write (pread/pwrite) instead")
+        message: "region \(region.index) is not mappable",
+        hint: "use read/write (pread/pwrite) instead")
     }
     let length = length ?? (region.size - offset)
     guard region.allowsMapping(offset: offset, length: length) else {
       throw VFIOError(
         .invalidArgument, operation: "mmap", path: handle.path,
-        message: "0x\(String(offset, radix: 16))+0x\(String(length, radix: 16)) is not inside a mappable area of region \(region.index)",
+        message:
+          "0x\(String(offset, radix: 16))+0x\(String(length, radix: 16)) is not inside a mappable area of region \(region.index)",
         hint: "map one of the region's sparse areas")
     }
     var protection: Int32 = 0
@@ -197,7 +217,9 @@ public final class Device: @unchecked Sendable {
       buffer = HotResetCodec.infoRequest(capacity: count)
       try handle.ioctl(.deviceGetPCIHotResetInfo, bytes: &buffer)
     } else {
-      try handle.check(rc, .deviceGetPCIHotResetInfo, hint: "the device has no bus reset (it is alone on a root bus or its slot cannot be reset)")
+      try handle.check(
+        rc, .deviceGetPCIHotResetInfo,
+        hint: "the device has no bus reset (it is alone on a root bus or its slot cannot be reset)")
     }
     return try HotResetCodec.decodeInfo(buffer)
   }
@@ -236,7 +258,8 @@ public final class MappedRegion: @unchecked Sendable {
 
   /// A single load of `T` (device registers want one access of the right width).
   public func load<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
-    precondition(offset >= 0 && offset + MemoryLayout<T>.size <= length && offset % MemoryLayout<T>.size == 0)
+    precondition(
+      offset >= 0 && offset + MemoryLayout<T>.size <= length && offset % MemoryLayout<T>.size == 0)
     let p = address + offset
     switch MemoryLayout<T>.size {
     case 1: return T(truncatingIfNeeded: cvfio_mmio_read8(p))
@@ -248,7 +271,8 @@ public final class MappedRegion: @unchecked Sendable {
 
   /// A single store of `T`.
   public func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
-    precondition(offset >= 0 && offset + MemoryLayout<T>.size <= length && offset % MemoryLayout<T>.size == 0)
+    precondition(
+      offset >= 0 && offset + MemoryLayout<T>.size <= length && offset % MemoryLayout<T>.size == 0)
     let p = address + offset
     switch MemoryLayout<T>.size {
     case 1: cvfio_mmio_write8(p, UInt8(truncatingIfNeeded: value))

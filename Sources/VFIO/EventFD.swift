@@ -82,7 +82,9 @@ public final class EventLoop: @unchecked Sendable {
 
   public init() throws(VFIOError) {
     let fd = cvfio_epoll_create()
-    guard fd >= 0 else { throw .syscall(Errno(rawValue: -fd), operation: "epoll_create1", path: nil) }
+    guard fd >= 0 else {
+      throw .syscall(Errno(rawValue: -fd), operation: "epoll_create1", path: nil)
+    }
     epfd = fd
     wake = try EventFD()
     _ = cvfio_epoll_add(epfd, wake.fileDescriptor, Self.wakeToken)
@@ -95,25 +97,33 @@ public final class EventLoop: @unchecked Sendable {
         loop.run()
         return nil
       }, box)
-    guard rc == 0 else { throw .syscall(Errno(rawValue: rc), operation: "pthread_create", path: nil) }
+    guard rc == 0 else {
+      throw .syscall(Errno(rawValue: rc), operation: "pthread_create", path: nil)
+    }
     pthread_detach(thread)
   }
 
   /// Suspends until `eventFD` is signalled and returns its count; throws `.timeout` after
   /// `timeout`, or when the task is cancelled.
-  public func wait(for eventFD: EventFD, timeout: Duration? = nil) async throws(VFIOError) -> UInt64 {
+  public func wait(for eventFD: EventFD, timeout: Duration? = nil) async throws(VFIOError) -> UInt64
+  {
     // A count already pending needs no trip through the loop.
     if let count = try eventFD.consume() { return count }
     let token = state.withLock { s in
       defer { s.nextToken += 1 }
       return s.nextToken
     }
-    let deadline = timeout.map { now() + UInt64($0.components.seconds) * 1_000_000_000 + UInt64($0.components.attoseconds / 1_000_000_000) }
+    let deadline = timeout.map {
+      now() + UInt64($0.components.seconds) * 1_000_000_000
+        + UInt64($0.components.attoseconds / 1_000_000_000)
+    }
     let result = await withTaskCancellationHandler {
-      await withCheckedContinuation { (continuation: CheckedContinuation<Result<UInt64, VFIOError>, Never>) in
+      await withCheckedContinuation {
+        (continuation: CheckedContinuation<Result<UInt64, VFIOError>, Never>) in
         let rc: Int32 = state.withLock { s in
           if Task.isCancelled { return -Errno.canceled.rawValue }
-          s.waiters[token] = Waiter(fd: eventFD.fileDescriptor, deadline: deadline, continuation: continuation)
+          s.waiters[token] = Waiter(
+            fd: eventFD.fileDescriptor, deadline: deadline, continuation: continuation)
           let rc = cvfio_epoll_add(epfd, eventFD.fileDescriptor, token)
           if rc < 0 { s.waiters[token] = nil }
           return rc
@@ -122,15 +132,18 @@ public final class EventLoop: @unchecked Sendable {
           let error: VFIOError =
             rc == -Errno.canceled.rawValue
             ? VFIOError(.timeout, operation: "wait for interrupt", message: "cancelled")
-            : .syscall(Errno(rawValue: -rc), operation: "epoll_ctl", path: "eventfd",
-              hint: rc == -Errno.fileExists.rawValue ? "another task already waits on this eventfd" : nil)
+            : .syscall(
+              Errno(rawValue: -rc), operation: "epoll_ctl", path: "eventfd",
+              hint: rc == -Errno.fileExists.rawValue
+                ? "another task already waits on this eventfd" : nil)
           continuation.resume(returning: .failure(error))
           return
         }
         try? wake.signal()
       }
     } onCancel: {
-      finish(token, .failure(VFIOError(.timeout, operation: "wait for interrupt", message: "cancelled")))
+      finish(
+        token, .failure(VFIOError(.timeout, operation: "wait for interrupt", message: "cancelled")))
     }
     let count = try result.get()
     withExtendedLifetime(eventFD) {}
@@ -138,7 +151,8 @@ public final class EventLoop: @unchecked Sendable {
   }
 
   func finish(_ token: UInt64, _ result: Result<UInt64, VFIOError>) {
-    let continuation = state.withLock { s -> CheckedContinuation<Result<UInt64, VFIOError>, Never>? in
+    let continuation = state.withLock {
+      s -> CheckedContinuation<Result<UInt64, VFIOError>, Never>? in
       guard let waiter = s.waiters.removeValue(forKey: token) else { return nil }
       _ = cvfio_epoll_del(epfd, waiter.fd)
       return waiter.continuation
@@ -155,7 +169,9 @@ public final class EventLoop: @unchecked Sendable {
         let t = now()
         timeout = nearest <= t ? 0 : Int32(min((nearest - t) / 1_000_000 + 1, 60_000))
       }
-      let n = tokens.withUnsafeMutableBufferPointer { cvfio_epoll_wait(epfd, $0.baseAddress, 64, timeout) }
+      let n = tokens.withUnsafeMutableBufferPointer {
+        cvfio_epoll_wait(epfd, $0.baseAddress, 64, timeout)
+      }
       if n > 0 {
         for token in tokens[0..<Int(n)] {
           if token == Self.wakeToken {

@@ -1,5 +1,6 @@
 import CVFIO
 import SystemPackage
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -36,14 +37,19 @@ public final class Group: @unchecked Sendable {
     self.sysfsRoot = sysfsRoot
     handle = try OwnedFD.open(
       "\(devRoot)/\(number)", kernel: kernel,
-      hint: "IOMMU group \(number) has no VFIO node: bind its devices to vfio-pci (`vfioctl attach`), or another process holds it")
+      hint:
+        "IOMMU group \(number) has no VFIO node: bind its devices to vfio-pci (`vfioctl attach`), or another process holds it"
+    )
     let status = try self.status()
-    guard status.viable else { throw notViable(request: IoctlRequest.groupGetStatus.name, errno: nil) }
+    guard status.viable else {
+      throw notViable(request: IoctlRequest.groupGetStatus.name, errno: nil)
+    }
   }
 
   /// The IOMMU group of a PCI device, from /sys/bus/pci/devices/BDF/iommu_group.
   public static func number(
-    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(), sysfsRoot: String = "/sys"
+    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(),
+    sysfsRoot: String = "/sys"
   ) throws(VFIOError) -> Int {
     let link = "\(sysfsRoot)/bus/pci/devices/\(address)/iommu_group"
     guard let target = kernel.readLink(link) else {
@@ -56,7 +62,8 @@ public final class Group: @unchecked Sendable {
           : "check the address with `ls /sys/bus/pci/devices`")
     }
     guard let last = target.split(separator: "/").last, let n = Int(last) else {
-      throw VFIOError(.notFound, operation: "readlink", path: link, message: "unexpected link target \(target)")
+      throw VFIOError(
+        .notFound, operation: "readlink", path: link, message: "unexpected link target \(target)")
     }
     return n
   }
@@ -90,7 +97,9 @@ public final class Group: @unchecked Sendable {
 
   func notViable(request: String, errno: Errno?) -> VFIOError {
     let blockers = blockers()
-    let why = blockers.isEmpty ? "a device is still bound to a host driver" : blockers.joined(separator: ", ")
+    let why =
+      blockers.isEmpty
+      ? "a device is still bound to a host driver" : blockers.joined(separator: ", ")
     return VFIOError(
       .groupNotViable(group: number, blockers: blockers), errno: errno, operation: request,
       path: handle.path, message: "IOMMU group \(number) is not viable: \(why)",
@@ -107,8 +116,11 @@ public final class Group: @unchecked Sendable {
       let errno = Errno(rawValue: -rc)
       // Since 5.19 the kernel claims DMA ownership here and refuses with EBUSY while a device
       // of the group is bound to a host driver.
-      if errno == .resourceBusy { throw notViable(request: IoctlRequest.groupSetContainer.name, errno: errno) }
-      throw VFIOError.syscall(errno, operation: IoctlRequest.groupSetContainer.name, path: handle.path)
+      if errno == .resourceBusy {
+        throw notViable(request: IoctlRequest.groupSetContainer.name, errno: errno)
+      }
+      throw VFIOError.syscall(
+        errno, operation: IoctlRequest.groupSetContainer.name, path: handle.path)
     }
     self.container = container
     try container.groupAttached(requested: iommu)
@@ -133,7 +145,9 @@ public final class Group: @unchecked Sendable {
         hint: "call attach(to:) first; the kernel hands out device fds only then")
     }
     var cName = Array(name.utf8CString)
-    let rc = cName.withUnsafeMutableBytes { kernel.ioctl(handle.fd, .groupGetDeviceFD, $0.baseAddress) }
+    let rc = cName.withUnsafeMutableBytes {
+      kernel.ioctl(handle.fd, .groupGetDeviceFD, $0.baseAddress)
+    }
     try handle.check(rc, .groupGetDeviceFD)
     return try Device(
       handle: OwnedFD(kernel: kernel, fd: rc, path: "\(handle.path):\(name)"), name: name,

@@ -8,7 +8,9 @@ public final class IOMMUFD: @unchecked Sendable {
   /// The descriptor devices are bound to (VFIO_DEVICE_BIND_IOMMUFD).
   public var fileDescriptor: Int32 { handle.fd }
 
-  public init(path: String = "/dev/iommu", kernel: any KernelInterface = LinuxKernel()) throws(VFIOError) {
+  public init(path: String = "/dev/iommu", kernel: any KernelInterface = LinuxKernel())
+    throws(VFIOError)
+  {
     handle = try OwnedFD.open(path, kernel: kernel)
   }
 
@@ -125,7 +127,9 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     guard request.length == mapping.length else {
       throw VFIOError(
         .shortTransfer, operation: IoctlRequest.iommuIOASUnmap.name, path: iommufd.handle.path,
-        message: "unmapped \(request.length) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))")
+        message:
+          "unmapped \(request.length) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
+      )
     }
   }
 }

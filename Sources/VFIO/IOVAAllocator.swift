@@ -22,7 +22,8 @@ public struct IOVAAllocator: Sendable, Equatable {
   public private(set) var used: [IOVASpan] = []
 
   public init(ranges: [IOVARange], alignment: UInt64) {
-    precondition(alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of two")
+    precondition(
+      alignment > 0 && alignment & (alignment - 1) == 0, "alignment must be a power of two")
     self.ranges = ranges.sorted { $0.start < $1.start }
     self.alignment = alignment
   }
@@ -46,7 +47,9 @@ public struct IOVAAllocator: Sendable, Equatable {
 
   /// Finds, claims and returns a free IOVA for `length` bytes, aligned to at least `alignment`
   /// and, when `limit` is given, entirely below it (for devices with a narrow DMA mask).
-  public mutating func allocate(length: UInt64, alignment: UInt64? = nil, below limit: UInt64? = nil)
+  public mutating func allocate(
+    length: UInt64, alignment: UInt64? = nil, below limit: UInt64? = nil
+  )
     throws(VFIOError) -> UInt64
   {
     let align = max(self.alignment, alignment ?? 0)
@@ -54,7 +57,9 @@ public struct IOVAAllocator: Sendable, Equatable {
       throw misaligned("length 0x\(String(length, radix: 16))")
     }
     guard align & (align - 1) == 0 else {
-      throw VFIOError(.invalidArgument, operation: "allocate IOVA", message: "alignment \(align) is not a power of two")
+      throw VFIOError(
+        .invalidArgument, operation: "allocate IOVA",
+        message: "alignment \(align) is not a power of two")
     }
     for range in ranges {
       var last = range.last
@@ -85,11 +90,11 @@ public struct IOVAAllocator: Sendable, Equatable {
         return candidate
       }
     }
-    var where_ = "in the IOVA ranges \(ranges.map(\.description).joined(separator: ", "))"
-    if let limit { where_ += " below 0x\(String(limit, radix: 16))" }
+    var scope = "in the IOVA ranges \(ranges.map(\.description).joined(separator: ", "))"
+    if let limit { scope += " below 0x\(String(limit, radix: 16))" }
     throw VFIOError(
       .iovaExhausted, operation: "allocate IOVA",
-      message: "no free 0x\(String(length, radix: 16))-byte span \(where_)",
+      message: "no free 0x\(String(length, radix: 16))-byte span \(scope)",
       hint: "unmap something, map less, or coalesce buffers into fewer larger mappings")
   }
 
@@ -124,7 +129,10 @@ public struct IOVAAllocator: Sendable, Equatable {
     }
     let span = IOVASpan(start: iova, length: length)
     guard ranges.contains(where: { $0.start <= span.start && span.last <= $0.last }) else {
-      throw outside(span, "is not inside the IOMMU's IOVA ranges \(ranges.map(\.description).joined(separator: ", "))")
+      throw outside(
+        span,
+        "is not inside the IOMMU's IOVA ranges \(ranges.map(\.description).joined(separator: ", "))"
+      )
     }
     return span
   }
@@ -132,14 +140,17 @@ public struct IOVAAllocator: Sendable, Equatable {
   func misaligned(_ what: String) -> VFIOError {
     VFIOError(
       .misaligned, operation: "IOVA check",
-      message: "\(what) is not a non-zero multiple of the IOMMU page size 0x\(String(alignment, radix: 16))",
+      message:
+        "\(what) is not a non-zero multiple of the IOMMU page size 0x\(String(alignment, radix: 16))",
       hint: "align IOVA, address and length to 0x\(String(alignment, radix: 16))")
   }
 
   func outside(_ span: IOVASpan, _ why: String) -> VFIOError {
     VFIOError(
       .outsideIOVARanges, operation: "IOVA check", message: "IOVA \(span) \(why)",
-      hint: "choose an IOVA inside the reported ranges (reserved regions such as the MSI window are excluded)")
+      hint:
+        "choose an IOVA inside the reported ranges (reserved regions such as the MSI window are excluded)"
+    )
   }
 
   /// The index of the first span starting after `start` (binary search).
@@ -156,14 +167,16 @@ public struct IOVAAllocator: Sendable, Equatable {
   /// Inserts a free span, merging it with adjacent intervals.
   mutating func insert(_ span: IOVASpan) {
     let index = insertionIndex(span.start)
-    let joinsPrevious = index > 0 && used[index - 1].last &+ 1 == span.start && used[index - 1].last != .max
+    let joinsPrevious =
+      index > 0 && used[index - 1].last &+ 1 == span.start && used[index - 1].last != .max
     let joinsNext = index < used.count && span.last &+ 1 == used[index].start && span.last != .max
     switch (joinsPrevious, joinsNext) {
     case (true, true):
       used[index - 1].length += span.length + used[index].length
       used.remove(at: index)
     case (true, false): used[index - 1].length += span.length
-    case (false, true): used[index] = IOVASpan(start: span.start, length: span.length + used[index].length)
+    case (false, true):
+      used[index] = IOVASpan(start: span.start, length: span.length + used[index].length)
     case (false, false): used.insert(span, at: index)
     }
   }

@@ -81,7 +81,9 @@ public enum IRQSetCodec {
     flags: UInt32, index: Int, start: Int, count: Int, data: [UInt8]
   ) {
     guard bytes.count >= header, Int(bytes.load(UInt32.self, at: 0)) == bytes.count else {
-      throw VFIOError(.invalidArgument, operation: "decode vfio_irq_set", message: "argsz does not match \(bytes.count) bytes")
+      throw VFIOError(
+        .invalidArgument, operation: "decode vfio_irq_set",
+        message: "argsz does not match \(bytes.count) bytes")
     }
     return (
       bytes.load(at: 4), Int(bytes.load(UInt32.self, at: 8)), Int(bytes.load(UInt32.self, at: 12)),
@@ -105,14 +107,17 @@ extension Device {
     var bytes = IRQSetCodec.encode(index: index.rawValue, start: start, action: action)
     let hint: String? =
       switch action {
-      case .trigger: "check irqInfo(.\(index)) for the vector count; MSI and MSI-X cannot be enabled together, nor with INTx"
+      case .trigger:
+        "check irqInfo(.\(index)) for the vector count; MSI and MSI-X cannot be enabled together, nor with INTx"
       default: nil
       }
     try handle.check(handle.rawIoctl(.deviceSetIRQs, bytes: &bytes), .deviceSetIRQs, hint: hint)
   }
 
   /// Routes vectors `start...` of `index` to the given eventfds (one per vector).
-  public func enableInterrupts(_ index: IRQIndex, eventFDs: [EventFD], start: Int = 0) throws(VFIOError) {
+  public func enableInterrupts(_ index: IRQIndex, eventFDs: [EventFD], start: Int = 0)
+    throws(VFIOError)
+  {
     try setIRQs(index, start: start, .trigger(eventfds: eventFDs.map(\.fileDescriptor)))
   }
 

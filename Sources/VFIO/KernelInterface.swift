@@ -1,10 +1,11 @@
+import CVFIO
+import SystemPackage
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import CVFIO
-import SystemPackage
 
 /// The one seam between this library and the kernel: every system call the library makes goes
 /// through a value of this type, so tests run the production code against a recording fake.

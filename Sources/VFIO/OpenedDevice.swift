@@ -19,7 +19,10 @@ public final class OpenedDevice: @unchecked Sendable {
   public let container: Container?
   public let iommufd: IOMMUFD?
 
-  init(device: Device, dma: DMASpace, backend: Backend, group: Group?, container: Container?, iommufd: IOMMUFD?) {
+  init(
+    device: Device, dma: DMASpace, backend: Backend, group: Group?, container: Container?,
+    iommufd: IOMMUFD?
+  ) {
     self.device = device
     self.dma = dma
     self.backend = backend
@@ -48,26 +51,34 @@ public final class OpenedDevice: @unchecked Sendable {
     }
   }
 
-  static func openLegacy(_ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String)
+  static func openLegacy(
+    _ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
+  )
     throws(VFIOError) -> OpenedDevice
   {
     let container = try Container(path: "\(devRoot)/vfio/vfio", kernel: kernel)
     let number = try Group.number(ofDevice: address, kernel: kernel, sysfsRoot: sysfsRoot)
-    let group = try Group(number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+    let group = try Group(
+      number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
     try group.attach(to: container)
     let device = try group.openDevice(address)
     let dma = try DMASpace(container)
-    return OpenedDevice(device: device, dma: dma, backend: .legacy, group: group, container: container, iommufd: nil)
+    return OpenedDevice(
+      device: device, dma: dma, backend: .legacy, group: group, container: container, iommufd: nil)
   }
 
-  static func openIOMMUFD(_ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String)
+  static func openIOMMUFD(
+    _ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
+  )
     throws(VFIOError) -> OpenedDevice
   {
     guard var cdev = Device.cdevPath(ofDevice: address, kernel: kernel, sysfsRoot: sysfsRoot) else {
       throw VFIOError(
         .notFound, operation: "open", path: "\(sysfsRoot)/bus/pci/devices/\(address)/vfio-dev",
         message: "device \(address) has no VFIO cdev",
-        hint: "bind it to vfio-pci; the kernel needs CONFIG_VFIO_DEVICE_CDEV, else use `--backend legacy`")
+        hint:
+          "bind it to vfio-pci; the kernel needs CONFIG_VFIO_DEVICE_CDEV, else use `--backend legacy`"
+      )
     }
     if devRoot != "/dev" { cdev = devRoot + cdev.dropFirst("/dev".count) }
     let iommufd = try IOMMUFD(path: "\(devRoot)/iommu", kernel: kernel)
@@ -75,7 +86,8 @@ public final class OpenedDevice: @unchecked Sendable {
     let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address)
     // Attaching narrows the IOAS's ranges to what the device's IOMMU allows; read them after.
     let dma = try DMASpace(ioas)
-    return OpenedDevice(device: device, dma: dma, backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
+    return OpenedDevice(
+      device: device, dma: dma, backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
   }
 }
 
@@ -85,7 +97,8 @@ extension OpenedDevice {
   /// iommufd and IOAS. Mappings made through `dma` then reach both devices, and a hot reset
   /// can prove ownership of both.
   public static func open(
-    _ address: String, sharing other: OpenedDevice, sysfsRoot: String = "/sys", devRoot: String = "/dev"
+    _ address: String, sharing other: OpenedDevice, sysfsRoot: String = "/sys",
+    devRoot: String = "/dev"
   ) throws(VFIOError) -> OpenedDevice {
     let kernel = other.device.kernel
     if let container = other.container, let otherGroup = other.group {
@@ -94,14 +107,19 @@ extension OpenedDevice {
       if number == otherGroup.number {
         group = otherGroup
       } else {
-        group = try Group(number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+        group = try Group(
+          number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
         try group.attach(to: container)
       }
       let device = try group.openDevice(address)
-      return OpenedDevice(device: device, dma: other.dma, backend: .legacy, group: group, container: container, iommufd: nil)
+      return OpenedDevice(
+        device: device, dma: other.dma, backend: .legacy, group: group, container: container,
+        iommufd: nil)
     }
     guard let iommufd = other.iommufd, case .iommufd(_, _, let ioas) = other.device.binding else {
-      throw VFIOError(.invalidArgument, operation: "open", message: "\(other.device.name) has no shareable DMA space")
+      throw VFIOError(
+        .invalidArgument, operation: "open",
+        message: "\(other.device.name) has no shareable DMA space")
     }
     guard var cdev = Device.cdevPath(ofDevice: address, kernel: kernel, sysfsRoot: sysfsRoot) else {
       throw VFIOError(
@@ -112,16 +130,22 @@ extension OpenedDevice {
     let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address)
     // Attaching can narrow the IOAS's ranges.
     try other.dma.refreshLayout()
-    return OpenedDevice(device: device, dma: other.dma, backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
+    return OpenedDevice(
+      device: device, dma: other.dma, backend: .iommufd, group: nil, container: nil,
+      iommufd: iommufd)
   }
 
   /// Opens a device by its cdev path (/dev/vfio/devices/vfioN) with a fresh iommufd and IOAS.
-  public static func open(cdev path: String, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev")
+  public static func open(
+    cdev path: String, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev"
+  )
     throws(VFIOError) -> OpenedDevice
   {
     let iommufd = try IOMMUFD(path: "\(devRoot)/iommu", kernel: kernel)
     let ioas = try iommufd.allocateIOAS()
     let device = try Device.open(cdev: path, iommufd: iommufd, ioas: ioas)
-    return OpenedDevice(device: device, dma: try DMASpace(ioas), backend: .iommufd, group: nil, container: nil, iommufd: iommufd)
+    return OpenedDevice(
+      device: device, dma: try DMASpace(ioas), backend: .iommufd, group: nil, container: nil,
+      iommufd: iommufd)
   }
 }

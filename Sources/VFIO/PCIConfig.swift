@@ -27,7 +27,9 @@ extension Device {
   }
 
   /// Reads config space at `offset`.
-  public func readConfig<T: FixedWidthInteger>(_: T.Type = T.self, at offset: UInt64) throws(VFIOError) -> T {
+  public func readConfig<T: FixedWidthInteger>(_: T.Type = T.self, at offset: UInt64)
+    throws(VFIOError) -> T
+  {
     try read(T.self, region: configRegion(), offset: offset)
   }
 
@@ -43,7 +45,9 @@ extension Device {
 
   /// Sets and clears command bits with a read-modify-write; returns the new value.
   @discardableResult
-  public func updateCommand(set: PCICommand = [], clear: PCICommand = []) throws(VFIOError) -> PCICommand {
+  public func updateCommand(set: PCICommand = [], clear: PCICommand = []) throws(VFIOError)
+    -> PCICommand
+  {
     var cmd = try command()
     cmd.formUnion(set)
     cmd.subtract(clear)

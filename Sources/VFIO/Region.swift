@@ -42,12 +42,14 @@ public struct RegionInfo: Sendable, Equatable {
   public static func decode(_ buffer: [UInt8]) throws(VFIOError) -> RegionInfo {
     let fixed = MemoryLayout<vfio_region_info>.size
     guard buffer.count >= fixed else {
-      throw CapabilityChain.malformed("region info of \(buffer.count) bytes is shorter than \(fixed)")
+      throw CapabilityChain.malformed(
+        "region info of \(buffer.count) bytes is shorter than \(fixed)")
     }
     let flags: UInt32 = buffer.load(at: 4)
     var caps: [RegionCapability] = []
     if flags & UInt32(VFIO_REGION_INFO_FLAG_CAPS) != 0 {
-      let chain = try CapabilityChain.parse(buffer, firstOffset: buffer.load(at: 12), fixedSize: fixed)
+      let chain = try CapabilityChain.parse(
+        buffer, firstOffset: buffer.load(at: 12), fixedSize: fixed)
       caps = try RegionCapability.decode(chain)
     }
     return RegionInfo(
@@ -108,7 +110,8 @@ public enum HotResetCodec {
     }
     let count = Int(bytes.load(UInt32.self, at: 8))
     guard count <= (bytes.count - header) / entry else {
-      throw CapabilityChain.malformed("hot reset info lists \(count) devices but holds \((bytes.count - header) / entry)")
+      throw CapabilityChain.malformed(
+        "hot reset info lists \(count) devices but holds \((bytes.count - header) / entry)")
     }
     let devices = (0..<count).map { i in
       let at = header + i * entry

@@ -1,9 +1,10 @@
+import SystemPackage
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
   import Musl
 #endif
-import SystemPackage
 
 /// A descriptor this library opened; closed exactly once, in deinit, and nothing else there.
 final class OwnedFD: @unchecked Sendable {

@@ -104,9 +104,11 @@ extension VFIOError {
     case ("open", .noSuchFileOrDirectory) where path == "/dev/vfio/vfio":
       return "load the vfio module (`modprobe vfio-pci`)"
     case ("open", .noSuchFileOrDirectory) where path == "/dev/iommu":
-      return "this kernel has no iommufd (CONFIG_IOMMUFD); use the legacy backend (`--backend legacy`)"
+      return
+        "this kernel has no iommufd (CONFIG_IOMMUFD); use the legacy backend (`--backend legacy`)"
     case ("open", .noSuchFileOrDirectory) where path?.hasPrefix("/dev/vfio/devices/") == true:
-      return "the device is not bound to vfio-pci or the kernel lacks VFIO_DEVICE_CDEV; bind it or use the legacy backend"
+      return
+        "the device is not bound to vfio-pci or the kernel lacks VFIO_DEVICE_CDEV; bind it or use the legacy backend"
     case ("open", .noSuchFileOrDirectory) where path?.hasPrefix("/dev/vfio/") == true:
       return "the group is not bound to vfio-pci; run `vfioctl attach` for its devices"
     case ("open", .resourceBusy):
@@ -114,13 +116,19 @@ extension VFIOError {
     case ("open", .permissionDenied), ("open", .notPermitted):
       return "run as root or give this user the device node (chown)"
     case ("VFIO_SET_IOMMU", .operationNotSupportedByDevice):
-      return "no IOMMU driver accepted the container; load vfio_iommu_type1 (`modprobe vfio_iommu_type1`) and check that the IOMMU is enabled (intel_iommu=on)"
+      return
+        "no IOMMU driver accepted the container; load vfio_iommu_type1 (`modprobe vfio_iommu_type1`) and check that the IOMMU is enabled (intel_iommu=on)"
     case ("VFIO_DEVICE_RESET", .invalidArgument):
-      return "the device has no function-level reset method; use a hot reset of its bus (`hotReset`)"
-    case ("VFIO_DEVICE_PCI_HOT_RESET", .invalidArgument), ("VFIO_DEVICE_PCI_HOT_RESET", .notPermitted):
-      return "a bus reset needs proof of ownership of every affected device: bind all of them to vfio-pci and pass the fds of all their groups"
-    case ("VFIO_GROUP_GET_DEVICE_FD", .invalidArgument), ("VFIO_GROUP_GET_DEVICE_FD", .operationNotSupportedByDevice):
-      return "the device is not in this group or not bound to vfio-pci; check /sys/bus/pci/devices/BDF/iommu_group"
+      return
+        "the device has no function-level reset method; use a hot reset of its bus (`hotReset`)"
+    case ("VFIO_DEVICE_PCI_HOT_RESET", .invalidArgument),
+      ("VFIO_DEVICE_PCI_HOT_RESET", .notPermitted):
+      return
+        "a bus reset needs proof of ownership of every affected device: bind all of them to vfio-pci and pass the fds of all their groups"
+    case ("VFIO_GROUP_GET_DEVICE_FD", .invalidArgument),
+      ("VFIO_GROUP_GET_DEVICE_FD", .operationNotSupportedByDevice):
+      return
+        "the device is not in this group or not bound to vfio-pci; check /sys/bus/pci/devices/BDF/iommu_group"
     case ("VFIO_DEVICE_BIND_IOMMUFD", .resourceBusy):
       return "the device is already bound, or opened through its group; close the other user"
     case (_, .operationNotSupportedByDevice) where operation.hasPrefix("VFIO_DEVICE"):

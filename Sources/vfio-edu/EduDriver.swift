@@ -77,7 +77,8 @@ struct EduDriver {
     let mapped = options.useMmap && bar0.isMappable ? try device.mapRegion(bar0, length: 4096) : nil
     let regs = Registers(device: device, region: bar0, mapped: mapped)
     report.notes.append(
-      "BAR0: \(bar0.size) bytes, \(mapped == nil ? "pread/pwrite" : "mmap") access, \(bar0.capabilities.count) capabilities")
+      "BAR0: \(bar0.size) bytes, \(mapped == nil ? "pread/pwrite" : "mmap") access, \(bar0.capabilities.count) capabilities"
+    )
 
     let identity = try regs.read32(Edu.identity)
     report.check("identity", identity == Edu.expectedIdentity, "0x\(hex(identity))")
@@ -97,7 +98,8 @@ struct EduDriver {
       try device.reset()
       report.notes.append("VFIO_DEVICE_RESET succeeded")
     } catch {
-      report.notes.append("VFIO_DEVICE_RESET: \(error.errnoName ?? error.message) (edu has no reset method)")
+      report.notes.append(
+        "VFIO_DEVICE_RESET: \(error.errnoName ?? error.message) (edu has no reset method)")
     }
 
     if options.interrupts.contains("msi") {
@@ -112,7 +114,9 @@ struct EduDriver {
   /// DMA RAM → edu → RAM through a fresh mapping, each completion signalled by MSI.
   func msiAndDMA(_ regs: Registers, _ report: inout Report) async throws(VFIOError) {
     let info = try device.irqInfo(.msi)
-    report.check("msi info", info.count >= 1 && info.supportsEventFD, "\(info.count) vector(s), flags 0x\(hex(info.flags))")
+    report.check(
+      "msi info", info.count >= 1 && info.supportsEventFD,
+      "\(info.count) vector(s), flags 0x\(hex(info.flags))")
     let event = try EventFD()
     try device.enableInterrupts(.msi, eventFDs: [event])
     defer { try? device.disableInterrupts(.msi) }
@@ -121,7 +125,8 @@ struct EduDriver {
     let mapping = try opened.dma.map(buffer, below: Edu.dmaLimit)
     report.check(
       "dma map", mapping.iova + mapping.length <= Edu.dmaLimit,
-      "\(buffer.length) bytes at iova 0x\(hex(mapping.iova)) (\(opened.dma.layout.ranges.count) IOVA ranges, page 0x\(hex(opened.dma.layout.minimumPageSize)))")
+      "\(buffer.length) bytes at iova 0x\(hex(mapping.iova)) (\(opened.dma.layout.ranges.count) IOVA ranges, page 0x\(hex(opened.dma.layout.minimumPageSize)))"
+    )
 
     let n = options.transferSize
     let source = buffer.bytes[0..<4096]
@@ -129,7 +134,8 @@ struct EduDriver {
     for i in 4096..<8192 { buffer.bytes[i] = 0 }
 
     try await dma(regs, from: mapping.iova, to: Edu.buffer, count: n, toRAM: false, event: event)
-    report.check("dma ram->edu (msi)", true, "\(n) bytes from iova 0x\(hex(mapping.iova)), MSI received")
+    report.check(
+      "dma ram->edu (msi)", true, "\(n) bytes from iova 0x\(hex(mapping.iova)), MSI received")
     let destination = mapping.iova + 4096
     try await dma(regs, from: Edu.buffer, to: destination, count: n, toRAM: true, event: event)
     let back = buffer.bytes[4096..<(4096 + n)]
@@ -137,14 +143,18 @@ struct EduDriver {
     let untouched = buffer.bytes[(4096 + n)..<8192].allSatisfy { $0 == 0 }
     report.check(
       "dma edu->ram (msi)", mismatches == 0 && untouched,
-      mismatches == 0 ? "\(n) bytes identical at iova 0x\(hex(destination))\(untouched ? "" : ", but bytes past the transfer changed")" : "\(mismatches) of \(n) bytes differ")
+      mismatches == 0
+        ? "\(n) bytes identical at iova 0x\(hex(destination))\(untouched ? "" : ", but bytes past the transfer changed")"
+        : "\(mismatches) of \(n) bytes differ")
 
     try opened.dma.unmap(mapping)
     // After unmap the IOMMU must stop the device: the same DMA faults instead of landing.
     for i in 4096..<8192 { buffer.bytes[i] = 0 }
     try await dma(regs, from: Edu.buffer, to: destination, count: n, toRAM: true, event: event)
     let landed = buffer.bytes[4096..<(4096 + n)].contains { $0 != 0 }
-    report.check("unmapped iova blocked", !landed, landed ? "the device wrote memory after UNMAP" : "DMA to the unmapped iova did not land")
+    report.check(
+      "unmapped iova blocked", !landed,
+      landed ? "the device wrote memory after UNMAP" : "DMA to the unmapped iova did not land")
   }
 
   /// INTx: level-triggered and auto-masked, so a second interrupt arrives only after unmask.
@@ -154,7 +164,9 @@ struct EduDriver {
       report.check("intx", false, "the device has no INTx line (pin 0)")
       return
     }
-    report.check("intx info", info.isAutomasked && info.isMaskable, "flags 0x\(hex(info.flags)) (automasked, maskable)")
+    report.check(
+      "intx info", info.isAutomasked && info.isMaskable,
+      "flags 0x\(hex(info.flags)) (automasked, maskable)")
     let event = try EventFD()
     try device.enableInterrupts(.intx, eventFDs: [event])
     defer { try? device.disableInterrupts(.intx) }
@@ -164,7 +176,8 @@ struct EduDriver {
     let status = try regs.read32(Edu.interruptStatus)
     try regs.write32(status, Edu.acknowledge)
     try device.unmaskINTx()
-    report.check("intx raise", status & 1 == 1, "eventfd count \(first), interrupt status 0x\(hex(status))")
+    report.check(
+      "intx raise", status & 1 == 1, "eventfd count \(first), interrupt status 0x\(hex(status))")
 
     try regs.write32(Edu.statusIRQAfterFactorial, Edu.status)
     try regs.write32(5, Edu.factorial)
@@ -174,20 +187,26 @@ struct EduDriver {
     try regs.write32(status2, Edu.acknowledge)
     try device.unmaskINTx()
     try regs.write32(0, Edu.status)
-    report.check("intx after unmask", value == 120, "factorial 5! = \(value) signalled by INTx (count \(second))")
+    report.check(
+      "intx after unmask", value == 120,
+      "factorial 5! = \(value) signalled by INTx (count \(second))")
   }
 
-  func dma(_ regs: Registers, from: UInt64, to: UInt64, count: Int, toRAM: Bool, event: EventFD) async throws(VFIOError) {
+  func dma(_ regs: Registers, from: UInt64, to: UInt64, count: Int, toRAM: Bool, event: EventFD)
+    async throws(VFIOError)
+  {
     try regs.write64(from, Edu.dmaSource)
     try regs.write64(to, Edu.dmaDestination)
     try regs.write64(UInt64(count), Edu.dmaCount)
-    try regs.write64(Edu.commandStart | Edu.commandIRQ | (toRAM ? Edu.commandToRAM : 0), Edu.dmaCommand)
+    try regs.write64(
+      Edu.commandStart | Edu.commandIRQ | (toRAM ? Edu.commandToRAM : 0), Edu.dmaCommand)
     _ = try await EventLoop.shared.wait(for: event, timeout: options.timeout)
     let status = try regs.read32(Edu.interruptStatus)
     try regs.write32(status, Edu.acknowledge)
     guard status & Edu.dmaInterrupt != 0 else {
       throw VFIOError(
-        .invalidArgument, operation: "edu DMA", message: "interrupt status 0x\(hex(status)) lacks the DMA bit 0x100")
+        .invalidArgument, operation: "edu DMA",
+        message: "interrupt status 0x\(hex(status)) lacks the DMA bit 0x100")
     }
   }
 

@@ -88,10 +88,13 @@ struct Probe: ParsableCommand {
       let opened = try common.open(device)
       report.backend = opened.backend.rawValue
       let d = opened.device
-      report.check("device info", d.info.isPCI, "flags 0x\(hex(d.info.flags)), \(d.info.regionCount) regions, \(d.info.irqCount) irqs")
+      report.check(
+        "device info", d.info.isPCI,
+        "flags 0x\(hex(d.info.flags)), \(d.info.regionCount) regions, \(d.info.irqCount) irqs")
       for index in 0..<d.info.regionCount {
         guard let r = try? d.regionInfo(index), r.size > 0 else { continue }
-        report.notes.append("region \(index): \(r.size) bytes flags 0x\(hex(r.flags)) caps \(r.capabilities)")
+        report.notes.append(
+          "region \(index): \(r.size) bytes flags 0x\(hex(r.flags)) caps \(r.capabilities)")
       }
       for index in IRQIndex.allCases where index.rawValue < d.info.irqCount {
         do {
@@ -102,7 +105,9 @@ struct Probe: ParsableCommand {
           report.notes.append("irq \(index): \(error.errnoName ?? error.message)")
         }
       }
-      report.notes.append("dma: \(opened.dma.layout.ranges.map(\.description).joined(separator: " ")) pages 0x\(hex(opened.dma.layout.pageSizes))\(opened.dma.layout.dmaAvailable.map { " dma_avail \($0)" } ?? "")")
+      report.notes.append(
+        "dma: \(opened.dma.layout.ranges.map(\.description).joined(separator: " ")) pages 0x\(hex(opened.dma.layout.pageSizes))\(opened.dma.layout.dmaAvailable.map { " dma_avail \($0)" } ?? "")"
+      )
     } catch {
       report.error = error.description
     }
@@ -119,7 +124,9 @@ struct HotReset: ParsableCommand {
   @Argument(help: "PCI address.")
   var device: String
 
-  @Option(name: .customLong("also"), help: "Other affected devices to open into the same DMA space first.")
+  @Option(
+    name: .customLong("also"), help: "Other affected devices to open into the same DMA space first."
+  )
   var others: [String] = []
 
   @OptionGroup var common: Common
@@ -141,7 +148,8 @@ struct HotReset: ParsableCommand {
       let info = try opened.device.hotResetInfo()
       report.check(
         "hot reset info", !info.devices.isEmpty,
-        "\(info.devices.count) affected: \(info.devices.map { "\($0.address) (\(info.byDeviceID ? "devid" : "group") \($0.groupOrDeviceID))" }.joined(separator: ", "))\(info.byDeviceID ? " (device ids\(info.allOwned ? ", all owned" : ""))" : "")")
+        "\(info.devices.count) affected: \(info.devices.map { "\($0.address) (\(info.byDeviceID ? "devid" : "group") \($0.groupOrDeviceID))" }.joined(separator: ", "))\(info.byDeviceID ? " (device ids\(info.allOwned ? ", all owned" : ""))" : "")"
+      )
       let groups = companions.compactMap(\.group)
       try opened.device.hotReset(groups: groups)
       report.check("hot reset", true, "VFIO_DEVICE_PCI_HOT_RESET succeeded")

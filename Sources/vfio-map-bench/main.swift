@@ -28,12 +28,18 @@ struct Options {
     var it = args.makeIterator()
     while let a = it.next() {
       switch a {
-      case "--backend": guard let v = it.next(), let b = Backend(rawValue: v) else { return nil }; o.backend = b
-      case "--size": guard let v = it.next(), let n = Int(v), n > 0 else { return nil }; o.sizeMiB = n
+      case "--backend":
+        guard let v = it.next(), let b = Backend(rawValue: v) else { return nil }
+        o.backend = b
+      case "--size":
+        guard let v = it.next(), let n = Int(v), n > 0 else { return nil }
+        o.sizeMiB = n
       case "--chunks":
         guard let v = it.next() else { return nil }
         let c = v.split(separator: ",").compactMap { Int($0) }
-        guard !c.isEmpty, c.allSatisfy({ $0 == 0 || ($0 >= 4096 && $0 % 4096 == 0) }) else { return nil }
+        guard !c.isEmpty, c.allSatisfy({ $0 == 0 || ($0 >= 4096 && $0 % 4096 == 0) }) else {
+          return nil
+        }
         o.chunks = c
       case "--backing":
         switch it.next() {
@@ -67,7 +73,9 @@ func nanos() -> UInt64 {
   return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-func measure(_ dma: DMASpace, _ buffer: DMABuffer, chunk: Int, base: UInt64) throws(VFIOError) -> Row {
+func measure(_ dma: DMASpace, _ buffer: DMABuffer, chunk: Int, base: UInt64) throws(VFIOError)
+  -> Row
+{
   let length = buffer.length
   let step = chunk == 0 ? length : chunk
   var mappings: [DMAMapping] = []
@@ -77,7 +85,8 @@ func measure(_ dma: DMASpace, _ buffer: DMABuffer, chunk: Int, base: UInt64) thr
   while offset < length {
     let n = min(step, length - offset)
     mappings.append(
-      try dma.map(vaddr: buffer.vaddr + UInt64(offset), length: UInt64(n), at: base + UInt64(offset)))
+      try dma.map(
+        vaddr: buffer.vaddr + UInt64(offset), length: UInt64(n), at: base + UInt64(offset)))
     offset += n
   }
   let t1 = nanos()
@@ -97,9 +106,13 @@ func render(_ o: Options, _ backend: Backend, _ rows: [Row]) -> String {
     let items = rows.map {
       "{\"chunk\":\($0.chunk),\"calls\":\($0.calls),\"map_ns\":\($0.mapNanos),\"unmap_ns\":\($0.unmapNanos)}"
     }
-    return "{\"tool\":\"vfio-map-bench\",\"device\":\"\(o.device)\",\"backend\":\"\(backend.rawValue)\",\"size\":\(o.sizeMiB << 20),\"backing\":\"\(backing)\",\"results\":[\(items.joined(separator: ","))]}"
+    return
+      "{\"tool\":\"vfio-map-bench\",\"device\":\"\(o.device)\",\"backend\":\"\(backend.rawValue)\",\"size\":\(o.sizeMiB << 20),\"backing\":\"\(backing)\",\"results\":[\(items.joined(separator: ","))]}"
   }
-  var lines = ["vfio-map-bench \(o.device) \(backend.rawValue) \(o.sizeMiB) MiB \(backing)", "chunk      calls   map ms   unmap ms   map ns/call"]
+  var lines = [
+    "vfio-map-bench \(o.device) \(backend.rawValue) \(o.sizeMiB) MiB \(backing)",
+    "chunk      calls   map ms   unmap ms   map ns/call",
+  ]
   for r in rows {
     let per = r.mapNanos / UInt64(max(r.calls, 1))
     lines.append(
@@ -118,7 +131,9 @@ extension String {
 }
 
 guard let options = Options.parse(Array(CommandLine.arguments.dropFirst())) else {
-  print("usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--json] [--dry-run]")
+  print(
+    "usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--json] [--dry-run]"
+  )
   exit(2)
 }
 
@@ -147,7 +162,11 @@ do {
   // Touch every page first: the first map would otherwise also pay for zero-filling.
   for i in stride(from: 0, to: buffer.length, by: 4096) { buffer.bytes[i] = 1 }
   // A 2 MiB-aligned IOVA inside the first range, so hugepage-backed chunks can use large IOPTEs.
-  guard let range = dma.layout.ranges.first(where: { $0.last - $0.start >= UInt64(buffer.length) + (4 << 20) }) else {
+  guard
+    let range = dma.layout.ranges.first(where: {
+      $0.last - $0.start >= UInt64(buffer.length) + (4 << 20)
+    })
+  else {
     print("no IOVA range fits \(buffer.length) bytes")
     exit(1)
   }

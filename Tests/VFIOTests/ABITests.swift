@@ -22,7 +22,8 @@ func iommufdIO(_ n: UInt8) -> UInt { ioc(type: UInt8(ascii: ";"), nr: 0x80 + n) 
 @Suite struct RequestNumbers {
   @Test(arguments: [
     (IoctlRequest.getAPIVersion, vfioIO(0)), (.checkExtension, vfioIO(1)), (.setIOMMU, vfioIO(2)),
-    (.groupGetStatus, vfioIO(3)), (.groupSetContainer, vfioIO(4)), (.groupUnsetContainer, vfioIO(5)),
+    (.groupGetStatus, vfioIO(3)), (.groupSetContainer, vfioIO(4)),
+    (.groupUnsetContainer, vfioIO(5)),
     (.groupGetDeviceFD, vfioIO(6)), (.deviceGetInfo, vfioIO(7)), (.deviceGetRegionInfo, vfioIO(8)),
     (.deviceGetIRQInfo, vfioIO(9)), (.deviceSetIRQs, vfioIO(10)), (.deviceReset, vfioIO(11)),
     (.deviceGetPCIHotResetInfo, vfioIO(12)), (.devicePCIHotReset, vfioIO(13)),

@@ -4,7 +4,9 @@ import Testing
 
 @Suite struct IOVAAllocation {
   // The two q35/VT-d ranges around the MSI window.
-  static let ranges = [IOVARange(start: 0, last: 0xfedf_ffff), IOVARange(start: 0xfef0_0000, last: 0x7f_ffff_ffff)]
+  static let ranges = [
+    IOVARange(start: 0, last: 0xfedf_ffff), IOVARange(start: 0xfef0_0000, last: 0x7f_ffff_ffff),
+  ]
 
   func code(_ body: () throws -> Void) -> VFIOError.Code? {
     do {
@@ -44,7 +46,8 @@ import Testing
     #expect(code { try a.reserve(0xfee0_0000, length: 0x1000) } == .outsideIOVARanges)
     #expect(code { try a.reserve(0xfedf_f000, length: 0x2000) } == .outsideIOVARanges)
     #expect(code { try a.reserve(0x80_0000_0000, length: 0x1000) } == .outsideIOVARanges)
-    #expect(code { try a.reserve(0xffff_ffff_ffff_f000, length: 0x2000) } == .outsideIOVARanges, "wraps")
+    #expect(
+      code { try a.reserve(0xffff_ffff_ffff_f000, length: 0x2000) } == .outsideIOVARanges, "wraps")
   }
 
   @Test func allocationSkipsExcludedWindow() throws {
@@ -64,7 +67,8 @@ import Testing
   }
 
   @Test func exhaustionAtTopOfAddressSpace() throws {
-    var a = IOVAAllocator(ranges: [IOVARange(start: 0xffff_ffff_ffff_e000, last: .max)], alignment: 0x1000)
+    var a = IOVAAllocator(
+      ranges: [IOVARange(start: 0xffff_ffff_ffff_e000, last: .max)], alignment: 0x1000)
     #expect(try a.allocate(length: 0x1000) == 0xffff_ffff_ffff_e000)
     #expect(try a.allocate(length: 0x1000) == 0xffff_ffff_ffff_f000)
     #expect(code { _ = try a.allocate(length: 0x1000) } == .iovaExhausted)
@@ -73,7 +77,8 @@ import Testing
   @Test func releaseReturnsSpace() throws {
     var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
     let iova = try a.allocate(length: 0x4000)
-    #expect(code { try a.release(iova + 0x4000, length: 0x1000) } == .invalidArgument, "never allocated")
+    #expect(
+      code { try a.release(iova + 0x4000, length: 0x1000) } == .invalidArgument, "never allocated")
     try a.release(iova, length: 0x4000)
     #expect(a.used.isEmpty)
     #expect(code { try a.release(iova, length: 0x4000) } == .invalidArgument, "double release")
@@ -84,10 +89,14 @@ import Testing
     for i in 0..<8 { try a.reserve(0x10_0000 + UInt64(i) * 0x1000, length: 0x1000) }
     #expect(a.used == [IOVASpan(start: 0x10_0000, length: 0x8000)])
     try a.release(0x10_3000, length: 0x1000)
-    #expect(a.used == [IOVASpan(start: 0x10_0000, length: 0x3000), IOVASpan(start: 0x10_4000, length: 0x4000)])
+    #expect(
+      a.used == [
+        IOVASpan(start: 0x10_0000, length: 0x3000), IOVASpan(start: 0x10_4000, length: 0x4000),
+      ])
     #expect(try a.allocate(length: 0x1000, below: 0x20_0000) == 0, "first fit from the bottom")
     try a.reserve(0x10_3000, length: 0x1000)
-    #expect(a.used == [IOVASpan(start: 0, length: 0x1000), IOVASpan(start: 0x10_0000, length: 0x8000)])
+    #expect(
+      a.used == [IOVASpan(start: 0, length: 0x1000), IOVASpan(start: 0x10_0000, length: 0x8000)])
     try a.release(0x10_0000, length: 0x1000)
     try a.release(0x10_7000, length: 0x1000)
     #expect(a.used.last == IOVASpan(start: 0x10_1000, length: 0x6000))
@@ -111,8 +120,15 @@ import Testing
 
 @Suite struct Coalescing {
   @Test func mergesContiguousRuns() {
-    let pages = (0..<4).map { DMAMapping(vaddr: 0x7000_0000 + UInt64($0) * 0x1000, iova: 0x10_0000 + UInt64($0) * 0x1000, length: 0x1000) }
-    #expect(DMAMapping.coalesce(pages.shuffled()) == [DMAMapping(vaddr: 0x7000_0000, iova: 0x10_0000, length: 0x4000)])
+    let pages = (0..<4).map {
+      DMAMapping(
+        vaddr: 0x7000_0000 + UInt64($0) * 0x1000, iova: 0x10_0000 + UInt64($0) * 0x1000,
+        length: 0x1000)
+    }
+    #expect(
+      DMAMapping.coalesce(pages.shuffled()) == [
+        DMAMapping(vaddr: 0x7000_0000, iova: 0x10_0000, length: 0x4000)
+      ])
   }
 
   @Test func keepsGapsAndDifferentAccessApart() {

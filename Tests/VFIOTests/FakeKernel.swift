@@ -26,7 +26,9 @@ final class FakeKernel: KernelInterface, @unchecked Sendable {
   /// The log without reads and closes, for sequence assertions.
   var ioctlLog: [String] { log.filter { $0.hasPrefix("ioctl") || $0.hasPrefix("open") } }
 
-  func on(_ request: IoctlRequest, _ handler: @escaping Handler) { handlers[request.name] = handler }
+  func on(_ request: IoctlRequest, _ handler: @escaping Handler) {
+    handlers[request.name] = handler
+  }
 
   /// Answers `request` with success and no data.
   func succeed(_ requests: IoctlRequest...) {
@@ -51,13 +53,17 @@ final class FakeKernel: KernelInterface, @unchecked Sendable {
     if let argument {
       ioctlInputs.append((request.name, Self.inputBytes(request, argument)))
     }
-    guard let handler = handlers[request.name] else { return -Errno.inappropriateIOCTLForDevice.rawValue }
+    guard let handler = handlers[request.name] else {
+      return -Errno.inappropriateIOCTLForDevice.rawValue
+    }
     return handler(fd, argument, 0)
   }
 
   func ioctl(_ fd: Int32, _ request: IoctlRequest, value: UInt) -> Int32 {
     log.append("ioctl \(fd) \(request.name) \(value)")
-    guard let handler = handlers[request.name] else { return -Errno.inappropriateIOCTLForDevice.rawValue }
+    guard let handler = handlers[request.name] else {
+      return -Errno.inappropriateIOCTLForDevice.rawValue
+    }
     return handler(fd, nil, value)
   }
 

@@ -17,7 +17,9 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
   k.on(.getAPIVersion) { _, _, _ in 0 }
   k.on(.checkExtension) { _, _, ext in ext == 3 || ext == 1 ? 1 : 0 }
   k.on(.groupGetStatus) { _, p, _ in
-    withArgument(p, as: vfio_group_status.self) { $0.flags = viable ? UInt32(VFIO_GROUP_FLAGS_VIABLE) : 0 }
+    withArgument(p, as: vfio_group_status.self) {
+      $0.flags = viable ? UInt32(VFIO_GROUP_FLAGS_VIABLE) : 0
+    }
     return 0
   }
   k.succeed(.groupSetContainer, .setIOMMU, .groupUnsetContainer)
@@ -87,7 +89,9 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     let g6 = try Group(number: 6, kernel: k)
     try g5.attach(to: container)
     try g6.attach(to: container)
-    #expect(k.ioctlLog.filter { $0.contains("SET_IOMMU") } == ["ioctl 3 VFIO_SET_IOMMU 3"], "SET_IOMMU once per container")
+    #expect(
+      k.ioctlLog.filter { $0.contains("SET_IOMMU") } == ["ioctl 3 VFIO_SET_IOMMU 3"],
+      "SET_IOMMU once per container")
     try g6.detach()
     try g5.detach()
     #expect(container.iommuType == nil)
@@ -99,8 +103,11 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
       _ = try OpenedDevice.open(edu, backend: .legacy, kernel: k)
       Issue.record("opened a non-viable group")
     } catch {
-      #expect(error.code == .groupNotViable(group: 5, blockers: ["0000:00:04.0 is still bound to e1000"]))
-      #expect(error.description.contains("IOMMU group 5 is not viable: 0000:00:04.0 is still bound to e1000"))
+      #expect(
+        error.code == .groupNotViable(group: 5, blockers: ["0000:00:04.0 is still bound to e1000"]))
+      #expect(
+        error.description.contains(
+          "IOMMU group 5 is not viable: 0000:00:04.0 is still bound to e1000"))
       #expect(error.description.contains("vfioctl detach 5"))
     }
   }
@@ -202,7 +209,9 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
       try opened.dma.map(vaddr: 0x7000_1000, length: 0x1000, at: 0)
       Issue.record("overlap accepted")
     } catch { #expect(error.code == .overlap) }
-    #expect(k.ioctlLog.filter { $0.contains("MAP_DMA") }.count == 1, "the overlap never reached the kernel")
+    #expect(
+      k.ioctlLog.filter { $0.contains("MAP_DMA") }.count == 1,
+      "the overlap never reached the kernel")
   }
 
   @Test func mapENOMEMNamesMemlock() throws {
@@ -240,7 +249,9 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     let info = CapabilityChains.type1Info(dmaAvail: 1)
     k.on(.iommuGetInfo) { _, p, _ in
       let argsz = Int(p!.load(as: UInt32.self))
-      info.withUnsafeBytes { p!.copyMemory(from: $0.baseAddress!, byteCount: min(argsz, info.count)) }
+      info.withUnsafeBytes {
+        p!.copyMemory(from: $0.baseAddress!, byteCount: min(argsz, info.count))
+      }
       p!.storeBytes(of: UInt32(info.count), as: UInt32.self)
       return 0
     }
@@ -257,7 +268,11 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     let k = legacyHost()
     k.on(.iommuMapDMA) { _, _, _ in 0 }
     let opened = try OpenedDevice.open(edu, backend: .legacy, kernel: k)
-    let pages = (0..<8).map { DMAMapping(vaddr: 0x7000_0000 + UInt64($0) * 0x1000, iova: 0x20_0000 + UInt64($0) * 0x1000, length: 0x1000) }
+    let pages = (0..<8).map {
+      DMAMapping(
+        vaddr: 0x7000_0000 + UInt64($0) * 0x1000, iova: 0x20_0000 + UInt64($0) * 0x1000,
+        length: 0x1000)
+    }
     let done = try opened.dma.map(segments: pages)
     #expect(done.count == 1)
     #expect(k.ioctlLog.filter { $0.contains("MAP_DMA") }.count == 1)
@@ -386,7 +401,8 @@ func iommufdHost() -> FakeKernel {
       ])
     let bind = try #require(k.ioctlInputs.first { $0.name == "VFIO_DEVICE_BIND_IOMMUFD" }?.bytes)
     #expect(bind == le32(16) + le32(0) + le32(3) + le32(0), "binds to the iommufd's fd 3")
-    let attach = try #require(k.ioctlInputs.first { $0.name == "VFIO_DEVICE_ATTACH_IOMMUFD_PT" }?.bytes)
+    let attach = try #require(
+      k.ioctlInputs.first { $0.name == "VFIO_DEVICE_ATTACH_IOMMUFD_PT" }?.bytes)
     #expect(attach == le32(12) + le32(0) + le32(2), "attaches to IOAS 2")
     #expect(opened.dma.layout.ranges.count == 2)
     #expect(opened.dma.layout.minimumPageSize == 4096)
@@ -427,7 +443,9 @@ func iommufdHost() -> FakeKernel {
           return
         }
         let out = UnsafeMutablePointer<cvfio_iommu_iova_range>(bitPattern: UInt(r.allowed_iovas))!
-        for i in 0..<6 { out[i] = cvfio_iommu_iova_range(start: UInt64(i) << 32, last: (UInt64(i) << 32) + 0xffff) }
+        for i in 0..<6 {
+          out[i] = cvfio_iommu_iova_range(start: UInt64(i) << 32, last: (UInt64(i) << 32) + 0xffff)
+        }
       }
       return result
     }
@@ -442,11 +460,14 @@ func iommufdHost() -> FakeKernel {
   @Test func mapUnmapBytes() throws {
     let k = iommufdHost()
     let opened = try OpenedDevice.open(edu, backend: .iommufd, kernel: k)
-    let m = try opened.dma.map(vaddr: 0x7f00_0000_0000, length: 0x2000, at: 0x10_0000, access: .read)
+    let m = try opened.dma.map(
+      vaddr: 0x7f00_0000_0000, length: 0x2000, at: 0x10_0000, access: .read)
     try opened.dma.unmap(m)
     let map = try #require(k.ioctlInputs.first { $0.name == "IOMMU_IOAS_MAP" }?.bytes)
     // size 40, flags FIXED_IOVA|READABLE = 5, ioas 2, reserved, user_va, length, iova.
-    #expect(map == le32(40) + le32(5) + le32(2) + le32(0) + le64(0x7f00_0000_0000) + le64(0x2000) + le64(0x10_0000))
+    #expect(
+      map == le32(40) + le32(5) + le32(2) + le32(0) + le64(0x7f00_0000_0000) + le64(0x2000)
+        + le64(0x10_0000))
     let unmap = try #require(k.ioctlInputs.first { $0.name == "IOMMU_IOAS_UNMAP" }?.bytes)
     #expect(unmap == le32(24) + le32(2) + le64(0x10_0000) + le64(0x2000))
   }
@@ -481,7 +502,11 @@ func iommufdHost() -> FakeKernel {
     let k = legacyHost()
     k.on(.deviceGetIRQInfo) { _, p, _ in
       withArgument(p, as: vfio_irq_info.self) { info in
-        info.flags = UInt32(VFIO_IRQ_INFO_EVENTFD) | (info.index == 0 ? UInt32(VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED) : UInt32(VFIO_IRQ_INFO_NORESIZE))
+        info.flags =
+          UInt32(VFIO_IRQ_INFO_EVENTFD)
+          | (info.index == 0
+            ? UInt32(VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED)
+            : UInt32(VFIO_IRQ_INFO_NORESIZE))
         info.count = info.index == 0 ? 1 : 1
       }
       return 0
@@ -512,19 +537,25 @@ func iommufdHost() -> FakeKernel {
     let full = CapabilityChains.bar0
     k.on(.deviceGetRegionInfo) { _, p, _ in
       let argsz = Int(p!.load(as: UInt32.self))
-      full.withUnsafeBytes { p!.copyMemory(from: $0.baseAddress!, byteCount: min(argsz, full.count)) }
+      full.withUnsafeBytes {
+        p!.copyMemory(from: $0.baseAddress!, byteCount: min(argsz, full.count))
+      }
       if argsz < full.count { p!.storeBytes(of: UInt32(0), toByteOffset: 12, as: UInt32.self) }
       return 0
     }
     let opened = try OpenedDevice.open(edu, backend: .legacy, kernel: k)
     let info = try opened.device.regionInfo(0)
     #expect(info.mappableAreas.count == 2)
-    let calls = k.ioctlInputs.filter { $0.name == "VFIO_DEVICE_GET_REGION_INFO" }.map { $0.bytes.count }
+    let calls = k.ioctlInputs.filter { $0.name == "VFIO_DEVICE_GET_REGION_INFO" }.map {
+      $0.bytes.count
+    }
     #expect(calls == [32, full.count])
     let mapped = try opened.device.mapRegion(info, offset: 0x3000, length: 0x1000)
     #expect(mapped.length == 0x1000)
     #expect(k.mmaps.last?.offset == 0x3000)
-    #expect(throws: VFIOError.self) { try opened.device.mapRegion(info, offset: 0x2000, length: 0x1000) }
+    #expect(throws: VFIOError.self) {
+      try opened.device.mapRegion(info, offset: 0x2000, length: 0x1000)
+    }
   }
 
   @Test func typedReadWriteUsesRegionOffset() throws {
@@ -546,7 +577,9 @@ func iommufdHost() -> FakeKernel {
     let bar0 = try opened.device.regionInfo(0)
     try opened.device.write(UInt32(0x1234_5678), region: bar0, offset: 4)
     #expect(k.registers[4] == le32(0x1234_5678))
-    #expect(throws: VFIOError.self) { try opened.device.read(UInt32.self, region: bar0, offset: 254) }
+    #expect(throws: VFIOError.self) {
+      try opened.device.read(UInt32.self, region: bar0, offset: 254)
+    }
   }
 }
 
@@ -569,7 +602,9 @@ func iommufdHost() -> FakeKernel {
       withArgument(p, as: vfio_iommu_spapr_tce_create.self) { $0.start_addr = 0x800_0000_0000_0000 }
       return 0
     }
-    k.succeed(.spaprRegisterMemory, .spaprUnregisterMemory, .spaprTCERemove, .iommuMapDMA, .iommuUnmapDMA, .eehPEOp)
+    k.succeed(
+      .spaprRegisterMemory, .spaprUnregisterMemory, .spaprTCERemove, .iommuMapDMA, .iommuUnmapDMA,
+      .eehPEOp)
     let container = try Container(kernel: k)
     let group = try Group(number: 5, kernel: k)
     try group.attach(to: container)
@@ -580,7 +615,11 @@ func iommufdHost() -> FakeKernel {
     try container.spaprRegisterMemory(vaddr: 0x7fff_0000_0000, length: 0x10_0000)
     let start = try container.spaprCreateWindow(pageShift: 16, windowSize: 1 << 30, levels: 1)
     let space = try DMASpace(container)
-    #expect(space.layout.ranges == [IOVARange(start: 0, last: 0x3fff_ffff), IOVARange(start: start, last: start + (1 << 30) - 1)])
+    #expect(
+      space.layout.ranges == [
+        IOVARange(start: 0, last: 0x3fff_ffff),
+        IOVARange(start: start, last: start + (1 << 30) - 1),
+      ])
     let m = try space.map(vaddr: 0x7fff_0000_0000, length: 0x10_0000, at: start)
     try space.unmap(m)
     try container.spaprRemoveWindow(start: start)
@@ -604,9 +643,13 @@ func iommufdHost() -> FakeKernel {
         "ioctl 3 VFIO_IOMMU_SPAPR_UNREGISTER_MEMORY",
         "ioctl 3 VFIO_EEH_PE_OP",
       ])
-    let create = try #require(k.ioctlInputs.first { $0.name == "VFIO_IOMMU_SPAPR_TCE_CREATE" }?.bytes)
-    #expect(create == le32(40) + le32(0) + le32(16) + le32(0) + le64(1 << 30) + le32(1) + le32(0) + le64(0))
-    let remove = try #require(k.ioctlInputs.first { $0.name == "VFIO_IOMMU_SPAPR_TCE_REMOVE" }?.bytes)
+    let create = try #require(
+      k.ioctlInputs.first { $0.name == "VFIO_IOMMU_SPAPR_TCE_CREATE" }?.bytes)
+    #expect(
+      create == le32(40) + le32(0) + le32(16) + le32(0) + le64(1 << 30) + le32(1) + le32(0)
+        + le64(0))
+    let remove = try #require(
+      k.ioctlInputs.first { $0.name == "VFIO_IOMMU_SPAPR_TCE_REMOVE" }?.bytes)
     #expect(remove == le32(16) + le32(0) + le64(0x800_0000_0000_0000))
   }
 }
