@@ -45,7 +45,7 @@ for g in /sys/kernel/iommu_groups/*; do
     for m in $g/devices/*; do echo "member $n ${m##*/}"; done
 done
 
-for m in vfio vfio_pci vfio_pci_core vfio_iommu_type1 vfio_virqfd iommufd pci_stub irqbypass e1000e e1000 nvme nvme_core; do
+for m in vfio vfio_pci vfio_pci_core vfio_iommu_type1 vfio_iommu_spapr_tce vfio_virqfd iommufd pci_stub irqbypass e1000e e1000 nvme nvme_core; do
     [ -d /sys/module/$m ] || continue
     if [ -f /sys/module/$m/initstate ]; then echo "module $m loaded"; else echo "module $m builtin"; fi
 done

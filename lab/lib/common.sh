@@ -28,6 +28,7 @@ ensure_packages() {
         apt-get update -qq >&2 || die "apt-get update failed"
         LAB_APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
-        || die "apt-get install ${missing[*]} failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        > "$CACHE/apt-install.log" 2>&1 \
+        || { tail -n 20 "$CACHE/apt-install.log" >&2; die "apt-get install ${missing[*]} failed"; }
 }

@@ -56,13 +56,20 @@ unpack_kernel() {
     log "unpacking $(basename "$deb") -> $dir"
     dpkg-deb -x "$deb" "$dir/root" || die "dpkg-deb -x $deb failed"
     kver=$(ls "$dir/root/lib/modules")
-    ln -s "root/boot/vmlinuz-$kver" "$dir/bzImage"
+    # x86 packages ship a bzImage (vmlinuz-*), ppc64el ones the ELF vmlinux-* itself.
+    if [ -e "$dir/root/boot/vmlinuz-$kver" ]; then ln -s "root/boot/vmlinuz-$kver" "$dir/bzImage"
+    else ln -s "root/boot/vmlinux-$kver" "$dir/vmlinux"; fi
     echo "$kver" > "$dir/kver"
     basename "$deb" > "$dir/.deb"
     touch "$dir/.done"
 }
 
 cmd_fetch() {
+    case ${1:-x86_64} in
+        ppc64el) fetch_ppc64el; return ;;
+        x86_64) ;;
+        *) die "usage: lab/vm fetch [ppc64el]" ;;
+    esac
     ensure_packages qemu-system-x86 busybox-static python3
     local img61 img612
     img61=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-6\.1/ {print $2; exit}')
@@ -79,4 +86,51 @@ cmd_fetch() {
     unpack_kernel 6.12 "$(download_deb "$img612")"
     unset APT_CONFIG
     log "kernels: 6.1=$(cat "$KERNELS_DIR/6.1/kver") 6.12=$(cat "$KERNELS_DIR/6.12/kver")"
+}
+
+# A private apt configuration for another architecture (ppc64el): its own sources
+# (restricted with [arch=]), lists, empty dpkg status and cache under $CACHE, so the host's
+# apt state never learns about the foreign architecture. bookworm-backports carries the
+# 6.12 ppc64el kernel (6.1's vfio-pci fails to probe there with -22, per testbed.md).
+foreign_apt() {
+    local arch=$1 root=$CACHE/apt-$1 key=/usr/share/keyrings/debian-archive-keyring.gpg
+    mkdir -p "$root/lists/partial" "$root/cache/archives/partial" "$root/sources.list.d"
+    [ -e "$root/status" ] || : > "$root/status"
+    cat > "$root/sources.list" <<SRC
+deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm main
+deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm-backports main
+SRC
+    cat > "$root/apt.conf" <<CONF
+APT::Architecture "$arch";
+APT::Architectures { "$arch"; };
+APT::Sandbox::User "root";
+Dir::Etc::SourceList "$root/sources.list";
+Dir::Etc::SourceParts "$root/sources.list.d";
+Dir::State "$root";
+Dir::State::Lists "$root/lists";
+Dir::State::status "$root/status";
+Dir::Cache "$root/cache";
+CONF
+    if [ ! -e "$root/lists/.updated" ]; then
+        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || die "apt-get update ($arch) failed"
+        touch "$root/lists/.updated"
+    fi
+    echo "$root/apt.conf"
+}
+
+# `lab/vm fetch ppc64el`: qemu-system-ppc, Debian's 6.12 ppc64el kernel and static busybox.
+fetch_ppc64el() {
+    ensure_packages qemu-system-ppc
+    local conf img deb bb=$CACHE/busybox-ppc64el
+    conf=$(foreign_apt ppc64el)
+    img=$(APT_CONFIG=$conf apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+(deb12|bpo)-powerpc64le$' \
+        | awk '{print $1}' | sort -V | tail -n 1)
+    [ -n "$img" ] || die "no linux-image-6.12.*-powerpc64le in bookworm(-backports)"
+    deb=$(DEBS_DIR=$CACHE/debs-ppc64el APT_CONFIG=$conf download_deb "$img")
+    unpack_kernel 6.12-ppc64el "$deb"
+    if [ ! -x "$bb/bin/busybox" ]; then
+        deb=$(DEBS_DIR=$CACHE/debs-ppc64el APT_CONFIG=$conf download_deb busybox-static)
+        rm -rf "$bb"; dpkg-deb -x "$deb" "$bb"
+    fi
+    log "ppc64el: kernel $(cat "$KERNELS_DIR/6.12-ppc64el/kver"), busybox $bb/bin/busybox"
 }

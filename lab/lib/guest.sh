@@ -25,11 +25,20 @@ parse_guest_args() {
 load_topology() {
     local f=$LAB_DIR/topologies/$1.topo
     [ -f "$f" ] || die "no topology $1 (have: $(cd "$LAB_DIR/topologies" && ls *.topo | sed 's/\.topo$//' | tr '\n' ' '))"
-    KERNEL=""; MODULES=(); QEMU_ARGS=(); APPEND=""; DISKS=(); MEMORY=512; VFIO_BIND=(); GUEST_SETUP=""
+    ARCH=x86_64; KERNEL=""; MODULES=(); QEMU_ARGS=(); APPEND=""; DISKS=(); MEMORY=512; VFIO_BIND=(); GUEST_SETUP=""
     HOST_PACKAGES=(); GUEST_BINS=()
     # shellcheck source=/dev/null
     . "$f"
     [ -n "$KERNEL" ] || die "$f sets no KERNEL"
+    # Per-architecture machinery: QEMU binary and base arguments, the guest's static busybox,
+    # the console and the second port that carries /out back.
+    case $ARCH in
+        x86_64) QEMU_BASE=(qemu-system-x86_64 -accel tcg -cpu max); BUSYBOX=/bin/busybox
+                CONSOLE=ttyS0; XFER_TTY=ttyS1 ;;
+        ppc64el) QEMU_BASE=(qemu-system-ppc64 -accel tcg); BUSYBOX=$CACHE/busybox-ppc64el/bin/busybox
+                 CONSOLE=hvc0; XFER_TTY=hvc1 ;;
+        *) die "$f: unknown ARCH $ARCH" ;;
+    esac
 }
 
 # The directory of an unpacked or built kernel, fetching/building it on first use.
@@ -38,6 +47,7 @@ kernel_dir() {
     if [ ! -e "$d/.done" ]; then
         case $1 in
             iommufd) . "$LAB_DIR/lib/kernel.sh"; cmd_build_kernel iommufd ;;
+            *-ppc64el) cmd_fetch ppc64el ;;
             *) cmd_fetch ;;
         esac
     fi
@@ -123,7 +133,8 @@ stage_bin() {
 build_initramfs() {
     local kdir=$1 root=$RUN_DIR/root spec
     rm -rf "$root"; mkdir -p "$root"/{bin,lab,out,usr/bin}
-    cp /bin/busybox "$root/bin/busybox"
+    [ -x "$BUSYBOX" ] || cmd_fetch "$ARCH"
+    cp "$BUSYBOX" "$root/bin/busybox"
     cp "$LAB_DIR/guest/init" "$root/init"; chmod +x "$root/init"
     # Guest helper scripts are always there, so commands can say `sh /lab/guest/X.sh`.
     cp -r "$LAB_DIR/guest" "$root/lab/guest"
@@ -140,15 +151,16 @@ build_initramfs() {
         printf '%s\n' "$GUEST_SETUP"
     } > "$root/lab/setup"
     echo "$NONCE" > "$root/lab/nonce"
+    echo "$XFER_TTY" > "$root/lab/xfer-tty"
     (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | gzip -1 > "$RUN_DIR/initrd.gz")
 }
 
 # Common QEMU arguments; the topology adds machine and devices.
 qemu_cmdline() {
     local kdir=$1
-    QEMU=(qemu-system-x86_64 -accel tcg -cpu max -m "$MEMORY" -smp 1 -no-reboot -nic none
+    QEMU=("${QEMU_BASE[@]}" -m "$MEMORY" -smp 1 -no-reboot -nic none
           -kernel "$(kernel_image "$kdir")" -initrd "$RUN_DIR/initrd.gz"
-          -append "console=ttyS0 panic=-1 $APPEND" "${QEMU_ARGS[@]}")
+          -append "console=$CONSOLE panic=-1 $APPEND" "${QEMU_ARGS[@]}")
 }
 
 prepare() {

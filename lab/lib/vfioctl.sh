@@ -42,3 +42,9 @@ build_vfioctl() {
     [ -x "$bin" ] || return 1
     echo "$bin"
 }
+
+# A topology's guest architecture (vfioctl is built for the host, x86_64, only).
+topology_arch() {
+    local a; a=$(sed -n 's/^ARCH=//p' "$LAB_DIR/topologies/$1.topo")
+    echo "${a:-x86_64}"
+}
