@@ -87,6 +87,8 @@ public final class Container: DMAMapper, @unchecked Sendable {
     iommuType = type
   }
 
+  /// Counts an attached group and sets the IOMMU model for the first one. On failure the
+  /// count is still taken; the caller undoes it with `groupDetached`.
   func groupAttached(requested: IOMMUType?) throws(VFIOError) {
     groupCount += 1
     guard iommuType == nil else { return }

@@ -122,8 +122,15 @@ public final class Group: @unchecked Sendable {
       throw VFIOError.syscall(
         errno, operation: IoctlRequest.groupSetContainer.name, path: handle.path)
     }
+    do {
+      try container.groupAttached(requested: iommu)
+    } catch {
+      // Leave the group as it was: without an IOMMU model the container is unusable.
+      container.groupDetached()
+      _ = kernel.ioctl(handle.fd, .groupUnsetContainer, nil)
+      throw error
+    }
     self.container = container
-    try container.groupAttached(requested: iommu)
   }
 
   /// VFIO_GROUP_UNSET_CONTAINER. Close this group's devices first or the kernel says EBUSY.

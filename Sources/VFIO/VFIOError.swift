@@ -118,6 +118,10 @@ extension VFIOError {
     case ("VFIO_SET_IOMMU", .operationNotSupportedByDevice):
       return
         "no IOMMU driver accepted the container; load vfio_iommu_type1 (`modprobe vfio_iommu_type1`) and check that the IOMMU is enabled (intel_iommu=on)"
+    case ("VFIO_SET_IOMMU", .notPermitted):
+      // type1 refuses groups whose MSIs the IOMMU cannot isolate (no interrupt remapping).
+      return
+        "the IOMMU does not isolate MSIs (no interrupt remapping, e.g. virtio-iommu or intremap=off); enable interrupt remapping, or accept the risk with `echo Y > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts`"
     case ("VFIO_DEVICE_RESET", .invalidArgument):
       return
         "the device has no function-level reset method; use a hot reset of its bus (`hotReset`)"

@@ -33,10 +33,14 @@ enum Render {
     for n in r.notes { lines.append("  note  \(n)") }
     if let e = r.error { lines.append("  error \(e)") }
     let failed = r.checks.filter { !$0.passed }.count
-    lines.append(
-      r.passed
-        ? "all \(r.checks.count) checks passed"
-        : "\(failed) of \(r.checks.count) checks failed\(r.error == nil ? "" : "; stopped early")")
+    if r.passed {
+      lines.append("all \(r.checks.count) checks passed")
+    } else if r.checks.isEmpty {
+      lines.append("FAILED before any check ran")
+    } else {
+      lines.append(
+        "\(failed) of \(r.checks.count) checks failed\(r.error == nil ? "" : "; stopped early")")
+    }
     return lines.joined(separator: "\n")
   }
 

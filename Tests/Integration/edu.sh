@@ -94,6 +94,22 @@ expect_json "$OUT/iommufd/hot-reset-cdev.json" "6.12 hot reset of the bridge dev
 n=$(cat "$OUT/iommufd/dmar-faults" 2>/dev/null || echo 0)
 if [ "${n:-0}" -ge 1 ]; then pass "6.12 the DMA after unmap raised $n DMAR write fault(s)"; else fail "no DMAR fault after unmap"; fi
 
+# Other IOMMUs: AMD-Vi (6.1), and virtio-iommu (Debian 6.12), which does not isolate MSIs,
+# so type1 refuses it (EPERM) until allow_unsafe_interrupts is set.
+lab/vm run q35-amd-iommu --bin "$BIN" --out "$OUT/amd" -- "$(step edu '0000:00:03.0')" >&2 || fail "q35-amd-iommu guest run"
+expect_json "$OUT/amd/edu.json" "6.1 AMD-Vi: edu DMA with MSI and INTx"
+vi_cmd="$(step edu-refused '0000:00:03.0')
+echo Y > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+$(step edu-unsafe '0000:00:03.0')"
+lab/vm run q35-virtio-iommu --bin "$BIN" --out "$OUT/virtio" -- "$vi_cmd" >&2 || fail "q35-virtio-iommu guest run"
+f=$OUT/virtio/edu-refused.json
+if [ "$(cat "$f.rc" 2>/dev/null)" = 1 ] && grep -q 'VFIO_SET_IOMMU.*EPERM.*allow_unsafe_interrupts' "$f"; then
+    pass "6.12 virtio-iommu: SET_IOMMU EPERM explained (no MSI isolation, allow_unsafe_interrupts)"
+else
+    fail "6.12 virtio-iommu refusal: $(head -c 400 "$f" 2>/dev/null)"
+fi
+expect_json "$OUT/virtio/edu-unsafe.json" "6.12 virtio-iommu with allow_unsafe_interrupts: edu passes"
+
 echo "reports in $OUT"
 [ "$fails" -eq 0 ] && { echo "integration: all passed"; exit 0; }
 echo "integration: $fails failed"; exit 1

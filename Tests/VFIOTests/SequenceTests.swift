@@ -140,6 +140,24 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     }
   }
 
+  @Test func setIOMMUEPERMExplainsInterruptRemappingAndUndoes() throws {
+    let k = legacyHost()
+    k.on(.setIOMMU) { _, _, _ in -Errno.notPermitted.rawValue }
+    let container = try Container(kernel: k)
+    let group = try Group(number: 5, kernel: k)
+    do {
+      try group.attach(to: container)
+      Issue.record("attached")
+    } catch {
+      #expect(error.description.contains("allow_unsafe_interrupts"))
+    }
+    #expect(group.container == nil)
+    #expect(
+      k.ioctlLog.last == "ioctl 4 VFIO_GROUP_UNSET_CONTAINER",
+      "the group leaves the container again")
+    #expect(container.groupCount == 0)
+  }
+
   @Test func noIOMMUBackendAtAll() throws {
     let k = legacyHost()
     k.on(.checkExtension) { _, _, _ in 0 }
