@@ -20,8 +20,8 @@ parse_guest_args() {
     done
 }
 
-# Sources lab/topologies/NAME.topo. RUN_DIR is set first so a topology can place its
-# scratch files (e.g. NVMe images, listed in DISKS as NAME:SIZE) there.
+# Sources lab/topologies/NAME.topo (after prepare has set RUN_DIR, so a topology can
+# point at its scratch files there, e.g. NVMe images listed in DISKS as NAME:SIZE).
 load_topology() {
     local f=$LAB_DIR/topologies/$1.topo
     [ -f "$f" ] || die "no topology $1 (have: $(cd "$LAB_DIR/topologies" && ls *.topo | sed 's/\.topo$//' | tr '\n' ' '))"
