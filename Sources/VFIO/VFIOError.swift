@@ -122,6 +122,8 @@ extension VFIOError {
       // type1 refuses groups whose MSIs the IOMMU cannot isolate (no interrupt remapping).
       return
         "the IOMMU does not isolate MSIs (no interrupt remapping, e.g. virtio-iommu or intremap=off); enable interrupt remapping, or accept the risk with `echo Y > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts`"
+    case ("VFIO_EEH_PE_OP", .operationNotSupportedByDevice):
+      return "EEH is not available for this partitionable endpoint; check supports(.eeh) first"
     case ("VFIO_DEVICE_RESET", .invalidArgument):
       return
         "the device has no function-level reset method; use a hot reset of its bus (`hotReset`)"
