@@ -52,6 +52,11 @@ struct Exercise: AsyncParsableCommand {
   @Flag(help: "Use pread/pwrite for BAR0 instead of mmap.")
   var noMmap = false
 
+  @Option(
+    name: .customLong("also"),
+    help: "Another device to open into the same container or IOAS first (shared IOMMU domain).")
+  var others: [String] = []
+
   func validate() throws {
     guard (1...4095).contains(size) else { throw ValidationError("--size must be 1...4095") }
   }
@@ -61,6 +66,15 @@ struct Exercise: AsyncParsableCommand {
     do {
       let opened = try common.open(device)
       report.backend = opened.backend.rawValue
+      let companions = try others.map { (address: String) throws(VFIOError) -> OpenedDevice in
+        try OpenedDevice.open(address, sharing: opened)
+      }
+      for c in companions {
+        report.notes.append(
+          "\(c.device.name) shares the DMA space\(c.group.map { " (group \($0.number) in the same container)" } ?? " (same iommufd IOAS)")"
+        )
+      }
+      defer { withExtendedLifetime(companions) {} }
       let options = EduOptions(
         transferSize: size, interrupts: Set(interrupts.split(separator: ",").map(String.init)),
         useMmap: !noMmap)

@@ -39,6 +39,7 @@ step() { echo "vfio-edu $2 --json > /out/$1.json 2>/out/$1.err; echo \$? > /out/
 rm -rf "$OUT"; mkdir -p "$OUT"
 vtd_cmd="$(step edu-legacy '0000:00:03.0 --backend legacy')
 $(step edu-auto '0000:00:03.0')
+$(step edu-shared '0000:00:03.0 --backend legacy --also 0000:00:05.1')
 $(step probe-bridge 'probe 0000:01:01.0 --backend legacy')
 $(step hot-reset-legacy 'hot-reset 0000:01:01.0 --backend legacy --also 0000:01:02.0')"
 files=()
@@ -55,6 +56,11 @@ if grep -q '"backend":"legacy"' "$OUT/vtd/edu-auto.json" 2>/dev/null; then
     expect_json "$OUT/vtd/edu-auto.json" "6.1 auto picks legacy (no /dev/iommu)"
 else
     fail "6.1 auto did not pick legacy: $(head -c 300 "$OUT/vtd/edu-auto.json" 2>/dev/null)"
+fi
+if grep -q '0000:00:05.1 shares the DMA space (group' "$OUT/vtd/edu-shared.json" 2>/dev/null; then
+    expect_json "$OUT/vtd/edu-shared.json" "6.1 two groups in one container: edu DMA with e1000e 05.1's group attached"
+else
+    fail "6.1 shared container: $(head -c 400 "$OUT/vtd/edu-shared.json" 2>/dev/null)"
 fi
 expect_json "$OUT/vtd/probe-bridge.json" "6.1 probe of e1000 01:01.0 (regions, irqs, IOVA ranges)"
 if expect_json "$OUT/vtd/hot-reset-legacy.json" "x" >/dev/null && grep -q '2 affected' "$OUT/vtd/hot-reset-legacy.json"; then
@@ -77,6 +83,7 @@ fi
 fd_cmd="$(step edu-iommufd '0000:00:03.0 --backend iommufd')
 $(step edu-auto '0000:00:03.0')
 $(step edu-cdev '/dev/vfio/devices/vfio0 --interrupts msi')
+$(step edu-shared '0000:00:03.0 --backend iommufd --also 0000:00:05.1')
 $(step edu-legacy '0000:00:03.0 --backend legacy')
 $(step hot-reset-cdev 'hot-reset 0000:01:01.0 --backend iommufd --also 0000:01:02.0')
 dmesg | grep -c 'DMAR: \[DMA Write' > /out/dmar-faults"
@@ -89,6 +96,11 @@ else
     fail "6.12 auto did not pick iommufd: $(head -c 300 "$OUT/iommufd/edu-auto.json" 2>/dev/null)"
 fi
 expect_json "$OUT/iommufd/edu-cdev.json" "6.12 edu opened by cdev path"
+if grep -q 'same iommufd IOAS' "$OUT/iommufd/edu-shared.json" 2>/dev/null; then
+    expect_json "$OUT/iommufd/edu-shared.json" "6.12 two devices attached to one IOAS: edu DMA"
+else
+    fail "6.12 shared IOAS: $(head -c 400 "$OUT/iommufd/edu-shared.json" 2>/dev/null)"
+fi
 expect_json "$OUT/iommufd/edu-legacy.json" "6.12 legacy container path"
 expect_json "$OUT/iommufd/hot-reset-cdev.json" "6.12 hot reset of the bridge devices through one iommufd"
 n=$(cat "$OUT/iommufd/dmar-faults" 2>/dev/null || echo 0)
