@@ -23,14 +23,19 @@ public final class IOMMUFD: @unchecked Sendable {
   }
 
   /// IOMMU_OPTION(RLIMIT_MODE): account pinned memory per process (true) instead of per user.
-  /// Needs CAP_SYS_RESOURCE.
+  /// Needs CAP_SYS_RESOURCE, and the kernel accepts it only while this iommufd holds no
+  /// objects: call it before `allocateIOAS` or binding a device.
   public func setProcessBasedMemlockAccounting(_ perProcess: Bool) throws(VFIOError) {
     var option = cvfio_iommu_option()
     option.size = UInt32(MemoryLayout<cvfio_iommu_option>.size)
     option.option_id = UInt32(CVFIO_IOMMU_OPTION_RLIMIT_MODE)
     option.op = UInt16(CVFIO_IOMMU_OPTION_OP_SET)
     option.val64 = perProcess ? 1 : 0
-    try handle.ioctl(.iommuOption, &option)
+    try handle.check(
+      handle.rawIoctl(.iommuOption, &option), .iommuOption,
+      hint:
+        "the accounting mode can only change before any IOAS or device is attached to this iommufd; set it right after opening /dev/iommu"
+    )
   }
 
   /// IOMMU_OPTION(RLIMIT_MODE) read back: true when accounting is per process.

@@ -119,6 +119,25 @@ struct Probe: ParsableCommand {
           report.notes.append("irq \(index): \(error.errnoName ?? error.message)")
         }
       }
+      if opened.iommufd != nil {
+        // IOMMU_OPTION(RLIMIT_MODE) on a fresh context: the kernel allows the switch only
+        // while the iommufd holds no objects.
+        let fresh = try IOMMUFD()
+        let before = try fresh.processBasedMemlockAccounting()
+        try fresh.setProcessBasedMemlockAccounting(true)
+        let after = try fresh.processBasedMemlockAccounting()
+        report.check(
+          "iommufd rlimit mode", after,
+          "RLIMIT_MEMLOCK accounting \(before ? "process" : "user") -> \(after ? "process" : "user") on a fresh iommufd"
+        )
+        do {
+          try opened.iommufd!.setProcessBasedMemlockAccounting(true)
+          report.notes.append("RLIMIT_MODE changed on an iommufd with objects")
+        } catch {
+          report.notes.append(
+            "RLIMIT_MODE on the device's iommufd: \(error.errnoName ?? "") (it holds an IOAS)")
+        }
+      }
       report.notes.append(
         "dma: \(opened.dma.layout.ranges.map(\.description).joined(separator: " ")) pages 0x\(hex(opened.dma.layout.pageSizes))\(opened.dma.layout.dmaAvailable.map { " dma_avail \($0)" } ?? "")"
       )

@@ -85,6 +85,7 @@ $(step edu-auto '0000:00:03.0')
 $(step edu-cdev '/dev/vfio/devices/vfio0 --interrupts msi')
 $(step edu-shared '0000:00:03.0 --backend iommufd --also 0000:00:05.1')
 $(step edu-legacy '0000:00:03.0 --backend legacy')
+$(step probe-iommufd 'probe 0000:00:03.0 --backend iommufd')
 $(step hot-reset-cdev 'hot-reset 0000:01:01.0 --backend iommufd --also 0000:01:02.0')
 dmesg | grep -c 'DMAR: \[DMA Write' > /out/dmar-faults"
 lab/vm run q35-iommufd --bin "$BIN" --out "$OUT/iommufd" -- "$fd_cmd" >&2 || fail "q35-iommufd guest run"
@@ -102,6 +103,11 @@ else
     fail "6.12 shared IOAS: $(head -c 400 "$OUT/iommufd/edu-shared.json" 2>/dev/null)"
 fi
 expect_json "$OUT/iommufd/edu-legacy.json" "6.12 legacy container path"
+if grep -q 'user -> process on a fresh iommufd' "$OUT/iommufd/probe-iommufd.json" 2>/dev/null; then
+    expect_json "$OUT/iommufd/probe-iommufd.json" "6.12 IOMMU_OPTION RLIMIT_MODE user -> process (EBUSY once an IOAS exists)"
+else
+    fail "6.12 RLIMIT_MODE: $(head -c 600 "$OUT/iommufd/probe-iommufd.json" 2>/dev/null)"
+fi
 expect_json "$OUT/iommufd/hot-reset-cdev.json" "6.12 hot reset of the bridge devices through one iommufd"
 n=$(cat "$OUT/iommufd/dmar-faults" 2>/dev/null || echo 0)
 if [ "${n:-0}" -ge 1 ]; then pass "6.12 the DMA after unmap raised $n DMAR write fault(s)"; else fail "no DMAR fault after unmap"; fi

@@ -499,6 +499,28 @@ func iommufdHost() -> FakeKernel {
     #expect(option == le32(24) + le32(0) + le16(0) + le16(0) + le32(0) + le64(1))
   }
 
+  @Test func rlimitModeGetReadsVal64() throws {
+    let k = iommufdHost()
+    k.on(.iommuOption) { _, p, _ in
+      withArgument(p, as: cvfio_iommu_option.self) { $0.val64 = $0.op == 1 ? 1 : 0 }
+      return 0
+    }
+    let iommufd = try IOMMUFD(kernel: k)
+    #expect(try iommufd.processBasedMemlockAccounting())
+    let option = try #require(k.ioctlInputs.last { $0.name == "IOMMU_OPTION" }?.bytes)
+    #expect(option == le32(24) + le32(0) + le16(1) + le16(0) + le32(0) + le64(0))
+  }
+
+  @Test func rlimitModeEBUSYSaysSetItFirst() throws {
+    let k = iommufdHost()
+    k.on(.iommuOption) { _, _, _ in -Errno.resourceBusy.rawValue }
+    let iommufd = try IOMMUFD(kernel: k)
+    do {
+      try iommufd.setProcessBasedMemlockAccounting(true)
+      Issue.record("set")
+    } catch { #expect(error.description.contains("before any IOAS")) }
+  }
+
   @Test func cdevHotResetPassesNoFDs() throws {
     let k = iommufdHost()
     k.succeed(.devicePCIHotReset)
