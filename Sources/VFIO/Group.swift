@@ -29,19 +29,17 @@ public final class Group: @unchecked Sendable {
 
   /// Opens /dev/vfio/`number` and checks that the group is viable, naming the devices that
   /// keep it from being so.
+  /// With `requireViable: false` a non-viable group opens anyway, for inspection (`status`,
+  /// `blockers`); the kernel still refuses to attach it.
   public init(
     number: Int, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev/vfio",
-    sysfsRoot: String = "/sys"
+    sysfsRoot: String = "/sys", requireViable: Bool = true
   ) throws(VFIOError) {
     self.number = number
     self.sysfsRoot = sysfsRoot
-    handle = try OwnedFD.open(
-      "\(devRoot)/\(number)", kernel: kernel,
-      hint:
-        "IOMMU group \(number) has no VFIO node: bind its devices to vfio-pci (`vfioctl attach`), or another process holds it"
-    )
+    handle = try OwnedFD.open("\(devRoot)/\(number)", kernel: kernel)
     let status = try self.status()
-    guard status.viable else {
+    guard status.viable || !requireViable else {
       throw notViable(request: IoctlRequest.groupGetStatus.name, errno: nil)
     }
   }

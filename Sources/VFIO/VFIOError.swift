@@ -110,7 +110,8 @@ extension VFIOError {
       return
         "the device is not bound to vfio-pci or the kernel lacks VFIO_DEVICE_CDEV; bind it or use the legacy backend"
     case ("open", .noSuchFileOrDirectory) where path?.hasPrefix("/dev/vfio/") == true:
-      return "the group is not bound to vfio-pci; run `vfioctl attach` for its devices"
+      let group = path.map { String($0.dropFirst("/dev/vfio/".count)) } ?? "N"
+      return "the group's devices are not bound to vfio-pci; run `vfioctl detach \(group)`"
     case ("open", .resourceBusy):
       return "another process (a VM or driver) holds it open; only one opener is allowed"
     case ("open", .permissionDenied), ("open", .notPermitted):

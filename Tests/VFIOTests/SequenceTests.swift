@@ -112,6 +112,22 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
     }
   }
 
+  @Test func busyGroupSaysAnotherProcessHoldsIt() {
+    let k = legacyHost()
+    k.openErrors["/dev/vfio/5"] = .resourceBusy
+    do {
+      _ = try Group(number: 5, kernel: k)
+      Issue.record("opened")
+    } catch { #expect(error.description.contains("another process")) }
+  }
+
+  @Test func nonViableGroupOpensForInspection() throws {
+    let k = legacyHost(viable: false)
+    let group = try Group(number: 5, kernel: k, requireViable: false)
+    #expect(try !group.status().viable)
+    #expect(group.blockers() == ["0000:00:04.0 is still bound to e1000"])
+  }
+
   @Test func setContainerEBUSYIsNotViable() throws {
     let k = legacyHost()
     k.on(.groupSetContainer) { _, _, _ in -Errno.resourceBusy.rawValue }
@@ -182,6 +198,7 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
       #expect(error.errno == .noSuchFileOrDirectory)
       #expect(error.path == "/dev/vfio/5")
       #expect(error.description.contains("vfio-pci"))
+      #expect(error.description.contains("vfioctl detach 5"))
     }
   }
 
