@@ -4,7 +4,8 @@
 Compares three things with the kernel's ground truth (facts.txt from lab/guest/facts.sh):
   * the topology's declarative expectations (lab/topologies/NAME.expect),
   * `vfioctl list --json` (groups and members, driver, reset methods, BARs per device),
-  * the tree written by `vfioctl capture` (device links, group and driver links).
+  * the tree written by `vfioctl capture` (device links, group and driver links), and
+    the host's replay of it (`vfioctl list --json --root TREE`) against the live list.
 Prints one PASS/FAIL/SKIP line per check and, last, `RESULT passed=N failed=M`.
 Exits 1 when any check failed.
 """
@@ -288,6 +289,43 @@ def check_capture(c, k, tree):
     c.record("vfioctl capture tree has the kernel's devices, groups and drivers", problems)
 
 
+# Names come from the pci.ids database of whichever machine runs vfioctl (the host has
+# one, the guest does not), so they legitimately differ between live run and replay.
+HOST_DEPENDENT_KEYS = {"name", "vendorName", "deviceName", "className", "subsystemName"}
+
+
+def json_differences(a, b, path=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            if key in HOST_DEPENDENT_KEYS:
+                continue
+            if key not in a or key not in b:
+                out.append(f"{path}/{key}: only in {'live' if key in a else 'replay'}")
+            else:
+                out += json_differences(a[key], b[key], f"{path}/{key}")
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} entries live, {len(b)} in replay"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in json_differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: live {a!r}, replay {b!r}"]
+
+
+def check_replay(c, live_path, replay_path):
+    """`vfioctl list --json --root TREE` on the host must reproduce the guest's live list."""
+    try:
+        with open(live_path) as f:
+            live = json.load(f)
+        with open(replay_path) as f:
+            replay = json.load(f)
+    except (OSError, ValueError) as e:
+        c.record("replaying the capture on the host gives the live list", [str(e)])
+        return
+    c.record("replaying the capture on the host gives the live list (pci.ids names aside)",
+             json_differences(live, replay))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--topology", required=True)
@@ -295,6 +333,7 @@ def main():
     ap.add_argument("--expect", help="expectations file")
     ap.add_argument("--list-json", help="output of vfioctl list --json")
     ap.add_argument("--tree", help="directory written by vfioctl capture")
+    ap.add_argument("--replay-json", help="host's vfioctl list --json --root TREE")
     a = ap.parse_args()
 
     c = Checks(a.topology)
@@ -305,6 +344,8 @@ def main():
         check_list_json(c, k, a.list_json)
     if a.tree:
         check_capture(c, k, a.tree)
+    if a.replay_json and a.list_json:
+        check_replay(c, a.list_json, a.replay_json)
     print(f"RESULT passed={c.passed} failed={c.failed}")
     return 1 if c.failed else 0
 
