@@ -15,33 +15,36 @@ available_topologies() {
     done
 }
 
-# Builds vfioctl (statically linked Swift stdlib, separate scratch path so it never
-# disturbs developers' .build) and prints its path; fails quietly when it does not
-# build yet, or when LAB_NO_VFIOCTL is set. VFIOCTL=PATH uses a prebuilt binary.
-build_vfioctl() {
-    [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
-    if [ -n "${VFIOCTL:-}" ]; then [ -x "$VFIOCTL" ] && { echo "$VFIOCTL"; return 0; }; return 1; fi
+# Builds a Swift product of this package (release, statically linked Swift stdlib, its own
+# scratch path so it never disturbs developers' .build) and prints the binary's path; fails
+# quietly when it does not build yet, or when LAB_NO_SWIFT is set. For vfioctl also
+# LAB_NO_VFIOCTL=1 (skip) and VFIOCTL=PATH (a prebuilt binary).
+build_product() {
+    local product=$1
+    [ -z "${LAB_NO_SWIFT:-}" ] || return 1
+    if [ "$product" = vfioctl ]; then
+        [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
+        if [ -n "${VFIOCTL:-}" ]; then [ -x "$VFIOCTL" ] && { echo "$VFIOCTL"; return 0; }; return 1; fi
+    fi
     command -v swift >/dev/null 2>&1 || { log "no swift toolchain"; return 1; }
-    local logf=$CACHE/vfioctl-build.log try
-    log "building vfioctl (log: $logf)"
+    local logf=$CACHE/$product-build.log try
+    local build=(swift build -c release --static-swift-stdlib --product "$product" --scratch-path .build-lab)
+    log "building $product (log: $logf)"
     # Others edit Sources/ while we build: SwiftPM then aborts with "was modified during
     # the build", which says nothing about the code. Retry that case a few times.
     for try in 1 2 3; do
-        if (cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
-                --scratch-path .build-lab) > "$logf" 2>&1; then
-            break
-        fi
+        (cd "$REPO_DIR" && "${build[@]}") > "$logf" 2>&1 && break
         if [ $try -lt 3 ] && grep -q 'was modified during the build' "$logf"; then
             log "sources changed during the build; retrying"; continue
         fi
-        log "vfioctl does not build: $(grep -m1 'error:' "$logf" || tail -n 1 "$logf")"
+        log "$product does not build: $(grep -m1 'error:' "$logf" || tail -n 1 "$logf")"
         return 1
     done
-    local bin; bin=$(cd "$REPO_DIR" && swift build -c release --static-swift-stdlib --product vfioctl \
-        --scratch-path .build-lab --show-bin-path)/vfioctl
+    local bin; bin=$(cd "$REPO_DIR" && "${build[@]}" --show-bin-path)/$product
     [ -x "$bin" ] || return 1
     echo "$bin"
 }
+build_vfioctl() { build_product vfioctl; }
 
 # A topology's guest architecture (vfioctl is built for the host, x86_64, only).
 topology_arch() {
