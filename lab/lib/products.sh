@@ -1,19 +1,5 @@
-# Shared by lab/suite and lab/capture-fixtures: topology discovery and the vfioctl build.
-# Sourced after lib/common.sh.
-
-# Topologies whose kernel can be had on this machine (the iommufd one only once built,
-# unless LAB_BUILD_KERNEL=1 allows building it on demand).
-available_topologies() {
-    local f k
-    for f in "$LAB_DIR"/topologies/*.topo; do
-        k=$(sed -n 's/^KERNEL=//p' "$f")
-        if [ "$k" = iommufd ] && [ ! -e "$CACHE/kernels/iommufd/.done" ] && [ -z "${LAB_BUILD_KERNEL:-}" ]; then
-            log "skipping $(basename "$f" .topo): iommufd kernel not built (lab/vm build-kernel iommufd)"
-            continue
-        fi
-        basename "$f" .topo
-    done
-}
+# Swift products of this package for the guests (vfioctl, vfio-edu), built for lab/suite
+# and lab/capture-fixtures. Sourced after lib/common.sh.
 
 # Builds a Swift product of this package (release, statically linked Swift stdlib, its own
 # scratch path so it never disturbs developers' .build) and prints the binary's path; fails
@@ -45,9 +31,3 @@ build_product() {
     echo "$bin"
 }
 build_vfioctl() { build_product vfioctl; }
-
-# A topology's guest architecture (vfioctl is built for the host, x86_64, only).
-topology_arch() {
-    local a; a=$(sed -n 's/^ARCH=//p' "$LAB_DIR/topologies/$1.topo")
-    echo "${a:-x86_64}"
-}
