@@ -4,31 +4,6 @@
 KERNELS_DIR=$CACHE/kernels
 DEBS_DIR=$CACHE/debs
 
-# A private apt configuration that adds bookworm-backports without touching /etc/apt:
-# its own sources, lists and cache under $CACHE/apt. Only used when the system's own
-# sources do not carry a 6.12 kernel (bookworm-security carries it nowadays).
-backports_apt() {
-    local root=$CACHE/apt
-    mkdir -p "$root/lists/partial" "$root/archives/partial" "$root/sources.list.d"
-    cat > "$root/sources.list" <<SRC
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
-SRC
-    cat > "$root/apt.conf" <<CONF
-Dir::Etc::SourceList "$root/sources.list";
-Dir::Etc::SourceParts "$root/sources.list.d";
-Dir::State::Lists "$root/lists";
-Dir::Cache "$root";
-Dir::State::status "/var/lib/dpkg/status";
-CONF
-    if [ ! -e "$root/lists/.updated" ]; then
-        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || die "apt-get update (backports) failed"
-        touch "$root/lists/.updated"
-    fi
-    echo "$root/apt.conf"
-}
-
 # Newest linux-image-6.12.*+deb12-amd64 that apt knows, under the given APT_CONFIG (or the system's).
 newest_612_image() {
     apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' 2>/dev/null \
@@ -79,7 +54,7 @@ cmd_fetch() {
 
     img612=$(newest_612_image)
     if [ -z "$img612" ]; then
-        export APT_CONFIG; APT_CONFIG=$(backports_apt)
+        export APT_CONFIG; APT_CONFIG=$(private_apt amd64)
         img612=$(newest_612_image)
     fi
     [ -n "$img612" ] || die "no linux-image-6.12.*+deb12-amd64 found, even with bookworm-backports"
@@ -88,11 +63,13 @@ cmd_fetch() {
     log "kernels: 6.1=$(cat "$KERNELS_DIR/6.1/kver") 6.12=$(cat "$KERNELS_DIR/6.12/kver")"
 }
 
-# A private apt configuration for another architecture (ppc64el): its own sources
-# (restricted with [arch=]), lists, empty dpkg status and cache under $CACHE, so the host's
-# apt state never learns about the foreign architecture. bookworm-backports carries the
-# 6.12 ppc64el kernel (6.1's vfio-pci fails to probe there with -22, per testbed.md).
-foreign_apt() {
+# A private apt configuration for ARCH with bookworm and bookworm-backports: its own
+# sources (restricted with [arch=]), lists, empty dpkg status and cache under
+# $CACHE/apt-ARCH, so neither /etc/apt nor the host's apt state changes (nor learns about a
+# foreign architecture). Used for ppc64el, and for amd64 when the system's sources carry no
+# 6.12 kernel (bookworm-security does nowadays). bookworm-security is left out: its ppc64el
+# index failed to download here ("File has unexpected size").
+private_apt() {
     local arch=$1 root=$CACHE/apt-$1 key=/usr/share/keyrings/debian-archive-keyring.gpg
     mkdir -p "$root/lists/partial" "$root/cache/archives/partial" "$root/sources.list.d"
     [ -e "$root/status" ] || : > "$root/status"
@@ -122,9 +99,10 @@ CONF
 fetch_ppc64el() {
     ensure_packages qemu-system-ppc
     local conf img deb bb=$CACHE/busybox-ppc64el
-    conf=$(foreign_apt ppc64el)
+    conf=$(private_apt ppc64el)
     img=$(APT_CONFIG=$conf apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+(deb12|bpo)-powerpc64le$' \
         | awk '{print $1}' | sort -V | tail -n 1)
+    # backports carries the 6.12 ppc64el kernel; 6.1's vfio-pci fails to probe there (-22).
     [ -n "$img" ] || die "no linux-image-6.12.*-powerpc64le in bookworm(-backports)"
     deb=$(DEBS_DIR=$CACHE/debs-ppc64el APT_CONFIG=$conf download_deb "$img")
     unpack_kernel 6.12-ppc64el "$deb"

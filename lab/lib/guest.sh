@@ -165,6 +165,8 @@ qemu_cmdline() {
 
 prepare() {
     RUN_DIR=$(mktemp -d "$CACHE/runs.XXXX")
+    # The scratch directory (initramfs, disks, transfer log) goes however we leave.
+    trap 'rm -rf "$RUN_DIR"' EXIT
     NONCE=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
     load_topology "$TOPO"
     local d; for d in ${DISKS[@]+"${DISKS[@]}"}; do truncate -s "${d#*:}" "$RUN_DIR/${d%%:*}"; done
@@ -179,7 +181,6 @@ cmd_shell() {
     prepare
     log "shell in $TOPO ($(cat "$KDIR/kver")); Ctrl-A X quits QEMU"
     "${QEMU[@]}" -nographic || true
-    rm -rf "$RUN_DIR"
 }
 
 cmd_run() {
@@ -233,10 +234,8 @@ cmd_run() {
         echo "==== $TOPO: FAILED: $reason; last console lines ($con):" >&2
         tail -n 40 "$con" >&2
         [ -s "$RUN_DIR/qemu.log" ] && { echo "==== qemu:" >&2; cat "$RUN_DIR/qemu.log" >&2; }
-        rm -rf "$RUN_DIR"
         exit 3
     fi
-    rm -rf "$RUN_DIR"
     # --show: the console from init to the command's end (kernel messages included).
     [ -n "$SHOW" ] && sed -n '/^LAB-BOOTED/,/^LAB-STATUS/p' "$con"
     log "$TOPO: command exited $status; output in $OUT"
