@@ -24,8 +24,8 @@ public enum HumanRenderer {
   public static func tree(_ report: ListReport) -> String {
     var out = banner(report)
     let byAddress = Dictionary(uniqueKeysWithValues: report.devices.map { ($0.address, $0) })
-    var children: [PCIAddress?: [DeviceReport]] = [:]
-    for device in report.devices { children[device.upstreamBridges.first, default: []].append(device) }
+    var children: [PCIAddress?: [DeviceSummary]] = [:]
+    for device in report.devices { children[device.parent, default: []].append(device) }
     func walk(_ parent: PCIAddress?, _ prefix: String) {
       let kids = children[parent] ?? []
       for (i, device) in kids.enumerated() {
@@ -37,7 +37,7 @@ public enum HumanRenderer {
       }
     }
     // Roots: devices whose nearest bridge is absent from the listing (or none at all).
-    let roots = report.devices.filter { $0.upstreamBridges.first.map { byAddress[$0] == nil } ?? true }
+    let roots = report.devices.filter { $0.parent.map { byAddress[$0] == nil } ?? true }
     children[nil] = roots
     walk(nil, "")
     out += summary(report)
@@ -126,7 +126,7 @@ public enum HumanRenderer {
     return out
   }
 
-  private static func sortedByGroup(_ devices: [DeviceReport]) -> [DeviceReport] {
+  private static func sortedByGroup(_ devices: [DeviceSummary]) -> [DeviceSummary] {
     devices.enumerated().sorted { a, b in
       switch (a.element.iommuGroup, b.element.iommuGroup) {
       case (let x?, let y?) where x != y: return x < y

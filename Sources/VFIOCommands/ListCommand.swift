@@ -45,10 +45,10 @@ struct DeviceFilter {
     return filtered
   }
 
-  func matches(_ device: DeviceReport) -> Bool {
+  func matches(_ device: DeviceSummary) -> Bool {
     if assignableOnly && device.verdict == .notAssignable { return false }
     if let classFilter, !matchesHexOrName(classFilter, hex: device.classCode, name: device.className) { return false }
-    if let vendor, !matchesHexOrName(vendor, hex: device.vendorID, name: device.vendorName, exact: true) { return false }
+    if let vendor, !matchesHexOrName(vendor, hex: device.vendorID, name: device.name, exact: true) { return false }
     return true
   }
 

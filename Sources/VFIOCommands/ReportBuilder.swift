@@ -26,7 +26,7 @@ public struct ReportBuilder: Sendable {
     ListReport(
       kernelRelease: inventory.environment.kernelRelease,
       iommu: .init(enabled: inventory.iommuEnabled, units: inventory.iommuUnits), vfio: inventory.vfio,
-      groups: inventory.groups.map(group), devices: inventory.devices.map(device),
+      groups: inventory.groups.map(group), devices: inventory.devices.map(summary),
       unreadable: inventory.unreadable.map { .init(name: $0.name, reason: $0.reason) })
   }
 
@@ -84,6 +84,16 @@ public struct ReportBuilder: Sendable {
       id: group.id, type: group.type, devices: group.devices,
       endpoints: assessment.members.filter { $0.role == .endpoint }.map(\.address), otherMembers: group.otherMembers,
       verdict: assessment.verdict, reasons: assessment.reasons)
+  }
+
+  func summary(_ device: PCIDevice) -> DeviceSummary {
+    DeviceSummary(
+      address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
+      classCode: hexDigits(device.classCode, 6), className: names?.className(device.classCode), name: displayName(device),
+      kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint, driver: device.driver,
+      driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
+      resetMethods: resets.methods(of: device).methods, bars: device.bars, sriov: device.sriov,
+      physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address), verdict: verdict(of: device))
   }
 
   func device(_ device: PCIDevice) -> DeviceReport {

@@ -79,6 +79,29 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   }
 }
 
+/// The part of a device `list` prints: identity, placement, driver, reset, BARs, verdict.
+/// `show` prints the whole `DeviceReport`.
+public struct DeviceSummary: Codable, Sendable, Equatable {
+  public var address: PCIAddress
+  public var vendorID: String
+  public var deviceID: String
+  public var classCode: String
+  public var className: String?
+  public var name: String
+  public var kind: DeviceReport.Kind
+  public var driver: String?
+  public var driverOverride: String?
+  public var iommuGroup: Int?
+  /// The nearest upstream bridge; nil on a root bus.
+  public var parent: PCIAddress?
+  public var resetMethods: [ResetMethod]
+  public var bars: [BAR]
+  public var sriov: SRIOVState?
+  public var physicalFunction: PCIAddress?
+  public var hostUse: [HostUse]
+  public var verdict: Verdict
+}
+
 /// One IOMMU group with its verdict.
 public struct GroupReport: Codable, Sendable, Equatable {
   public var id: Int
@@ -97,7 +120,7 @@ public struct ListReport: Codable, Sendable {
   public var iommu: IOMMUSummary
   public var vfio: VFIOSupport
   public var groups: [GroupReport]
-  public var devices: [DeviceReport]
+  public var devices: [DeviceSummary]
   public var unreadable: [Unreadable]
 
   public struct IOMMUSummary: Codable, Sendable {

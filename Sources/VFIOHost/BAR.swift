@@ -40,35 +40,58 @@ enum ResourceFlag {
 
 /// Parses sysfs `resource`: one `0xSTART 0xEND 0xFLAGS` line per resource, zeros when unused.
 public func parseResources(_ text: String, pageSize: UInt64) throws(ResourceParseError) -> [BAR] {
+  try parseResources(Array(text.utf8), pageSize: pageSize)
+}
+
+/// The same over the file's bytes: inventory parses thousands of these, so no Substrings.
+public func parseResources(_ bytes: [UInt8], pageSize: UInt64) throws(ResourceParseError) -> [BAR] {
   var bars: [BAR] = []
   var index = 0
-  for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-    defer { index += 1 }
-    if line.allSatisfy(\.isWhitespace) { continue }
-    let fields = line.split(separator: " ")
-    guard fields.count == 3, let start = hexField(fields[0]), let end = hexField(fields[1]),
-      let flags = hexField(fields[2])
-    else { throw .malformedLine(index, String(line)) }
-    guard flags & (ResourceFlag.io | ResourceFlag.memory) != 0, end > start || (end == start && end != 0)
-    else { continue }
-    guard flags & ResourceFlag.disabled == 0 else { continue }
-    let size = end - start + 1
-    let kind: BAR.Kind = flags & ResourceFlag.io != 0 ? .io : .mmio
-    let role: BAR.Role =
-      switch index {
-      case 0...5: .bar
-      case 6: .rom
-      case 7...12: .vfBAR
-      default: .bridgeWindow
-      }
-    bars.append(
-      BAR(
-        index: index, role: role, kind: kind, start: start, size: size,
-        is64Bit: flags & ResourceFlag.memory64 != 0, prefetchable: flags & ResourceFlag.prefetch != 0,
-        pageAligned: start % pageSize == 0 && size % pageSize == 0,
-        subPage: kind == .mmio && size < pageSize))
+  var lineStart = 0
+  while lineStart < bytes.count {
+    var lineEnd = lineStart
+    while lineEnd < bytes.count, bytes[lineEnd] != UInt8(ascii: "\n") { lineEnd += 1 }
+    defer {
+      index += 1
+      lineStart = lineEnd + 1
+    }
+    var cursor = lineStart
+    var fields: [UInt64] = []
+    while fields.count < 3 {
+      while cursor < lineEnd, bytes[cursor] == UInt8(ascii: " ") { cursor += 1 }
+      guard let value = hexField(bytes, &cursor, lineEnd) else { break }
+      fields.append(value)
+    }
+    while cursor < lineEnd, bytes[cursor] == UInt8(ascii: " ") || bytes[cursor] == UInt8(ascii: "\r") { cursor += 1 }
+    if fields.isEmpty && cursor == lineEnd { continue }  // blank line
+    guard fields.count == 3, cursor == lineEnd else {
+      throw .malformedLine(index, String(decoding: bytes[lineStart..<lineEnd], as: UTF8.self))
+    }
+    if let bar = makeBAR(index: index, start: fields[0], end: fields[1], flags: fields[2], pageSize: pageSize) {
+      bars.append(bar)
+    }
   }
   return bars
+}
+
+private func makeBAR(index: Int, start: UInt64, end: UInt64, flags: UInt64, pageSize: UInt64) -> BAR? {
+  guard flags & (ResourceFlag.io | ResourceFlag.memory) != 0, end > start || (end == start && end != 0),
+    flags & ResourceFlag.disabled == 0
+  else { return nil }
+  let size = end - start + 1
+  let kind: BAR.Kind = flags & ResourceFlag.io != 0 ? .io : .mmio
+  let role: BAR.Role =
+    switch index {
+    case 0...5: .bar
+    case 6: .rom
+    case 7...12: .vfBAR
+    default: .bridgeWindow
+    }
+  return BAR(
+    index: index, role: role, kind: kind, start: start, size: size,
+    is64Bit: flags & ResourceFlag.memory64 != 0, prefetchable: flags & ResourceFlag.prefetch != 0,
+    pageAligned: start % pageSize == 0 && size % pageSize == 0,
+    subPage: kind == .mmio && size < pageSize)
 }
 
 /// A `resource` line that is not three hexadecimal numbers.
@@ -82,7 +105,27 @@ public enum ResourceParseError: Error, Equatable, CustomStringConvertible {
   }
 }
 
-private func hexField(_ field: Substring) -> UInt64? {
-  guard field.hasPrefix("0x") else { return nil }
-  return UInt64(field.dropFirst(2), radix: 16)
+/// `0x` followed by up to 16 hex digits, ending at a space or the line's end.
+private func hexField(_ bytes: [UInt8], _ cursor: inout Int, _ end: Int) -> UInt64? {
+  guard cursor + 2 < end, bytes[cursor] == UInt8(ascii: "0"), bytes[cursor + 1] == UInt8(ascii: "x") else { return nil }
+  var i = cursor + 2
+  var value: UInt64 = 0
+  var digits = 0
+  while i < end, bytes[i] != UInt8(ascii: " "), bytes[i] != UInt8(ascii: "\r") {
+    let c = bytes[i]
+    let digit: UInt8
+    switch c {
+    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
+    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
+    case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = c - UInt8(ascii: "A") + 10
+    default: return nil
+    }
+    digits += 1
+    guard digits <= 16 else { return nil }
+    value = value << 4 | UInt64(digit)
+    i += 1
+  }
+  guard digits > 0 else { return nil }
+  cursor = i
+  return value
 }

@@ -6,14 +6,16 @@ struct DeviceReader {
   func read(_ name: String) throws(DeviceReadError) -> PCIDevice {
     guard let address = try? PCIAddress(parsing: name) else { throw .badName(name) }
     let busPath = "/sys/bus/pci/devices/\(name)"
-    let dir = sysfs.readLink(busPath).map { resolve(link: $0, in: "/sys/bus/pci/devices") } ?? busPath
-    let bridges = dir.split(separator: "/").dropLast().reversed().filter(looksLikePCIAddress)
+    let path = sysfs.readLink(busPath).map { resolve(link: $0, in: "/sys/bus/pci/devices") } ?? busPath
+    guard let dir = sysfs.directory(path) else { throw .unreadable(name, "its sysfs directory cannot be opened") }
+    // Upstream bridges are the PCI addresses before this one in the canonical path.
+    let bridges = path.split(separator: "/").dropLast().reversed().filter(looksLikePCIAddress)
       .compactMap { try? PCIAddress(parsing: String($0)) }
 
     // Root reads 256 or 4096 bytes; others get the 64-byte header only.
     var config: ConfigSpace?
     var configError: String?
-    if let bytes = sysfs.readBytes("\(dir)/config", limit: 4096) {
+    if let bytes = dir.readBytes("config", limit: 4096) {
       do {
         config = try ConfigSpace(bytes)
       } catch {
@@ -22,64 +24,65 @@ struct DeviceReader {
     } else {
       configError = "config space could not be read"
     }
-    // SR-IOV VFs read 0xffff as vendor and device IDs; the kernel's attributes have the truth.
-    let vendor = config.map(\.vendorID).flatMap { $0 == 0xFFFF ? nil : $0 } ?? attribute16("\(dir)/vendor")
-    let deviceID = config.map(\.deviceID).flatMap { $0 == 0xFFFF ? nil : $0 } ?? attribute16("\(dir)/device")
+    let physfn = dir.readLink("physfn").flatMap { owningFunction($0) }
+    // SR-IOV VFs read 0xffff as vendor and device IDs. The kernel gives them the PF's vendor
+    // and VF device ID, which `HostInventory` copies from the PF; other functions reading
+    // 0xffff fall back to the kernel's attributes.
+    let vfIDsFromPF = physfn != nil && config?.vendorID == 0xFFFF
+    let vendor = config.map(\.vendorID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "vendor")
+    let deviceID = config.map(\.deviceID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "device")
     guard let vendor, let deviceID else { throw .unreadable(name, configError ?? "no vendor and device ID") }
-    let classCode = config?.classCode ?? sysfs.readInteger("\(dir)/class").map { UInt32(truncatingIfNeeded: $0) } ?? 0
+    let classCode = config?.classCode ?? dir.readInteger("class").map { UInt32(truncatingIfNeeded: $0) } ?? 0
 
     var bars: [BAR] = []
-    if let text = sysfs.readString("\(dir)/resource") {
+    if let bytes = dir.readBytes("resource") {
       do {
-        bars = try parseResources(text, pageSize: pageSize)
+        bars = try parseResources(bytes, pageSize: pageSize)
       } catch {
         throw .unreadable(name, error.description)
       }
     }
 
-    let override = sysfs.readString("\(dir)/driver_override")
-    let numa = sysfs.readInteger("\(dir)/numa_node")
-    let resetMethods = sysfs.readString("\(dir)/reset_method").map {
+    let override = dir.readString("driver_override")
+    let numa = dir.readInteger("numa_node")
+    let resetMethods = dir.readString("reset_method").map {
       $0.split(separator: " ").map { ResetMethod(rawValue: String($0)) }
     }
     let pin = config?.interruptPin ?? 0
     let masking: INTxMasking = pin == 0 ? .noPin : (config?.express != nil ? .required : .untested)
-    let physfn = sysfs.readLink("\(dir)/physfn").flatMap { owningFunction(resolve(link: $0, in: dir)) }
+    let irq = pin == 0 ? nil : dir.readInteger("irq").flatMap { $0 == 0 ? nil : $0 }
 
     return PCIDevice(
-      address: address, sysfsPath: dir, vendorID: vendor, deviceID: deviceID,
+      address: address, sysfsPath: path, vendorID: vendor, deviceID: deviceID,
       subsystemVendorID: config?.subsystemVendorID, subsystemID: config?.subsystemID, classCode: classCode,
       revision: config?.revision ?? 0, headerType: config?.headerType ?? 0,
       isMultifunction: config?.isMultifunction ?? false,
-      driver: sysfs.linkName("\(dir)/driver"),
+      driver: dir.linkName("driver"),
       driverOverride: override == "(null)" || override == "" ? nil : override,
-      iommuGroup: sysfs.linkName("\(dir)/iommu_group").flatMap { Int($0) },
+      iommuGroup: dir.linkName("iommu_group").flatMap { Int($0) },
       numaNode: numa.flatMap { $0 < 0 ? nil : $0 },
       upstreamBridges: Array(bridges), bars: bars, config: config, configError: configError,
       kernelResetMethods: resetMethods, sriov: readSRIOV(dir, config: config),
       physicalFunction: physfn,
-      interrupt: LegacyInterrupt(
-        pin: pin, irq: pin == 0 ? nil : sysfs.readInteger("\(dir)/irq").flatMap { $0 == 0 ? nil : $0 }, masking: masking),
-      bootVGA: classCode >> 16 == 0x03 && sysfs.readString("\(dir)/boot_vga") == "1")
+      interrupt: LegacyInterrupt(pin: pin, irq: irq, masking: masking),
+      bootVGA: classCode >> 16 == 0x03 && dir.readString("boot_vga") == "1")
   }
 
-  private func readSRIOV(_ dir: String, config: ConfigSpace?) -> SRIOVState? {
+  private func readSRIOV(_ dir: SysfsDirectory, config: ConfigSpace?) -> SRIOVState? {
     // Read the attributes only where the capability (or, for 64-byte reads, the file) is there.
     if let config, config.extendedChainComplete, config.sriov == nil { return nil }
-    guard let total = sysfs.readInteger("\(dir)/sriov_totalvfs") else { return nil }
-    let numVFs = sysfs.readInteger("\(dir)/sriov_numvfs") ?? 0
-    let vfs = (0..<numVFs).compactMap { i in
-      sysfs.readLink("\(dir)/virtfn\(i)").flatMap { owningFunction(resolve(link: $0, in: dir)) }
-    }
+    guard let total = dir.readInteger("sriov_totalvfs") else { return nil }
+    let numVFs = dir.readInteger("sriov_numvfs") ?? 0
+    let vfs = (0..<numVFs).compactMap { i in dir.readLink("virtfn\(i)").flatMap { owningFunction($0) } }
     return SRIOVState(
       totalVFs: total, numVFs: numVFs, virtualFunctions: vfs,
-      driversAutoprobe: sysfs.readInteger("\(dir)/sriov_drivers_autoprobe").map { $0 != 0 },
-      vfDeviceID: sysfs.readInteger("\(dir)/sriov_vf_device").map { UInt16(truncatingIfNeeded: $0) }
+      driversAutoprobe: dir.readInteger("sriov_drivers_autoprobe").map { $0 != 0 },
+      vfDeviceID: dir.readInteger("sriov_vf_device").map { UInt16(truncatingIfNeeded: $0) }
         ?? config?.sriov?.vfDeviceID)
   }
 
-  private func attribute16(_ path: String) -> UInt16? {
-    sysfs.readInteger(path).map { UInt16(truncatingIfNeeded: $0) }
+  private func attribute16(_ dir: SysfsDirectory, _ name: String) -> UInt16? {
+    dir.readInteger(name).map { UInt16(truncatingIfNeeded: $0) }
   }
 }
 

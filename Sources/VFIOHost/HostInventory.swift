@@ -1,3 +1,5 @@
+import Dispatch
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -45,24 +47,26 @@ public struct HostInventory: Sendable {
   public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil) throws(InventoryError) -> HostInventory {
     guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
     let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    let names = sysfs.list("/sys/bus/pci/devices")
+    let results = readConcurrently(names) { name -> Result<PCIDevice, DeviceReadError> in
+      Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name) }
+    }
     var devices: [PCIDevice] = []
     var unreadable: [(String, String)] = []
-    var resetAttributeSeen = false
-    for name in sysfs.list("/sys/bus/pci/devices") {
-      do {
-        let device = try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
-        resetAttributeSeen = resetAttributeSeen || device.kernelResetMethods != nil
-        devices.append(device)
-      } catch {
-        unreadable.append((name, error.description))
+    for (name, result) in zip(names, results) {
+      switch result {
+      case .success(let device): devices.append(device)
+      case .failure(let error): unreadable.append((name, error.description))
       }
     }
+    let resetAttributeSeen = devices.contains { $0.kernelResetMethods != nil }
     devices.sort { $0.address < $1.address }
     // Kernels since 5.15 hide `reset_method` on functions they cannot reset; once any
     // function shows it, its absence elsewhere means "no method" rather than "unknown".
     if resetAttributeSeen {
       for i in devices.indices where devices[i].kernelResetMethods == nil { devices[i].kernelResetMethods = [] }
     }
+    resolveVirtualFunctionIDs(&devices, sysfs)
     var shared: [Int: [PCIAddress]] = [:]
     for device in devices where device.interrupt.pin != 0 {
       if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
@@ -95,15 +99,34 @@ public struct HostInventory: Sendable {
     self.groupIndex = groupIndex
   }
 
+  /// The kernel names a VF by its PF's vendor and the SR-IOV capability's VF device ID, while
+  /// the VF's own config space reads 0xffff there.
+  private static func resolveVirtualFunctionIDs(_ devices: inout [PCIDevice], _ sysfs: Sysfs) {
+    var index: [PCIAddress: Int] = [:]
+    for (i, device) in devices.enumerated() { index[device.address] = i }
+    for i in devices.indices where devices[i].vendorID == 0xFFFF {
+      let dir = devices[i].sysfsPath
+      if let pf = devices[i].physicalFunction.flatMap({ index[$0] }).map({ devices[$0] }), pf.vendorID != 0xFFFF,
+        let vfDevice = pf.sriov?.vfDeviceID
+      {
+        devices[i].vendorID = pf.vendorID
+        devices[i].deviceID = vfDevice
+      } else {
+        devices[i].vendorID = sysfs.readInteger("\(dir)/vendor").map { UInt16(truncatingIfNeeded: $0) } ?? 0xFFFF
+        devices[i].deviceID = sysfs.readInteger("\(dir)/device").map { UInt16(truncatingIfNeeded: $0) } ?? 0xFFFF
+      }
+    }
+  }
+
   private static func readGroups(_ sysfs: Sysfs) -> [IOMMUGroup] {
-    sysfs.list("/sys/kernel/iommu_groups").compactMap { name -> IOMMUGroup? in
+    readConcurrently(sysfs.list("/sys/kernel/iommu_groups")) { name -> IOMMUGroup? in
       guard let id = Int(name) else { return nil }
       let members = sysfs.list("/sys/kernel/iommu_groups/\(name)/devices")
       let pci = members.filter(looksLikePCIAddress).compactMap { try? PCIAddress(parsing: $0) }
       return IOMMUGroup(
         id: id, type: sysfs.readString("/sys/kernel/iommu_groups/\(name)/type"), devices: pci.sorted(),
         otherMembers: members.filter { !looksLikePCIAddress($0) })
-    }.sorted { $0.id < $1.id }
+    }.compactMap { $0 }.sorted { $0.id < $1.id }
   }
 
   private static func readIOMMUUnits(_ sysfs: Sysfs) -> [IOMMUUnit] {
@@ -135,4 +158,19 @@ public enum InventoryError: Error, Equatable, CustomStringConvertible {
       return "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
     }
   }
+}
+
+/// Maps `body` over `items` on every core: inventory is thousands of independent small reads.
+func readConcurrently<T, R: Sendable>(_ items: [T], _ body: @Sendable (T) -> R) -> [R] where T: Sendable {
+  let workers = max(1, min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 8, items.count / 64))
+  guard workers > 1 else { return items.map(body) }
+  nonisolated(unsafe) var results = [R?](repeating: nil, count: items.count)
+  results.withUnsafeMutableBufferPointer { buffer in
+    nonisolated(unsafe) let slots = buffer
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+      // Each worker owns the indices congruent to its number, so no slot is shared.
+      for i in stride(from: worker, to: items.count, by: workers) { slots[i] = body(items[i]) }
+    }
+  }
+  return results.map { $0! }
 }

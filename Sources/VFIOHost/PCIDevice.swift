@@ -3,8 +3,8 @@ public struct PCIDevice: Sendable {
   public let address: PCIAddress
   /// Canonical sysfs directory, e.g. `/sys/devices/pci0000:00/0000:00:1c.0/0000:01:00.0`.
   public let sysfsPath: String
-  public let vendorID: UInt16
-  public let deviceID: UInt16
+  public internal(set) var vendorID: UInt16
+  public internal(set) var deviceID: UInt16
   public let subsystemVendorID: UInt16?
   public let subsystemID: UInt16?
   /// Base class, subclass and programming interface, as `0x020000`.

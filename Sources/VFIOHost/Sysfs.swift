@@ -41,31 +41,20 @@ public struct Sysfs: Sendable {
     let fd = open(path(hostPath), O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
-      var result: [UInt8] = []
-      while result.count < limit {
-        let got = read(fd, buffer.baseAddress, min(buffer.count, limit - result.count))
-        if got < 0 {
-          if errno == EINTR { continue }
-          // An attribute whose read fails (EIO on some config spaces, EINVAL on write-only
-          // attributes) is as good as absent for a reader.
-          return result.isEmpty ? nil : result
-        }
-        if got == 0 { break }
-        result.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[0..<got]))
-      }
-      return result
-    }
+    return readAll(fd, limit: limit, wholeAttributes: hostPath.hasPrefix("/sys/"))
+  }
+
+  /// Opens a directory for reading many attributes relative to it, which spares the kernel
+  /// walking the full path again for each one.
+  public func directory(_ hostPath: String) -> SysfsDirectory? {
+    let fd = open(path(hostPath), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    return SysfsDirectory(fd: fd, hostPath: hostPath, recorder: recorder)
   }
 
   /// A text attribute with surrounding white space removed; nil when absent.
   public func readString(_ hostPath: String) -> String? {
-    guard let bytes = readBytes(hostPath, limit: 1 << 20) else { return nil }
-    var end = bytes.count
-    while end > 0, isSpace(bytes[end - 1]) { end -= 1 }
-    var start = 0
-    while start < end, isSpace(bytes[start]) { start += 1 }
-    return String(decoding: bytes[start..<end], as: UTF8.self)
+    readBytes(hostPath, limit: 1 << 20).map(trimmedString)
   }
 
   /// A decimal or `0x` hexadecimal attribute.
@@ -115,6 +104,78 @@ public struct Sysfs: Sendable {
     var info = stat()
     return stat(path(hostPath), &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
   }
+}
+
+/// A directory of attributes, read relative to an open descriptor; closed on deinit.
+public final class SysfsDirectory {
+  private let fd: Int32
+  public let hostPath: String
+  private let recorder: AccessRecorder?
+
+  init(fd: Int32, hostPath: String, recorder: AccessRecorder?) {
+    self.fd = fd
+    self.hostPath = hostPath
+    self.recorder = recorder
+  }
+
+  deinit { close(fd) }
+
+  public func readBytes(_ name: String, limit: Int = 65536) -> [UInt8]? {
+    recorder?.note(.file, hostPath + "/" + name)
+    let file = openat(fd, name, O_RDONLY | O_CLOEXEC)
+    guard file >= 0 else { return nil }
+    defer { close(file) }
+    return readAll(file, limit: limit, wholeAttributes: hostPath.hasPrefix("/sys/"))
+  }
+
+  public func readString(_ name: String) -> String? {
+    readBytes(name, limit: 1 << 20).map(trimmedString)
+  }
+
+  public func readInteger(_ name: String) -> Int? {
+    readString(name).flatMap(parseInteger)
+  }
+
+  public func readLink(_ name: String) -> String? {
+    recorder?.note(.link, hostPath + "/" + name)
+    return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { buffer in
+      let count = readlinkat(fd, name, buffer.baseAddress!, buffer.count - 1)
+      guard count >= 0 else { return nil }
+      return String(decoding: UnsafeRawBufferPointer(start: buffer.baseAddress, count: count), as: UTF8.self)
+    }
+  }
+
+  public func linkName(_ name: String) -> String? { readLink(name).map(lastComponent) }
+}
+
+/// Reads a descriptor to its end or `limit`. sysfs hands over a whole attribute per read, so
+/// with `wholeAttributes` a short read ends it, saving the EOF read on thousands of files
+/// (procfs's seq_file may return short reads mid-file, so not there).
+private func readAll(_ fd: Int32, limit: Int, wholeAttributes: Bool) -> [UInt8]? {
+  withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 4096) { buffer in
+    var result: [UInt8] = []
+    while result.count < limit {
+      let got = read(fd, buffer.baseAddress, min(buffer.count, limit - result.count))
+      if got < 0 {
+        if errno == EINTR { continue }
+        // An attribute whose read fails (EIO on some config spaces, EINVAL on write-only
+        // attributes) is as good as absent for a reader.
+        return result.isEmpty ? nil : result
+      }
+      if got == 0 { break }
+      result.append(contentsOf: UnsafeBufferPointer(rebasing: buffer[0..<got]))
+      if got < buffer.count && wholeAttributes { break }
+    }
+    return result
+  }
+}
+
+private func trimmedString(_ bytes: [UInt8]) -> String {
+  var end = bytes.count
+  while end > 0, isSpace(bytes[end - 1]) { end -= 1 }
+  var start = 0
+  while start < end, isSpace(bytes[start]) { start += 1 }
+  return String(decoding: bytes[start..<end], as: UTF8.self)
 }
 
 /// Resolves a relative link target against the directory holding the link, collapsing `..`.

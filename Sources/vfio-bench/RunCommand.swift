@@ -23,13 +23,15 @@ struct RunCommand: ParsableCommand {
       template: Templates.fixture, rootPort: Templates.rootPort, physicalFunction: Templates.physicalFunction,
       virtualFunction: Templates.virtualFunction, ports: ports, vfs: vfs
     ).write(to: synthetic)
-    print("synthetic tree: \(count + ports) functions (\(ports) root ports, \(ports) PFs x \(vfs) VFs) in \(synthetic)\n")
+    print("synthetic tree: \(count) functions (\(ports) root ports, \(ports) PFs x \(vfs) VFs) in \(synthetic)\n")
     print(pad("tree", 24) + pad("functions", 11) + pad("vfioctl", 11) + pad("in-process", 12) + pad("lspci -k", 11)
       + pad("ratio", 8) + pad("shell loop", 22) + "ratio")
     for tree in [synthetic] + fixtures {
       try measure(tree)
     }
-    print("\nratio = tool time / vfioctl time (above 1: vfioctl is faster); times are medians of \(runs) runs")
+    // After the timed runs, so the tree is as warm as it was for them.
+    try breakdown(synthetic)
+    print("ratio = tool time / vfioctl time (above 1: vfioctl is faster); times are medians of \(runs) runs")
   }
 
   private func measure(_ tree: String) throws {
@@ -48,6 +50,29 @@ struct RunCommand: ParsableCommand {
         + pad(ms(lspci), 11) + pad(String(format: "%.2fx", lspci / ours), 8)
         + pad(ms(loop.time) + (loop.cut ? " (\(loop.visited) dev, est.)" : ""), 22)
         + String(format: "%.1fx", loop.time / ours))
+  }
+
+  /// Where the in-process time goes, stage by stage, on one tree.
+  private func breakdown(_ tree: String) throws {
+    var stages: [(String, Double)] = []
+    var start = now()
+    func lap(_ name: String) {
+      let t = now()
+      stages.append((name, t - start))
+      start = t
+    }
+    let inventory = try HostInventory.read(Sysfs(root: tree))
+    lap("read sysfs")
+    let names = PCIIDDatabase.load(Sysfs())
+    lap("load pci.ids")
+    let builder = ReportBuilder(inventory: inventory, names: names)
+    lap("assess groups")
+    let report = builder.list()
+    lap("build report")
+    let json = try encodeJSON(report)
+    lap("encode JSON")
+    print("\nin-process stages on the synthetic tree: " + stages.map { "\($0.0) \(ms($0.1))" }.joined(separator: ", ")
+      + "; \(json.utf8.count / 1024) KiB of JSON")
   }
 
   /// The loop people paste from wikis: every group, every member, `lspci -nns` each. When it
