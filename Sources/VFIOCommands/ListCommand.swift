@@ -31,12 +31,18 @@ struct ListCommand: ParsableCommand {
 }
 
 /// The `list` filters; groups are kept when one of their devices is.
-struct DeviceFilter {
+public struct DeviceFilter {
   var classFilter: String?
   var vendor: String?
   var assignableOnly: Bool
 
-  func apply(_ report: ListReport) -> ListReport {
+  public init(classFilter: String? = nil, vendor: String? = nil, assignableOnly: Bool = false) {
+    self.classFilter = classFilter
+    self.vendor = vendor
+    self.assignableOnly = assignableOnly
+  }
+
+  public func apply(_ report: ListReport) -> ListReport {
     guard classFilter != nil || vendor != nil || assignableOnly else { return report }
     var filtered = report
     filtered.devices = report.devices.filter(matches)
