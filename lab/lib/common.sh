@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared paths and helpers for the lab scripts; sourced, never run.
 # Everything large (kernels, .debs, initramfs images, QEMU output scratch) lives in the
 # cache, outside the repository, so a clone stays small and rebuilds are cheap.

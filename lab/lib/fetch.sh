@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # `lab/vm fetch`: host packages and the two Debian kernels, unpacked into the cache.
 # Sourced by lab/vm after lib/common.sh.
 
@@ -23,9 +24,10 @@ download_deb() {
     echo "$f"
 }
 
-# Unpacks a kernel image package into $KERNELS_DIR/<label> and records its release, once.
+# unpack_kernel LABEL DEB: unpacks a kernel image package into $KERNELS_DIR/LABEL and
+# records its release, once.
 unpack_kernel() {
-    local label=$1 deb=$2 dir=$KERNELS_DIR/$1 kver
+    local deb=$2 dir=$KERNELS_DIR/$1 kver
     if [ -e "$dir/.done" ] && [ "$(cat "$dir/.deb")" = "$(basename "$deb")" ]; then return 0; fi
     rm -rf "$dir"; mkdir -p "$dir"
     log "unpacking $(basename "$deb") -> $dir"

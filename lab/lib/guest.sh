@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # `lab/vm run` and `lab/vm shell`: build an initramfs for a topology and boot it in QEMU.
 # Sourced by lab/vm after lib/common.sh and lib/fetch.sh.
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # `lab/vm build-kernel iommufd`: a small 6.12 kernel with iommufd, built from Debian's
 # linux-source-6.12 (tinyconfig + lab/kernel/iommufd.config), cached by the sha256 of
 # (fragment, source package version) so each machine builds it once.

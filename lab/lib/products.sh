@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Swift products of this package for the guests (vfioctl, vfio-edu), built for lab/suite
 # and lab/capture-fixtures. Sourced after lib/common.sh.
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Topology discovery for lab/suite and lab/capture-fixtures. Sourced after lib/common.sh.
 
 # Topologies whose kernel can be had on this machine (the iommufd one only once built,
