@@ -77,7 +77,8 @@ struct DeviceReader {
     return SRIOVState(
       totalVFs: total, numVFs: numVFs, virtualFunctions: vfs,
       driversAutoprobe: dir.readInteger("sriov_drivers_autoprobe").map { $0 != 0 },
-      vfDeviceID: dir.readInteger("sriov_vf_device").map { UInt16(truncatingIfNeeded: $0) }
+      // The kernel prints sriov_vf_device in hex without "0x" ("10" is 0x10).
+      vfDeviceID: dir.readString("sriov_vf_device").flatMap { UInt16($0, radix: 16) }
         ?? config?.sriov?.vfDeviceID)
   }
 

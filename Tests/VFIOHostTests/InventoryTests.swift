@@ -5,38 +5,51 @@ import XCTest
 /// The model read from a tree captured in a q35 guest with VT-d (Debian 6.1), checked against
 /// what the guest's own shell script read from the kernel in the same boot.
 final class InventoryTests: XCTestCase {
-  func testDevicesDriversAndGroupsMatchTheKernel() throws {
-    let inventory = try Fixtures.inventory("q35-vtd")
-    let facts = Fixtures.facts("q35-vtd")
+  /// Every captured tree that came with the kernel's own facts from the same boot.
+  private var capturedTrees: [String] {
+    Sysfs().list(Fixtures.directory).filter { !Fixtures.facts($0).isEmpty && Sysfs().exists(Fixtures.root($0) + "/sys/bus/pci/devices") }
+  }
+
+  func testEveryCaptureMatchesItsKernel() throws {
+    XCTAssertGreaterThanOrEqual(capturedTrees.count, 2)
+    for tree in capturedTrees {
+      try checkDevicesDriversAndGroups(tree)
+      try checkResetMethodsAndBARs(tree)
+    }
+  }
+
+  private func checkDevicesDriversAndGroups(_ tree: String) throws {
+    let inventory = try Fixtures.inventory(tree)
+    let facts = Fixtures.facts(tree)
     XCTAssertFalse(facts.isEmpty, "lab-facts.txt missing from the fixture")
     let devices = facts.filter { $0.first == "device" }
-    XCTAssertEqual(inventory.devices.map(\.address.description), devices.map { $0[1] })
+    XCTAssertEqual(inventory.devices.map(\.address.description), devices.map { $0[1] }, tree)
     for fact in devices {
-      let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
-      XCTAssertEqual(String(device.vendorID, radix: 16), fact[2].lowercased().trimmingLeadingZeros)
-      XCTAssertEqual(String(device.deviceID, radix: 16), fact[3].lowercased().trimmingLeadingZeros)
-      XCTAssertEqual(device.classCode, UInt32(fact[4], radix: 16))
+      let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])), "\(tree) \(fact)")
+      XCTAssertEqual(String(device.vendorID, radix: 16), fact[2].lowercased().trimmingLeadingZeros, "\(tree) \(fact)")
+      XCTAssertEqual(String(device.deviceID, radix: 16), fact[3].lowercased().trimmingLeadingZeros, "\(tree) \(fact)")
+      XCTAssertEqual(device.classCode, UInt32(fact[4], radix: 16), "\(tree) \(fact)")
     }
     for fact in facts where fact.first == "driver" {
-      XCTAssertEqual(inventory.device(try PCIAddress(parsing: fact[1]))?.driver ?? "-", fact[2], fact[1])
+      XCTAssertEqual(inventory.device(try PCIAddress(parsing: fact[1]))?.driver ?? "-", fact[2], "\(tree) \(fact)")
     }
     var members: [Int: [String]] = [:]
     for fact in facts where fact.first == "member" { members[Int(fact[1])!, default: []].append(fact[2]) }
     XCTAssertEqual(inventory.groups.map(\.id), members.keys.sorted())
     for group in inventory.groups {
-      XCTAssertEqual(group.devices.map(\.description), members[group.id]?.sorted(), "group \(group.id)")
+      XCTAssertEqual(group.devices.map(\.description), members[group.id]?.sorted(), "\(tree) group \(group.id)")
       XCTAssertEqual(group.type, facts.first { $0.first == "group" && $0[1] == String(group.id) }?[2])
     }
   }
 
-  func testResetMethodsAndBARsMatchTheKernel() throws {
-    let inventory = try Fixtures.inventory("q35-vtd")
-    for fact in Fixtures.facts("q35-vtd") where fact.first == "reset" {
+  private func checkResetMethodsAndBARs(_ tree: String) throws {
+    let inventory = try Fixtures.inventory(tree)
+    for fact in Fixtures.facts(tree) where fact.first == "reset" {
       let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
       let expected = fact[2] == "absent" || fact[2] == "-" ? [] : Array(fact[2...])
-      XCTAssertEqual(device.kernelResetMethods?.map(\.rawValue), expected, fact[1])
+      XCTAssertEqual(device.kernelResetMethods?.map(\.rawValue) ?? [], expected, "\(tree) \(fact)")
     }
-    for fact in Fixtures.facts("q35-vtd") where fact.first == "bar" {
+    for fact in Fixtures.facts(tree) where fact.first == "bar" {
       let device = try XCTUnwrap(inventory.device(try PCIAddress(parsing: fact[1])))
       let bar = try XCTUnwrap(device.bars.first { $0.index == Int(fact[2]) }, "\(fact)")
       XCTAssertEqual(bar.start, UInt64(fact[3]))
