@@ -37,8 +37,11 @@ public struct AssignmentPlan: Sendable, Codable, Equatable {
         member.driver.map { PlanStep(action: .bind, device: device, driver: $0) }
           ?? PlanStep(action: .probe, device: device))
     }
+    var busResets = Set<[PCIAddress]>()
     for member in endpoints {
       guard let reset = member.reset, let method = reset.method else { continue }
+      // One bus reset serves every function on the bus: list it once.
+      if method.affectsOtherFunctions && !busResets.insert(reset.affects).inserted { continue }
       resets.append(PlanStep(action: .reset, device: member.address, method: method, affects: reset.affects))
     }
     self.detach = detach
@@ -108,9 +111,10 @@ public struct PlanStep: Sendable, Codable, Equatable, CustomStringConvertible {
     case .probe: return driver.map { "bind \(dev) to \($0) (drivers_probe)" } ?? "let the kernel probe a driver for \(dev)"
     case .bind: return "bind \(dev) to \(driver ?? "")"
     case .reset:
-      let others = (affects ?? []).filter { $0 != device }
-      let reach = others.isEmpty ? "" : ", also hitting \(list(others))"
-      return "reset \(dev) by \(method?.rawValue ?? "?") when opened and released\(reach)"
+      if method?.affectsOtherFunctions == true, let affects, affects.count > 1 {
+        return "reset \(list(affects)) together by a \(method?.rawValue ?? "bus") reset (VFIO_DEVICE_PCI_HOT_RESET) when opened and released"
+      }
+      return "reset \(dev) by \(method?.rawValue ?? "?") when opened and released"
     }
   }
 }
