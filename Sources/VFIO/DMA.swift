@@ -225,20 +225,18 @@ public final class DMABuffer: @unchecked Sendable {
 /// rejects overlaps and misalignment before the kernel does, and names the limit hit.
 public final class DMASpace: @unchecked Sendable {
   public let mapper: any DMAMapper
-  public private(set) var layout: IOVALayout
-  public private(set) var allocator: IOVAAllocator
-  /// Live mappings by IOVA.
-  var byIOVA: [UInt64: DMAMapping] = [:]
+  /// All bookkeeping in one value: Swift checks exclusive access to a class's stored properties
+  /// at run time, per property and per access, so one value means one check per map or unmap.
+  @exclusivity(unchecked) var book: DMABook
+
+  public var layout: IOVALayout { book.layout }
+  public var allocator: IOVAAllocator { book.allocator }
   /// Live mappings, in IOVA order.
-  public var mappings: [DMAMapping] { byIOVA.values.sorted { $0.iova < $1.iova } }
-  // Mappings made since `layout` was read, which DMA_AVAIL did not count yet.
-  var mappedSinceLayout = 0
+  public var mappings: [DMAMapping] { book.table.sorted }
 
   public init(_ mapper: any DMAMapper) throws(VFIOError) {
     self.mapper = mapper
-    let layout = try mapper.iovaLayout()
-    self.layout = layout
-    self.allocator = IOVAAllocator(ranges: layout.ranges, alignment: layout.minimumPageSize)
+    self.book = DMABook(layout: try mapper.iovaLayout())
   }
 
   /// Maps `length` bytes of process memory at `vaddr`; at `iova` if given, else at a free IOVA
@@ -248,45 +246,16 @@ public final class DMASpace: @unchecked Sendable {
     vaddr: UInt64, length: UInt64, at iova: UInt64? = nil, below limit: UInt64? = nil,
     access: DMAAccess = .readWrite
   ) throws(VFIOError) -> DMAMapping {
-    let align = layout.minimumPageSize
-    guard vaddr % align == 0 else {
-      throw VFIOError(
-        .misaligned, operation: "map DMA",
-        message:
-          "process address 0x\(String(vaddr, radix: 16)) is not aligned to the IOMMU page size 0x\(String(align, radix: 16))",
-        hint: "map memory from a DMABuffer, which is page-aligned")
-    }
-    if let available = layout.dmaAvailable, mappedSinceLayout >= Int(available) {
-      throw VFIOError(
-        .dmaEntryLimit, operation: "map DMA",
-        message: "the container accepts \(available) more mappings (DMA_AVAIL) and all are used",
-        hint:
-          "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit"
-      )
-    }
-    let chosen: UInt64
-    if let iova {
-      if let limit, iova >= limit || limit - iova < length {
-        throw VFIOError(
-          .outsideIOVARanges, operation: "map DMA",
-          message:
-            "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not below the device's limit 0x\(String(limit, radix: 16))"
-        )
-      }
-      try allocator.reserve(iova, length: length)
-      chosen = iova
-    } else {
-      chosen = try allocator.allocate(length: length, below: limit)
-    }
-    let mapping = DMAMapping(vaddr: vaddr, iova: chosen, length: length, access: access)
+    // Claimed before the kernel call and given back if it fails, so the bookkeeping is touched
+    // once on success and nothing is held while the mapper runs.
+    let mapping = try book.claim(
+      vaddr: vaddr, length: length, at: iova, below: limit, access: access)
     do {
       try mapper.map(mapping)
     } catch {
-      try? allocator.release(chosen, length: length)
+      book.giveBack(mapping)
       throw error
     }
-    byIOVA[chosen] = mapping
-    mappedSinceLayout += 1
     return mapping
   }
 
@@ -312,24 +281,138 @@ public final class DMASpace: @unchecked Sendable {
 
   /// Unmaps a mapping made by this space.
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
-    guard byIOVA[mapping.iova] == mapping else {
-      throw VFIOError(
-        .invalidArgument, operation: "unmap DMA",
-        message: "\(mapping) was not mapped by this DMA space")
+    try book.release(mapping)
+    do {
+      try mapper.unmap(mapping)
+    } catch {
+      book.restore(mapping)
+      throw error
     }
-    try mapper.unmap(mapping)
-    byIOVA[mapping.iova] = nil
-    mappedSinceLayout -= 1
-    try allocator.release(mapping.iova, length: mapping.length)
+  }
+
+  /// Makes room for `count` live mappings up front, so the bookkeeping of a large page-by-page
+  /// mapping never pauses to rehash (as `Array.reserveCapacity` does for appends).
+  public func reserveCapacity(mappings count: Int) {
+    book.table.reserveCapacity(count)
   }
 
   /// Re-reads the layout (iommufd narrows ranges as devices attach).
   public func refreshLayout() throws(VFIOError) {
     let fresh = try mapper.iovaLayout()
-    var allocator = IOVAAllocator(ranges: fresh.ranges, alignment: fresh.minimumPageSize)
-    for m in byIOVA.values { try allocator.reserve(m.iova, length: m.length) }
-    self.layout = fresh
-    self.allocator = allocator
-    self.mappedSinceLayout = 0
+    var next = DMABook(layout: fresh)
+    for m in book.table.sorted { try next.adopt(m) }
+    book = next
+  }
+}
+
+/// What a `DMASpace` knows: the kernel's rules, the occupied IOVA space and the live mappings.
+/// Every check here is O(1) or O(log n) and allocates nothing, because it runs on every map and
+/// unmap and page-by-page mapping makes hundreds of thousands of those.
+struct DMABook: Sendable {
+  let layout: IOVALayout
+  var allocator: IOVAAllocator
+  var table = MappingTable()
+  /// IOMMU page size - 1: every process address must have these bits clear.
+  let alignmentMask: UInt64
+  /// Mappings the kernel still accepts by DMA_AVAIL as read with `layout`; Int.max when the
+  /// kernel does not say.
+  var budget: Int
+
+  init(layout: IOVALayout) {
+    self.layout = layout
+    let align = layout.minimumPageSize
+    self.allocator = IOVAAllocator(ranges: layout.ranges, alignment: align)
+    self.alignmentMask = align - 1
+    self.budget = layout.dmaAvailable.map { Int($0) } ?? Int.max
+  }
+
+  /// Checks a mapping against every rule and records it.
+  @inline(__always)
+  mutating func claim(
+    vaddr: UInt64, length: UInt64, at iova: UInt64?, below limit: UInt64?, access: DMAAccess
+  ) throws(VFIOError) -> DMAMapping {
+    guard vaddr & alignmentMask == 0 else { throw misalignedAddress(vaddr) }
+    guard budget > 0 else { throw budgetExhausted() }
+    let chosen: UInt64
+    if let iova {
+      if let limit, iova >= limit || limit - iova < length {
+        throw aboveLimit(iova, length, limit)
+      }
+      try allocator.reserve(iova, length: length)
+      chosen = iova
+    } else {
+      chosen = try allocator.allocate(length: length, below: limit)
+    }
+    let mapping = DMAMapping(vaddr: vaddr, iova: chosen, length: length, access: access)
+    table.insert(mapping)
+    budget -= 1
+    return mapping
+  }
+
+  // Errors are built out of line: string formatting would otherwise give every map call a
+  // large stack frame.
+  @inline(never)
+  func misalignedAddress(_ vaddr: UInt64) -> VFIOError {
+    VFIOError(
+      .misaligned, operation: "map DMA",
+      message:
+        "process address 0x\(String(vaddr, radix: 16)) is not aligned to the IOMMU page size 0x\(String(alignmentMask + 1, radix: 16))",
+      hint: "map memory from a DMABuffer, which is page-aligned")
+  }
+
+  @inline(never)
+  func budgetExhausted() -> VFIOError {
+    VFIOError(
+      .dmaEntryLimit, operation: "map DMA",
+      message:
+        "the container accepts \(layout.dmaAvailable ?? 0) more mappings (DMA_AVAIL) and all are used",
+      hint:
+        "coalesce contiguous buffers into fewer mappings or raise vfio_iommu_type1's dma_entry_limit"
+    )
+  }
+
+  @inline(never)
+  func aboveLimit(_ iova: UInt64, _ length: UInt64, _ limit: UInt64) -> VFIOError {
+    VFIOError(
+      .outsideIOVARanges, operation: "map DMA",
+      message:
+        "IOVA 0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not below the device's limit 0x\(String(limit, radix: 16))",
+      hint: "let the library choose the IOVA (omit `at:`) or pick one below the limit")
+  }
+
+  @inline(never)
+  func notMapped(_ mapping: DMAMapping) -> VFIOError {
+    VFIOError(
+      .invalidArgument, operation: "unmap DMA",
+      message: "\(mapping) was not mapped by this DMA space",
+      hint: "unmap the DMAMapping value that map returned, once")
+  }
+
+  /// Undoes `claim` after the kernel refused the mapping.
+  mutating func giveBack(_ mapping: DMAMapping) {
+    table.remove(at: mapping.iova)
+    try? allocator.release(mapping.iova, length: mapping.length)
+    budget += 1
+  }
+
+  /// Forgets a mapping, which must be exactly one this book recorded.
+  @inline(__always)
+  mutating func release(_ mapping: DMAMapping) throws(VFIOError) {
+    guard table.remove(exactly: mapping) else { throw notMapped(mapping) }
+    try allocator.release(mapping.iova, length: mapping.length)
+    budget += 1
+  }
+
+  /// Undoes `release` after the kernel refused the unmap: the mapping is still live.
+  mutating func restore(_ mapping: DMAMapping) {
+    try? allocator.reserve(mapping.iova, length: mapping.length)
+    table.insert(mapping)
+    budget -= 1
+  }
+
+  /// Records a mapping made under an earlier layout; DMA_AVAIL already counted it.
+  mutating func adopt(_ mapping: DMAMapping) throws(VFIOError) {
+    try allocator.reserve(mapping.iova, length: mapping.length)
+    table.insert(mapping)
   }
 }

@@ -33,16 +33,25 @@ public struct IOVAAllocator: Sendable, Equatable {
     let span = try validate(iova, length)
     // Intervals are sorted and disjoint, so only the neighbours of the insertion point can clash.
     let index = insertionIndex(span.start)
-    for i in [index - 1, index] where used.indices.contains(i) {
-      let other = used[i]
-      if other.start <= span.last && span.start <= other.last {
-        throw VFIOError(
-          .overlap, operation: "reserve IOVA",
-          message: "IOVA \(span) overlaps mapped IOVA space \(other)",
-          hint: "unmap the existing mapping first or choose another IOVA")
-      }
+    // Two explicit checks, not a loop over [index - 1, index]: that array literal was a heap
+    // allocation on every map call.
+    if index > 0 && span.start <= used[index - 1].last {
+      throw overlap(span, used[index - 1])
     }
-    insert(span)
+    if index < used.count && used[index].start <= span.last {
+      throw overlap(span, used[index])
+    }
+    insert(span, at: index)
+  }
+
+  // Errors are built in separate, never-inlined functions so the checks on the hot path stay a
+  // few compares and branches, without the stack frame string formatting needs.
+  @inline(never)
+  func overlap(_ span: IOVASpan, _ other: IOVASpan) -> VFIOError {
+    VFIOError(
+      .overlap, operation: "reserve IOVA",
+      message: "IOVA \(span) overlaps mapped IOVA space \(other)",
+      hint: "unmap the existing mapping first or choose another IOVA")
   }
 
   /// Finds, claims and returns a free IOVA for `length` bytes, aligned to at least `alignment`
@@ -104,9 +113,7 @@ public struct IOVAAllocator: Sendable, Equatable {
     guard length > 0, used.indices.contains(index), UInt64.max - iova >= length - 1,
       iova + (length - 1) <= used[index].last
     else {
-      throw VFIOError(
-        .invalidArgument, operation: "release IOVA",
-        message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not allocated")
+      throw notAllocated(iova, length)
     }
     let span = used[index]
     let last = iova + (length - 1)
@@ -120,23 +127,42 @@ public struct IOVAAllocator: Sendable, Equatable {
     }
   }
 
+  @inline(__always)
   func validate(_ iova: UInt64, _ length: UInt64) throws(VFIOError) -> IOVASpan {
-    guard length > 0, iova % alignment == 0, length % alignment == 0 else {
-      throw misaligned("IOVA 0x\(String(iova, radix: 16)) length 0x\(String(length, radix: 16))")
+    guard length > 0, (iova | length) & (alignment - 1) == 0 else {
+      throw misaligned(iova: iova, length: length)
     }
     guard UInt64.max - iova >= length - 1 else {
       throw outside(IOVASpan(start: iova, length: 0), "wraps past the end of the address space")
     }
     let span = IOVASpan(start: iova, length: length)
-    guard ranges.contains(where: { $0.start <= span.start && span.last <= $0.last }) else {
-      throw outside(
-        span,
-        "is not inside the IOMMU's IOVA ranges \(ranges.map(\.description).joined(separator: ", "))"
-      )
+    for range in ranges where range.start <= span.start && span.last <= range.last {
+      return span
     }
-    return span
+    throw outsideRanges(span)
   }
 
+  @inline(never)
+  func notAllocated(_ iova: UInt64, _ length: UInt64) -> VFIOError {
+    VFIOError(
+      .invalidArgument, operation: "release IOVA",
+      message: "0x\(String(iova, radix: 16))+0x\(String(length, radix: 16)) is not allocated",
+      hint: "release exactly what was reserved or allocated")
+  }
+
+  @inline(never)
+  func misaligned(iova: UInt64, length: UInt64) -> VFIOError {
+    misaligned("IOVA 0x\(String(iova, radix: 16)) length 0x\(String(length, radix: 16))")
+  }
+
+  @inline(never)
+  func outsideRanges(_ span: IOVASpan) -> VFIOError {
+    outside(
+      span,
+      "is not inside the IOMMU's IOVA ranges \(ranges.map(\.description).joined(separator: ", "))")
+  }
+
+  @inline(never)
   func misaligned(_ what: String) -> VFIOError {
     VFIOError(
       .misaligned, operation: "IOVA check",
@@ -145,6 +171,7 @@ public struct IOVAAllocator: Sendable, Equatable {
       hint: "align IOVA, address and length to 0x\(String(alignment, radix: 16))")
   }
 
+  @inline(never)
   func outside(_ span: IOVASpan, _ why: String) -> VFIOError {
     VFIOError(
       .outsideIOVARanges, operation: "IOVA check", message: "IOVA \(span) \(why)",
@@ -154,6 +181,7 @@ public struct IOVAAllocator: Sendable, Equatable {
   }
 
   /// The index of the first span starting after `start` (binary search).
+  @inline(__always)
   func insertionIndex(_ start: UInt64) -> Int {
     var lo = 0
     var hi = used.count
@@ -166,7 +194,12 @@ public struct IOVAAllocator: Sendable, Equatable {
 
   /// Inserts a free span, merging it with adjacent intervals.
   mutating func insert(_ span: IOVASpan) {
-    let index = insertionIndex(span.start)
+    insert(span, at: insertionIndex(span.start))
+  }
+
+  /// Inserts a free span at its insertion index, merging it with adjacent intervals.
+  @inline(__always)
+  mutating func insert(_ span: IOVASpan, at index: Int) {
     let joinsPrevious =
       index > 0 && used[index - 1].last &+ 1 == span.start && used[index - 1].last != .max
     let joinsNext = index < used.count && span.last &+ 1 == used[index].start && span.last != .max

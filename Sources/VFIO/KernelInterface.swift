@@ -161,3 +161,71 @@ public struct LinuxKernel: KernelInterface {
     return limit == UInt64.max ? nil : limit
   }
 }
+
+/// Passes every call to another kernel and counts the ioctls by request name, so a benchmark
+/// or test can state how many system calls an operation really costs.
+public struct IoctlCountingKernel: KernelInterface {
+  /// Counts by request name; a class so copies of the kernel value share it.
+  public final class Counts: @unchecked Sendable {
+    public private(set) var byRequest: [String: Int] = [:]
+    public var total: Int { byRequest.values.reduce(0, +) }
+    public init() {}
+    public func reset() { byRequest = [:] }
+    func add(_ request: IoctlRequest) { byRequest[request.name, default: 0] += 1 }
+  }
+
+  public let base: any KernelInterface
+  public let counts: Counts
+
+  public init(_ base: any KernelInterface = LinuxKernel(), counts: Counts = Counts()) {
+    self.base = base
+    self.counts = counts
+  }
+
+  public func open(_ path: String, flags: Int32) -> Int32 { base.open(path, flags: flags) }
+  public func close(_ fd: Int32) { base.close(fd) }
+  public func ioctl(_ fd: Int32, _ request: IoctlRequest, _ argument: UnsafeMutableRawPointer?)
+    -> Int32
+  {
+    counts.add(request)
+    return base.ioctl(fd, request, argument)
+  }
+  public func ioctl(_ fd: Int32, _ request: IoctlRequest, value: UInt) -> Int32 {
+    counts.add(request)
+    return base.ioctl(fd, request, value: value)
+  }
+  public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) -> Int
+  {
+    base.pread(fd, into: buffer, offset: offset)
+  }
+  public func pwrite(_ fd: Int32, from buffer: UnsafeRawBufferPointer, offset: UInt64) -> Int {
+    base.pwrite(fd, from: buffer, offset: offset)
+  }
+  public func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    base.read(fd, into: buffer)
+  }
+  public func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) -> Int {
+    base.write(fd, from: buffer)
+  }
+  public func mmap(length: Int, protection: Int32, flags: Int32, fd: Int32, offset: UInt64)
+    -> Result<UnsafeMutableRawPointer, Errno>
+  {
+    base.mmap(length: length, protection: protection, flags: flags, fd: fd, offset: offset)
+  }
+  public func munmap(_ address: UnsafeMutableRawPointer, length: Int) {
+    base.munmap(address, length: length)
+  }
+  public func madvise(_ address: UnsafeMutableRawPointer, length: Int, advice: Int32) -> Int32 {
+    base.madvise(address, length: length, advice: advice)
+  }
+  public func eventfd(initialValue: UInt32, flags: Int32) -> Int32 {
+    base.eventfd(initialValue: initialValue, flags: flags)
+  }
+  public func pollReadable(_ fd: Int32, timeoutMilliseconds: Int32) -> Int32 {
+    base.pollReadable(fd, timeoutMilliseconds: timeoutMilliseconds)
+  }
+  public func readLink(_ path: String) -> String? { base.readLink(path) }
+  public func readFile(_ path: String) -> String? { base.readFile(path) }
+  public func listDirectory(_ path: String) -> [String]? { base.listDirectory(path) }
+  public func memlockLimit() -> UInt64? { base.memlockLimit() }
+}
