@@ -112,14 +112,7 @@ private func hexField(_ bytes: [UInt8], _ cursor: inout Int, _ end: Int) -> UInt
   var value: UInt64 = 0
   var digits = 0
   while i < end, bytes[i] != UInt8(ascii: " "), bytes[i] != UInt8(ascii: "\r") {
-    let c = bytes[i]
-    let digit: UInt8
-    switch c {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = c - UInt8(ascii: "A") + 10
-    default: return nil
-    }
+    guard let digit = hexDigitValue(bytes[i]) else { return nil }
     digits += 1
     guard digits <= 16 else { return nil }
     value = value << 4 | UInt64(digit)
@@ -128,4 +121,14 @@ private func hexField(_ bytes: [UInt8], _ cursor: inout Int, _ end: Int) -> UInt
   guard digits > 0 else { return nil }
   cursor = i
   return value
+}
+
+/// The value of an ASCII hex digit.
+func hexDigitValue(_ c: UInt8) -> UInt8? {
+  switch c {
+  case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+  case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+  case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+  default: nil
+  }
 }

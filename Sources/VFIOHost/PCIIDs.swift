@@ -94,14 +94,7 @@ private func parseHex(_ bytes: [UInt8], _ offset: Int, _ digits: Int) -> UInt32?
   guard offset + digits < bytes.count else { return nil }
   var value: UInt32 = 0
   for i in 0..<digits {
-    let c = bytes[offset + i]
-    let digit: UInt8
-    switch c {
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = c - UInt8(ascii: "0")
-    case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = c - UInt8(ascii: "a") + 10
-    case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = c - UInt8(ascii: "A") + 10
-    default: return nil
-    }
+    guard let digit = hexDigitValue(bytes[offset + i]) else { return nil }
     value = value << 4 | UInt32(digit)
   }
   // The ID must be followed by the two-space separator, or it is some other line.
