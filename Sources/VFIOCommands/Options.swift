@@ -7,12 +7,6 @@ import VFIOHost
   import Musl
 #endif
 
-#if canImport(FoundationEssentials)
-  import FoundationEssentials
-#else
-  import Foundation
-#endif
-
 /// Where the host is read from, shared by every command.
 public struct HostOptions: ParsableArguments {
   @Option(help: "Read the host from this directory instead of / (a `vfioctl capture` tree).")
@@ -56,19 +50,16 @@ public struct OutputOptions: ParsableArguments {
 
   func emit<Report: Encodable>(_ report: Report, human: (Report) -> String) throws {
     if json {
-      print(try encodeJSON(report))
+      print(try encodeJSON(report), terminator: "")
     } else {
       print(human(report), terminator: "")
     }
   }
 }
 
-/// Stable JSON: sorted keys, so diffs and tests see only real changes (without sorting, the
-/// encoder's key order changes from run to run).
+/// Stable JSON: keys in declaration order, written as the values are encoded (`JSONWriter`).
 public func encodeJSON<T: Encodable>(_ value: T) throws -> String {
-  let encoder = JSONEncoder()
-  encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-  return String(decoding: try encoder.encode(value), as: UTF8.self)
+  try JSONWriter().encode(value)
 }
 
 /// Parses a command-line address or group, with our error text rather than a generic one.

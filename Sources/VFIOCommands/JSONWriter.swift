@@ -1,0 +1,248 @@
+/// A streaming JSON encoder: it writes each value as `Encodable` hands it over, so keys come
+/// out in declaration order (stable, unlike Foundation's encoder without `.sortedKeys`) and a
+/// 4,000-device listing costs a few milliseconds instead of a tree of boxed values.
+///
+/// It relies on what synthesized `Codable` does: a container is filled before the next one
+/// at the same level is made. `superEncoder` is not supported (nothing here uses it).
+public struct JSONWriter {
+  public init() {}
+
+  public func encode<T: Encodable>(_ value: T) throws -> String {
+    let sink = JSONSink()
+    try value.encode(to: StreamingEncoder(sink: sink, depth: 0))
+    sink.closeAll(to: 0)
+    sink.bytes.append(UInt8(ascii: "\n"))
+    return String(decoding: sink.bytes, as: UTF8.self)
+  }
+}
+
+/// The output and the stack of open containers.
+final class JSONSink {
+  var bytes: [UInt8] = []
+  /// For each open container: is it an object, and has it had an element yet.
+  var open: [(object: Bool, hasElements: Bool)] = []
+
+  init() { bytes.reserveCapacity(1 << 16) }
+
+  /// Closes containers deeper than `depth`: a value at `depth` is about to be written.
+  func closeAll(to depth: Int) {
+    while open.count > depth {
+      let container = open.removeLast()
+      if container.hasElements { newline(open.count) }
+      bytes.append(container.object ? UInt8(ascii: "}") : UInt8(ascii: "]"))
+    }
+  }
+
+  func begin(object: Bool) {
+    bytes.append(object ? UInt8(ascii: "{") : UInt8(ascii: "["))
+    open.append((object, false))
+  }
+
+  /// Starts an element of the container at `depth - 1` (a key when `key` is given).
+  func element(depth: Int, key: String?) {
+    closeAll(to: depth)
+    if open[depth - 1].hasElements { bytes.append(UInt8(ascii: ",")) }
+    open[depth - 1].hasElements = true
+    newline(depth)
+    if let key {
+      string(key)
+      bytes.append(contentsOf: [UInt8(ascii: ":"), UInt8(ascii: " ")])
+    }
+  }
+
+  func newline(_ depth: Int) {
+    bytes.append(UInt8(ascii: "\n"))
+    for _ in 0..<depth { bytes.append(contentsOf: [0x20, 0x20]) }
+  }
+
+  func string(_ text: String) {
+    bytes.append(UInt8(ascii: "\""))
+    for byte in text.utf8 {
+      switch byte {
+      case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+      case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+      case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+      case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+      case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+      case 0..<0x20:
+        let hex = Array("0123456789abcdef".utf8)
+        bytes.append(contentsOf: Array("\\u00".utf8) + [hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+      default: bytes.append(byte)
+      }
+    }
+    bytes.append(UInt8(ascii: "\""))
+  }
+
+  func raw(_ text: String) { bytes.append(contentsOf: text.utf8) }
+}
+
+struct StreamingEncoder: Encoder {
+  let sink: JSONSink
+  /// How many containers enclose the value this encoder writes.
+  let depth: Int
+  var codingPath: [any CodingKey] = []
+  var userInfo: [CodingUserInfoKey: Any] = [:]
+
+  init(sink: JSONSink, depth: Int) {
+    self.sink = sink
+    self.depth = depth
+  }
+
+  func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+    sink.closeAll(to: depth)
+    sink.begin(object: true)
+    return KeyedEncodingContainer(KeyedWriter(sink: sink, depth: depth + 1))
+  }
+
+  func unkeyedContainer() -> any UnkeyedEncodingContainer {
+    sink.closeAll(to: depth)
+    sink.begin(object: false)
+    return UnkeyedWriter(sink: sink, depth: depth + 1)
+  }
+
+  func singleValueContainer() -> any SingleValueEncodingContainer { SingleWriter(sink: sink, depth: depth) }
+}
+
+/// Writes scalars; shared by the three container kinds.
+private protocol ScalarWriting {
+  var sink: JSONSink { get }
+}
+
+extension ScalarWriting {
+  func write(_ value: Bool) { sink.raw(value ? "true" : "false") }
+  func write(_ value: String) { sink.string(value) }
+  func write<T: BinaryInteger>(_ value: T) { sink.raw(String(value)) }
+  func write(_ value: Double) throws {
+    guard value.isFinite else {
+      throw EncodingError.invalidValue(value, .init(codingPath: [], debugDescription: "JSON has no NaN or infinity"))
+    }
+    sink.raw(String(value))
+  }
+}
+
+private struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol, ScalarWriting {
+  let sink: JSONSink
+  let depth: Int
+  var codingPath: [any CodingKey] = []
+
+  init(sink: JSONSink, depth: Int) {
+    self.sink = sink
+    self.depth = depth
+  }
+
+  private func key(_ key: Key) { sink.element(depth: depth, key: key.stringValue) }
+
+  mutating func encodeNil(forKey k: Key) throws { key(k); sink.raw("null") }
+  mutating func encode(_ value: Bool, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: String, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: Double, forKey k: Key) throws { key(k); try write(value) }
+  mutating func encode(_ value: Float, forKey k: Key) throws { key(k); try write(Double(value)) }
+  mutating func encode(_ value: Int, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: Int8, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: Int16, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: Int32, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: Int64, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: UInt, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: UInt8, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: UInt16, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: UInt32, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode(_ value: UInt64, forKey k: Key) throws { key(k); write(value) }
+  mutating func encode<T: Encodable>(_ value: T, forKey k: Key) throws {
+    key(k)
+    try value.encode(to: StreamingEncoder(sink: sink, depth: depth))
+  }
+
+  mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type, forKey k: Key)
+    -> KeyedEncodingContainer<NestedKey>
+  {
+    key(k)
+    return StreamingEncoder(sink: sink, depth: depth).container(keyedBy: keyType)
+  }
+
+  mutating func nestedUnkeyedContainer(forKey k: Key) -> any UnkeyedEncodingContainer {
+    key(k)
+    return StreamingEncoder(sink: sink, depth: depth).unkeyedContainer()
+  }
+
+  mutating func superEncoder() -> any Encoder { preconditionFailure("JSONWriter does not support superEncoder") }
+  mutating func superEncoder(forKey key: Key) -> any Encoder { preconditionFailure("JSONWriter does not support superEncoder") }
+}
+
+private struct UnkeyedWriter: UnkeyedEncodingContainer, ScalarWriting {
+  let sink: JSONSink
+  let depth: Int
+  var codingPath: [any CodingKey] = []
+  var count = 0
+
+  init(sink: JSONSink, depth: Int) {
+    self.sink = sink
+    self.depth = depth
+  }
+
+  private mutating func next() {
+    sink.element(depth: depth, key: nil)
+    count += 1
+  }
+
+  mutating func encodeNil() throws { next(); sink.raw("null") }
+  mutating func encode(_ value: Bool) throws { next(); write(value) }
+  mutating func encode(_ value: String) throws { next(); write(value) }
+  mutating func encode(_ value: Double) throws { next(); try write(value) }
+  mutating func encode(_ value: Float) throws { next(); try write(Double(value)) }
+  mutating func encode(_ value: Int) throws { next(); write(value) }
+  mutating func encode(_ value: Int8) throws { next(); write(value) }
+  mutating func encode(_ value: Int16) throws { next(); write(value) }
+  mutating func encode(_ value: Int32) throws { next(); write(value) }
+  mutating func encode(_ value: Int64) throws { next(); write(value) }
+  mutating func encode(_ value: UInt) throws { next(); write(value) }
+  mutating func encode(_ value: UInt8) throws { next(); write(value) }
+  mutating func encode(_ value: UInt16) throws { next(); write(value) }
+  mutating func encode(_ value: UInt32) throws { next(); write(value) }
+  mutating func encode(_ value: UInt64) throws { next(); write(value) }
+  mutating func encode<T: Encodable>(_ value: T) throws {
+    next()
+    try value.encode(to: StreamingEncoder(sink: sink, depth: depth))
+  }
+
+  mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+    next()
+    return StreamingEncoder(sink: sink, depth: depth).container(keyedBy: keyType)
+  }
+
+  mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
+    next()
+    return StreamingEncoder(sink: sink, depth: depth).unkeyedContainer()
+  }
+
+  mutating func superEncoder() -> any Encoder { preconditionFailure("JSONWriter does not support superEncoder") }
+}
+
+private struct SingleWriter: SingleValueEncodingContainer, ScalarWriting {
+  let sink: JSONSink
+  let depth: Int
+  var codingPath: [any CodingKey] = []
+
+  init(sink: JSONSink, depth: Int) {
+    self.sink = sink
+    self.depth = depth
+  }
+
+  mutating func encodeNil() throws { sink.raw("null") }
+  mutating func encode(_ value: Bool) throws { write(value) }
+  mutating func encode(_ value: String) throws { write(value) }
+  mutating func encode(_ value: Double) throws { try write(value) }
+  mutating func encode(_ value: Float) throws { try write(Double(value)) }
+  mutating func encode(_ value: Int) throws { write(value) }
+  mutating func encode(_ value: Int8) throws { write(value) }
+  mutating func encode(_ value: Int16) throws { write(value) }
+  mutating func encode(_ value: Int32) throws { write(value) }
+  mutating func encode(_ value: Int64) throws { write(value) }
+  mutating func encode(_ value: UInt) throws { write(value) }
+  mutating func encode(_ value: UInt8) throws { write(value) }
+  mutating func encode(_ value: UInt16) throws { write(value) }
+  mutating func encode(_ value: UInt32) throws { write(value) }
+  mutating func encode(_ value: UInt64) throws { write(value) }
+  mutating func encode<T: Encodable>(_ value: T) throws {
+    try value.encode(to: StreamingEncoder(sink: sink, depth: depth))
+  }
+}
