@@ -202,7 +202,15 @@ public final class Device: @unchecked Sendable {
   // MARK: Reset
 
   /// VFIO_DEVICE_RESET (function-level: FLR, PM or a bus reset the device has to itself).
-  public func reset() throws(VFIOError) { try handle.ioctl(.deviceReset) }
+  public func reset() throws(VFIOError) {
+    // vfio-pci answers EINVAL when the device has no reset method of its own (edu, or a
+    // device that shares its bus); say where to look and what to use instead.
+    try handle.ioctl(
+      .deviceReset,
+      hint: info.supportsReset
+        ? nil
+        : "\(name) has no function-level reset (VFIO_DEVICE_FLAGS_RESET is clear; see reset_method in sysfs); a bus reset with hotReset() may work")
+  }
 
   /// VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a bus reset of this device would hit.
   /// Asks with room for none first; the kernel answers ENOSPC with the count.

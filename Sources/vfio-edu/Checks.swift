@@ -1,0 +1,226 @@
+import ArgumentParser
+import VFIO
+
+/// Runs `body` and records a check that passes only if it failed with `code`.
+func expectFailure(
+  _ report: inout Report, _ name: String, _ code: VFIOError.Code,
+  _ body: () throws(VFIOError) -> Void
+) {
+  do {
+    try body()
+    report.check(name, false, "accepted; expected a \(code) error")
+  } catch {
+    report.check(name, error.code == code, "\(error.code): \(error.description)")
+  }
+}
+
+/// Map and unmap at the edges of what the library and the kernel allow.
+struct DMAChecks: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "dma-checks",
+    abstract:
+      "Map/unmap misaligned, overlapping, outside the IOVA ranges and foreign mappings; each must fail with a clear error and leave the DMA space usable."
+  )
+
+  @Argument(help: "PCI address or device cdev (any vfio-pci device; no DMA is started).")
+  var device: String
+
+  @OptionGroup var common: Common
+
+  func run() throws {
+    var report = Report(device: device, backend: common.backend.rawValue)
+    do {
+      let opened = try common.open(device)
+      report.backend = opened.backend.rawValue
+      try Self.exercise(opened.dma, into: &report)
+    } catch {
+      report.error = error.description
+    }
+    try common.finish(report)
+  }
+
+  static func exercise(_ dma: DMASpace, into report: inout Report) throws(VFIOError) {
+    let layout = dma.layout
+    let page = layout.minimumPageSize
+    report.notes.append(
+      "IOVA ranges \(layout.ranges.map(\.description).joined(separator: " ")), page 0x\(hex(page))")
+    guard let first = layout.ranges.first, first.last - first.start > 64 << 20 else {
+      report.error = "no IOVA range of 64 MiB to test in"
+      return
+    }
+    let buffer = try DMABuffer(length: 16 * Int(page))
+    let va = buffer.vaddr
+    // 16 MiB into the first range: clear of anything at its start.
+    let base = (first.start + (16 << 20)) & ~(page - 1)
+
+    let a = try dma.map(vaddr: va, length: 2 * page, at: base)
+    report.check("map", dma.mappings == [a], "\(a)")
+
+    expectFailure(&report, "misaligned IOVA", .misaligned) { () throws(VFIOError) in
+      try dma.map(vaddr: va, length: page, at: base + 0x10_0000 + page / 2)
+    }
+    expectFailure(&report, "misaligned process address", .misaligned) { () throws(VFIOError) in
+      try dma.map(vaddr: va + page / 2, length: page, at: base + 0x10_0000)
+    }
+    expectFailure(&report, "misaligned length", .misaligned) { () throws(VFIOError) in
+      try dma.map(vaddr: va, length: page + page / 2, at: base + 0x10_0000)
+    }
+    expectFailure(&report, "zero length", .misaligned) { () throws(VFIOError) in
+      try dma.map(vaddr: va, length: 0, at: base + 0x10_0000)
+    }
+    expectFailure(&report, "overlap: starts inside a mapping", .overlap) { () throws(VFIOError) in
+      try dma.map(vaddr: va, length: 2 * page, at: base + page)
+    }
+    expectFailure(&report, "overlap: covers a mapping", .overlap) { () throws(VFIOError) in
+      try dma.map(vaddr: va, length: 4 * page, at: base - page)
+    }
+    expectFailure(&report, "overlap: the same range again", .overlap) { () throws(VFIOError) in
+      try dma.map(vaddr: va + 2 * page, length: 2 * page, at: base)
+    }
+    if layout.ranges.count > 1 {
+      // The hole between the first two ranges (on x86 the MSI window at 0xfee00000).
+      let hole = first.last + 1
+      expectFailure(&report, "outside ranges: in the hole at 0x\(hex(hole))", .outsideIOVARanges) {
+        () throws(VFIOError) in
+        try dma.map(vaddr: va, length: page, at: hole)
+      }
+      expectFailure(&report, "outside ranges: straddles the end of a range", .outsideIOVARanges) {
+        () throws(VFIOError) in
+        try dma.map(vaddr: va, length: 2 * page, at: hole - page)
+      }
+    } else {
+      report.notes.append("one IOVA range: no hole to test")
+    }
+    if let last = layout.ranges.last, last.last < UInt64.max - page {
+      expectFailure(&report, "outside ranges: above the last range", .outsideIOVARanges) {
+        () throws(VFIOError) in
+        try dma.map(vaddr: va, length: page, at: last.last + 1)
+      }
+    }
+    expectFailure(&report, "outside ranges: wraps past 2^64", .outsideIOVARanges) {
+      () throws(VFIOError) in
+      try dma.map(vaddr: va, length: 2 * page, at: 0 &- page)
+    }
+    expectFailure(&report, "unmap: never mapped", .invalidArgument) { () throws(VFIOError) in
+      try dma.unmap(DMAMapping(vaddr: va, iova: base + 0x10_0000, length: page))
+    }
+    expectFailure(&report, "unmap: part of a mapping", .invalidArgument) { () throws(VFIOError) in
+      try dma.unmap(DMAMapping(vaddr: va, iova: base, length: page))
+    }
+    try dma.unmap(a)
+    expectFailure(&report, "unmap: twice", .invalidArgument) { () throws(VFIOError) in
+      try dma.unmap(a)
+    }
+    report.check("nothing left mapped", dma.mappings.isEmpty, "\(dma.mappings.count) mappings")
+
+    // The kernel must refuse the same things when the library's checks are bypassed: the
+    // mapper is the bare ioctl. Each error must carry the errno.
+    let kept = try dma.map(vaddr: va, length: 2 * page, at: base)
+    for (name, m) in [
+      ("kernel refuses a misaligned IOVA", DMAMapping(vaddr: va, iova: base + 0x10_0000 + page / 2, length: page)),
+      ("kernel refuses an overlap", DMAMapping(vaddr: va, iova: base + page, length: 2 * page)),
+    ] + (layout.ranges.count > 1
+      ? [("kernel refuses the hole at 0x\(hex(first.last + 1))", DMAMapping(vaddr: va, iova: first.last + 1, length: page))]
+      : [])
+    {
+      do {
+        try dma.mapper.map(m)
+        try? dma.mapper.unmap(m)
+        report.check(name, false, "the kernel accepted \(m)")
+      } catch {
+        report.check(name, error.errno != nil, error.description)
+      }
+    }
+    try dma.unmap(kept)
+    // After all that, the space still maps and unmaps normally.
+    let again = try dma.map(vaddr: va, length: 16 * page, at: base)
+    try dma.unmap(again)
+    report.check(
+      "still usable", dma.mappings.isEmpty, "mapped and unmapped 0x\(hex(16 * page)) bytes at 0x\(hex(base))")
+    withExtendedLifetime(buffer) {}
+  }
+}
+
+/// VFIO_DEVICE_RESET on a device with a function-level reset (or, with --expect-refusal, the
+/// error on one without).
+struct Reset: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "VFIO_DEVICE_RESET, with BAR0 read before and after to show the device survives.")
+
+  @Argument(help: "PCI address or device cdev.")
+  var device: String
+
+  @Option(help: "A BAR0 register to write before the reset and read after (e.g. 0x2800, e1000e's RDBAL0).")
+  var scratch: String?
+
+  @Option(help: "A BAR0 register that must read back as something other than all ones after the reset.")
+  var alive: String = "0x8"
+
+  @Flag(help: "Pass when the device has no reset and the kernel refuses with an errno and the error says what to do.")
+  var expectRefusal = false
+
+  @OptionGroup var common: Common
+
+  func run() throws {
+    var report = Report(device: device, backend: common.backend.rawValue)
+    do {
+      let opened = try common.open(device)
+      report.backend = opened.backend.rawValue
+      let d = opened.device
+      if expectRefusal {
+        report.check("no reset flag", !d.info.supportsReset, "flags 0x\(hex(d.info.flags))")
+        do {
+          try d.reset()
+          report.check("VFIO_DEVICE_RESET refused", false, "the kernel reset it")
+        } catch {
+          report.check(
+            "VFIO_DEVICE_RESET refused", error.errno != nil && error.hint != nil, error.description)
+        }
+        return try common.finish(report)
+      }
+      guard let aliveOffset = UInt64(hexOrDecimal: alive) else {
+        throw ValidationError("--alive must be a number")
+      }
+      report.check("reset flag", d.info.supportsReset, "flags 0x\(hex(d.info.flags))")
+      let bar0 = try d.regionInfo(PCIRegion.bar(0))
+      let before = try d.read(UInt32.self, region: bar0, offset: aliveOffset)
+      var scratchOffset: UInt64?
+      if let scratch {
+        guard let o = UInt64(hexOrDecimal: scratch) else {
+          throw ValidationError("--scratch must be a number")
+        }
+        scratchOffset = o
+        try d.write(UInt32(0x1234_5670), region: bar0, offset: o)
+        let back = try d.read(UInt32.self, region: bar0, offset: o)
+        report.notes.append("BAR0+0x\(hex(o)) = 0x\(hex(back)) before the reset")
+      }
+      try d.reset()
+      report.check("VFIO_DEVICE_RESET", true, "succeeded")
+      let after = try d.read(UInt32.self, region: bar0, offset: aliveOffset)
+      report.check(
+        "device responds after the reset", after != 0xffff_ffff,
+        "BAR0+0x\(hex(aliveOffset)): 0x\(hex(before)) before, 0x\(hex(after)) after")
+      if let o = scratchOffset {
+        let value = try d.read(UInt32.self, region: bar0, offset: o)
+        report.notes.append("BAR0+0x\(hex(o)) = 0x\(hex(value)) after the reset")
+      }
+      // A second reset right away: the kernel must not leave the device in a state that
+      // refuses the next one (vfio-pci saves and restores config space around each).
+      try d.reset()
+      report.check("second VFIO_DEVICE_RESET", true, "succeeded")
+    } catch let error as VFIOError {
+      report.error = error.description
+    }
+    try common.finish(report)
+  }
+}
+
+extension UInt64 {
+  init?(hexOrDecimal text: String) {
+    if text.hasPrefix("0x") {
+      self.init(text.dropFirst(2), radix: 16)
+    } else {
+      self.init(text)
+    }
+  }
+}

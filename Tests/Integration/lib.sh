@@ -1,0 +1,110 @@
+# Shared by the integration checks in this directory; sourced, not run.
+#
+# Calling convention of every check script here:
+#   Tests/Integration/NAME.sh TOPOLOGY RESULTS_DIR
+# TOPOLOGY is a lab topology (lab/topologies/TOPOLOGY.topo); RESULTS_DIR receives the guest's
+# console log and one report per step. The last line printed is always
+#   integration-vfio: N passed, M failed
+# and the exit status is 0 when everything passed, 1 when anything failed (or the guest did
+# not boot), 77 when the topology (or this host) lacks what the check needs.
+# Environment: VFIO_EDU=/path/to/vfio-edu uses that binary instead of building it (release,
+# static Swift stdlib, scratch path .build-vfio-rel); VFIO_LAB_CACHE as for lab/vm.
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$REPO"
+SCRIPT=$(basename "$0" .sh)
+PASSED=0
+FAILED=0
+CACHE=${VFIO_LAB_CACHE:-$HOME/.cache/swift-vfio-lab}
+
+usage_and_args() {
+    if [ $# -ne 2 ]; then
+        echo "usage: Tests/Integration/$SCRIPT.sh TOPOLOGY RESULTS_DIR" >&2
+        exit 2
+    fi
+    TOPOLOGY=$1
+    RESULTS=$2
+    mkdir -p "$RESULTS"
+    RESULTS=$(cd "$RESULTS" && pwd)
+}
+
+pass() { echo "PASS $SCRIPT $TOPOLOGY: $*"; PASSED=$((PASSED + 1)); }
+fail() { echo "FAIL $SCRIPT $TOPOLOGY: $*"; FAILED=$((FAILED + 1)); }
+
+# The closing line and exit status.
+finish() {
+    echo "integration-vfio: $PASSED passed, $FAILED failed"
+    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ] && exit 0
+    [ "$FAILED" -eq 0 ] && exit 77
+    exit 1
+}
+
+skip() {
+    echo "SKIP $SCRIPT $TOPOLOGY: $*"
+    echo "integration-vfio: 0 passed, 0 failed"
+    exit 77
+}
+
+# Skips unless the lab can boot TOPOLOGY here without a long first-time build.
+require_lab() {
+    [ -x lab/vm ] || skip "lab/vm not present"
+    [ -f "lab/topologies/$TOPOLOGY.topo" ] || skip "no lab topology $TOPOLOGY"
+    command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 not installed (lab/vm fetch)"
+    if [ "$TOPOLOGY" = q35-iommufd ] && ! ls "$CACHE"/kernels/iommufd-*/.done >/dev/null 2>&1; then
+        skip "the iommufd kernel is not built (lab/vm build-kernel iommufd, ~4-11 min)"
+    fi
+}
+
+# Sets EDU to a vfio-edu binary built from this tree.
+build_edu() {
+    if [ -n "${VFIO_EDU:-}" ]; then EDU=$VFIO_EDU; return; fi
+    if ! swift build -c release --static-swift-stdlib --product vfio-edu \
+        --scratch-path .build-vfio-rel >"$RESULTS/build.log" 2>&1; then
+        fail "vfio-edu does not build (log: $RESULTS/build.log)"
+        finish
+    fi
+    EDU=$REPO/.build-vfio-rel/release/vfio-edu
+}
+
+# A guest command line that runs `vfio-edu ARGS --json` into /out/NAME.json and its exit
+# status into /out/NAME.json.rc.
+step() { echo "vfio-edu $2 --json > /out/$1.json 2>/out/$1.err; echo \$? > /out/$1.json.rc"; }
+
+# guest DIR CMD [lab/vm run options...]: boots TOPOLOGY and runs CMD; results under
+# RESULTS/DIR. A guest that does not boot or hangs is a failure.
+guest() {
+    local dir=$1 cmd=$2
+    shift 2
+    local started=$SECONDS
+    if ! lab/vm run "$TOPOLOGY" --bin "$EDU" "$@" --out "$RESULTS/$dir" -- "$cmd" \
+        >"$RESULTS/$dir.vm.log" 2>&1; then
+        local status
+        status=$(cat "$RESULTS/$dir/status" 2>/dev/null || echo none)
+        # The command's own status is judged per step; only a harness failure counts here.
+        if [ "$status" = none ]; then
+            fail "guest run $dir did not complete (log: $RESULTS/$dir.vm.log)"
+            tail -n 20 "$RESULTS/$dir.vm.log"
+        fi
+    fi
+    echo "guest $dir: $((SECONDS - started)) s"
+}
+
+# expect_pass FILE DESCRIPTION: the report says passed and the command exited 0.
+expect_pass() {
+    local f=$1 what=$2
+    if [ -s "$f" ] && grep -q '"passed":true' "$f" && [ "$(cat "$f.rc" 2>/dev/null)" = 0 ]; then
+        pass "$what"
+    else
+        fail "$what: $(head -c 800 "$f" 2>/dev/null) $(head -c 300 "${f%.json}.err" 2>/dev/null) rc=$(cat "$f.rc" 2>/dev/null)"
+    fi
+}
+
+# expect_grep FILE PATTERN DESCRIPTION: passed, and the report contains PATTERN.
+expect_grep() {
+    local f=$1 pattern=$2 what=$3
+    if grep -q -- "$pattern" "$f" 2>/dev/null; then
+        expect_pass "$f" "$what"
+    else
+        fail "$what: no '$pattern' in $(head -c 800 "$f" 2>/dev/null) rc=$(cat "$f.rc" 2>/dev/null)"
+    fi
+}
