@@ -203,13 +203,19 @@ public final class Device: @unchecked Sendable {
 
   /// VFIO_DEVICE_RESET (function-level: FLR, PM or a bus reset the device has to itself).
   public func reset() throws(VFIOError) {
-    // vfio-pci answers EINVAL when the device has no reset method of its own (edu, or a
-    // device that shares its bus); say where to look and what to use instead.
-    try handle.ioctl(
-      .deviceReset,
-      hint: info.supportsReset
-        ? nil
-        : "\(name) has no function-level reset (VFIO_DEVICE_FLAGS_RESET is clear; see reset_method in sysfs); a bus reset with hotReset() may work")
+    let rc = kernel.ioctl(handle.fd, .deviceReset, nil)
+    guard rc < 0 else { return }
+    // vfio-pci answers EINVAL when the device has no reset method of its own (edu) or its
+    // only one would hit other devices; say where to look and what to use instead.
+    let why =
+      info.supportsReset
+      ? "the kernel could not reset \(name) on its own (its reset method may need the whole bus)"
+      : "\(name) has no function-level reset (VFIO_DEVICE_FLAGS_RESET is clear; see reset_method in sysfs)"
+    try handle.check(
+      rc, .deviceReset,
+      hint: rc == -Errno.invalidArgument.rawValue
+        ? "\(why); try a hot reset of its bus (Device.hotReset with every affected device owned)"
+        : nil)
   }
 
   /// VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: the devices a bus reset of this device would hit.

@@ -66,8 +66,8 @@ final class OwnedFD: @unchecked Sendable {
   }
 
   @discardableResult
-  func ioctl(_ request: IoctlRequest, hint: String? = nil) throws(VFIOError) -> Int32 {
-    try check(kernel.ioctl(fd, request, nil), request, hint: hint)
+  func ioctl(_ request: IoctlRequest) throws(VFIOError) -> Int32 {
+    try check(kernel.ioctl(fd, request, nil), request)
   }
 }
 
