@@ -54,6 +54,9 @@ public final class Container: DMAMapper, @unchecked Sendable {
   public private(set) var iommuType: IOMMUType?
   /// Number of groups attached, so SET_IOMMU runs once.
   var groupCount = 0
+  // Request numbers of the DMA hot path, read once (see OwnedFD.rawIoctl).
+  let mapNumber = IoctlRequest.iommuMapDMA.number
+  let unmapNumber = IoctlRequest.iommuUnmapDMA.number
 
   /// Opens the container and checks the API version.
   public init(path: String = "/dev/vfio/vfio", kernel: any KernelInterface = LinuxKernel())
@@ -153,7 +156,7 @@ public final class Container: DMAMapper, @unchecked Sendable {
     request.vaddr = mapping.vaddr
     request.iova = mapping.iova
     request.size = mapping.length
-    let rc = handle.rawIoctl(.iommuMapDMA, &request)
+    let rc = handle.rawIoctl(mapNumber, name: .iommuMapDMA, &request)
     guard rc >= 0 else {
       throw mapFailure(
         Errno(rawValue: -rc), request: .iommuMapDMA, path: handle.path, mapping: mapping,
@@ -166,7 +169,7 @@ public final class Container: DMAMapper, @unchecked Sendable {
     request.argsz = UInt32(MemoryLayout<vfio_iommu_type1_dma_unmap>.size)
     request.iova = mapping.iova
     request.size = mapping.length
-    try handle.ioctl(.iommuUnmapDMA, &request)
+    try handle.check(handle.rawIoctl(unmapNumber, name: .iommuUnmapDMA, &request), .iommuUnmapDMA)
     guard request.size == mapping.length else {
       throw VFIOError(
         .shortTransfer, operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path,

@@ -225,6 +225,9 @@ public final class DMABuffer: @unchecked Sendable {
 /// rejects overlaps and misalignment before the kernel does, and names the limit hit.
 public final class DMASpace: @unchecked Sendable {
   public let mapper: any DMAMapper
+  /// The mapper's concrete type, found once, so map and unmap call the library's own mappers
+  /// directly rather than through the protocol's witness table.
+  let direct: DirectMapper
   /// All bookkeeping in one value: Swift checks exclusive access to a class's stored properties
   /// at run time, per property and per access, so one value means one check per map or unmap.
   @exclusivity(unchecked) var book: DMABook
@@ -236,6 +239,13 @@ public final class DMASpace: @unchecked Sendable {
 
   public init(_ mapper: any DMAMapper) throws(VFIOError) {
     self.mapper = mapper
+    if let c = mapper as? Container {
+      direct = .container(c)
+    } else if let i = mapper as? IOAS {
+      direct = .ioas(i)
+    } else {
+      direct = .other
+    }
     self.book = DMABook(layout: try mapper.iovaLayout())
   }
 
@@ -251,7 +261,11 @@ public final class DMASpace: @unchecked Sendable {
     let mapping = try book.claim(
       vaddr: vaddr, length: length, at: iova, below: limit, access: access)
     do {
-      try mapper.map(mapping)
+      switch direct {
+      case .container(let c): try c.map(mapping)
+      case .ioas(let i): try i.map(mapping)
+      case .other: try mapper.map(mapping)
+      }
     } catch {
       book.giveBack(mapping)
       throw error
@@ -283,7 +297,11 @@ public final class DMASpace: @unchecked Sendable {
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
     try book.release(mapping)
     do {
-      try mapper.unmap(mapping)
+      switch direct {
+      case .container(let c): try c.unmap(mapping)
+      case .ioas(let i): try i.unmap(mapping)
+      case .other: try mapper.unmap(mapping)
+      }
     } catch {
       book.restore(mapping)
       throw error
@@ -303,6 +321,12 @@ public final class DMASpace: @unchecked Sendable {
     for m in book.table.sorted { try next.adopt(m) }
     book = next
   }
+}
+
+enum DirectMapper {
+  case container(Container)
+  case ioas(IOAS)
+  case other
 }
 
 /// What a `DMASpace` knows: the kernel's rules, the occupied IOVA space and the live mappings.

@@ -60,6 +60,9 @@ public final class IOMMUFD: @unchecked Sendable {
 public final class IOAS: DMAMapper, @unchecked Sendable {
   public let iommufd: IOMMUFD
   public let id: UInt32
+  // Request numbers of the DMA hot path, read once (see OwnedFD.rawIoctl).
+  let mapNumber = IoctlRequest.iommuIOASMap.number
+  let unmapNumber = IoctlRequest.iommuIOASUnmap.number
 
   init(iommufd: IOMMUFD, id: UInt32) {
     self.iommufd = iommufd
@@ -114,7 +117,7 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     request.user_va = mapping.vaddr
     request.length = mapping.length
     request.iova = mapping.iova
-    let rc = iommufd.handle.rawIoctl(.iommuIOASMap, &request)
+    let rc = iommufd.handle.rawIoctl(mapNumber, name: .iommuIOASMap, &request)
     guard rc >= 0 else {
       throw mapFailure(
         Errno(rawValue: -rc), request: .iommuIOASMap, path: iommufd.handle.path, mapping: mapping,
@@ -128,7 +131,8 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     request.ioas_id = id
     request.iova = mapping.iova
     request.length = mapping.length
-    try iommufd.handle.ioctl(.iommuIOASUnmap, &request)
+    try iommufd.handle.check(
+      iommufd.handle.rawIoctl(unmapNumber, name: .iommuIOASUnmap, &request), .iommuIOASUnmap)
     guard request.length == mapping.length else {
       throw VFIOError(
         .shortTransfer, operation: IoctlRequest.iommuIOASUnmap.name, path: iommufd.handle.path,

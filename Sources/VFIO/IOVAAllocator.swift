@@ -29,6 +29,7 @@ public struct IOVAAllocator: Sendable, Equatable {
   }
 
   /// Claims `[iova, iova + length)`, which the caller chose.
+  @inline(__always)
   public mutating func reserve(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let span = try validate(iova, length)
     // Intervals are sorted and disjoint, so only the neighbours of the insertion point can clash.
@@ -108,6 +109,7 @@ public struct IOVAAllocator: Sendable, Equatable {
   }
 
   /// Returns `[iova, iova + length)`, which must be wholly claimed, to the free space.
+  @inline(__always)
   public mutating func release(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let index = insertionIndex(iova) - 1
     guard length > 0, used.indices.contains(index), UInt64.max - iova >= length - 1,

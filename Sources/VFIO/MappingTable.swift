@@ -43,6 +43,7 @@ struct MappingTable: Sendable {
   }
 
   /// Adds a mapping whose IOVA is not in the table (the allocator has ruled out overlaps).
+  @inline(__always)
   mutating func insert(_ mapping: DMAMapping) {
     precondition(mapping.length != 0, "a mapping has a length")
     // At most half full, so probe runs stay short.
@@ -64,12 +65,14 @@ struct MappingTable: Sendable {
   }
 
   /// Removes `mapping` if the table holds exactly it (same IOVA, length, address and access).
+  @inline(__always)
   mutating func remove(exactly mapping: DMAMapping) -> Bool {
     guard let i = slot(of: mapping.iova), slots[i] == mapping else { return false }
     vacate(i)
     return true
   }
 
+  @inline(__always)
   private mutating func vacate(_ slot: Int) {
     var hole = slot
     let mask = slots.count - 1

@@ -1,3 +1,4 @@
+import CVFIO
 import SystemPackage
 
 #if canImport(Glibc)
@@ -11,11 +12,16 @@ final class OwnedFD: @unchecked Sendable {
   let kernel: any KernelInterface
   let fd: Int32
   let path: String
+  /// The kernel is the real one: ioctls may call the C shim directly instead of going through
+  /// the existential (a witness-table call and a projection per ioctl, which under emulation
+  /// is a measurable share of a 4 KiB DMA map). Fakes still see every call.
+  let isLinux: Bool
 
   init(kernel: any KernelInterface, fd: Int32, path: String) {
     self.kernel = kernel
     self.fd = fd
     self.path = path
+    self.isLinux = kernel is LinuxKernel
   }
 
   deinit { kernel.close(fd) }
@@ -32,8 +38,20 @@ final class OwnedFD: @unchecked Sendable {
   }
 
   /// ioctl(2) on a struct; returns the raw result or -errno without throwing.
+  @inline(__always)
   func rawIoctl<T>(_ request: IoctlRequest, _ value: inout T) -> Int32 {
-    withUnsafeMutableBytes(of: &value) { kernel.ioctl(fd, request, $0.baseAddress) }
+    rawIoctl(request.number, name: request, &value)
+  }
+
+  /// The same with the request number at hand (hot paths keep it in a stored property, so
+  /// they do not touch the lazily initialised `IoctlRequest` statics on every call).
+  @inline(__always)
+  func rawIoctl<T>(_ number: UInt, name request: @autoclosure () -> IoctlRequest, _ value: inout T)
+    -> Int32
+  {
+    withUnsafeMutableBytes(of: &value) {
+      isLinux ? cvfio_ioctl(fd, number, $0.baseAddress) : kernel.ioctl(fd, request(), $0.baseAddress)
+    }
   }
 
   /// ioctl(2) on a byte buffer (a struct with a trailing array); raw result or -errno.

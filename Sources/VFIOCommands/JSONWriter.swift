@@ -57,6 +57,12 @@ final class JSONSink {
 
   func string(_ text: String) {
     bytes.append(UInt8(ascii: "\""))
+    // Almost every string here (addresses, IDs, names) needs no escaping: copy it whole.
+    if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+      bytes.append(contentsOf: text.utf8)
+      bytes.append(UInt8(ascii: "\""))
+      return
+    }
     for byte in text.utf8 {
       switch byte {
       case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
@@ -74,6 +80,22 @@ final class JSONSink {
   }
 
   func raw(_ text: String) { bytes.append(contentsOf: text.utf8) }
+
+  /// Decimal digits straight into the buffer, without a String per number.
+  func integer<T: BinaryInteger>(_ value: T) {
+    if value < 0 { bytes.append(UInt8(ascii: "-")) }
+    var magnitude = value.magnitude
+    guard magnitude != 0 else {
+      bytes.append(UInt8(ascii: "0"))
+      return
+    }
+    let start = bytes.count
+    while magnitude != 0 {
+      bytes.append(UInt8(ascii: "0") + UInt8(truncatingIfNeeded: magnitude % 10))
+      magnitude /= 10
+    }
+    bytes[start...].reverse()
+  }
 }
 
 struct StreamingEncoder: Encoder {
@@ -111,7 +133,7 @@ private protocol ScalarWriting {
 extension ScalarWriting {
   func write(_ value: Bool) { sink.raw(value ? "true" : "false") }
   func write(_ value: String) { sink.string(value) }
-  func write<T: BinaryInteger>(_ value: T) { sink.raw(String(value)) }
+  func write<T: BinaryInteger>(_ value: T) { sink.integer(value) }
   func write(_ value: Double) throws {
     guard value.isFinite else {
       throw EncodingError.invalidValue(value, .init(codingPath: [], debugDescription: "JSON has no NaN or infinity"))

@@ -72,7 +72,7 @@ public struct HostInventory: Sendable {
       if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
     }
     return HostInventory(
-      devices: devices, groups: readGroups(sysfs), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
+      devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
       environment: KernelEnvironment.read(sysfs), hostUse: HostUseScanner(sysfs: sysfs).scan(), sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
@@ -118,15 +118,23 @@ public struct HostInventory: Sendable {
     }
   }
 
-  private static func readGroups(_ sysfs: Sysfs) -> [IOMMUGroup] {
-    readConcurrently(sysfs.list("/sys/kernel/iommu_groups")) { name -> IOMMUGroup? in
-      guard let id = Int(name) else { return nil }
-      let members = sysfs.list("/sys/kernel/iommu_groups/\(name)/devices")
-      let pci = members.filter(looksLikePCIAddress).compactMap { try? PCIAddress(parsing: $0) }
-      return IOMMUGroup(
-        id: id, type: sysfs.readString("/sys/kernel/iommu_groups/\(name)/type"), devices: pci.sorted(),
-        otherMembers: members.filter { !looksLikePCIAddress($0) })
-    }.compactMap { $0 }.sorted { $0.id < $1.id }
+  /// Groups with their PCI members taken from each device's `iommu_group` link, which the
+  /// device read has already followed; listing every group's `devices/` again would cost four
+  /// system calls per group. Only groups no PCI device points at are listed, to name their
+  /// non-PCI members.
+  private static func readGroups(_ sysfs: Sysfs, devices: [PCIDevice]) -> [IOMMUGroup] {
+    var members: [Int: [PCIAddress]] = [:]
+    for device in devices {
+      if let group = device.iommuGroup { members[group, default: []].append(device.address) }
+    }
+    let ids = sysfs.list("/sys/kernel/iommu_groups").compactMap { Int($0) }
+    let pciMembers = members
+    return readConcurrently(ids) { id -> IOMMUGroup in
+      let path = "/sys/kernel/iommu_groups/\(id)"
+      let pci = pciMembers[id] ?? []
+      let others = pci.isEmpty ? sysfs.list("\(path)/devices").filter { !looksLikePCIAddress($0) } : []
+      return IOMMUGroup(id: id, type: sysfs.readString("\(path)/type"), devices: pci.sorted(), otherMembers: others)
+    }.sorted { $0.id < $1.id }
   }
 
   private static func readIOMMUUnits(_ sysfs: Sysfs) -> [IOMMUUnit] {

@@ -6,7 +6,8 @@ public struct IOMMUGroup: Sendable, Equatable, Codable {
   public let type: String?
   /// PCI members, in address order.
   public let devices: [PCIAddress]
-  /// Members that are not PCI functions (platform devices), by sysfs name.
+  /// Members that are not PCI functions (platform devices), by sysfs name; read for groups
+  /// without PCI members (on PCI platforms non-PCI devices get groups of their own).
   public let otherMembers: [String]
 }
 

@@ -15,6 +15,10 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
 
   /// Parses `0000:01:00.0` or the short `01:00.0` (domain 0), as `lspci` prints them.
   public init(parsing text: String) throws(PCIAddressError) {
+    if let canonical = PCIAddress(canonical: text) {
+      self = canonical
+      return
+    }
     let parts = text.split(separator: ":", omittingEmptySubsequences: false)
     let domainText: Substring
     let busText: Substring
@@ -35,6 +39,29 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     guard device < 32 else { throw .outOfRange(text, "device number \(device) is above 0x1f") }
     guard function < 8 else { throw .outOfRange(text, "function number \(function) is above 7") }
     self.init(domain: domain, bus: bus, device: device, function: function)
+  }
+
+  /// The sysfs spelling `dddd:bb:dd.f` in lower-case hex, parsed without Substrings: inventory
+  /// parses one per device and per path component.
+  private init?(canonical text: String) {
+    let utf8 = text.utf8
+    let parsed: PCIAddress? = utf8.withContiguousStorageIfAvailable { b -> PCIAddress? in
+      guard b.count == 12, b[4] == UInt8(ascii: ":"), b[7] == UInt8(ascii: ":"), b[10] == UInt8(ascii: ".") else { return nil }
+      func value(_ range: Range<Int>) -> UInt32? {
+        var v: UInt32 = 0
+        for i in range {
+          guard let d = hexDigitValue(b[i]), b[i] < UInt8(ascii: "A") || b[i] > UInt8(ascii: "F") else { return nil }
+          v = v << 4 | UInt32(d)
+        }
+        return v
+      }
+      guard let domain = value(0..<4), let bus = value(5..<7), let device = value(8..<10), let function = value(11..<12),
+        device < 32, function < 8
+      else { return nil }
+      return PCIAddress(domain: domain, bus: UInt8(bus), device: UInt8(device), function: UInt8(function))
+    } ?? nil
+    guard let parsed else { return nil }
+    self = parsed
   }
 
   /// The canonical sysfs spelling, `0000:01:00.0`.
