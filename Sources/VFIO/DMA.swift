@@ -227,7 +227,8 @@ public final class DMASpace: @unchecked Sendable {
   public let mapper: any DMAMapper
   /// The mapper's concrete type, found once, so map and unmap call the library's own mappers
   /// directly rather than through the protocol's witness table.
-  let direct: DirectMapper
+  let container: Container?
+  let ioas: IOAS?
   /// All bookkeeping in one value: Swift checks exclusive access to a class's stored properties
   /// at run time, per property and per access, so one value means one check per map or unmap.
   @exclusivity(unchecked) var book: DMABook
@@ -239,13 +240,8 @@ public final class DMASpace: @unchecked Sendable {
 
   public init(_ mapper: any DMAMapper) throws(VFIOError) {
     self.mapper = mapper
-    if let c = mapper as? Container {
-      direct = .container(c)
-    } else if let i = mapper as? IOAS {
-      direct = .ioas(i)
-    } else {
-      direct = .other
-    }
+    container = mapper as? Container
+    ioas = mapper as? IOAS
     self.book = DMABook(layout: try mapper.iovaLayout())
   }
 
@@ -261,10 +257,12 @@ public final class DMASpace: @unchecked Sendable {
     let mapping = try book.claim(
       vaddr: vaddr, length: length, at: iova, below: limit, access: access)
     do {
-      switch direct {
-      case .container(let c): try c.map(mapping)
-      case .ioas(let i): try i.map(mapping)
-      case .other: try mapper.map(mapping)
+      if let container {
+        try container.map(mapping)
+      } else if let ioas {
+        try ioas.map(mapping)
+      } else {
+        try mapper.map(mapping)
       }
     } catch {
       book.giveBack(mapping)
@@ -297,10 +295,12 @@ public final class DMASpace: @unchecked Sendable {
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
     try book.release(mapping)
     do {
-      switch direct {
-      case .container(let c): try c.unmap(mapping)
-      case .ioas(let i): try i.unmap(mapping)
-      case .other: try mapper.unmap(mapping)
+      if let container {
+        try container.unmap(mapping)
+      } else if let ioas {
+        try ioas.unmap(mapping)
+      } else {
+        try mapper.unmap(mapping)
       }
     } catch {
       book.restore(mapping)
@@ -321,12 +321,6 @@ public final class DMASpace: @unchecked Sendable {
     for m in book.table.sorted { try next.adopt(m) }
     book = next
   }
-}
-
-enum DirectMapper {
-  case container(Container)
-  case ioas(IOAS)
-  case other
 }
 
 /// What a `DMASpace` knows: the kernel's rules, the occupied IOVA space and the live mappings.
