@@ -67,13 +67,18 @@ public struct HostInventory: Sendable {
       for i in devices.indices where devices[i].kernelResetMethods == nil { devices[i].kernelResetMethods = [] }
     }
     resolveVirtualFunctionIDs(&devices, sysfs)
+    var hostUse = HostUseScanner(sysfs: sysfs).scan()
+    for device in devices where device.bootVGA {
+      hostUse[device.address, default: []].append(
+        HostUse(kind: .bootVGA, subject: "boot_vga", detail: "is set: the firmware drew its console on this device", active: false))
+    }
     var shared: [Int: [PCIAddress]] = [:]
     for device in devices where device.interrupt.pin != 0 {
       if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
     }
     return HostInventory(
       devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
-      environment: KernelEnvironment.read(sysfs), hostUse: HostUseScanner(sysfs: sysfs).scan(), sharedIRQs: shared.filter { $0.value.count > 1 },
+      environment: KernelEnvironment.read(sysfs), hostUse: hostUse, sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
 

@@ -241,7 +241,11 @@ public struct Assessor: Sendable {
   }
 
   private func configReasons(_ device: PCIDevice) -> [Reason] {
-    guard let error = device.configError ?? device.config?.chainErrors.first?.description else { return [] }
+    let partial = device.config.flatMap { config in
+      !config.standardChainComplete && config.chainErrors.isEmpty
+        ? "only \(config.bytes.count) bytes of config space were readable" : nil
+    }
+    guard let error = device.configError ?? device.config?.chainErrors.first?.description ?? partial else { return [] }
     return [
       Reason(
         .configUnreadable, .condition, "\(device.address): \(error); capabilities may be missing from this report",

@@ -147,3 +147,93 @@ private func format0x(_ value: UInt64) -> String {
   let digits = String(value, radix: 16)
   return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
 }
+
+/// The rules the captures show without edits, and the ones that need a situation made.
+final class MoreAssessorTests: XCTestCase {
+  private func assess(_ target: String, root: String) throws -> Assessment {
+    let inventory = try HostInventory.read(Sysfs(root: root), pageSize: 4096)
+    return try XCTUnwrap(Assessor(inventory: inventory).assess(device: try PCIAddress(parsing: target)))
+  }
+
+  func testGroupOfOnlyABridgeHasNothingToAssign() throws {
+    let inventory = try Fixtures.inventory("q35-vtd")
+    let rootPortGroup = try XCTUnwrap(inventory.device(try PCIAddress(parsing: "00:06.0"))?.iommuGroup)
+    let assessment = Assessor(inventory: inventory).assess(group: rootPortGroup)
+    XCTAssertEqual(assessment.reasons.map(\.code), [.noEndpoint])
+    XCTAssertNil(assessment.plan)
+  }
+
+  func testIdleHostUseIsACondition() throws {
+    // In the guest the e1000e's eth0 exists but is down, and the nvme namespace is not mounted.
+    for target in ["00:02.0", "02:00.0"] {
+      let assessment = try assess(target, root: Fixtures.root("q35-vtd"))
+      let use = try XCTUnwrap(assessment.reasons.first { $0.code == .hostUse }, target)
+      XCTAssertEqual(use.severity, .condition)
+      XCTAssertEqual(assessment.verdict, .conditional)
+    }
+  }
+
+  func testBootVGAIsNamed() throws {
+    let assessment = try assess("00:01.0", root: Fixtures.root("q35-vtd"))
+    XCTAssertTrue(assessment.reasons.contains { $0.code == .hostUse && $0.message.contains("boot_vga") })
+  }
+
+  func testConventionalINTxSharedOutsideTheGroup() throws {
+    let assessment = try assess("01:01.0", root: Fixtures.root("q35-vtd"))
+    let shared = assessment.reasons.filter { $0.code == .sharedINTx }
+    XCTAssertFalse(shared.isEmpty)
+    XCTAssertTrue(shared.allSatisfy { $0.message.contains("DisINTx") })
+  }
+
+  func testPFWithVFsNamesThem() throws {
+    let assessment = try assess("01:00.0", root: Fixtures.root("q35-sriov"))
+    let vfs = try XCTUnwrap(assessment.reasons.first { $0.code == .sriovVFs })
+    XCTAssertEqual(vfs.devices.map(\.description), ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2"])
+    XCTAssertEqual(vfs.severity, .condition)
+  }
+
+  func testEachVFIsItsOwnGroupWithFLR() throws {
+    let inventory = try Fixtures.inventory("q35-sriov")
+    let pf = try XCTUnwrap(inventory.device(try PCIAddress(parsing: "01:00.0")))
+    let vfs = try XCTUnwrap(pf.sriov?.virtualFunctions).compactMap(inventory.device)
+    XCTAssertEqual(vfs.count, 2)
+    XCTAssertEqual(Set(vfs.compactMap(\.iommuGroup)).count, 2)
+    XCTAssertFalse(vfs.contains { $0.iommuGroup == pf.iommuGroup })
+    for vf in vfs {
+      XCTAssertEqual(vf.physicalFunction, pf.address)
+      XCTAssertEqual(vf.vendorID, pf.vendorID)
+      XCTAssertEqual(vf.deviceID, pf.sriov?.vfDeviceID)
+      XCTAssertEqual(ResetPlanner(inventory: inventory).choose(for: vf).method, .flr)
+    }
+  }
+
+  func testHeaderOnlyConfigIsReported() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let sysfs = Sysfs(root: copy.path)
+    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    let config = try XCTUnwrap(sysfs.readBytes(dir + "/config", limit: 4096))
+    try copy.write(copy.path + dir + "/config", bytes: Array(config.prefix(64)))
+    // Without the capability list the kernel's reset_method still decides the reset.
+    let assessment = try assess("02:00.0", root: copy.path)
+    XCTAssertTrue(assessment.reasons.contains { $0.code == .configUnreadable && $0.remedy == "run as root for the full config space" })
+  }
+
+  func testBusResetThatWouldHitAnActiveDeviceIsABlocker() throws {
+    // Give 01:02.0 a network interface that is up with routes, as /sys/class/net and
+    // /proc/net/route would show it; 01:01.0 can only be reset together with it.
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
+    let sysfs = Sysfs(root: copy.path)
+    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:01:02.0")), in: "/sys/bus/pci/devices")
+    XCTAssertEqual(system("mkdir -p '\(copy.path + dir)/net/eth9' '\(copy.path)/sys/class/net' '\(copy.path)/proc/net'"), 0)
+    try copy.write(copy.path + dir + "/net/eth9/flags", text: "0x1003\n")
+    try copy.write(copy.path + dir + "/net/eth9/operstate", text: "up\n")
+    XCTAssertEqual(symlink("../..\(dir.dropFirst("/sys".count))/net/eth9", copy.path + "/sys/class/net/eth9"), 0)
+    try copy.write(
+      copy.path + "/proc/net/route",
+      text: "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth9\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+    let assessment = try assess("01:01.0", root: copy.path)
+    XCTAssertEqual(assessment.verdict, .notAssignable)
+    XCTAssertTrue(assessment.reasons.contains { $0.code == .hostInUse && $0.message.contains("eth9") })
+    XCTAssertTrue(assessment.reasons.contains { $0.code == .noReset && $0.devices.contains(try! PCIAddress(parsing: "01:02.0")) })
+  }
+}
