@@ -1,6 +1,7 @@
 // C reference for vfio-map-bench: the same map/unmap loop with raw ioctls and nothing else,
 // on the legacy type1 container or an iommufd IOAS. Built statically for the lab guests:
 //   gcc -O2 -static -o map_bench bench/map_bench.c -Ibench
+// vfio-map-bench --compare PATH runs it interleaved with the Swift side and parses its JSON.
 // usage: map_bench BDF legacy|iommufd SIZE_MIB CHUNK[,CHUNK...] [thp]   (CHUNK 0 = one call)
 #define _GNU_SOURCE
 #include <dirent.h>
