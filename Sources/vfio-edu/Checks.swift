@@ -224,3 +224,100 @@ extension UInt64 {
     }
   }
 }
+
+/// MSI-X with several vectors on an e1000e (82574) function: each interrupt cause is routed
+/// to its own vector through the IVAR register, raised with the Interrupt Cause Set register,
+/// and must arrive on exactly its vector's eventfd.
+struct MSIX: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "msix",
+    abstract: "Enable every MSI-X vector of an e1000e with eventfds and fire each through ICS.")
+
+  @Argument(help: "PCI address or device cdev of an e1000e (8086:10d3) on vfio-pci.")
+  var device: String
+
+  @Option(help: "Rounds of firing every vector.")
+  var rounds = 3
+
+  @OptionGroup var common: Common
+
+  // 82574 registers (Intel 82574 datasheet, 10.2.4; QEMU hw/net/e1000_regs.h).
+  static let icr: UInt64 = 0xC0  // Interrupt Cause Read; in MSI-X mode cleared by writing 1s
+  static let ics: UInt64 = 0xC8  // Interrupt Cause Set
+  static let ims: UInt64 = 0xD0  // Interrupt Mask Set
+  static let imc: UInt64 = 0xD8  // Interrupt Mask Clear
+  static let ivar: UInt64 = 0xE4  // Interrupt Vector Allocation
+  static let itr: UInt64 = 0xC4  // Interrupt Throttling Rate
+  static func eitr(_ vector: Int) -> UInt64 { 0xE8 + 4 * UInt64(vector) }  // per-vector ITR
+  /// RxQ0, RxQ1, TxQ0, TxQ1 and Other, in IVAR's field order.
+  static let causes: [UInt32] = [1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24]
+
+  func run() throws {
+    var report = Report(device: device, backend: common.backend.rawValue)
+    do {
+      let opened = try common.open(device)
+      report.backend = opened.backend.rawValue
+      let d = opened.device
+      let info = try d.irqInfo(.msix)
+      report.check("MSI-X vectors", info.count >= Self.causes.count, "irq info count \(info.count)")
+      guard info.count >= Self.causes.count else { return try common.finish(report) }
+      let vectors = Self.causes.count
+      let events = try (0..<vectors).map { (_: Int) throws(VFIOError) -> EventFD in try EventFD() }
+      try d.enableInterrupts(.msix, eventFDs: events)
+      // MSI-X messages are memory writes: without bus mastering none would leave the device.
+      _ = try d.enableBusMaster()
+      let bar0 = try d.regionInfo(PCIRegion.bar(0))
+      // Vector i for cause i: each 4-bit field is a 3-bit vector number plus a valid bit.
+      var ivar: UInt32 = 0
+      for i in 0..<vectors { ivar |= (UInt32(i) | 8) << (4 * UInt32(i)) }
+      try d.write(ivar, region: bar0, offset: Self.ivar)
+      // No throttling: a throttled vector is re-fired by QEMU 7.2's per-vector timer whether
+      // or not a cause is pending (spurious interrupts on the wrong eventfd), and a timer still
+      // running when MSI-X is disabled trips an assertion that kills QEMU. Whatever ran on
+      // the function before (the e1000e driver at boot) may have set them; a PM reset keeps them.
+      try d.write(UInt32(0), region: bar0, offset: Self.itr)
+      for v in 0..<vectors { try d.write(UInt32(0), region: bar0, offset: Self.eitr(v)) }
+      try d.write(UInt32.max, region: bar0, offset: Self.imc)
+      try d.write(UInt32.max, region: bar0, offset: Self.icr)
+      try d.write(Self.causes.reduce(0, |), region: bar0, offset: Self.ims)
+      // Anything pending from before (a link interrupt at enable time) is not ours.
+      for e in events { _ = try e.consume() }
+      var extra = [Int](repeating: 0, count: vectors)
+      var delivered = [Int](repeating: 0, count: vectors)
+      for _ in 0..<rounds {
+        for (i, cause) in Self.causes.enumerated() {
+          // Drained first, so only a signal after this ICS write counts for this vector.
+          if let n = try events[i].consume() { extra[i] += Int(n) }
+          try d.write(cause, region: bar0, offset: Self.ics)
+          do {
+            if try events[i].wait(timeoutMilliseconds: 2000) > 0 { delivered[i] += 1 }
+          } catch {
+            // A missing interrupt is a failed check below, not the end of the run.
+            if error.code != .timeout { throw error }
+          }
+          // With MSI-X enabled and causes unmasked, reading ICR does not clear it (82574
+          // 10.2.4.1); writing the bit does, so the next ICS write is a new interrupt.
+          try d.write(cause, region: bar0, offset: Self.icr)
+          for (j, e) in events.enumerated() where j != i {
+            if let n = try e.consume(), n > 0 { extra[j] += Int(n) }
+          }
+        }
+      }
+      for i in 0..<vectors {
+        report.check(
+          "vector \(i)", delivered[i] == rounds,
+          "cause 0x\(hex(Self.causes[i])) -> vector \(i): \(delivered[i]) of \(rounds) interrupts")
+      }
+      // Not a check: QEMU 7.2's e1000e sometimes signals other vectors as well (seen on both
+      // backends, with throttling off); what must hold is that each cause reaches its vector.
+      report.notes.append(
+        "interrupts on vectors whose cause was not raised: \(extra.map(String.init).joined(separator: ", "))"
+      )
+      try d.write(UInt32.max, region: bar0, offset: Self.imc)
+      try d.disableInterrupts(.msix)
+    } catch let error as VFIOError {
+      report.error = error.description
+    }
+    try common.finish(report)
+  }
+}
