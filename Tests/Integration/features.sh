@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# VFIO_DEVICE_FEATURE and the device-info capability chain in a lab guest, on edu 00:03.0 and
+# the e1000e function 00:05.1: PROBE|SET of LOW_POWER_ENTRY accepted, PROBE|GET of it refused
+# (EINVAL), MIGRATION and PCI_VF_TOKEN refused (ENOTTY), VFIO_DEVICE_GET_INFO re-read with
+# room for capabilities without error.
+#
+# usage: Tests/Integration/features.sh TOPOLOGY RESULTS_DIR
+#   q35-vtd        legacy (6.1)
+#   q35-iommufd    iommufd (cdev) and legacy (6.12)
+#   anything else  exit 77
+# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# ~5 s of guest time.
+. "$(dirname "$0")/lib.sh"
+usage_and_args "$@"
+case $TOPOLOGY in
+    q35-vtd) backends=legacy ;;
+    q35-iommufd) backends="iommufd legacy" ;;
+    *) skip "no feature scenario for $TOPOLOGY (needs edu 00:03.0 and e1000e 00:05.1 on vfio-pci)" ;;
+esac
+require_lab
+build_edu
+cmd=""
+for b in $backends; do
+    for dev in 0000:00:03.0 0000:00:05.1; do
+        cmd="$cmd
+$(step "features-$b-${dev//:/_}" "features $dev --backend $b")"
+    done
+done
+guest features "$cmd"
+for b in $backends; do
+    for dev in 0000:00:03.0 0000:00:05.1; do
+        f=$RESULTS/features/features-$b-${dev//:/_}.json
+        expect_grep "$f" '"name":"no PCI_VF_TOKEN","passed":true' \
+            "$b $dev: LOW_POWER_ENTRY settable not gettable, no MIGRATION, no VF token; capability chain read"
+    done
+done
+finish
