@@ -135,7 +135,8 @@ public struct IOVAAllocator: Sendable, Equatable {
       throw misaligned(iova: iova, length: length)
     }
     guard UInt64.max - iova >= length - 1 else {
-      throw outside(IOVASpan(start: iova, length: length), "wraps past the end of the address space")
+      throw outside(
+        IOVASpan(start: iova, length: length), "wraps past the end of the address space")
     }
     let span = IOVASpan(start: iova, length: length)
     for range in ranges where range.start <= span.start && span.last <= range.last {

@@ -50,7 +50,8 @@ final class OwnedFD: @unchecked Sendable {
     -> Int32
   {
     withUnsafeMutableBytes(of: &value) {
-      isLinux ? cvfio_ioctl(fd, number, $0.baseAddress) : kernel.ioctl(fd, request(), $0.baseAddress)
+      isLinux
+        ? cvfio_ioctl(fd, number, $0.baseAddress) : kernel.ioctl(fd, request(), $0.baseAddress)
     }
   }
 

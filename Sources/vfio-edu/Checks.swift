@@ -117,11 +117,20 @@ struct DMAChecks: ParsableCommand {
     // mapper is the bare ioctl. Each error must carry the errno.
     let kept = try dma.map(vaddr: va, length: 2 * page, at: base)
     for (name, m) in [
-      ("kernel refuses a misaligned IOVA", DMAMapping(vaddr: va, iova: base + 0x10_0000 + page / 2, length: page)),
+      (
+        "kernel refuses a misaligned IOVA",
+        DMAMapping(vaddr: va, iova: base + 0x10_0000 + page / 2, length: page)
+      ),
       ("kernel refuses an overlap", DMAMapping(vaddr: va, iova: base + page, length: 2 * page)),
-    ] + (layout.ranges.count > 1
-      ? [("kernel refuses the hole at 0x\(hex(first.last + 1))", DMAMapping(vaddr: va, iova: first.last + 1, length: page))]
-      : [])
+    ]
+      + (layout.ranges.count > 1
+        ? [
+          (
+            "kernel refuses the hole at 0x\(hex(first.last + 1))",
+            DMAMapping(vaddr: va, iova: first.last + 1, length: page)
+          )
+        ]
+        : [])
     {
       do {
         try dma.mapper.map(m)
@@ -136,7 +145,8 @@ struct DMAChecks: ParsableCommand {
     let again = try dma.map(vaddr: va, length: 16 * page, at: base)
     try dma.unmap(again)
     report.check(
-      "still usable", dma.mappings.isEmpty, "mapped and unmapped 0x\(hex(16 * page)) bytes at 0x\(hex(base))")
+      "still usable", dma.mappings.isEmpty,
+      "mapped and unmapped 0x\(hex(16 * page)) bytes at 0x\(hex(base))")
     withExtendedLifetime(buffer) {}
   }
 }
@@ -150,13 +160,19 @@ struct Reset: ParsableCommand {
   @Argument(help: "PCI address or device cdev.")
   var device: String
 
-  @Option(help: "A BAR0 register to write before the reset and read after (e.g. 0x2800, e1000e's RDBAL0).")
+  @Option(
+    help: "A BAR0 register to write before the reset and read after (e.g. 0x2800, e1000e's RDBAL0)."
+  )
   var scratch: String?
 
-  @Option(help: "A BAR0 register that must read back as something other than all ones after the reset.")
+  @Option(
+    help: "A BAR0 register that must read back as something other than all ones after the reset.")
   var alive: String = "0x8"
 
-  @Flag(help: "Pass when the device has no reset and the kernel refuses with an errno and the error says what to do.")
+  @Flag(
+    help:
+      "Pass when the device has no reset and the kernel refuses with an errno and the error says what to do."
+  )
   var expectRefusal = false
 
   @OptionGroup var common: Common
@@ -349,7 +365,8 @@ struct Features: ParsableCommand {
       let vfToken = try d.supports(.pciVFToken, .set)
       report.check("LOW_POWER_ENTRY settable", lowPowerSet, "PROBE|SET accepted")
       report.check("LOW_POWER_ENTRY not gettable", !lowPowerGet, "PROBE|GET refused (EINVAL)")
-      report.check("no MIGRATION", !migration, "PROBE|GET refused (ENOTTY): vfio-pci has no migration driver")
+      report.check(
+        "no MIGRATION", !migration, "PROBE|GET refused (ENOTTY): vfio-pci has no migration driver")
       report.check("no PCI_VF_TOKEN", !vfToken, "PROBE|SET refused (ENOTTY): not an SR-IOV PF")
       // What the chain holds depends on the platform (x86 guests have none); a malformed one
       // throws and fails the run.

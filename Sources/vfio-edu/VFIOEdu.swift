@@ -10,7 +10,10 @@ struct VFIOEdu: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "vfio-edu",
     abstract: "Example VFIO userspace driver for QEMU's edu device (1234:11e8).",
-    subcommands: [Exercise.self, Probe.self, HotReset.self, DMAChecks.self, Reset.self, MSIX.self, Features.self],
+    subcommands: [
+      Exercise.self, Probe.self, HotReset.self, DMAChecks.self, Reset.self, MSIX.self,
+      Features.self,
+    ],
     defaultSubcommand: Exercise.self)
 }
 

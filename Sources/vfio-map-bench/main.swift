@@ -175,7 +175,9 @@ func runSwift(_ o: Options, kernel: any KernelInterface = LinuxKernel()) throws(
   }
   let base = (range.start + (4 << 20)) & ~UInt64((2 << 20) - 1)
   var rows: [Row] = []
-  for chunk in o.chunks { rows.append(try measure(dma, buffer, chunk: chunk, base: base, reserve: !o.noReserve)) }
+  for chunk in o.chunks {
+    rows.append(try measure(dma, buffer, chunk: chunk, base: base, reserve: !o.noReserve))
+  }
   withExtendedLifetime(keep) {}
   return SwiftRun(backend: backend, rows: rows)
 }
@@ -313,11 +315,15 @@ do {
         let run = try runSwift(options)
         backend = run.backend
         swiftRuns.append(run.rows)
-        if options.json { print(json(options, tool: "vfio-map-bench", backend: backend, rep: rep, run.rows)) }
+        if options.json {
+          print(json(options, tool: "vfio-map-bench", backend: backend, rep: rep, run.rows))
+        }
       } else if let path = options.compare {
         let rows = try runC(options, path: path, backend: backend).get()
         cRuns.append(rows)
-        if options.json { print(json(options, tool: "map_bench.c", backend: backend, rep: rep, rows)) }
+        if options.json {
+          print(json(options, tool: "map_bench.c", backend: backend, rep: rep, rows))
+        }
       }
     }
   }
@@ -346,13 +352,15 @@ do {
     let sMap = median(swiftRuns.map { $0[i].mapNanos })
     let sUnmap = median(swiftRuns.map { $0[i].unmapNanos })
     let calls = swiftRuns[0][i].calls
-    let chunkName = chunk == 0 ? "whole" : chunk >= 1 << 20 ? "\(chunk >> 20) MiB" : "\(chunk >> 10) KiB"
+    let chunkName =
+      chunk == 0 ? "whole" : chunk >= 1 << 20 ? "\(chunk >> 20) MiB" : "\(chunk >> 10) KiB"
     if cRuns.isEmpty {
       lines.append([backend.rawValue, chunkName, String(calls), ms(sMap), ms(sUnmap), perGiB[i]])
     } else {
       let cMap = median(cRuns.map { $0[i].mapNanos })
       let cUnmap = median(cRuns.map { $0[i].unmapNanos })
-      let cPerGiB = String(UInt64(cRuns[0][i].calls) * 2 * (1 << 30) / (UInt64(options.sizeMiB) << 20))
+      let cPerGiB = String(
+        UInt64(cRuns[0][i].calls) * 2 * (1 << 30) / (UInt64(options.sizeMiB) << 20))
       lines.append([
         backend.rawValue, chunkName, String(calls), ms(cMap), ms(sMap), ratio(sMap, cMap),
         ms(cUnmap), ms(sUnmap), ratio(sUnmap, cUnmap), ratio(sMap + sUnmap, cMap + cUnmap),

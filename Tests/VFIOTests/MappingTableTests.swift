@@ -75,7 +75,9 @@ import Testing
 /// A mapper that records calls and can be told to fail the next one.
 final class ScriptedMapper: DMAMapper, @unchecked Sendable {
   var layout = IOVALayout(
-    ranges: [IOVARange(start: 0, last: 0xfedf_ffff), IOVARange(start: 0xfef0_0000, last: 0x7f_ffff_ffff)],
+    ranges: [
+      IOVARange(start: 0, last: 0xfedf_ffff), IOVARange(start: 0xfef0_0000, last: 0x7f_ffff_ffff),
+    ],
     pageSizes: 0x4020_1000, dmaAvailable: 3)
   var mapped: [DMAMapping] = []
   var failNext: VFIOError?
@@ -124,7 +126,9 @@ final class ScriptedMapper: DMAMapper, @unchecked Sendable {
     #expect(code { try dma.map(vaddr: 0x1000, length: 0x2000, at: 0x10_0000) } == .syscall)
     #expect(dma.mappings.isEmpty && dma.allocator.used.isEmpty)
     // The same range maps afterwards, and the budget was not spent.
-    for i in 0..<3 as Range<UInt64> { try dma.map(vaddr: 0x1000, length: 0x2000, at: 0x10_0000 + i << 20) }
+    for i in 0..<3 as Range<UInt64> {
+      try dma.map(vaddr: 0x1000, length: 0x2000, at: 0x10_0000 + i << 20)
+    }
   }
 
   @Test func failedUnmapKeepsTheMapping() throws {
@@ -142,8 +146,12 @@ final class ScriptedMapper: DMAMapper, @unchecked Sendable {
   @Test func unmapNeedsTheExactMapping() throws {
     let dma = try DMASpace(ScriptedMapper())
     let a = try dma.map(vaddr: 0x1000, length: 0x2000, at: 0x10_0000)
-    #expect(code { try dma.unmap(DMAMapping(vaddr: 0x1000, iova: 0x10_0000, length: 0x1000)) } == .invalidArgument)
-    #expect(code { try dma.unmap(DMAMapping(vaddr: 0x9000, iova: 0x10_0000, length: 0x2000)) } == .invalidArgument)
+    #expect(
+      code { try dma.unmap(DMAMapping(vaddr: 0x1000, iova: 0x10_0000, length: 0x1000)) }
+        == .invalidArgument)
+    #expect(
+      code { try dma.unmap(DMAMapping(vaddr: 0x9000, iova: 0x10_0000, length: 0x2000)) }
+        == .invalidArgument)
     try dma.unmap(a)
     #expect(code { try dma.unmap(a) } == .invalidArgument)
   }
