@@ -31,7 +31,8 @@ public enum HumanRenderer {
       for (i, device) in kids.enumerated() {
         let last = i == kids.count - 1
         let group = device.iommuGroup.map { "group \($0)" } ?? "no group"
-        out += "\(prefix)\(last ? "└─ " : "├─ ")\(short(device.address)) \(device.className ?? device.classCode): \(device.name)"
+        out +=
+          "\(prefix)\(last ? "└─ " : "├─ ")\(short(device.address)) \(device.className ?? device.classCode): \(device.name)"
         out += " [\(group), \(device.driver ?? "no driver"), \(device.verdict.label)]\n"
         walk(device.address, prefix + (last ? "   " : "│  "))
       }
@@ -73,11 +74,12 @@ public enum HumanRenderer {
       out += "\nGroup members:\n"
       var table = TextTable(header: ["  ADDRESS", "ROLE", "DRIVER", "RESET"])
       for member in report.members {
-        let reset = member.reset.map { choice in
-          guard let method = choice.method else { return "none" }
-          let others = choice.affects.filter { $0 != member.address }
-          return method.rawValue + (others.isEmpty ? "" : " (also hits \(others.map(short).joined(separator: ", ")))")
-        } ?? "stays with the host"
+        let reset =
+          member.reset.map { choice in
+            guard let method = choice.method else { return "none" }
+            let others = choice.affects.filter { $0 != member.address }
+            return method.rawValue + (others.isEmpty ? "" : " (also hits \(others.map(short).joined(separator: ", ")))")
+          } ?? "stays with the host"
         table.rows.append(["  " + short(member.address), member.role.rawValue, member.driver ?? "-", reset])
       }
       out += table.render()
@@ -104,7 +106,9 @@ public enum HumanRenderer {
       out += "\(mark) \(finding.check): \(finding.summary)\n"
       if let next = finding.nextStep { out += "        next: \(next)\n" }
     }
-    out += report.ok ? "\nThis host can assign devices.\n" : "\nThis host cannot assign devices until the problems above are fixed.\n"
+    out +=
+      report.ok
+      ? "\nThis host can assign devices.\n" : "\nThis host cannot assign devices until the problems above are fixed.\n"
     return out
   }
 
@@ -119,7 +123,8 @@ public enum HumanRenderer {
     let count = { (verdict: Verdict) in report.groups.filter { $0.verdict == verdict }.count }
     var out = "\n\(report.devices.count) devices"
     if report.iommu.enabled {
-      out += " in \(report.groups.count) IOMMU groups: \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
+      out +=
+        " in \(report.groups.count) IOMMU groups: \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
     }
     out += ". `vfioctl explain ADDRESS|GROUP` says why.\n"
     for item in report.unreadable { out += "unreadable: \(item.name): \(item.reason)\n" }
@@ -140,33 +145,75 @@ public enum HumanRenderer {
   private static func deviceDetails(_ d: DeviceReport, group: GroupReport?) -> String {
     var lines = ["\(d.address)  \(d.className ?? "class \(d.classCode)"): \(d.name)"]
     func add(_ key: String, _ value: String) { lines.append("  " + key.padding(18) + value) }
-    add("ids", "vendor \(d.vendorID) device \(d.deviceID)" + (d.subsystemVendorID.map { " subsystem \($0):\(d.subsystemID ?? "?")" } ?? "") + " class \(d.classCode) rev \(d.revision)")
-    add("kind", d.kind.rawValue + (d.express.map { ", PCIe \($0.portType)" } ?? (d.capabilities.complete ? ", conventional PCI" : "")) + (d.multifunction ? ", multifunction" : ""))
+    add(
+      "ids",
+      "vendor \(d.vendorID) device \(d.deviceID)"
+        + (d.subsystemVendorID.map { " subsystem \($0):\(d.subsystemID ?? "?")" } ?? "")
+        + " class \(d.classCode) rev \(d.revision)")
+    add(
+      "kind",
+      d.kind.rawValue
+        + (d.express.map { ", PCIe \($0.portType)" } ?? (d.capabilities.complete ? ", conventional PCI" : ""))
+        + (d.multifunction ? ", multifunction" : ""))
     add("driver", (d.driver ?? "none") + (d.driverOverride.map { " (driver_override \($0))" } ?? ""))
-    add("iommu group", d.iommuGroup.map { "\($0)" + (group.map { g in g.devices.count > 1 ? " with \(g.devices.filter { $0 != d.address }.map(short).joined(separator: ", "))" : " (alone)" } ?? "") } ?? "none")
+    add(
+      "iommu group",
+      d.iommuGroup.map {
+        "\($0)"
+          + (group.map { g in
+            g.devices.count > 1
+              ? " with \(g.devices.filter { $0 != d.address }.map(short).joined(separator: ", "))" : " (alone)"
+          } ?? "")
+      } ?? "none")
     if !d.upstreamBridges.isEmpty { add("behind", d.upstreamBridges.map(short).joined(separator: " → ")) }
     if let numa = d.numaNode { add("numa node", String(numa)) }
-    add("reset", d.resetMethods.isEmpty ? "none" : d.resetMethods.map(\.rawValue).joined(separator: " ") + (d.resetMethodsSource == .capabilities ? " (inferred from capabilities)" : ""))
+    add(
+      "reset",
+      d.resetMethods.isEmpty
+        ? "none"
+        : d.resetMethods.map(\.rawValue).joined(separator: " ")
+          + (d.resetMethodsSource == .capabilities ? " (inferred from capabilities)" : ""))
     for bar in d.bars {
       var flags = [bar.kind == .io ? "I/O" : bar.is64Bit ? "64-bit" : "32-bit"]
       if bar.prefetchable { flags.append("prefetchable") }
-      if bar.subPage { flags.append("SUB-PAGE") } else if !bar.pageAligned && bar.kind == .mmio { flags.append("UNALIGNED") }
-      let name = bar.role == .bar ? "BAR\(bar.index)" : bar.role == .rom ? "ROM" : bar.role == .vfBAR ? "VF BAR\(bar.index - 7)" : "window \(bar.index - 13)"
+      if bar.subPage {
+        flags.append("SUB-PAGE")
+      } else if !bar.pageAligned && bar.kind == .mmio {
+        flags.append("UNALIGNED")
+      }
+      let name =
+        bar.role == .bar
+        ? "BAR\(bar.index)"
+        : bar.role == .rom ? "ROM" : bar.role == .vfBAR ? "VF BAR\(bar.index - 7)" : "window \(bar.index - 13)"
       add(name, "0x\(String(bar.start, radix: 16)) size \(sizeText(bar.size)) " + flags.joined(separator: ", "))
     }
     let caps = d.capabilities
     var capText: [String] = []
-    if let pm = caps.powerManagement { capText.append("PM (D\(pm.powerState)\(pm.noSoftReset ? ", No_Soft_Reset" : ""))") }
+    if let pm = caps.powerManagement {
+      capText.append("PM (D\(pm.powerState)\(pm.noSoftReset ? ", No_Soft_Reset" : ""))")
+    }
     if d.express?.flr == true || caps.advancedFeaturesFLR == true { capText.append("FLR") }
     if let msi = caps.msi { capText.append("MSI \(msi.vectors)") }
     if let msix = caps.msix { capText.append("MSI-X \(msix.vectors)") }
-    if let acs = caps.acs { capText.append("ACS (enabled: \(acs.enabled.isEmpty ? "none" : acs.enabled.joined(separator: " ")))") }
-    add("capabilities", capText.isEmpty ? (caps.complete ? "none" : "unknown (config space not fully readable)") : capText.joined(separator: ", "))
+    if let acs = caps.acs {
+      capText.append("ACS (enabled: \(acs.enabled.isEmpty ? "none" : acs.enabled.joined(separator: " ")))")
+    }
+    add(
+      "capabilities",
+      capText.isEmpty
+        ? (caps.complete ? "none" : "unknown (config space not fully readable)") : capText.joined(separator: ", "))
     if let pin = d.interrupt.pin {
-      add("INTx", "\(pin)" + (d.interrupt.irq.map { ", IRQ \($0)" } ?? "") + ", masking \(d.interrupt.masking.rawValue)" + (d.interrupt.sharedWith.isEmpty ? "" : ", shared with " + d.interrupt.sharedWith.map(short).joined(separator: ", ")))
+      add(
+        "INTx",
+        "\(pin)" + (d.interrupt.irq.map { ", IRQ \($0)" } ?? "") + ", masking \(d.interrupt.masking.rawValue)"
+          + (d.interrupt.sharedWith.isEmpty
+            ? "" : ", shared with " + d.interrupt.sharedWith.map(short).joined(separator: ", ")))
     }
     if let sriov = d.sriov {
-      add("SR-IOV", "\(sriov.numVFs) of \(sriov.totalVFs) VFs enabled" + (sriov.virtualFunctions.isEmpty ? "" : ": " + sriov.virtualFunctions.map(short).joined(separator: ", ")))
+      add(
+        "SR-IOV",
+        "\(sriov.numVFs) of \(sriov.totalVFs) VFs enabled"
+          + (sriov.virtualFunctions.isEmpty ? "" : ": " + sriov.virtualFunctions.map(short).joined(separator: ", ")))
     }
     if let pf = d.physicalFunction { add("SR-IOV", "virtual function of \(pf)") }
     for use in d.hostUse { add(use.active ? "host use" : "host sees", use.description) }
@@ -191,7 +238,8 @@ public enum HumanRenderer {
   }
 
   static func sizeText(_ size: UInt64) -> String {
-    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] as [(String, UInt64)] where size >= 1 << shift && size % (1 << shift) == 0 {
+    for (unit, shift) in [("G", 30), ("M", 20), ("K", 10)] as [(String, UInt64)]
+    where size >= 1 << shift && size % (1 << shift) == 0 {
       return "\(size >> shift)\(unit)"
     }
     return "\(size)"

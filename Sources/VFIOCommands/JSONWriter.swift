@@ -154,21 +154,66 @@ private struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol, Scal
 
   private func key(_ key: Key) { sink.element(depth: depth, key: key.stringValue) }
 
-  mutating func encodeNil(forKey k: Key) throws { key(k); sink.raw("null") }
-  mutating func encode(_ value: Bool, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: String, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: Double, forKey k: Key) throws { key(k); try write(value) }
-  mutating func encode(_ value: Float, forKey k: Key) throws { key(k); try write(Double(value)) }
-  mutating func encode(_ value: Int, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: Int8, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: Int16, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: Int32, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: Int64, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: UInt, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: UInt8, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: UInt16, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: UInt32, forKey k: Key) throws { key(k); write(value) }
-  mutating func encode(_ value: UInt64, forKey k: Key) throws { key(k); write(value) }
+  mutating func encodeNil(forKey k: Key) throws {
+    key(k)
+    sink.raw("null")
+  }
+  mutating func encode(_ value: Bool, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: String, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: Double, forKey k: Key) throws {
+    key(k)
+    try write(value)
+  }
+  mutating func encode(_ value: Float, forKey k: Key) throws {
+    key(k)
+    try write(Double(value))
+  }
+  mutating func encode(_ value: Int, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: Int8, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: Int16, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: Int32, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: Int64, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: UInt, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: UInt8, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: UInt16, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: UInt32, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
+  mutating func encode(_ value: UInt64, forKey k: Key) throws {
+    key(k)
+    write(value)
+  }
   mutating func encode<T: Encodable>(_ value: T, forKey k: Key) throws {
     key(k)
     try value.encode(to: StreamingEncoder(sink: sink, depth: depth))
@@ -187,7 +232,9 @@ private struct KeyedWriter<Key: CodingKey>: KeyedEncodingContainerProtocol, Scal
   }
 
   mutating func superEncoder() -> any Encoder { preconditionFailure("JSONWriter does not support superEncoder") }
-  mutating func superEncoder(forKey key: Key) -> any Encoder { preconditionFailure("JSONWriter does not support superEncoder") }
+  mutating func superEncoder(forKey key: Key) -> any Encoder {
+    preconditionFailure("JSONWriter does not support superEncoder")
+  }
 }
 
 private struct UnkeyedWriter: UnkeyedEncodingContainer, ScalarWriting {
@@ -206,27 +253,74 @@ private struct UnkeyedWriter: UnkeyedEncodingContainer, ScalarWriting {
     count += 1
   }
 
-  mutating func encodeNil() throws { next(); sink.raw("null") }
-  mutating func encode(_ value: Bool) throws { next(); write(value) }
-  mutating func encode(_ value: String) throws { next(); write(value) }
-  mutating func encode(_ value: Double) throws { next(); try write(value) }
-  mutating func encode(_ value: Float) throws { next(); try write(Double(value)) }
-  mutating func encode(_ value: Int) throws { next(); write(value) }
-  mutating func encode(_ value: Int8) throws { next(); write(value) }
-  mutating func encode(_ value: Int16) throws { next(); write(value) }
-  mutating func encode(_ value: Int32) throws { next(); write(value) }
-  mutating func encode(_ value: Int64) throws { next(); write(value) }
-  mutating func encode(_ value: UInt) throws { next(); write(value) }
-  mutating func encode(_ value: UInt8) throws { next(); write(value) }
-  mutating func encode(_ value: UInt16) throws { next(); write(value) }
-  mutating func encode(_ value: UInt32) throws { next(); write(value) }
-  mutating func encode(_ value: UInt64) throws { next(); write(value) }
+  mutating func encodeNil() throws {
+    next()
+    sink.raw("null")
+  }
+  mutating func encode(_ value: Bool) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: String) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: Double) throws {
+    next()
+    try write(value)
+  }
+  mutating func encode(_ value: Float) throws {
+    next()
+    try write(Double(value))
+  }
+  mutating func encode(_ value: Int) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: Int8) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: Int16) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: Int32) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: Int64) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: UInt) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: UInt8) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: UInt16) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: UInt32) throws {
+    next()
+    write(value)
+  }
+  mutating func encode(_ value: UInt64) throws {
+    next()
+    write(value)
+  }
   mutating func encode<T: Encodable>(_ value: T) throws {
     next()
     try value.encode(to: StreamingEncoder(sink: sink, depth: depth))
   }
 
-  mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<NestedKey> {
+  mutating func nestedContainer<NestedKey: CodingKey>(keyedBy keyType: NestedKey.Type) -> KeyedEncodingContainer<
+    NestedKey
+  > {
     next()
     return StreamingEncoder(sink: sink, depth: depth).container(keyedBy: keyType)
   }

@@ -64,7 +64,9 @@ public struct ReportBuilder: Sendable {
   }
 
   public func verdict(of device: PCIDevice) -> Verdict {
-    guard device.isEndpoint, let id = device.iommuGroup, let assessment = groupAssessments[id] else { return .notAssignable }
+    guard device.isEndpoint, let id = device.iommuGroup, let assessment = groupAssessments[id] else {
+      return .notAssignable
+    }
     return assessment.verdict
   }
 
@@ -89,11 +91,13 @@ public struct ReportBuilder: Sendable {
   func summary(_ device: PCIDevice) -> DeviceSummary {
     DeviceSummary(
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
-      classCode: hexDigits(device.classCode, 6), className: names?.className(device.classCode), name: displayName(device),
+      classCode: hexDigits(device.classCode, 6), className: names?.className(device.classCode),
+      name: displayName(device),
       kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint, driver: device.driver,
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
       resetMethods: resets.methods(of: device).methods, bars: device.bars, sriov: device.sriov,
-      physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address), verdict: verdict(of: device))
+      physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address),
+      verdict: verdict(of: device))
   }
 
   func device(_ device: PCIDevice) -> DeviceReport {
@@ -111,17 +115,21 @@ public struct ReportBuilder: Sendable {
       kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint,
       driver: device.driver, driverOverride: device.driverOverride, iommuGroup: device.iommuGroup,
       numaNode: device.numaNode, headerType: Int(device.headerType), multifunction: device.isMultifunction,
-      express: config?.express.map { .init(portType: $0.portType.name, version: Int($0.version), flr: $0.functionLevelReset) },
+      express: config?.express.map {
+        .init(portType: $0.portType.name, version: Int($0.version), flr: $0.functionLevelReset)
+      },
       upstreamBridges: device.upstreamBridges, resetMethods: methods, resetMethodsSource: source, bars: device.bars,
       capabilities: .init(
         standard: config?.capabilities.map { hexDigits($0.id, 2) } ?? [],
         extended: config?.extendedCapabilities.map { hexDigits($0.id, 4) } ?? [],
-        complete: (config?.standardChainComplete ?? false) && (config.map { $0.bytes.count >= 4096 || $0.express == nil } ?? false),
+        complete: (config?.standardChainComplete ?? false)
+          && (config.map { $0.bytes.count >= 4096 || $0.express == nil } ?? false),
         powerManagement: config?.powerManagement, advancedFeaturesFLR: config?.advancedFeatures?.functionLevelReset,
         msi: config?.msi, msix: config?.msix, acs: acs),
       sriov: device.sriov, physicalFunction: device.physicalFunction,
       interrupt: .init(
-        pin: device.interrupt.pinName, irq: device.interrupt.irq, masking: device.interrupt.masking, sharedWith: sharing),
+        pin: device.interrupt.pinName, irq: device.interrupt.irq, masking: device.interrupt.masking, sharedWith: sharing
+      ),
       hostUse: inventory.uses(of: device.address), bootVGA: device.bootVGA, verdict: verdict(of: device),
       configError: device.configError ?? config?.chainErrors.first?.description)
   }

@@ -2,7 +2,8 @@ import ArgumentParser
 
 struct ShowCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
-    commandName: "show", abstract: "Show everything known about a device (0000:01:00.0 or 01:00.0) or an IOMMU group (a number).")
+    commandName: "show",
+    abstract: "Show everything known about a device (0000:01:00.0 or 01:00.0) or an IOMMU group (a number).")
 
   @Argument(help: "A PCI address or an IOMMU group number.", transform: parseSelector)
   var target: Selector

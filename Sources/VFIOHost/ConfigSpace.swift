@@ -200,7 +200,8 @@ public enum ConfigSpaceError: Error, Equatable, Sendable, CustomStringConvertibl
     case .truncated(let count):
       return "config space is truncated: \(count) bytes, the header alone is 64"
     case .notPresent(let vendor):
-      return "config space reads vendor ID 0x\(hex(vendor, width: 4)): the device is absent, powered off or not responding"
+      return
+        "config space reads vendor ID 0x\(hex(vendor, width: 4)): the device is absent, powered off or not responding"
     case .unknownHeaderType(let type):
       return "config space has header type \(type), which no PCI specification defines"
     case .badPointer(let offset):
@@ -247,9 +248,15 @@ public struct PowerManagementCapability: Sendable, Equatable, Codable {
 }
 
 public enum ExpressPortType: UInt8, Sendable, Codable {
-  case endpoint = 0, legacyEndpoint = 1, rcIntegratedEndpoint = 9, rcEventCollector = 10
-  case rootPort = 4, upstreamPort = 5, downstreamPort = 6
-  case pcieToPCIBridge = 7, pciToPCIeBridge = 8
+  case endpoint = 0
+  case legacyEndpoint = 1
+  case rcIntegratedEndpoint = 9
+  case rcEventCollector = 10
+  case rootPort = 4
+  case upstreamPort = 5
+  case downstreamPort = 6
+  case pcieToPCIBridge = 7
+  case pciToPCIeBridge = 8
   case unknown = 0xFF
 
   public var name: String {
@@ -309,7 +316,9 @@ public struct ACSControls: OptionSet, Sendable, Hashable {
   public static let egressControl = ACSControls(rawValue: 1 << 5)
   public static let directTranslatedP2P = ACSControls(rawValue: 1 << 6)
   /// What the kernel requires on a path to isolate functions (REQ_ACS_FLAGS in drivers/pci).
-  public static let isolation: ACSControls = [.sourceValidation, .requestRedirect, .completionRedirect, .upstreamForwarding]
+  public static let isolation: ACSControls = [
+    .sourceValidation, .requestRedirect, .completionRedirect, .upstreamForwarding,
+  ]
 
   public var names: [String] {
     let all: [(ACSControls, String)] = [

@@ -29,8 +29,10 @@ struct DeviceReader {
     // and VF device ID, which `HostInventory` copies from the PF; other functions reading
     // 0xffff fall back to the kernel's attributes.
     let vfIDsFromPF = physfn != nil && config?.vendorID == 0xFFFF
-    let vendor = config.map(\.vendorID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "vendor")
-    let deviceID = config.map(\.deviceID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "device")
+    let vendor =
+      config.map(\.vendorID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "vendor")
+    let deviceID =
+      config.map(\.deviceID).flatMap { $0 == 0xFFFF && !vfIDsFromPF ? nil : $0 } ?? attribute16(dir, "device")
     guard let vendor, let deviceID else { throw .unreadable(name, configError ?? "no vendor and device ID") }
     let classCode = config?.classCode ?? dir.readInteger("class").map { UInt32(truncatingIfNeeded: $0) } ?? 0
 

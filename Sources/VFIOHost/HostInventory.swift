@@ -49,7 +49,8 @@ public struct HostInventory: Sendable {
     let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
     let names = sysfs.list("/sys/bus/pci/devices")
     let results = readConcurrently(names) { name -> Result<PCIDevice, DeviceReadError> in
-      Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name) }
+      Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
+      }
     }
     var devices: [PCIDevice] = []
     var unreadable: [(String, String)] = []
@@ -70,14 +71,17 @@ public struct HostInventory: Sendable {
     var hostUse = HostUseScanner(sysfs: sysfs).scan()
     for device in devices where device.bootVGA {
       hostUse[device.address, default: []].append(
-        HostUse(kind: .bootVGA, subject: "boot_vga", detail: "is set: the firmware drew its console on this device", active: false))
+        HostUse(
+          kind: .bootVGA, subject: "boot_vga", detail: "is set: the firmware drew its console on this device",
+          active: false))
     }
     var shared: [Int: [PCIAddress]] = [:]
     for device in devices where device.interrupt.pin != 0 {
       if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
     }
     return HostInventory(
-      devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
+      devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs),
+      vfio: readVFIOSupport(sysfs),
       environment: KernelEnvironment.read(sysfs), hostUse: hostUse, sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
@@ -168,7 +172,8 @@ public enum InventoryError: Error, Equatable, CustomStringConvertible {
   public var description: String {
     switch self {
     case .noPCIBus(let path):
-      return "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
+      return
+        "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
     }
   }
 }

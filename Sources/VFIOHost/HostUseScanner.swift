@@ -28,7 +28,8 @@ struct HostUseScanner {
         found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0)
       }
       if found.isEmpty {
-        found.append(HostUse(kind: .disk, subject: disk, detail: "is a disk the host sees (not mounted, not swap)", active: false))
+        found.append(
+          HostUse(kind: .disk, subject: disk, detail: "is a disk the host sees (not mounted, not swap)", active: false))
       }
       result += found.map { (owner, $0) }
     }
@@ -51,7 +52,9 @@ struct HostUseScanner {
       let holderPath = "/sys/block/\(holder)"
       let label = sysfs.readString("\(holderPath)/dm/name").map { "\(holder) (\($0))" } ?? holder
       let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1)
-      let detail = above.isEmpty ? "is held by \(label)" : "is held by \(label), which " + above.map(\.detail).joined(separator: ", ")
+      let detail =
+        above.isEmpty
+        ? "is held by \(label)" : "is held by \(label), which " + above.map(\.detail).joined(separator: ", ")
       found.append(HostUse(kind: .holder, subject: name, detail: detail, active: true))
     }
     return found
@@ -84,8 +87,12 @@ struct HostUseScanner {
       if hasRoutes { facts.append("has IPv4 routes") }
       if !v6.isEmpty { facts.append("has addresses " + v6.joined(separator: ", ")) }
       result.append(
-        (owner, HostUse(kind: .interface, subject: interface, detail: "is " + facts.joined(separator: ", "),
-          active: up && (hasRoutes || !v6.isEmpty))))
+        (
+          owner,
+          HostUse(
+            kind: .interface, subject: interface, detail: "is " + facts.joined(separator: ", "),
+            active: up && (hasRoutes || !v6.isEmpty))
+        ))
     }
     return result
   }
@@ -106,9 +113,14 @@ struct HostUseScanner {
             ?? owningFunction(resolve(link: sysfs.readLink("\(classDir)/\(name)") ?? "", in: classDir))
         else { continue }
         if prefix == "fb" && fbconBound {
-          result.append((owner, HostUse(kind: .console, subject: name, detail: "carries the host's text console (fbcon)", active: true)))
+          result.append(
+            (
+              owner,
+              HostUse(kind: .console, subject: name, detail: "carries the host's text console (fbcon)", active: true)
+            ))
         } else {
-          result.append((owner, HostUse(kind: .display, subject: name, detail: "is a display device of the host", active: false)))
+          result.append(
+            (owner, HostUse(kind: .display, subject: name, detail: "is a display device of the host", active: false)))
         }
       }
     }
@@ -179,7 +191,9 @@ struct MountTable {
       }
     }
     for line in (sysfs.readString("/proc/swaps") ?? "").split(separator: "\n").dropFirst() {
-      if let first = line.split(separator: " ").first, first.hasPrefix("/dev/") { swaps.insert(lastComponent(String(first))) }
+      if let first = line.split(separator: " ").first, first.hasPrefix("/dev/") {
+        swaps.insert(lastComponent(String(first)))
+      }
     }
   }
 

@@ -23,7 +23,8 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
     let interrupts = sysfs.readString("/proc/interrupts")
     let parameters = "/sys/module/vfio_iommu_type1/parameters"
     return KernelEnvironment(
-      kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), commandLine: sysfs.readString("/proc/cmdline"), cpuVendor: vendor,
+      kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), commandLine: sysfs.readString("/proc/cmdline"),
+      cpuVendor: vendor,
       interruptRemappingActive: interrupts.map { $0.contains("IR-") },
       memlockLimit: sysfs.readString("/proc/self/limits").flatMap(parseMemlock),
       allowUnsafeInterrupts: sysfs.readString("\(parameters)/allow_unsafe_interrupts").map { $0 == "Y" },

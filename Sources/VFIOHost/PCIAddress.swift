@@ -45,21 +45,25 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
   /// parses one per device and per path component.
   private init?(canonical text: String) {
     let utf8 = text.utf8
-    let parsed: PCIAddress? = utf8.withContiguousStorageIfAvailable { b -> PCIAddress? in
-      guard b.count == 12, b[4] == UInt8(ascii: ":"), b[7] == UInt8(ascii: ":"), b[10] == UInt8(ascii: ".") else { return nil }
-      func value(_ range: Range<Int>) -> UInt32? {
-        var v: UInt32 = 0
-        for i in range {
-          guard let d = hexDigitValue(b[i]), b[i] < UInt8(ascii: "A") || b[i] > UInt8(ascii: "F") else { return nil }
-          v = v << 4 | UInt32(d)
+    let parsed: PCIAddress? =
+      utf8.withContiguousStorageIfAvailable { b -> PCIAddress? in
+        guard b.count == 12, b[4] == UInt8(ascii: ":"), b[7] == UInt8(ascii: ":"), b[10] == UInt8(ascii: ".") else {
+          return nil
         }
-        return v
-      }
-      guard let domain = value(0..<4), let bus = value(5..<7), let device = value(8..<10), let function = value(11..<12),
-        device < 32, function < 8
-      else { return nil }
-      return PCIAddress(domain: domain, bus: UInt8(bus), device: UInt8(device), function: UInt8(function))
-    } ?? nil
+        func value(_ range: Range<Int>) -> UInt32? {
+          var v: UInt32 = 0
+          for i in range {
+            guard let d = hexDigitValue(b[i]), b[i] < UInt8(ascii: "A") || b[i] > UInt8(ascii: "F") else { return nil }
+            v = v << 4 | UInt32(d)
+          }
+          return v
+        }
+        guard let domain = value(0..<4), let bus = value(5..<7), let device = value(8..<10),
+          let function = value(11..<12),
+          device < 32, function < 8
+        else { return nil }
+        return PCIAddress(domain: domain, bus: UInt8(bus), device: UInt8(device), function: UInt8(function))
+      } ?? nil
     guard let parsed else { return nil }
     self = parsed
   }
@@ -97,7 +101,8 @@ public enum PCIAddressError: Error, Equatable, CustomStringConvertible {
   public var description: String {
     switch self {
     case .malformed(let text):
-      return "'\(text)' is not a PCI address; use domain:bus:device.function as in 0000:01:00.0, or bus:device.function as in 01:00.0"
+      return
+        "'\(text)' is not a PCI address; use domain:bus:device.function as in 0000:01:00.0, or bus:device.function as in 01:00.0"
     case .outOfRange(let text, let why):
       return "'\(text)' is not a PCI address: \(why)"
     }

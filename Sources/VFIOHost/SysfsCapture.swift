@@ -16,7 +16,9 @@ public struct SysfsCapture {
     if !trimmed.hasPrefix("/") {
       var buffer = [CChar](repeating: 0, count: 4096)
       if getcwd(&buffer, buffer.count) != nil {
-        trimmed = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + trimmed
+        trimmed =
+          String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/"
+          + trimmed
       }
     }
     while trimmed.count > 1 && trimmed.hasSuffix("/") { trimmed.removeLast() }
@@ -68,7 +70,9 @@ public struct SysfsCapture {
     var names: [String] = []
     var isEmpty = true
     while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+      let name = withUnsafeBytes(of: entry.pointee.d_name) {
+        String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+      }
       guard name != "." && name != ".." else { continue }
       isEmpty = false
       if entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }

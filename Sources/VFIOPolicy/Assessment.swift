@@ -86,7 +86,9 @@ public struct Assessor: Sendable {
     guard let group = inventory.group(id) else {
       return Assessment(
         target: .group(id), group: nil, verdict: .notAssignable,
-        reasons: [Reason(.noGroup, .blocker, "IOMMU group \(id) does not exist", remedy: "run `vfioctl list` to see the groups")],
+        reasons: [
+          Reason(.noGroup, .blocker, "IOMMU group \(id) does not exist", remedy: "run `vfioctl list` to see the groups")
+        ],
         members: [], plan: nil)
     }
     let devices = group.devices.compactMap(inventory.device)
@@ -225,7 +227,9 @@ public struct Assessor: Sendable {
         } else if port.config?.extendedChainComplete == true {
           let missing = port.config?.acs?.missingForIsolation ?? ACSControls.isolation
           guard !missing.isEmpty else { continue }
-          what = port.config?.acs == nil ? "has no ACS capability" : "has ACS without \(missing.names.joined(separator: "/")) enabled"
+          what =
+            port.config?.acs == nil
+            ? "has no ACS capability" : "has ACS without \(missing.names.joined(separator: "/")) enabled"
         } else {
           continue  // extended config space unreadable: ACS unknown
         }
@@ -270,7 +274,8 @@ public struct Assessor: Sendable {
             .sharedBARPage, .blocker,
             "\(device.address) \(size), in a page shared with \(list(neighbours.map(\.address))): mapping it would expose their registers",
             devices: [device.address] + neighbours.map(\.address),
-            remedy: "boot with `pci=resource_alignment=\(device.address)` so the kernel gives the BAR a page of its own"))
+            remedy: "boot with `pci=resource_alignment=\(device.address)` so the kernel gives the BAR a page of its own"
+          ))
       } else if bar.subPage {
         reasons.append(
           Reason(

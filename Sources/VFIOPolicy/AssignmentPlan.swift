@@ -108,11 +108,13 @@ public struct PlanStep: Sendable, Codable, Equatable, CustomStringConvertible {
     case .unbind: return "unbind \(dev) from \(driver ?? "its driver")"
     case .setDriverOverride: return "set driver_override of \(dev) to \(driver ?? "")"
     case .clearDriverOverride: return "clear driver_override of \(dev)"
-    case .probe: return driver.map { "bind \(dev) to \($0) (drivers_probe)" } ?? "let the kernel probe a driver for \(dev)"
+    case .probe:
+      return driver.map { "bind \(dev) to \($0) (drivers_probe)" } ?? "let the kernel probe a driver for \(dev)"
     case .bind: return "bind \(dev) to \(driver ?? "")"
     case .reset:
       if method?.affectsOtherFunctions == true, let affects, affects.count > 1 {
-        return "reset \(list(affects)) together by a \(method?.rawValue ?? "bus") reset (VFIO_DEVICE_PCI_HOT_RESET) when opened and released"
+        return
+          "reset \(list(affects)) together by a \(method?.rawValue ?? "bus") reset (VFIO_DEVICE_PCI_HOT_RESET) when opened and released"
       }
       return "reset \(dev) by \(method?.rawValue ?? "?") when opened and released"
     }

@@ -40,7 +40,9 @@ public struct Doctor: Sendable {
   private func iommu() -> Finding {
     if inventory.iommuEnabled {
       let units = inventory.iommuUnits.map(\.name)
-      let mode = env.commandLineOption("iommu") == "pt" ? "; iommu=pt keeps host devices in passthrough, which is fine for VFIO" : ""
+      let mode =
+        env.commandLineOption("iommu") == "pt"
+        ? "; iommu=pt keeps host devices in passthrough, which is fine for VFIO" : ""
       return Finding(
         "iommu", .ok,
         "\(inventory.groups.count) IOMMU groups\(units.isEmpty ? "" : " on " + units.joined(separator: ", "))\(mode)")
@@ -49,13 +51,17 @@ public struct Doctor: Sendable {
     if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
       next = "remove intel_iommu=off / amd_iommu=off from the kernel command line and reboot"
     } else if env.cpuVendor == "GenuineIntel" {
-      next = "enable VT-d in the firmware setup, add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub and reboot"
+      next =
+        "enable VT-d in the firmware setup, add intel_iommu=on to GRUB_CMDLINE_LINUX in /etc/default/grub, run update-grub and reboot"
     } else if env.cpuVendor == "AuthenticAMD" {
-      next = "enable AMD-Vi (IOMMU) in the firmware setup and reboot; amd_iommu is on by default once the firmware exposes it"
+      next =
+        "enable AMD-Vi (IOMMU) in the firmware setup and reboot; amd_iommu is on by default once the firmware exposes it"
     } else {
-      next = "enable the platform IOMMU in firmware and in the kernel (CONFIG_IOMMU_SUPPORT and the driver for your IOMMU), then reboot"
+      next =
+        "enable the platform IOMMU in firmware and in the kernel (CONFIG_IOMMU_SUPPORT and the driver for your IOMMU), then reboot"
     }
-    return Finding("iommu", .problem, "no IOMMU groups: the IOMMU is off or absent, so no device can be assigned", next: next)
+    return Finding(
+      "iommu", .problem, "no IOMMU groups: the IOMMU is off or absent, so no device can be assigned", next: next)
   }
 
   private func interruptRemapping() -> Finding? {
@@ -73,20 +79,27 @@ public struct Doctor: Sendable {
         next: "enable interrupt remapping (intremap=on, x2APIC in firmware) and drop allow_unsafe_interrupts")
     }
     let supported = inventory.iommuUnits.compactMap(\.interruptRemappingSupported)
-    let hint = supported.contains(true) ? "the IOMMU supports it: check for intremap=off or nox2apic on the kernel command line" : "enable it in firmware"
+    let hint =
+      supported.contains(true)
+      ? "the IOMMU supports it: check for intremap=off or nox2apic on the kernel command line" : "enable it in firmware"
     return Finding(
       "interrupt-remapping", .problem,
       "interrupt remapping is not active; vfio_iommu_type1 refuses to attach groups without it",
-      next: "\(hint); or, knowing a device may then inject host interrupts, load vfio_iommu_type1 with allow_unsafe_interrupts=1")
+      next:
+        "\(hint); or, knowing a device may then inject host interrupts, load vfio_iommu_type1 with allow_unsafe_interrupts=1"
+    )
   }
 
   private func modules() -> Finding {
     let loaded = inventory.vfio.modules
     if inventory.vfio.vfioPCIDriver {
-      return Finding("modules", .ok, "vfio-pci is registered" + (loaded.isEmpty ? "" : " (modules: \(loaded.joined(separator: ", ")))"))
+      return Finding(
+        "modules", .ok,
+        "vfio-pci is registered" + (loaded.isEmpty ? "" : " (modules: \(loaded.joined(separator: ", ")))"))
     }
     return Finding(
-      "modules", .warning, "the vfio-pci driver is not registered" + (loaded.isEmpty ? "" : " (loaded: \(loaded.joined(separator: ", ")))"),
+      "modules", .warning,
+      "the vfio-pci driver is not registered" + (loaded.isEmpty ? "" : " (loaded: \(loaded.joined(separator: ", ")))"),
       next: "modprobe vfio-pci (it pulls in vfio and vfio_iommu_type1); vfioctl loads it when it detaches a group")
   }
 
@@ -95,16 +108,24 @@ public struct Doctor: Sendable {
       let groups = inventory.vfio.groupNodes
       return Finding(
         "dev-vfio", .ok,
-        "/dev/vfio/vfio present" + (groups.isEmpty ? "; no group is bound to vfio-pci yet" : "; group nodes: \(groups.map(String.init).joined(separator: ", "))"))
+        "/dev/vfio/vfio present"
+          + (groups.isEmpty
+            ? "; no group is bound to vfio-pci yet"
+            : "; group nodes: \(groups.map(String.init).joined(separator: ", "))"))
     }
-    return Finding("dev-vfio", .warning, "/dev/vfio/vfio is missing", next: "modprobe vfio (and check that devtmpfs is mounted on /dev)")
+    return Finding(
+      "dev-vfio", .warning, "/dev/vfio/vfio is missing",
+      next: "modprobe vfio (and check that devtmpfs is mounted on /dev)")
   }
 
   private func iommufd() -> Finding {
     if inventory.vfio.iommufdNode {
       return Finding("iommufd", .ok, "/dev/iommu present: the iommufd and VFIO device cdev path is available")
     }
-    return Finding("iommufd", .info, "/dev/iommu is absent: only the legacy container/group path is available (kernel without CONFIG_IOMMUFD, or module not loaded)")
+    return Finding(
+      "iommufd", .info,
+      "/dev/iommu is absent: only the legacy container/group path is available (kernel without CONFIG_IOMMUFD, or module not loaded)"
+    )
   }
 
   private func memlock() -> Finding? {
@@ -115,7 +136,9 @@ public struct Doctor: Sendable {
     return Finding(
       "memlock", .warning,
       "RLIMIT_MEMLOCK is \(limit >= 1 << 20 ? "\(mib) MiB" : "\(limit / 1024) KiB"): type1 pins every DMA-mapped page, so a guest's RAM must fit under it",
-      next: "raise it for the VMM: `ulimit -l unlimited`, LimitMEMLOCK=infinity in its systemd unit, or a memlock line in /etc/security/limits.conf")
+      next:
+        "raise it for the VMM: `ulimit -l unlimited`, LimitMEMLOCK=infinity in its systemd unit, or a memlock line in /etc/security/limits.conf"
+    )
   }
 
   private func acsOverride() -> Finding? {

@@ -43,7 +43,8 @@ public struct ResetPlanner: Sendable {
   public func choose(for device: PCIDevice) -> ResetChoice {
     let (methods, source) = methods(of: device)
     if let functionReset = methods.first(where: { !$0.affectsOtherFunctions }) {
-      return ResetChoice(method: functionReset, affects: [device.address], affectsOutsideGroup: [], affectsInUse: [], source: source)
+      return ResetChoice(
+        method: functionReset, affects: [device.address], affectsOutsideGroup: [], affectsInUse: [], source: source)
     }
     // The kernel may omit "bus" for all but the first function probed on a shared bus, yet
     // VFIO_DEVICE_PCI_HOT_RESET resets the whole bus for any of them: anything behind a bridge

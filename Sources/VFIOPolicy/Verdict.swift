@@ -66,7 +66,8 @@ public struct Reason: Sendable, Codable, Equatable {
   /// The next step for the user, when there is one.
   public let remedy: String?
 
-  public init(_ code: Code, _ severity: Severity, _ message: String, devices: [PCIAddress] = [], remedy: String? = nil) {
+  public init(_ code: Code, _ severity: Severity, _ message: String, devices: [PCIAddress] = [], remedy: String? = nil)
+  {
     self.code = code
     self.severity = severity
     self.message = message

@@ -24,8 +24,9 @@ struct RunCommand: ParsableCommand {
       virtualFunction: Templates.virtualFunction, ports: ports, vfs: vfs
     ).write(to: synthetic)
     print("synthetic tree: \(count) functions (\(ports) root ports, \(ports) PFs x \(vfs) VFs) in \(synthetic)\n")
-    print(pad("tree", 24) + pad("functions", 11) + pad("vfioctl", 11) + pad("in-process", 12) + pad("lspci -k", 11)
-      + pad("ratio", 8) + pad("shell loop", 22) + "ratio")
+    print(
+      pad("tree", 24) + pad("functions", 11) + pad("vfioctl", 11) + pad("in-process", 12) + pad("lspci -k", 11)
+        + pad("ratio", 8) + pad("shell loop", 22) + "ratio")
     for tree in [synthetic] + fixtures {
       try measure(tree)
     }
@@ -43,10 +44,13 @@ struct RunCommand: ParsableCommand {
       _ = try encodeJSON(ReportBuilder(inventory: inventory, names: PCIIDDatabase.load(Sysfs())).list())
       return now() - start
     }
-    let lspci = try median { try spawn("/usr/bin/lspci", ["-k", "-A", "linux-sysfs", "-O", "sysfs.path=\(tree)/sys/bus/pci"]) }
+    let lspci = try median {
+      try spawn("/usr/bin/lspci", ["-k", "-A", "linux-sysfs", "-O", "sysfs.path=\(tree)/sys/bus/pci"])
+    }
     let loop = try shellLoop(tree)
     print(
-      pad((tree as NSString).lastPathComponent, 24) + pad("\(functions)", 11) + pad(ms(ours), 11) + pad(ms(inProcess), 12)
+      pad((tree as NSString).lastPathComponent, 24) + pad("\(functions)", 11) + pad(ms(ours), 11)
+        + pad(ms(inProcess), 12)
         + pad(ms(lspci), 11) + pad(String(format: "%.2fx", lspci / ours), 8)
         + pad(ms(loop.time) + (loop.cut ? " (\(loop.visited) dev, est.)" : ""), 22)
         + String(format: "%.1fx", loop.time / ours))
@@ -71,15 +75,17 @@ struct RunCommand: ParsableCommand {
     lap("build report")
     let json = try encodeJSON(report)
     lap("encode JSON")
-    print("\nin-process stages on the synthetic tree: " + stages.map { "\($0.0) \(ms($0.1))" }.joined(separator: ", ")
-      + "; \(json.utf8.count / 1024) KiB of JSON")
+    print(
+      "\nin-process stages on the synthetic tree: " + stages.map { "\($0.0) \(ms($0.1))" }.joined(separator: ", ")
+        + "; \(json.utf8.count / 1024) KiB of JSON")
   }
 
   /// The loop people paste from wikis: every group, every member, `lspci -nns` each. When it
   /// would visit more than `loopLimit` devices it runs on the first ones and is scaled up.
   private func shellLoop(_ tree: String) throws -> (time: Double, cut: Bool, visited: Int) {
     let groups = "\(tree)/sys/kernel/iommu_groups"
-    let total = (try? FileManager.default.subpathsOfDirectory(atPath: groups).filter { $0.contains("/devices/") }.count) ?? 0
+    let total =
+      (try? FileManager.default.subpathsOfDirectory(atPath: groups).filter { $0.contains("/devices/") }.count) ?? 0
     let visit = min(total, loopLimit)
     let script = """
       n=0

@@ -50,7 +50,9 @@ struct SyntheticTree {
       }
       count += 2 + vfs
     }
-    for path in ["/proc/cmdline", "/proc/self/mountinfo", "/proc/swaps", "/proc/sys/kernel/osrelease", "/proc/interrupts"] {
+    for path in [
+      "/proc/cmdline", "/proc/self/mountinfo", "/proc/swaps", "/proc/sys/kernel/osrelease", "/proc/interrupts",
+    ] {
       if let data = fm.contents(atPath: template + path) { try put(root + path, data) }
     }
     try mkdir(root + "/sys/devices/virtual/iommu/dmar0")
@@ -58,7 +60,9 @@ struct SyntheticTree {
     return count
   }
 
-  private func device(_ root: String, _ path: String, _ name: String, _ files: [String: Data], driver: String, group: Int) throws {
+  private func device(
+    _ root: String, _ path: String, _ name: String, _ files: [String: Data], driver: String, group: Int
+  ) throws {
     try mkdir(root + path)
     for (file, data) in files { try put(root + path + "/" + file, data) }
     let up = String(repeating: "../", count: path.split(separator: "/").count - 1)
@@ -67,7 +71,8 @@ struct SyntheticTree {
     try link(root + "/sys/bus/pci/devices/\(name)", to: "../../.." + path.dropFirst("/sys".count))
     try mkdir(root + "/sys/kernel/iommu_groups/\(group)/devices")
     try put(root + "/sys/kernel/iommu_groups/\(group)/type", Data("DMA\n".utf8))
-    try link(root + "/sys/kernel/iommu_groups/\(group)/devices/\(name)", to: "../../../../.." + path.dropFirst("/sys".count))
+    try link(
+      root + "/sys/kernel/iommu_groups/\(group)/devices/\(name)", to: "../../../../.." + path.dropFirst("/sys".count))
   }
 
   /// Regular files of a captured device directory (links and subdirectories are rebuilt).
@@ -77,7 +82,8 @@ struct SyntheticTree {
     for name in try fm.contentsOfDirectory(atPath: dir) {
       var isDir: ObjCBool = false
       let path = dir + "/" + name
-      guard (try? fm.destinationOfSymbolicLink(atPath: path)) == nil, fm.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue,
+      guard (try? fm.destinationOfSymbolicLink(atPath: path)) == nil, fm.fileExists(atPath: path, isDirectory: &isDir),
+        !isDir.boolValue,
         name != ".vfioctl-keep"
       else { continue }
       result[name] = fm.contents(atPath: path)
@@ -91,7 +97,9 @@ struct SyntheticTree {
     var bytes = [UInt8](config)
     var offset = 0x100
     for _ in 0..<64 where offset + 0x12 <= bytes.count {
-      let header = UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(bytes[offset + 3]) << 24
+      let header =
+        UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(
+          bytes[offset + 3]) << 24
       if header & 0xFFFF == 0x0010 {
         for field in [0x0C, 0x0E, 0x10] {
           bytes[offset + field] = UInt8(vfs & 0xFF)

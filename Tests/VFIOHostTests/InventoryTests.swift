@@ -7,7 +7,9 @@ import XCTest
 final class InventoryTests: XCTestCase {
   /// Every captured tree that came with the kernel's own facts from the same boot.
   private var capturedTrees: [String] {
-    Sysfs().list(Fixtures.directory).filter { !Fixtures.facts($0).isEmpty && Sysfs().exists(Fixtures.root($0) + "/sys/bus/pci/devices") }
+    Sysfs().list(Fixtures.directory).filter {
+      !Fixtures.facts($0).isEmpty && Sysfs().exists(Fixtures.root($0) + "/sys/bus/pci/devices")
+    }
   }
 
   func testEveryCaptureMatchesItsKernel() throws {
@@ -91,7 +93,8 @@ final class InventoryTests: XCTestCase {
     XCTAssertEqual(inventory.devices.count, 6)
     XCTAssertTrue(inventory.devices.allSatisfy { $0.iommuGroup == nil })
     let disk = try XCTUnwrap(inventory.devices.first { $0.classCode >> 8 == 0x0180 })
-    XCTAssertTrue(inventory.uses(of: disk.address).contains { $0.kind == .mount && $0.detail == "is mounted at /" && $0.active })
+    XCTAssertTrue(
+      inventory.uses(of: disk.address).contains { $0.kind == .mount && $0.detail == "is mounted at /" && $0.active })
     let nic = try XCTUnwrap(inventory.devices.first { $0.classCode >> 8 == 0x0200 })
     XCTAssertTrue(inventory.uses(of: nic.address).contains { $0.kind == .interface && $0.active })
   }

@@ -11,7 +11,10 @@ final class PCIAddressTests: XCTestCase {
   }
 
   func testRejectsMalformedAddressesWithAClearMessage() {
-    for bad in ["", "1", "01:00", "01.00.0", "0000:01:00.0.1", "zz:00.0", "0000:01:00.x", "00:01:02:03.0", " 01:00.0", "01:00.0 ", "-1:00.0", "000000000:00:00.0"] {
+    for bad in [
+      "", "1", "01:00", "01.00.0", "0000:01:00.0.1", "zz:00.0", "0000:01:00.x", "00:01:02:03.0", " 01:00.0", "01:00.0 ",
+      "-1:00.0", "000000000:00:00.0",
+    ] {
       XCTAssertThrowsError(try PCIAddress(parsing: bad), bad) { error in
         XCTAssertTrue("\(error)".contains("not a PCI address"), "\(error)")
       }

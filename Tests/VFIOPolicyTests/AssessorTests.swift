@@ -65,7 +65,8 @@ final class AssessorTests: XCTestCase {
     let sysfs = Sysfs(root: copy.path)
     let edu = try XCTUnwrap(HostInventory.read(sysfs, pageSize: 4096).device(try PCIAddress(parsing: "00:03.0")))
     let start = edu.bars[0].start + 0x100
-    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:00:07.0")), in: "/sys/bus/pci/devices")
+    let dir = resolve(
+      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:00:07.0")), in: "/sys/bus/pci/devices")
     var lines = try XCTUnwrap(sysfs.readString(dir + "/resource")).split(separator: "\n").map(String.init)
     lines[0] = String(format0x(start)) + " " + format0x(start + 15) + " " + String(lines[0].split(separator: " ")[2])
     try copy.write(copy.path + dir + "/resource", text: lines.joined(separator: "\n") + "\n")
@@ -79,18 +80,21 @@ final class AssessorTests: XCTestCase {
     // Give the NVMe namespace a mount, as /proc/self/mountinfo and /sys/block show it.
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
     let sysfs = Sysfs(root: copy.path)
-    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    let dir = resolve(
+      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
     let disk = copy.path + dir + "/nvme/nvme0/nvme0n1"
     // A fresh capture already has the namespace (the guest's nvme driver made it); an
     // older one gets it added the way the kernel lays it out.
     if !sysfs.exists("/sys/block/nvme0n1") {
       XCTAssertEqual(system("mkdir -p '\(disk)' '\(copy.path)/sys/block'"), 0)
       try copy.write(disk + "/dev", text: "259:0\n")
-      XCTAssertEqual(symlink("..\(dir.dropFirst("/sys".count))/nvme/nvme0/nvme0n1", copy.path + "/sys/block/nvme0n1"), 0)
+      XCTAssertEqual(
+        symlink("..\(dir.dropFirst("/sys".count))/nvme/nvme0/nvme0n1", copy.path + "/sys/block/nvme0n1"), 0)
     }
     let devNumber = try XCTUnwrap(sysfs.readString("/sys/block/nvme0n1/dev"))
     XCTAssertEqual(system("mkdir -p '\(copy.path)/proc/self'"), 0)
-    try copy.write(copy.path + "/proc/self/mountinfo", text: "30 1 \(devNumber) / /srv rw,relatime - ext4 /dev/nvme0n1 rw\n")
+    try copy.write(
+      copy.path + "/proc/self/mountinfo", text: "30 1 \(devNumber) / /srv rw,relatime - ext4 /dev/nvme0n1 rw\n")
     let assessment = try assess("02:00.0", root: copy.path)
     XCTAssertEqual(assessment.verdict, .notAssignable)
     let use = try XCTUnwrap(assessment.reasons.first { $0.code == .hostInUse })
@@ -111,7 +115,8 @@ final class AssessorTests: XCTestCase {
   func testDeviceWithoutAGroupOnAnIOMMUHost() throws {
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
     let sysfs = Sysfs(root: copy.path)
-    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    let dir = resolve(
+      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
     XCTAssertEqual(unlink(copy.path + dir + "/iommu_group"), 0)
     XCTAssertEqual(codes(try assess("02:00.0", root: copy.path), .blocker), [.noGroup])
   }
@@ -210,12 +215,16 @@ final class MoreAssessorTests: XCTestCase {
   func testHeaderOnlyConfigIsReported() throws {
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
     let sysfs = Sysfs(root: copy.path)
-    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
+    let dir = resolve(
+      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
     let config = try XCTUnwrap(sysfs.readBytes(dir + "/config", limit: 4096))
     try copy.write(copy.path + dir + "/config", bytes: Array(config.prefix(64)))
     // Without the capability list the kernel's reset_method still decides the reset.
     let assessment = try assess("02:00.0", root: copy.path)
-    XCTAssertTrue(assessment.reasons.contains { $0.code == .configUnreadable && $0.remedy == "run as root for the full config space" })
+    XCTAssertTrue(
+      assessment.reasons.contains {
+        $0.code == .configUnreadable && $0.remedy == "run as root for the full config space"
+      })
   }
 
   func testBusResetThatWouldHitAnActiveDeviceIsABlocker() throws {
@@ -223,17 +232,22 @@ final class MoreAssessorTests: XCTestCase {
     // /proc/net/route would show it; 01:01.0 can only be reset together with it.
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
     let sysfs = Sysfs(root: copy.path)
-    let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:01:02.0")), in: "/sys/bus/pci/devices")
-    XCTAssertEqual(system("mkdir -p '\(copy.path + dir)/net/eth9' '\(copy.path)/sys/class/net' '\(copy.path)/proc/net'"), 0)
+    let dir = resolve(
+      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:01:02.0")), in: "/sys/bus/pci/devices")
+    XCTAssertEqual(
+      system("mkdir -p '\(copy.path + dir)/net/eth9' '\(copy.path)/sys/class/net' '\(copy.path)/proc/net'"), 0)
     try copy.write(copy.path + dir + "/net/eth9/flags", text: "0x1003\n")
     try copy.write(copy.path + dir + "/net/eth9/operstate", text: "up\n")
     XCTAssertEqual(symlink("../..\(dir.dropFirst("/sys".count))/net/eth9", copy.path + "/sys/class/net/eth9"), 0)
     try copy.write(
       copy.path + "/proc/net/route",
-      text: "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth9\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n")
+      text:
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\neth9\t0002000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+    )
     let assessment = try assess("01:01.0", root: copy.path)
     XCTAssertEqual(assessment.verdict, .notAssignable)
     XCTAssertTrue(assessment.reasons.contains { $0.code == .hostInUse && $0.message.contains("eth9") })
-    XCTAssertTrue(assessment.reasons.contains { $0.code == .noReset && $0.devices.contains(try! PCIAddress(parsing: "01:02.0")) })
+    XCTAssertTrue(
+      assessment.reasons.contains { $0.code == .noReset && $0.devices.contains(try! PCIAddress(parsing: "01:02.0")) })
   }
 }

@@ -62,7 +62,9 @@ final class CLITests: XCTestCase {
   func testListFiltersKeepTheirGroups() throws {
     let report = try builder().list()
     let filtered = DeviceFilter(classFilter: "0200", assignableOnly: true).apply(report)
-    XCTAssertEqual(filtered.devices.map(\.address.description), ["0000:00:02.0", "0000:00:05.0", "0000:00:05.1", "0000:01:01.0", "0000:01:02.0"])
+    XCTAssertEqual(
+      filtered.devices.map(\.address.description),
+      ["0000:00:02.0", "0000:00:05.0", "0000:00:05.1", "0000:01:01.0", "0000:01:02.0"])
     XCTAssertEqual(filtered.groups.map(\.id), [2, 4, 5, 6])
   }
 
@@ -81,25 +83,37 @@ final class CLITests: XCTestCase {
   func testJSONFieldNamesAreStable() throws {
     let builder = try builder("q35-sriov")
     let list = try object(builder.list())
-    XCTAssertTrue(Set(list.keys).isSubset(of: ["schemaVersion", "kernelRelease", "iommu", "vfio", "groups", "devices", "unreadable"]))
+    XCTAssertTrue(
+      Set(list.keys).isSubset(of: [
+        "schemaVersion", "kernelRelease", "iommu", "vfio", "groups", "devices", "unreadable",
+      ]))
     XCTAssertTrue(["schemaVersion", "iommu", "vfio", "groups", "devices", "unreadable"].allSatisfy { list[$0] != nil })
     XCTAssertEqual(list["schemaVersion"] as? Int, 1)
     let devices = try XCTUnwrap(list["devices"] as? [[String: Any]])
-    let required: Set = ["address", "vendorID", "deviceID", "classCode", "name", "kind", "iommuGroup", "resetMethods", "bars", "hostUse", "verdict"]
+    let required: Set = [
+      "address", "vendorID", "deviceID", "classCode", "name", "kind", "iommuGroup", "resetMethods", "bars", "hostUse",
+      "verdict",
+    ]
     let optional: Set = ["className", "driver", "driverOverride", "parent", "sriov", "physicalFunction"]
     for device in devices {
       XCTAssertTrue(required.isSubset(of: device.keys), "\(Set(device.keys))")
-      XCTAssertTrue(Set(device.keys).isSubset(of: required.union(optional)), "\(Set(device.keys).subtracting(required.union(optional)))")
+      XCTAssertTrue(
+        Set(device.keys).isSubset(of: required.union(optional)),
+        "\(Set(device.keys).subtracting(required.union(optional)))")
     }
     let bar = try XCTUnwrap(devices.compactMap { ($0["bars"] as? [[String: Any]])?.first }.first)
-    XCTAssertEqual(Set(bar.keys), ["index", "role", "kind", "start", "size", "is64Bit", "prefetchable", "pageAligned", "subPage"])
+    XCTAssertEqual(
+      Set(bar.keys), ["index", "role", "kind", "start", "size", "is64Bit", "prefetchable", "pageAligned", "subPage"])
     let group = try XCTUnwrap((list["groups"] as? [[String: Any]])?.first)
     XCTAssertTrue(["id", "devices", "endpoints", "otherMembers", "verdict", "reasons"].allSatisfy { group[$0] != nil })
     let pf = try XCTUnwrap(devices.first { $0["sriov"] != nil })
-    XCTAssertEqual(Set((pf["sriov"] as? [String: Any])?.keys ?? [:].keys), ["totalVFs", "numVFs", "virtualFunctions", "driversAutoprobe", "vfDeviceID"])
+    XCTAssertEqual(
+      Set((pf["sriov"] as? [String: Any])?.keys ?? [:].keys),
+      ["totalVFs", "numVFs", "virtualFunctions", "driversAutoprobe", "vfDeviceID"])
 
     let explain = try object(builder.explain(.device(try PCIAddress(parsing: "01:00.0"))))
-    XCTAssertTrue(["schemaVersion", "target", "group", "verdict", "reasons", "members", "plan"].allSatisfy { explain[$0] != nil })
+    XCTAssertTrue(
+      ["schemaVersion", "target", "group", "verdict", "reasons", "members", "plan"].allSatisfy { explain[$0] != nil })
     let reason = try XCTUnwrap((explain["reasons"] as? [[String: Any]])?.first)
     XCTAssertTrue(["code", "severity", "message", "devices"].allSatisfy { reason[$0] != nil })
     let plan = try XCTUnwrap(explain["plan"] as? [String: Any])
@@ -107,7 +121,10 @@ final class CLITests: XCTestCase {
 
     let show = try object(builder.show(.device(try PCIAddress(parsing: "01:00.0"))))
     let full = try XCTUnwrap((show["devices"] as? [[String: Any]])?.first)
-    XCTAssertTrue(["capabilities", "interrupt", "upstreamBridges", "resetMethodsSource", "headerType", "multifunction"].allSatisfy { full[$0] != nil })
+    XCTAssertTrue(
+      ["capabilities", "interrupt", "upstreamBridges", "resetMethodsSource", "headerType", "multifunction"].allSatisfy {
+        full[$0] != nil
+      })
 
     let doctor = try object(builder.doctor())
     XCTAssertTrue(["schemaVersion", "ok", "findings"].allSatisfy { doctor[$0] != nil })

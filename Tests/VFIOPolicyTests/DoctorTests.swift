@@ -25,7 +25,11 @@ final class DoctorTests: XCTestCase {
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
     try copy.write(copy.path + "/proc/cmdline", text: "console=ttyS0 intel_iommu=on pcie_acs_override=downstream\n")
     XCTAssertEqual(system("mkdir -p '\(copy.path)/proc/self'"), 0)
-    try copy.write(copy.path + "/proc/self/limits", text: "Limit Soft Limit Hard Limit Units\nMax locked memory         65536                65536                bytes\n")
+    try copy.write(
+      copy.path + "/proc/self/limits",
+      text:
+        "Limit Soft Limit Hard Limit Units\nMax locked memory         65536                65536                bytes\n"
+    )
     let findings = Doctor(inventory: try HostInventory.read(Sysfs(root: copy.path), pageSize: 4096)).run()
     XCTAssertEqual(findings.first { $0.check == "acs-override" }?.status, .warning)
     XCTAssertEqual(findings.first { $0.check == "memlock" }?.status, .warning)

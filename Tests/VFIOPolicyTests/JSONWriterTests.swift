@@ -17,7 +17,8 @@ final class JSONWriterTests: XCTestCase {
 
   func testEscapesAndStructure() throws {
     let sample = Sample(
-      text: "quote \" backslash \\ newline \n tab \t bell \u{7} é", number: -42, big: UInt64.max, flag: true, ratio: 0.5,
+      text: "quote \" backslash \\ newline \n tab \t bell \u{7} é", number: -42, big: UInt64.max, flag: true,
+      ratio: 0.5,
       missing: nil, empty: [], nested: [["a": [1, 2]], [:]])
     let json = try JSONWriter().encode(sample)
     XCTAssertFalse(json.contains("missing"), "nil optionals are left out")
@@ -26,8 +27,11 @@ final class JSONWriterTests: XCTestCase {
   }
 
   func testKeysComeInDeclarationOrder() throws {
-    let json = try JSONWriter().encode(Sample(text: "", number: 1, big: 2, flag: false, ratio: 1, missing: "x", empty: [3], nested: []))
-    let order = ["text", "number", "big", "flag", "ratio", "missing", "empty", "nested"].map { json.range(of: "\"\($0)\"")!.lowerBound }
+    let json = try JSONWriter().encode(
+      Sample(text: "", number: 1, big: 2, flag: false, ratio: 1, missing: "x", empty: [3], nested: []))
+    let order = ["text", "number", "big", "flag", "ratio", "missing", "empty", "nested"].map {
+      json.range(of: "\"\($0)\"")!.lowerBound
+    }
     XCTAssertEqual(order, order.sorted())
   }
 
