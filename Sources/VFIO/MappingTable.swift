@@ -18,11 +18,17 @@ struct MappingTable: Sendable {
     shift = 60
   }
 
-  /// Fibonacci hashing: multiplying by 2^64/φ and keeping the top bits spreads consecutive
-  /// page-aligned IOVAs and strided ones (2 MiB, 1 GiB apart) evenly, so probe runs stay short.
+  /// Fibonacci hashing (multiplying by 2^64/φ, keeping the top bits) of the IOVA's 8-page
+  /// block, with the page's place in its block XORed into the low 3 bits: 8 consecutive pages
+  /// land in one aligned group of 8 slots (256 bytes), so mapping a buffer page by page keeps
+  /// touching the same memory page of the table (each new page touched after a kernel call is
+  /// a TLB refill, dear under emulation), while IOVAs 2 MiB or 1 GiB apart, whose low bits
+  /// are all zero, still spread over the whole table.
   @inline(__always)
   private func home(_ iova: UInt64) -> Int {
-    Int(truncatingIfNeeded: (iova &* 0x9E37_79B9_7F4A_7C15) &>> shift)
+    let page = iova &>> 12
+    let block = ((page &>> 3) &* 0x9E37_79B9_7F4A_7C15) &>> shift
+    return Int(truncatingIfNeeded: block ^ (page & 7)) & (slots.count - 1)
   }
 
   /// The slot holding the mapping at `iova`, or nil.

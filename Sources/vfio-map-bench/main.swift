@@ -5,7 +5,7 @@
 //
 // usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0]
 //                           [--backing normal|thp|hugetlb] [--reps N] [--compare PATH-TO-map_bench]
-//                           [--json] [--no-reserve] [--dry-run]
+//                           [--json] [--no-reserve] [--mapper-only] [--dry-run]
 // A chunk of 0 maps the whole buffer in one call.
 import VFIO
 
@@ -27,6 +27,9 @@ struct Options {
   var json = false
   /// Skip `DMASpace.reserveCapacity`, so the table grows (and rehashes) while timed.
   var noReserve = false
+  /// Call the mapper (Container or IOAS) directly, without DMASpace's bookkeeping: splits the
+  /// library's cost into checks and the path to the ioctl.
+  var mapperOnly = false
   /// Bookkeeping only: a mapper that never calls the kernel, to isolate the library's cost.
   var dryRun = false
 
@@ -71,6 +74,7 @@ struct Options {
         o.compare = v
       case "--json": o.json = true
       case "--no-reserve": o.noReserve = true
+      case "--mapper-only": o.mapperOnly = true
       case "--dry-run": o.dryRun = true
       default:
         guard !a.hasPrefix("-"), o.device.isEmpty else { return nil }
@@ -100,6 +104,33 @@ func nanos() -> UInt64 {
 /// Maps the buffer chunk by chunk at `base`, then unmaps it in the same order: the loop
 /// map_bench.c runs. The unmap loop rebuilds each mapping from the offsets, as the C program
 /// does, instead of keeping an array of them; the library still checks each one exactly.
+/// The same loop straight through the mapper's protocol, without DMASpace's checks.
+func measureMapper(_ mapper: any DMAMapper, _ buffer: DMABuffer, chunk: Int, base: UInt64)
+  throws(VFIOError) -> Row
+{
+  let length = UInt64(buffer.length)
+  let step = chunk == 0 ? length : UInt64(chunk)
+  let vaddr = buffer.vaddr
+  var calls = 0
+  let t0 = nanos()
+  var offset: UInt64 = 0
+  while offset < length {
+    try mapper.map(
+      DMAMapping(vaddr: vaddr + offset, iova: base + offset, length: min(step, length - offset)))
+    offset += step
+    calls += 1
+  }
+  let t1 = nanos()
+  offset = 0
+  while offset < length {
+    try mapper.unmap(
+      DMAMapping(vaddr: vaddr + offset, iova: base + offset, length: min(step, length - offset)))
+    offset += step
+  }
+  let t2 = nanos()
+  return Row(chunk: Int(step), calls: calls, mapNanos: t1 - t0, unmapNanos: t2 - t1)
+}
+
 func measure(_ dma: DMASpace, _ buffer: DMABuffer, chunk: Int, base: UInt64, reserve: Bool)
   throws(VFIOError)
   -> Row
@@ -176,7 +207,10 @@ func runSwift(_ o: Options, kernel: any KernelInterface = LinuxKernel()) throws(
   let base = (range.start + (4 << 20)) & ~UInt64((2 << 20) - 1)
   var rows: [Row] = []
   for chunk in o.chunks {
-    rows.append(try measure(dma, buffer, chunk: chunk, base: base, reserve: !o.noReserve))
+    rows.append(
+      o.mapperOnly
+        ? try measureMapper(dma.mapper, buffer, chunk: chunk, base: base)
+        : try measure(dma, buffer, chunk: chunk, base: base, reserve: !o.noReserve))
   }
   withExtendedLifetime(keep) {}
   return SwiftRun(backend: backend, rows: rows)
@@ -295,7 +329,7 @@ func table(_ headers: [String], _ rows: [[String]]) -> String {
 
 guard let options = Options.parse(Array(CommandLine.arguments.dropFirst())) else {
   print(
-    "usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--reps N] [--compare PATH-TO-map_bench] [--json] [--no-reserve] [--dry-run]"
+    "usage: vfio-map-bench BDF [--backend legacy|iommufd|auto] [--size MiB] [--chunks 4096,2097152,0] [--backing normal|thp|hugetlb] [--reps N] [--compare PATH-TO-map_bench] [--json] [--no-reserve] [--mapper-only] [--dry-run]"
   )
   exit(2)
 }
@@ -372,7 +406,7 @@ do {
     "vfio-map-bench \(options.device) (ioctls/GiB: map + unmap calls for 1 GiB mapped in this chunk size)"
   )
   print(
-    "vfio-map-bench \(options.device) \(backend.rawValue) \(options.sizeMiB) MiB \(options.backingName), median of \(options.reps)\(options.noReserve ? ", no reserveCapacity" : "")"
+    "vfio-map-bench \(options.device) \(backend.rawValue) \(options.sizeMiB) MiB \(options.backingName), median of \(options.reps)\(options.noReserve ? ", no reserveCapacity" : "")\(options.mapperOnly ? ", mapper only (no DMASpace checks)" : "")"
   )
   if cRuns.isEmpty {
     print(table(["backend", "chunk", "calls", "map ms", "unmap ms", "ioctls/GiB"], lines))
