@@ -128,8 +128,7 @@ public final class Device: @unchecked Sendable {
   }
 
   /// Reads `count` bytes at `offset` within a region.
-  public func readBytes(region: RegionInfo, offset: UInt64, count: Int) throws(VFIOError) -> [UInt8]
-  {
+  public func readBytes(region: RegionInfo, offset: UInt64, count: Int) throws(VFIOError) -> [UInt8] {
     try checkBounds(region, offset, count)
     var bytes = [UInt8](repeating: 0, count: count)
     let n = bytes.withUnsafeMutableBytes {

@@ -105,8 +105,7 @@ public final class EventLoop: @unchecked Sendable {
 
   /// Suspends until `eventFD` is signalled and returns its count; throws `.timeout` after
   /// `timeout`, or when the task is cancelled.
-  public func wait(for eventFD: EventFD, timeout: Duration? = nil) async throws(VFIOError) -> UInt64
-  {
+  public func wait(for eventFD: EventFD, timeout: Duration? = nil) async throws(VFIOError) -> UInt64 {
     // A count already pending needs no trip through the loop.
     if let count = try eventFD.consume() { return count }
     let token = state.withLock { s in

@@ -71,8 +71,7 @@ public struct LinuxKernel: KernelInterface {
     cvfio_ioctl_int(fd, request.number, value)
   }
 
-  public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) -> Int
-  {
+  public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) -> Int {
     let n = Glibc.pread(fd, buffer.baseAddress, buffer.count, off_t(Int64(bitPattern: offset)))
     return n < 0 ? -Int(errno) : n
   }
@@ -194,8 +193,7 @@ public struct IoctlCountingKernel: KernelInterface {
     counts.add(request)
     return base.ioctl(fd, request, value: value)
   }
-  public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) -> Int
-  {
+  public func pread(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: UInt64) -> Int {
     base.pread(fd, into: buffer, offset: offset)
   }
   public func pwrite(_ fd: Int32, from buffer: UnsafeRawBufferPointer, offset: UInt64) -> Int {

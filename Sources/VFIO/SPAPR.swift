@@ -77,8 +77,7 @@ public enum SPAPRCodec {
   }
 
   /// `struct vfio_iommu_spapr_tce_create`.
-  public static func createWindow(pageShift: UInt32, windowSize: UInt64, levels: UInt32) -> [UInt8]
-  {
+  public static func createWindow(pageShift: UInt32, windowSize: UInt64, levels: UInt32) -> [UInt8] {
     var c = vfio_iommu_spapr_tce_create()
     c.argsz = UInt32(MemoryLayout<vfio_iommu_spapr_tce_create>.size)
     c.page_shift = pageShift
