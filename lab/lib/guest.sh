@@ -30,6 +30,8 @@ load_topology() {
     HOST_PACKAGES=(); GUEST_BINS=()
     # shellcheck source=/dev/null
     . "$f"
+    # Guest RAM in MiB, for runs that pin more than the topology's default (DMA benchmarks).
+    MEMORY=${LAB_MEMORY:-$MEMORY}
     [ -n "$KERNEL" ] || die "$f sets no KERNEL"
     # Per-architecture machinery: QEMU binary and base arguments, the guest's static busybox,
     # the console and the second port that carries /out back.
