@@ -1,19 +1,24 @@
 import ArgumentParser
 
-struct ShowCommand: ParsableCommand {
-  static let configuration = CommandConfiguration(
-    commandName: "show",
-    abstract: "Show everything known about a device (0000:01:00.0 or 01:00.0) or an IOMMU group (a number).")
-
+/// A device or group, and where and how to read and print it: what `show` and `explain` take.
+struct TargetOptions: ParsableArguments {
   @Argument(help: "A PCI address or an IOMMU group number.", transform: parseSelector)
   var target: Selector
 
   @OptionGroup var host: HostOptions
   @OptionGroup var output: OutputOptions
+}
+
+struct ShowCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "show",
+    abstract: "Show everything known about a device (0000:01:00.0 or 01:00.0) or an IOMMU group (a number).")
+
+  @OptionGroup var options: TargetOptions
 
   func run() throws {
     try reportingErrors {
-      try output.emit(try host.builder().show(target), human: HumanRenderer.show)
+      try options.output.emit(try options.host.builder().show(options.target), human: HumanRenderer.show)
     }
   }
 }
@@ -24,16 +29,12 @@ struct ExplainCommand: ParsableCommand {
     abstract: "Say whether a device or group can be assigned, why, and the plan (a dry run: nothing is changed).",
     discussion: "Exits 1 when the verdict is `not assignable`.")
 
-  @Argument(help: "A PCI address or an IOMMU group number.", transform: parseSelector)
-  var target: Selector
-
-  @OptionGroup var host: HostOptions
-  @OptionGroup var output: OutputOptions
+  @OptionGroup var options: TargetOptions
 
   func run() throws {
     try reportingErrors {
-      let report = try host.builder().explain(target)
-      try output.emit(report, human: HumanRenderer.explain)
+      let report = try options.host.builder().explain(options.target)
+      try options.output.emit(report, human: HumanRenderer.explain)
       if report.verdict == .notAssignable { throw ExitCode(1) }
     }
   }
