@@ -148,6 +148,14 @@ public final class Container: DMAMapper, @unchecked Sendable {
   }
 
   public func map(_ mapping: DMAMapping) throws(VFIOError) {
+    let rc = mapRaw(mapping)
+    guard rc >= 0 else { throw mapError(rc, mapping) }
+  }
+
+  /// VFIO_IOMMU_MAP_DMA, returning the raw result (-errno on failure) without building an error,
+  /// so `DMASpace` can call it through an unretained reference on its hot path.
+  @inline(__always)
+  func mapRaw(_ mapping: DMAMapping) -> Int32 {
     var request = vfio_iommu_type1_dma_map()
     request.argsz = UInt32(MemoryLayout<vfio_iommu_type1_dma_map>.size)
     request.flags =
@@ -156,27 +164,50 @@ public final class Container: DMAMapper, @unchecked Sendable {
     request.vaddr = mapping.vaddr
     request.iova = mapping.iova
     request.size = mapping.length
-    let rc = handle.rawIoctl(mapNumber, name: .iommuMapDMA, &request)
-    guard rc >= 0 else {
-      throw mapFailure(
-        Errno(rawValue: -rc), request: .iommuMapDMA, path: handle.path, mapping: mapping,
-        kernel: handle.kernel)
-    }
+    return handle.rawIoctl(mapNumber, name: .iommuMapDMA, &request)
+  }
+
+  /// The error for a failed `mapRaw`.
+  @inline(never)
+  func mapError(_ rc: Int32, _ mapping: DMAMapping) -> VFIOError {
+    mapFailure(
+      Errno(rawValue: -rc), request: .iommuMapDMA, path: handle.path, mapping: mapping,
+      kernel: handle.kernel)
   }
 
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
+    var unmapped: UInt64 = 0
+    let rc = unmapRaw(mapping, unmapped: &unmapped)
+    guard rc >= 0, unmapped == mapping.length else {
+      throw unmapError(rc, unmapped: unmapped, mapping)
+    }
+  }
+
+  /// VFIO_IOMMU_UNMAP_DMA, returning the raw result and, in `unmapped`, how many bytes the
+  /// kernel says it unmapped; the caller must check both (`unmapError` names the failure).
+  @inline(__always)
+  func unmapRaw(_ mapping: DMAMapping, unmapped: inout UInt64) -> Int32 {
     var request = vfio_iommu_type1_dma_unmap()
     request.argsz = UInt32(MemoryLayout<vfio_iommu_type1_dma_unmap>.size)
     request.iova = mapping.iova
     request.size = mapping.length
-    try handle.check(handle.rawIoctl(unmapNumber, name: .iommuUnmapDMA, &request), .iommuUnmapDMA)
-    guard request.size == mapping.length else {
-      throw VFIOError(
-        .shortTransfer, operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path,
-        message:
-          "unmapped \(request.size) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
-      )
+    let rc = handle.rawIoctl(unmapNumber, name: .iommuUnmapDMA, &request)
+    unmapped = request.size
+    return rc
+  }
+
+  /// The error for a `unmapRaw` that failed or unmapped a different length.
+  @inline(never)
+  func unmapError(_ rc: Int32, unmapped: UInt64, _ mapping: DMAMapping) -> VFIOError {
+    if rc < 0 {
+      return .syscall(
+        Errno(rawValue: -rc), operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path)
     }
+    return VFIOError(
+      .shortTransfer, operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path,
+      message:
+        "unmapped \(unmapped) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
+    )
   }
 
   // MARK: sPAPR TCE

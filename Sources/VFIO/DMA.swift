@@ -229,6 +229,11 @@ public final class DMASpace: @unchecked Sendable {
   /// directly rather than through the protocol's witness table.
   let container: Container?
   let ioas: IOAS?
+  /// The same, unretained: `mapper` keeps the object alive for the space's lifetime, and calling
+  /// through a guaranteed reference spares the retain/release (atomic, so dear under emulation)
+  /// Swift otherwise puts around each call through `container` or `ioas`.
+  let containerRef: Unmanaged<Container>?
+  let ioasRef: Unmanaged<IOAS>?
   /// All bookkeeping in one value: Swift checks exclusive access to a class's stored properties
   /// at run time, per property and per access, so one value means one check per map or unmap.
   @exclusivity(unchecked) var book: DMABook
@@ -242,6 +247,8 @@ public final class DMASpace: @unchecked Sendable {
     self.mapper = mapper
     container = mapper as? Container
     ioas = mapper as? IOAS
+    containerRef = container.map { Unmanaged.passUnretained($0) }
+    ioasRef = ioas.map { Unmanaged.passUnretained($0) }
     self.book = DMABook(layout: try mapper.iovaLayout())
   }
 
@@ -256,19 +263,29 @@ public final class DMASpace: @unchecked Sendable {
     // once on success and nothing is held while the mapper runs.
     let mapping = try book.claim(
       vaddr: vaddr, length: length, at: iova, below: limit, access: access)
-    do {
-      if let container {
-        try container.map(mapping)
-      } else if let ioas {
-        try ioas.map(mapping)
-      } else {
+    let rc: Int32
+    if let containerRef {
+      rc = containerRef._withUnsafeGuaranteedRef { $0.mapRaw(mapping) }
+    } else if let ioasRef {
+      rc = ioasRef._withUnsafeGuaranteedRef { $0.mapRaw(mapping) }
+    } else {
+      do {
         try mapper.map(mapping)
+      } catch {
+        book.giveBack(mapping)
+        throw error
       }
-    } catch {
-      book.giveBack(mapping)
-      throw error
+      return mapping
     }
+    guard rc >= 0 else { throw mapFailed(rc, mapping) }
     return mapping
+  }
+
+  /// Gives the claim back after the kernel refused a map and names the failure.
+  @inline(never)
+  func mapFailed(_ rc: Int32, _ mapping: DMAMapping) -> VFIOError {
+    book.giveBack(mapping)
+    return container?.mapError(rc, mapping) ?? ioas!.mapError(rc, mapping)
   }
 
   /// Maps a whole `DMABuffer`.
@@ -294,18 +311,33 @@ public final class DMASpace: @unchecked Sendable {
   /// Unmaps a mapping made by this space.
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
     try book.release(mapping)
-    do {
-      if let container {
-        try container.unmap(mapping)
-      } else if let ioas {
-        try ioas.unmap(mapping)
-      } else {
+    var unmapped: UInt64 = 0
+    let rc: Int32
+    if let containerRef {
+      rc = containerRef._withUnsafeGuaranteedRef { $0.unmapRaw(mapping, unmapped: &unmapped) }
+    } else if let ioasRef {
+      rc = ioasRef._withUnsafeGuaranteedRef { $0.unmapRaw(mapping, unmapped: &unmapped) }
+    } else {
+      do {
         try mapper.unmap(mapping)
+      } catch {
+        book.restore(mapping)
+        throw error
       }
-    } catch {
-      book.restore(mapping)
-      throw error
+      return
     }
+    guard rc >= 0, unmapped == mapping.length else {
+      throw unmapFailed(rc, unmapped: unmapped, mapping)
+    }
+  }
+
+  /// Restores the bookkeeping after the kernel refused an unmap (or unmapped a different
+  /// length) and names the failure.
+  @inline(never)
+  func unmapFailed(_ rc: Int32, unmapped: UInt64, _ mapping: DMAMapping) -> VFIOError {
+    book.restore(mapping)
+    return container?.unmapError(rc, unmapped: unmapped, mapping)
+      ?? ioas!.unmapError(rc, unmapped: unmapped, mapping)
   }
 
   /// Makes room for `count` live mappings up front, so the bookkeeping of a large page-by-page

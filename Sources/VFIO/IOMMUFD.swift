@@ -60,6 +60,8 @@ public final class IOMMUFD: @unchecked Sendable {
 public final class IOAS: DMAMapper, @unchecked Sendable {
   public let iommufd: IOMMUFD
   public let id: UInt32
+  /// The iommufd's descriptor, one hop closer for the DMA hot path.
+  let handle: OwnedFD
   // Request numbers of the DMA hot path, read once (see OwnedFD.rawIoctl).
   let mapNumber = IoctlRequest.iommuIOASMap.number
   let unmapNumber = IoctlRequest.iommuIOASUnmap.number
@@ -67,6 +69,7 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
   init(iommufd: IOMMUFD, id: UInt32) {
     self.iommufd = iommufd
     self.id = id
+    self.handle = iommufd.handle
   }
 
   /// IOMMU_IOAS_IOVA_RANGES: asks for the count first, then for the ranges (EMSGSIZE dance).
@@ -107,6 +110,14 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
   }
 
   public func map(_ mapping: DMAMapping) throws(VFIOError) {
+    let rc = mapRaw(mapping)
+    guard rc >= 0 else { throw mapError(rc, mapping) }
+  }
+
+  /// IOMMU_IOAS_MAP, returning the raw result (-errno on failure) without building an error,
+  /// so `DMASpace` can call it through an unretained reference on its hot path.
+  @inline(__always)
+  func mapRaw(_ mapping: DMAMapping) -> Int32 {
     var request = cvfio_iommu_ioas_map()
     request.size = UInt32(MemoryLayout<cvfio_iommu_ioas_map>.size)
     request.flags =
@@ -117,29 +128,51 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     request.user_va = mapping.vaddr
     request.length = mapping.length
     request.iova = mapping.iova
-    let rc = iommufd.handle.rawIoctl(mapNumber, name: .iommuIOASMap, &request)
-    guard rc >= 0 else {
-      throw mapFailure(
-        Errno(rawValue: -rc), request: .iommuIOASMap, path: iommufd.handle.path, mapping: mapping,
-        kernel: iommufd.kernel)
-    }
+    return handle.rawIoctl(mapNumber, name: .iommuIOASMap, &request)
+  }
+
+  /// The error for a failed `mapRaw`.
+  @inline(never)
+  func mapError(_ rc: Int32, _ mapping: DMAMapping) -> VFIOError {
+    mapFailure(
+      Errno(rawValue: -rc), request: .iommuIOASMap, path: handle.path, mapping: mapping,
+      kernel: iommufd.kernel)
   }
 
   public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
+    var unmapped: UInt64 = 0
+    let rc = unmapRaw(mapping, unmapped: &unmapped)
+    guard rc >= 0, unmapped == mapping.length else {
+      throw unmapError(rc, unmapped: unmapped, mapping)
+    }
+  }
+
+  /// IOMMU_IOAS_UNMAP, returning the raw result and, in `unmapped`, how many bytes the kernel
+  /// says it unmapped; the caller must check both (`unmapError` names the failure).
+  @inline(__always)
+  func unmapRaw(_ mapping: DMAMapping, unmapped: inout UInt64) -> Int32 {
     var request = cvfio_iommu_ioas_unmap()
     request.size = UInt32(MemoryLayout<cvfio_iommu_ioas_unmap>.size)
     request.ioas_id = id
     request.iova = mapping.iova
     request.length = mapping.length
-    try iommufd.handle.check(
-      iommufd.handle.rawIoctl(unmapNumber, name: .iommuIOASUnmap, &request), .iommuIOASUnmap)
-    guard request.length == mapping.length else {
-      throw VFIOError(
-        .shortTransfer, operation: IoctlRequest.iommuIOASUnmap.name, path: iommufd.handle.path,
-        message:
-          "unmapped \(request.length) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
-      )
+    let rc = handle.rawIoctl(unmapNumber, name: .iommuIOASUnmap, &request)
+    unmapped = request.length
+    return rc
+  }
+
+  /// The error for a `unmapRaw` that failed or unmapped a different length.
+  @inline(never)
+  func unmapError(_ rc: Int32, unmapped: UInt64, _ mapping: DMAMapping) -> VFIOError {
+    if rc < 0 {
+      return .syscall(
+        Errno(rawValue: -rc), operation: IoctlRequest.iommuIOASUnmap.name, path: handle.path)
     }
+    return VFIOError(
+      .shortTransfer, operation: IoctlRequest.iommuIOASUnmap.name, path: handle.path,
+      message:
+        "unmapped \(unmapped) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
+    )
   }
 }
 

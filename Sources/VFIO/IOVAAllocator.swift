@@ -32,6 +32,14 @@ public struct IOVAAllocator: Sendable, Equatable {
   @inline(__always)
   public mutating func reserve(_ iova: UInt64, length: UInt64) throws(VFIOError) {
     let span = try validate(iova, length)
+    // In-order fast path (a buffer mapped chunk by chunk): a span starting after the end of the
+    // last interval overlaps nothing and can only join that last interval; this is the general
+    // path below with its binary search answering `used.count`.
+    let count = used.count
+    if count == 0 || span.start > used[count - 1].last {
+      insert(span, at: count)
+      return
+    }
     // Intervals are sorted and disjoint, so only the neighbours of the insertion point can clash.
     let index = insertionIndex(span.start)
     // Two explicit checks, not a loop over [index - 1, index]: that array literal was a heap
@@ -111,7 +119,9 @@ public struct IOVAAllocator: Sendable, Equatable {
   /// Returns `[iova, iova + length)`, which must be wholly claimed, to the free space.
   @inline(__always)
   public mutating func release(_ iova: UInt64, length: UInt64) throws(VFIOError) {
-    let index = insertionIndex(iova) - 1
+    // Unmapping in order releases from the front of the first interval: that is the interval
+    // the binary search would find (the next one starts after `iova`), so skip the search.
+    let index = !used.isEmpty && used[0].start == iova ? 0 : insertionIndex(iova) - 1
     guard length > 0, used.indices.contains(index), UInt64.max - iova >= length - 1,
       iova + (length - 1) <= used[index].last
     else {

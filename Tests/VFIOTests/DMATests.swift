@@ -40,6 +40,26 @@ import Testing
     #expect(code { try a.reserve(0x10_2000, length: 0x1000) } == nil, "adjacent above is fine")
   }
 
+  /// The in-order fast paths (appending after the last interval, releasing from the front of
+  /// the first) give the same intervals and refuse the same overlaps as the general path.
+  @Test func inOrderFastPathsKeepEveryCheck() throws {
+    var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
+    for i in 0..<8 as Range<UInt64> { try a.reserve(0x40_0000 + i * 0x1000, length: 0x1000) }
+    #expect(a.used == [IOVASpan(start: 0x40_0000, length: 0x8000)], "merged into one interval")
+    try a.reserve(0x50_0000, length: 0x1000)
+    #expect(a.used.count == 2, "a gap starts a new interval")
+    #expect(code { try a.reserve(0x50_0000, length: 0x1000) } == .overlap, "the last itself")
+    #expect(code { try a.reserve(0x40_7000, length: 0x1000) } == .overlap, "an inner one")
+    #expect(code { try a.reserve(0x80_0000_0000, length: 0x1000) } == .outsideIOVARanges)
+    #expect(code { try a.reserve(0x60_0800, length: 0x1000) } == .misaligned)
+    try a.release(0x40_0000, length: 0x1000)
+    #expect(a.used.first == IOVASpan(start: 0x40_1000, length: 0x7000))
+    #expect(code { try a.release(0x40_0000, length: 0x1000) } == .invalidArgument, "released")
+    #expect(code { try a.release(0x40_1000, length: 0x8000) } == .invalidArgument, "too long")
+    try a.release(0x40_1000, length: 0x7000)
+    #expect(a.used == [IOVASpan(start: 0x50_0000, length: 0x1000)])
+  }
+
   @Test func rejectsOutsideRanges() {
     var a = IOVAAllocator(ranges: Self.ranges, alignment: 0x1000)
     // Inside the MSI window, straddling it, and beyond the top.
