@@ -358,7 +358,7 @@ public final class DMASpace: @unchecked Sendable {
 /// What a `DMASpace` knows: the kernel's rules, the occupied IOVA space and the live mappings.
 /// Every check here is O(1) or O(log n) and allocates nothing, because it runs on every map and
 /// unmap and page-by-page mapping makes hundreds of thousands of those.
-struct DMABook: Sendable {
+struct DMABook: ~Copyable, Sendable {
   let layout: IOVALayout
   var allocator: IOVAAllocator
   var table = MappingTable()

@@ -4,9 +4,16 @@
 /// are O(1) with no allocation except when the table doubles. `Dictionary` did the same job but
 /// spent most of a map call's bookkeeping in SipHash and rehashing, which under QEMU's TCG made
 /// page-by-page mapping through the library twice as slow as the bare ioctl.
-struct MappingTable: Sendable {
+///
+/// The slots are memory the table owns, not an `Array`: every write to an array runs a
+/// uniqueness check (a runtime call) first, two or three per map+unmap. The table is
+/// noncopyable instead, so the compiler rules out the sharing those checks guard against, and it
+/// frees the slots in `deinit`.
+struct MappingTable: ~Copyable, @unchecked Sendable {
   /// A slot with length 0 is empty: a live mapping never has length 0.
-  private var slots: [DMAMapping]
+  private var slots: UnsafeMutablePointer<DMAMapping>
+  /// Number of slots, a power of two.
+  private var capacity: Int
   /// 64 - log2(capacity): Fibonacci hashing takes the product's top bits.
   private var shift: UInt64
   private(set) var count = 0
@@ -14,8 +21,15 @@ struct MappingTable: Sendable {
   private static let empty = DMAMapping(vaddr: 0, iova: 0, length: 0, access: [])
 
   init() {
-    slots = Array(repeating: Self.empty, count: 16)
+    capacity = 16
     shift = 60
+    slots = .allocate(capacity: 16)
+    slots.initialize(repeating: Self.empty, count: 16)
+  }
+
+  deinit {
+    slots.deinitialize(count: capacity)
+    slots.deallocate()
   }
 
   /// Fibonacci hashing (multiplying by 2^64/φ, keeping the top bits) of the IOVA's 8-page
@@ -28,13 +42,13 @@ struct MappingTable: Sendable {
   private func home(_ iova: UInt64) -> Int {
     let page = iova &>> 12
     let block = ((page &>> 3) &* 0x9E37_79B9_7F4A_7C15) &>> shift
-    return Int(truncatingIfNeeded: block ^ (page & 7)) & (slots.count - 1)
+    return Int(truncatingIfNeeded: block ^ (page & 7)) & (capacity - 1)
   }
 
   /// The slot holding the mapping at `iova`, or nil.
   @inline(__always)
   private func slot(of iova: UInt64) -> Int? {
-    let mask = slots.count - 1
+    let mask = capacity - 1
     var i = home(iova)
     while slots[i].length != 0 {
       if slots[i].iova == iova { return i }
@@ -53,8 +67,8 @@ struct MappingTable: Sendable {
   mutating func insert(_ mapping: DMAMapping) {
     precondition(mapping.length != 0, "a mapping has a length")
     // At most half full, so probe runs stay short.
-    if (count + 1) * 2 > slots.count { grow() }
-    let mask = slots.count - 1
+    if (count + 1) * 2 > capacity { grow() }
+    let mask = capacity - 1
     var i = home(mapping.iova)
     while slots[i].length != 0 { i = (i + 1) & mask }
     slots[i] = mapping
@@ -81,7 +95,7 @@ struct MappingTable: Sendable {
   @inline(__always)
   private mutating func vacate(_ slot: Int) {
     var hole = slot
-    let mask = slots.count - 1
+    let mask = capacity - 1
     var j = hole
     // Backward shift: move each later entry of the run into the hole unless that would put it
     // before its home slot, so lookups never need tombstones.
@@ -100,27 +114,33 @@ struct MappingTable: Sendable {
 
   /// Sizes the table for `mappings` live mappings, so adding that many never rehashes.
   mutating func reserveCapacity(_ mappings: Int) {
-    var size = slots.count
+    var size = capacity
     var shift = self.shift
     while mappings * 2 > size {
       size *= 2
       shift -= 1
     }
-    if size != slots.count { rehash(size: size, shift: shift) }
+    if size != capacity { rehash(size: size, shift: shift) }
   }
 
   /// Every live mapping, in IOVA order.
   var sorted: [DMAMapping] {
-    slots.filter { $0.length != 0 }.sorted { $0.iova < $1.iova }
+    UnsafeBufferPointer(start: slots, count: capacity).filter { $0.length != 0 }
+      .sorted { $0.iova < $1.iova }
   }
 
-  private mutating func grow() { rehash(size: slots.count * 2, shift: shift - 1) }
+  private mutating func grow() { rehash(size: capacity * 2, shift: shift - 1) }
 
   private mutating func rehash(size: Int, shift: UInt64) {
     let old = slots
-    slots = Array(repeating: Self.empty, count: size)
+    let oldCapacity = capacity
+    slots = .allocate(capacity: size)
+    slots.initialize(repeating: Self.empty, count: size)
+    capacity = size
     self.shift = shift
     count = 0
-    for m in old where m.length != 0 { insert(m) }
+    for i in 0..<oldCapacity where old[i].length != 0 { insert(old[i]) }
+    old.deinitialize(count: oldCapacity)
+    old.deallocate()
   }
 }
