@@ -47,7 +47,7 @@ public enum ContainerExtension: UInt, Sendable, CaseIterable {
 
 /// A legacy VFIO container (/dev/vfio/vfio): one IOMMU address space shared by the groups
 /// attached to it.
-public final class Container: DMAMapper, @unchecked Sendable {
+public final class Container: DMAMapper, RawDMAMapper, @unchecked Sendable {
   let handle: OwnedFD
   public var kernel: any KernelInterface { handle.kernel }
   /// The IOMMU model once set (after the first group is attached).
@@ -147,10 +147,14 @@ public final class Container: DMAMapper, @unchecked Sendable {
     return IOVALayout(ranges: ranges, pageSizes: info.pageSizes, dmaAvailable: info.dmaAvailable)
   }
 
-  public func map(_ mapping: DMAMapping) throws(VFIOError) {
-    let rc = mapRaw(mapping)
-    guard rc >= 0 else { throw mapError(rc, mapping) }
-  }
+  public func map(_ mapping: DMAMapping) throws(VFIOError) { try checkedMap(mapping) }
+
+  public func unmap(_ mapping: DMAMapping) throws(VFIOError) { try checkedUnmap(mapping) }
+
+  var mapRequest: IoctlRequest { .iommuMapDMA }
+  var unmapRequest: IoctlRequest { .iommuUnmapDMA }
+  var errorPath: String { handle.path }
+  var errorKernel: any KernelInterface { handle.kernel }
 
   /// VFIO_IOMMU_MAP_DMA, returning the raw result (-errno on failure) without building an error,
   /// so `DMASpace` can call it through an unretained reference on its hot path.
@@ -167,22 +171,6 @@ public final class Container: DMAMapper, @unchecked Sendable {
     return handle.rawIoctl(mapNumber, name: .iommuMapDMA, &request)
   }
 
-  /// The error for a failed `mapRaw`.
-  @inline(never)
-  func mapError(_ rc: Int32, _ mapping: DMAMapping) -> VFIOError {
-    mapFailure(
-      Errno(rawValue: -rc), request: .iommuMapDMA, path: handle.path, mapping: mapping,
-      kernel: handle.kernel)
-  }
-
-  public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
-    var unmapped: UInt64 = 0
-    let rc = unmapRaw(mapping, unmapped: &unmapped)
-    guard rc >= 0, unmapped == mapping.length else {
-      throw unmapError(rc, unmapped: unmapped, mapping)
-    }
-  }
-
   /// VFIO_IOMMU_UNMAP_DMA, returning the raw result and, in `unmapped`, how many bytes the
   /// kernel says it unmapped; the caller must check both (`unmapError` names the failure).
   @inline(__always)
@@ -194,20 +182,6 @@ public final class Container: DMAMapper, @unchecked Sendable {
     let rc = handle.rawIoctl(unmapNumber, name: .iommuUnmapDMA, &request)
     unmapped = request.size
     return rc
-  }
-
-  /// The error for a `unmapRaw` that failed or unmapped a different length.
-  @inline(never)
-  func unmapError(_ rc: Int32, unmapped: UInt64, _ mapping: DMAMapping) -> VFIOError {
-    if rc < 0 {
-      return .syscall(
-        Errno(rawValue: -rc), operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path)
-    }
-    return VFIOError(
-      .shortTransfer, operation: IoctlRequest.iommuUnmapDMA.name, path: handle.path,
-      message:
-        "unmapped \(unmapped) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
-    )
   }
 
   // MARK: sPAPR TCE

@@ -57,7 +57,7 @@ public final class IOMMUFD: @unchecked Sendable {
 
 /// An IO address space inside an iommufd. Its kernel object lives as long as the iommufd;
 /// this value holds the iommufd so the descriptor stays open while it is used.
-public final class IOAS: DMAMapper, @unchecked Sendable {
+public final class IOAS: DMAMapper, RawDMAMapper, @unchecked Sendable {
   public let iommufd: IOMMUFD
   public let id: UInt32
   /// The iommufd's descriptor, one hop closer for the DMA hot path.
@@ -109,10 +109,14 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     return IOVALayout(ranges: ranges, pageSizes: align)
   }
 
-  public func map(_ mapping: DMAMapping) throws(VFIOError) {
-    let rc = mapRaw(mapping)
-    guard rc >= 0 else { throw mapError(rc, mapping) }
-  }
+  public func map(_ mapping: DMAMapping) throws(VFIOError) { try checkedMap(mapping) }
+
+  public func unmap(_ mapping: DMAMapping) throws(VFIOError) { try checkedUnmap(mapping) }
+
+  var mapRequest: IoctlRequest { .iommuIOASMap }
+  var unmapRequest: IoctlRequest { .iommuIOASUnmap }
+  var errorPath: String { handle.path }
+  var errorKernel: any KernelInterface { iommufd.kernel }
 
   /// IOMMU_IOAS_MAP, returning the raw result (-errno on failure) without building an error,
   /// so `DMASpace` can call it through an unretained reference on its hot path.
@@ -131,22 +135,6 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     return handle.rawIoctl(mapNumber, name: .iommuIOASMap, &request)
   }
 
-  /// The error for a failed `mapRaw`.
-  @inline(never)
-  func mapError(_ rc: Int32, _ mapping: DMAMapping) -> VFIOError {
-    mapFailure(
-      Errno(rawValue: -rc), request: .iommuIOASMap, path: handle.path, mapping: mapping,
-      kernel: iommufd.kernel)
-  }
-
-  public func unmap(_ mapping: DMAMapping) throws(VFIOError) {
-    var unmapped: UInt64 = 0
-    let rc = unmapRaw(mapping, unmapped: &unmapped)
-    guard rc >= 0, unmapped == mapping.length else {
-      throw unmapError(rc, unmapped: unmapped, mapping)
-    }
-  }
-
   /// IOMMU_IOAS_UNMAP, returning the raw result and, in `unmapped`, how many bytes the kernel
   /// says it unmapped; the caller must check both (`unmapError` names the failure).
   @inline(__always)
@@ -159,20 +147,6 @@ public final class IOAS: DMAMapper, @unchecked Sendable {
     let rc = handle.rawIoctl(unmapNumber, name: .iommuIOASUnmap, &request)
     unmapped = request.length
     return rc
-  }
-
-  /// The error for a `unmapRaw` that failed or unmapped a different length.
-  @inline(never)
-  func unmapError(_ rc: Int32, unmapped: UInt64, _ mapping: DMAMapping) -> VFIOError {
-    if rc < 0 {
-      return .syscall(
-        Errno(rawValue: -rc), operation: IoctlRequest.iommuIOASUnmap.name, path: handle.path)
-    }
-    return VFIOError(
-      .shortTransfer, operation: IoctlRequest.iommuIOASUnmap.name, path: handle.path,
-      message:
-        "unmapped \(unmapped) of \(mapping.length) bytes at iova 0x\(String(mapping.iova, radix: 16))"
-    )
   }
 }
 
