@@ -28,15 +28,9 @@ struct DMAChecks: ParsableCommand {
   @OptionGroup var common: Common
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       try Self.exercise(opened.dma, into: &report)
-    } catch {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 
   static func exercise(_ dma: DMASpace, into report: inout Report) throws(VFIOError) {
@@ -178,21 +172,18 @@ struct Reset: ParsableCommand {
   @OptionGroup var common: Common
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       let d = opened.device
       if expectRefusal {
         report.check("no reset flag", !d.info.supportsReset, "flags 0x\(hex(d.info.flags))")
         do {
           try d.reset()
           report.check("VFIO_DEVICE_RESET refused", false, "the kernel reset it")
-        } catch {
+        } catch let error as VFIOError {
           report.check(
             "VFIO_DEVICE_RESET refused", error.errno != nil && error.hint != nil, error.description)
         }
-        return try common.finish(report)
+        return
       }
       guard let aliveOffset = UInt64(hexOrDecimal: alive) else {
         throw ValidationError("--alive must be a number")
@@ -224,10 +215,7 @@ struct Reset: ParsableCommand {
       // refuses the next one (vfio-pci saves and restores config space around each).
       try d.reset()
       report.check("second VFIO_DEVICE_RESET", true, "succeeded")
-    } catch let error as VFIOError {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 }
 
@@ -269,14 +257,11 @@ struct MSIX: ParsableCommand {
   static let causes: [UInt32] = [1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24]
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       let d = opened.device
       let info = try d.irqInfo(.msix)
       report.check("MSI-X vectors", info.count >= Self.causes.count, "irq info count \(info.count)")
-      guard info.count >= Self.causes.count else { return try common.finish(report) }
+      guard info.count >= Self.causes.count else { return }
       let vectors = Self.causes.count
       let events = try (0..<vectors).map { (_: Int) throws(VFIOError) -> EventFD in try EventFD() }
       try d.enableInterrupts(.msix, eventFDs: events)
@@ -307,7 +292,7 @@ struct MSIX: ParsableCommand {
           try d.write(cause, region: bar0, offset: Self.ics)
           do {
             if try events[i].wait(timeoutMilliseconds: 2000) > 0 { delivered[i] += 1 }
-          } catch {
+          } catch let error as VFIOError {
             // A missing interrupt is a failed check below, not the end of the run.
             if error.code != .timeout { throw error }
           }
@@ -331,10 +316,7 @@ struct MSIX: ParsableCommand {
       )
       try d.write(UInt32.max, region: bar0, offset: Self.imc)
       try d.disableInterrupts(.msix)
-    } catch let error as VFIOError {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 }
 
@@ -351,10 +333,7 @@ struct Features: ParsableCommand {
   @OptionGroup var common: Common
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       let d = opened.device
       // vfio-pci implements LOW_POWER_ENTRY as SET only (Linux 6.0+): PROBE|SET succeeds,
       // PROBE|GET is EINVAL; MIGRATION is ENOTTY without a migration driver, PCI_VF_TOKEN is
@@ -374,9 +353,6 @@ struct Features: ParsableCommand {
       report.notes.append(
         "device info capabilities: \(caps.isEmpty ? "none (flags 0x\(hex(d.info.flags)))" : caps.map { "\($0)" }.joined(separator: ", "))"
       )
-    } catch {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 }

@@ -30,6 +30,22 @@ struct Common: ParsableArguments {
       ? try OpenedDevice.open(cdev: device) : try OpenedDevice.open(device, backend: backend)
   }
 
+  /// Opens `device`, lets `body` add its checks, records the error that ended it early, and
+  /// prints the report (exit 1 unless every check passed). Usage errors still stop the command.
+  func report(_ device: String, _ body: (OpenedDevice, inout Report) throws -> Void) throws {
+    var report = Report(device: device, backend: backend.rawValue)
+    do {
+      let opened = try open(device)
+      report.backend = opened.backend.rawValue
+      try body(opened, &report)
+    } catch let error as ValidationError {
+      throw error
+    } catch {
+      report.error = "\(error)"
+    }
+    try finish(report)
+  }
+
   func finish(_ report: Report) throws {
     print(json ? Render.json(report) : Render.text(report))
     if !report.passed { throw ExitCode.failure }
@@ -100,10 +116,7 @@ struct Probe: ParsableCommand {
   @OptionGroup var common: Common
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       let d = opened.device
       report.check(
         "device info", d.info.isPCI,
@@ -117,7 +130,7 @@ struct Probe: ParsableCommand {
         do {
           let i = try d.irqInfo(index)
           report.notes.append("irq \(index): count \(i.count) flags 0x\(hex(i.flags))")
-        } catch {
+        } catch let error as VFIOError {
           // vfio-pci answers EINVAL for ERR on conventional PCI devices (no AER).
           report.notes.append("irq \(index): \(error.errnoName ?? error.message)")
         }
@@ -136,7 +149,7 @@ struct Probe: ParsableCommand {
         do {
           try opened.iommufd!.setProcessBasedMemlockAccounting(true)
           report.notes.append("RLIMIT_MODE changed on an iommufd with objects")
-        } catch {
+        } catch let error as VFIOError {
           report.notes.append(
             "RLIMIT_MODE on the device's iommufd: \(error.errnoName ?? "") (it holds an IOAS)")
         }
@@ -144,10 +157,7 @@ struct Probe: ParsableCommand {
       report.notes.append(
         "dma: \(opened.dma.layout.ranges.map(\.description).joined(separator: " ")) pages 0x\(hex(opened.dma.layout.pageSizes))\(opened.dma.layout.dmaAvailable.map { " dma_avail \($0)" } ?? "")"
       )
-    } catch {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 }
 
@@ -168,17 +178,14 @@ struct HotReset: ParsableCommand {
   @OptionGroup var common: Common
 
   func run() throws {
-    var report = Report(device: device, backend: common.backend.rawValue)
-    do {
-      let opened = try common.open(device)
-      report.backend = opened.backend.rawValue
+    try common.report(device) { opened, report in
       let companions = try others.map { (a: String) throws(VFIOError) -> OpenedDevice in
         try OpenedDevice.open(a, sharing: opened)
       }
       do {
         try opened.device.reset()
         report.notes.append("VFIO_DEVICE_RESET succeeded")
-      } catch {
+      } catch let error as VFIOError {
         report.notes.append("VFIO_DEVICE_RESET: \(error.errnoName ?? error.message)")
       }
       let info = try opened.device.hotResetInfo()
@@ -190,9 +197,6 @@ struct HotReset: ParsableCommand {
       try opened.device.hotReset(groups: groups)
       report.check("hot reset", true, "VFIO_DEVICE_PCI_HOT_RESET succeeded")
       withExtendedLifetime(companions) {}
-    } catch {
-      report.error = error.description
     }
-    try common.finish(report)
   }
 }
