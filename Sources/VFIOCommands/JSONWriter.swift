@@ -18,9 +18,11 @@ public struct JSONWriter {
 
 /// The output and the stack of open containers.
 final class JSONSink {
-  var bytes: [UInt8] = []
+  // Unchecked: one thread writes, and no access to either property spans a call that could
+  // touch it again; the run-time checks were a tenth of a large listing's encoding time.
+  @exclusivity(unchecked) var bytes: [UInt8] = []
   /// For each open container: is it an object, and has it had an element yet.
-  var open: [(object: Bool, hasElements: Bool)] = []
+  @exclusivity(unchecked) var open: [(object: Bool, hasElements: Bool)] = []
 
   init() { bytes.reserveCapacity(1 << 16) }
 
