@@ -91,7 +91,7 @@ public struct ReportBuilder: Sendable {
   func summary(_ device: PCIDevice) -> DeviceSummary {
     DeviceSummary(
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
-      classCode: hexDigits(device.classCode, 6), className: names?.className(device.classCode),
+      classCode: hex(device.classCode, width: 6), className: names?.className(device.classCode),
       name: displayName(device),
       kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint, driver: device.driver,
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
@@ -108,7 +108,7 @@ public struct ReportBuilder: Sendable {
     return DeviceReport(
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
       subsystemVendorID: device.subsystemVendorID.map(hex4), subsystemID: device.subsystemID.map(hex4),
-      classCode: hexDigits(device.classCode, 6), revision: hexDigits(device.revision, 2),
+      classCode: hex(device.classCode, width: 6), revision: hex(device.revision, width: 2),
       vendorName: names?.vendorName(device.vendorID),
       deviceName: names?.deviceName(vendor: device.vendorID, device: device.deviceID),
       className: names?.className(device.classCode), name: displayName(device),
@@ -120,8 +120,8 @@ public struct ReportBuilder: Sendable {
       },
       upstreamBridges: device.upstreamBridges, resetMethods: methods, resetMethodsSource: source, bars: device.bars,
       capabilities: .init(
-        standard: config?.capabilities.map { hexDigits($0.id, 2) } ?? [],
-        extended: config?.extendedCapabilities.map { hexDigits($0.id, 4) } ?? [],
+        standard: config?.capabilities.map { hex($0.id, width: 2) } ?? [],
+        extended: config?.extendedCapabilities.map { hex($0.id, width: 4) } ?? [],
         complete: (config?.standardChainComplete ?? false)
           && (config.map { $0.bytes.count >= 4096 || $0.express == nil } ?? false),
         powerManagement: config?.powerManagement, advancedFeaturesFLR: config?.advancedFeatures?.functionLevelReset,
@@ -135,9 +135,4 @@ public struct ReportBuilder: Sendable {
   }
 }
 
-func hex4(_ value: UInt16) -> String { hexDigits(value, 4) }
-
-func hexDigits<T: BinaryInteger>(_ value: T, _ width: Int) -> String {
-  let digits = String(value, radix: 16)
-  return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
-}
+func hex4(_ value: UInt16) -> String { hex(value, width: 4) }

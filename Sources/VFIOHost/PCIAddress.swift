@@ -110,7 +110,7 @@ public enum PCIAddressError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Lower-case hex, zero padded: the spelling the kernel uses in sysfs names.
-func hex<T: BinaryInteger>(_ value: T, width: Int) -> String {
+public func hex<T: BinaryInteger>(_ value: T, width: Int) -> String {
   let digits = String(value, radix: 16)
   return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
 }
