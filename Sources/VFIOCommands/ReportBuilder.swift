@@ -93,7 +93,7 @@ public struct ReportBuilder: Sendable {
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
       classCode: hex(device.classCode, width: 6), className: names?.className(device.classCode),
       name: displayName(device),
-      kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint, driver: device.driver,
+      kind: device.kind, driver: device.driver,
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
       resetMethods: resets.methods(of: device).methods, bars: device.bars, sriov: device.sriov,
       physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address),
@@ -112,7 +112,7 @@ public struct ReportBuilder: Sendable {
       vendorName: names?.vendorName(device.vendorID),
       deviceName: names?.deviceName(vendor: device.vendorID, device: device.deviceID),
       className: names?.className(device.classCode), name: displayName(device),
-      kind: device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint,
+      kind: device.kind,
       driver: device.driver, driverOverride: device.driverOverride, iommuGroup: device.iommuGroup,
       numaNode: device.numaNode, headerType: Int(device.headerType), multifunction: device.isMultifunction,
       express: config?.express.map {

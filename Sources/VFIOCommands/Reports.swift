@@ -21,7 +21,7 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   public var className: String?
   /// Vendor and device names, or `vvvv:dddd` when pci.ids does not know them.
   public var name: String
-  public var kind: Kind
+  public var kind: PCIFunctionKind
   public var driver: String?
   public var driverOverride: String?
   public var iommuGroup: Int?
@@ -41,10 +41,6 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   public var bootVGA: Bool
   public var verdict: Verdict
   public var configError: String?
-
-  public enum Kind: String, Codable, Sendable {
-    case endpoint, bridge, platform
-  }
 
   public struct Express: Codable, Sendable, Equatable {
     public var portType: String
@@ -88,7 +84,7 @@ public struct DeviceSummary: Codable, Sendable, Equatable {
   public var classCode: String
   public var className: String?
   public var name: String
-  public var kind: DeviceReport.Kind
+  public var kind: PCIFunctionKind
   public var driver: String?
   public var driverOverride: String?
   public var iommuGroup: Int?

@@ -43,6 +43,8 @@ public struct PCIDevice: Sendable {
   public var isPlatformBridge: Bool { baseClass == 0x06 && !isBridge }
   /// A function that does work of its own and can be given to a user.
   public var isEndpoint: Bool { !isBridge && !isPlatformBridge }
+  /// What kind of function this is for assignment: endpoint, bridge or platform bridge.
+  public var kind: PCIFunctionKind { isBridge ? .bridge : isPlatformBridge ? .platform : .endpoint }
   public var isVirtualFunction: Bool { physicalFunction != nil }
   /// A conventional PCI function: it has no PCI Express capability (when config was readable).
   public var isConventionalPCI: Bool? {
@@ -59,6 +61,16 @@ public struct PCIDevice: Sendable {
   public static func isVFIODriver(_ name: String) -> Bool {
     name == "vfio-pci" || name.hasSuffix("_vfio_pci") || name.hasSuffix("-vfio-pci")
   }
+}
+
+/// What a function is to device assignment.
+public enum PCIFunctionKind: String, Sendable, Codable {
+  /// Does work of its own: bound to vfio-pci and given to the user.
+  case endpoint
+  /// A PCI bridge: stays with the host (pcieport or no driver) and remains in its group.
+  case bridge
+  /// A host or ISA bridge: part of the platform.
+  case platform
 }
 
 /// A way the kernel can reset a function, as named in sysfs `reset_method`.

@@ -20,19 +20,10 @@ public struct Assessment: Sendable, Codable {
   /// A group member and what assignment does with it.
   public struct Member: Sendable, Codable, Equatable {
     public let address: PCIAddress
-    public let role: Role
+    public let role: PCIFunctionKind
     public let driver: String?
     /// The reset vfio-pci would use; nil for bridges, which stay with the host.
     public let reset: ResetChoice?
-
-    public enum Role: String, Sendable, Codable {
-      /// An endpoint: bound to vfio-pci and given to the user.
-      case endpoint
-      /// A PCI bridge: stays with the host (pcieport or no driver), remains in the group.
-      case bridge
-      /// A host or ISA bridge: part of the platform.
-      case platform
-    }
   }
 }
 
@@ -124,7 +115,7 @@ public struct Assessor: Sendable {
   }
 
   private func member(_ device: PCIDevice) -> Assessment.Member {
-    let role: Assessment.Member.Role = device.isBridge ? .bridge : device.isPlatformBridge ? .platform : .endpoint
+    let role = device.kind
     return Assessment.Member(
       address: device.address, role: role, driver: device.driver,
       reset: role == .endpoint ? resets.choose(for: device) : nil)
