@@ -34,7 +34,7 @@ struct CaptureCommand: ParsableCommand {
       }
       let summary = CaptureSummary(
         directory: directory, entries: count, devices: builder.inventory.devices.count,
-        groups: builder.inventory.groups.count, kernelRelease: builder.inventory.environment.kernelRelease)
+        groups: builder.inventory.groups.count, kernelRelease: builder.inventory.kernelRelease)
       try output.emit(summary) {
         "captured \($0.entries) entries (\($0.devices) devices, \($0.groups) groups) into \($0.directory)\n"
           + "replay: vfioctl list --root \($0.directory)\n"

@@ -24,7 +24,7 @@ public struct ReportBuilder: Sendable {
 
   public func list() -> ListReport {
     ListReport(
-      kernelRelease: inventory.environment.kernelRelease,
+      kernelRelease: inventory.kernelRelease,
       iommu: .init(enabled: inventory.iommuEnabled, units: inventory.iommuUnits), vfio: inventory.vfio,
       groups: inventory.groups.map(group), devices: inventory.devices.map(summary),
       unreadable: inventory.unreadable.map { .init(name: $0.name, reason: $0.reason) })
@@ -59,7 +59,7 @@ public struct ReportBuilder: Sendable {
   public func doctor() -> DoctorReport {
     let findings = Doctor(inventory: inventory).run()
     return DoctorReport(
-      kernelRelease: inventory.environment.kernelRelease, ok: !findings.contains { $0.status == .problem },
+      kernelRelease: inventory.kernelRelease, ok: !findings.contains { $0.status == .problem },
       findings: findings)
   }
 

@@ -15,7 +15,8 @@ public struct HostInventory: Sendable {
   public let groups: [IOMMUGroup]
   public let iommuUnits: [IOMMUUnit]
   public let vfio: VFIOSupport
-  public let environment: KernelEnvironment
+  /// `uname -r` of the kernel the tree comes from.
+  public let kernelRelease: String?
   /// What the host uses below each function (mounts, interfaces, consoles).
   public let hostUse: [PCIAddress: [HostUse]]
   /// Functions sharing each Linux IRQ among those with an INTx pin.
@@ -27,6 +28,13 @@ public struct HostInventory: Sendable {
 
   private let index: [PCIAddress: Int]
   private let groupIndex: [Int: Int]
+  /// Where the inventory was read from, for the host-wide facts only `doctor` needs.
+  private let sysfs: Sysfs
+
+  /// The kernel command line, CPU vendor, interrupt remapping, memlock limit and type1
+  /// parameters. Read on demand: `/proc/interrupts` alone can be megabytes on a large host, and
+  /// only `doctor` looks at any of it.
+  public func readEnvironment() -> KernelEnvironment { KernelEnvironment.read(sysfs) }
 
   public func device(_ address: PCIAddress) -> PCIDevice? { index[address].map { devices[$0] } }
   public func group(_ id: Int) -> IOMMUGroup? { groupIndex[id].map { groups[$0] } }
@@ -82,20 +90,23 @@ public struct HostInventory: Sendable {
     return HostInventory(
       devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs),
       vfio: readVFIOSupport(sysfs),
-      environment: KernelEnvironment.read(sysfs), hostUse: hostUse, sharedIRQs: shared.filter { $0.value.count > 1 },
+      kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), sysfs: sysfs, hostUse: hostUse,
+      sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
 
   init(
     devices: [PCIDevice], groups: [IOMMUGroup], iommuUnits: [IOMMUUnit], vfio: VFIOSupport,
-    environment: KernelEnvironment, hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]], pageSize: UInt64,
+    kernelRelease: String?, sysfs: Sysfs, hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]],
+    pageSize: UInt64,
     unreadable: [(name: String, reason: String)]
   ) {
     self.devices = devices
     self.groups = groups
     self.iommuUnits = iommuUnits
     self.vfio = vfio
-    self.environment = environment
+    self.kernelRelease = kernelRelease
+    self.sysfs = sysfs
     self.hostUse = hostUse
     self.sharedIRQs = sharedIRQs
     self.pageSize = pageSize

@@ -1,8 +1,6 @@
 /// Host-wide facts that decide whether VFIO can work at all: the kernel command line, the CPU
 /// vendor, interrupt remapping, the memlock limit and vfio_iommu_type1's parameters.
 public struct KernelEnvironment: Sendable, Equatable, Codable {
-  /// `uname -r` of the kernel the tree comes from.
-  public let kernelRelease: String?
   public let commandLine: String?
   /// `GenuineIntel`, `AuthenticAMD`, … (nil on architectures without `vendor_id`).
   public let cpuVendor: String?
@@ -23,7 +21,7 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
     let interrupts = sysfs.readString("/proc/interrupts")
     let parameters = "/sys/module/vfio_iommu_type1/parameters"
     return KernelEnvironment(
-      kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), commandLine: sysfs.readString("/proc/cmdline"),
+      commandLine: sysfs.readString("/proc/cmdline"),
       cpuVendor: vendor,
       interruptRemappingActive: interrupts.map { $0.contains("IR-") },
       memlockLimit: sysfs.readString("/proc/self/limits").flatMap(parseMemlock),

@@ -27,15 +27,17 @@ public struct Finding: Sendable, Codable, Equatable {
 /// modules and nodes, a sufficient memlock limit, and no command-line options that lie.
 public struct Doctor: Sendable {
   public let inventory: HostInventory
+  private let env: KernelEnvironment
 
-  public init(inventory: HostInventory) { self.inventory = inventory }
+  public init(inventory: HostInventory) {
+    self.inventory = inventory
+    self.env = inventory.readEnvironment()
+  }
 
   public func run() -> [Finding] {
     [iommu(), interruptRemapping(), modules(), containerNode(), iommufd(), memlock(), acsOverride(), configAccess()]
       .compactMap { $0 }
   }
-
-  private var env: KernelEnvironment { inventory.environment }
 
   private func iommu() -> Finding {
     if inventory.iommuEnabled {

@@ -82,7 +82,7 @@ final class InventoryTests: XCTestCase {
       .compactMap { Int($0[1].dropFirst("/dev/vfio/".count)) }
     XCTAssertEqual(inventory.vfio.groupNodes, nodes.sorted())
     // Captures made before vfioctl existed in the guest lack /proc/sys/kernel/osrelease.
-    if let release = inventory.environment.kernelRelease {
+    if let release = inventory.kernelRelease {
       XCTAssertEqual(release, Fixtures.facts("q35-vtd").first { $0.first == "kernel" }?[1])
     }
   }

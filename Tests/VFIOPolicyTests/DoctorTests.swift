@@ -16,7 +16,7 @@ final class DoctorTests: XCTestCase {
     let findings = Doctor(inventory: try Fixtures.inventory("q35-vtd")).run()
     XCTAssertEqual(findings.first { $0.check == "iommu" }?.status, .ok)
     // The fixture's /proc/interrupts decides; without it the check must not guess.
-    let remapped = try HostInventory.read(Fixtures.sysfs("q35-vtd")).environment.interruptRemappingActive
+    let remapped = try HostInventory.read(Fixtures.sysfs("q35-vtd")).readEnvironment().interruptRemappingActive
     XCTAssertEqual(findings.first { $0.check == "interrupt-remapping" }?.status, remapped == nil ? .info : .ok)
     XCTAssertFalse(findings.contains { $0.status == .problem }, "\(findings)")
   }
