@@ -66,10 +66,7 @@ public struct Sysfs: Sendable {
   /// The target of a symbolic link, as stored (usually relative); nil when not a link.
   public func readLink(_ hostPath: String) -> String? {
     recorder?.note(.link, hostPath)
-    var buffer = [CChar](repeating: 0, count: 4096)
-    let count = readlink(path(hostPath), &buffer, buffer.count - 1)
-    guard count >= 0 else { return nil }
-    return String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return readLinkTarget(AT_FDCWD, path(hostPath))
   }
 
   /// The last component of a link's target: the driver name of `driver`, the group of
@@ -138,11 +135,7 @@ public final class SysfsDirectory {
 
   public func readLink(_ name: String) -> String? {
     recorder?.note(.link, hostPath + "/" + name)
-    return withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { buffer in
-      let count = readlinkat(fd, name, buffer.baseAddress!, buffer.count - 1)
-      guard count >= 0 else { return nil }
-      return String(decoding: UnsafeRawBufferPointer(start: buffer.baseAddress, count: count), as: UTF8.self)
-    }
+    return readLinkTarget(fd, name)
   }
 
   public func linkName(_ name: String) -> String? { readLink(name).map(lastComponent) }
@@ -167,6 +160,15 @@ private func readAll(_ fd: Int32, limit: Int, wholeAttributes: Bool) -> [UInt8]?
       if got < buffer.count && wholeAttributes { break }
     }
     return result
+  }
+}
+
+/// readlinkat(2): a link's target as stored, or nil when `path` is not a link.
+private func readLinkTarget(_ directory: Int32, _ path: String) -> String? {
+  withUnsafeTemporaryAllocation(of: CChar.self, capacity: 4096) { buffer in
+    let count = readlinkat(directory, path, buffer.baseAddress!, buffer.count - 1)
+    guard count >= 0 else { return nil }
+    return String(decoding: UnsafeRawBufferPointer(start: buffer.baseAddress, count: count), as: UTF8.self)
   }
 }
 
