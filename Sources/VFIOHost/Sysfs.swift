@@ -79,16 +79,7 @@ public struct Sysfs: Sendable {
   /// Names in a directory, without `.` and `..`, sorted; empty when absent.
   public func list(_ hostPath: String) -> [String] {
     recorder?.note(.directory, hostPath)
-    guard let dir = opendir(path(hostPath)) else { return [] }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-      }
-      if name != "." && name != ".." && name != Sysfs.keepMarker { names.append(name) }
-    }
-    return names.sorted()
+    return directoryEntries(path(hostPath)).map(\.name).filter { $0 != Sysfs.keepMarker }.sorted()
   }
 
   public func exists(_ hostPath: String) -> Bool {
@@ -161,6 +152,21 @@ private func readAll(_ fd: Int32, limit: Int, wholeAttributes: Bool) -> [UInt8]?
     }
     return result
   }
+}
+
+/// Entries of a directory (without `.` and `..`) and whether each is a directory, as readdir(3)
+/// reports them; empty when it cannot be opened.
+func directoryEntries(_ path: String) -> [(name: String, isDirectory: Bool)] {
+  guard let dir = opendir(path) else { return [] }
+  defer { closedir(dir) }
+  var entries: [(name: String, isDirectory: Bool)] = []
+  while let entry = readdir(dir) {
+    let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+      String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+    if name != "." && name != ".." { entries.append((name, entry.pointee.d_type == UInt8(DT_DIR))) }
+  }
+  return entries
 }
 
 /// readlinkat(2): a link's target as stored, or nil when `path` is not a link.

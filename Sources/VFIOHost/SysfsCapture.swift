@@ -66,23 +66,9 @@ public struct SysfsCapture {
 
   /// Puts the keep marker into every empty directory below `path`.
   private func markEmptyDirectories(_ path: String) throws(CaptureError) {
-    guard let dir = opendir(path) else { return }
-    var names: [String] = []
-    var isEmpty = true
-    while let entry = readdir(dir) {
-      let name = withUnsafeBytes(of: entry.pointee.d_name) {
-        String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-      }
-      guard name != "." && name != ".." else { continue }
-      isEmpty = false
-      if entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
-    }
-    closedir(dir)
-    if isEmpty {
-      let fd = open(path + "/" + Sysfs.keepMarker, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
-      guard fd >= 0 else { throw .write(path, errno) }
-      close(fd)
-    }
+    let entries = directoryEntries(path)
+    if entries.isEmpty { try touch(path + "/" + Sysfs.keepMarker) }
+    let names = entries.filter(\.isDirectory).map(\.name)
     for name in names { try markEmptyDirectories(path + "/" + name) }
   }
 
@@ -130,10 +116,15 @@ public struct SysfsCapture {
 
   private func placeholder(_ path: String) throws(CaptureError) -> Bool {
     try makeDirectories(parent(destination + path))
-    let fd = open(destination + path, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw .write(destination + path, errno) }
-    close(fd)
+    try touch(destination + path)
     return true
+  }
+
+  /// Creates an empty file (or leaves an existing one as it is).
+  private func touch(_ file: String) throws(CaptureError) {
+    let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw .write(file, errno) }
+    close(fd)
   }
 
   private func makeDirectories(_ path: String) throws(CaptureError) {
