@@ -14,11 +14,8 @@
 # ~10 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-case $TOPOLOGY in
-    q35-vtd | q35-amd-iommu) backends=legacy ;;
-    q35-iommufd) backends="iommufd legacy" ;;
-    *) skip "no DMA boundary scenario for $TOPOLOGY (needs edu at 00:03.0 on vfio-pci)" ;;
-esac
+backends=$(backends_for "$TOPOLOGY" q35-vtd q35-amd-iommu q35-iommufd) \
+    || skip "no DMA boundary scenario for $TOPOLOGY (needs edu at 00:03.0 on vfio-pci)"
 require_lab
 build_edu
 cmd=""

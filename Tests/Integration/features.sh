@@ -12,11 +12,8 @@
 # ~5 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-case $TOPOLOGY in
-    q35-vtd) backends=legacy ;;
-    q35-iommufd) backends="iommufd legacy" ;;
-    *) skip "no feature scenario for $TOPOLOGY (needs edu 00:03.0 and e1000e 00:05.1 on vfio-pci)" ;;
-esac
+backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
+    || skip "no feature scenario for $TOPOLOGY (needs edu 00:03.0 and e1000e 00:05.1 on vfio-pci)"
 require_lab
 build_edu
 cmd=""

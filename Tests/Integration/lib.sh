@@ -45,6 +45,19 @@ skip() {
     exit 77
 }
 
+# Prints the VFIO paths vfio-edu can take on TOPOLOGY when it is one of the topologies named
+# (legacy type1 on Debian's kernels; iommufd and legacy on the custom iommufd kernel); fails
+# for any other topology, so a check can `|| skip` with its own reason.
+backends_for() {
+    local t
+    for t in "${@:2}"; do
+        [ "$t" = "$1" ] || continue
+        if [ "$1" = q35-iommufd ]; then echo "iommufd legacy"; else echo legacy; fi
+        return 0
+    done
+    return 1
+}
+
 # Skips unless the lab can boot TOPOLOGY here without a long first-time build.
 require_lab() {
     [ -x lab/vm ] || skip "lab/vm not present"

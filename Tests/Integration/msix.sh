@@ -12,11 +12,8 @@
 # ~10 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-case $TOPOLOGY in
-    q35-vtd) backends=legacy ;;
-    q35-iommufd) backends="iommufd legacy" ;;
-    *) skip "no MSI-X scenario for $TOPOLOGY (needs the e1000e function 00:05.1 on vfio-pci)" ;;
-esac
+backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
+    || skip "no MSI-X scenario for $TOPOLOGY (needs the e1000e function 00:05.1 on vfio-pci)"
 require_lab
 build_edu
 cmd=""

@@ -13,11 +13,8 @@
 # ~15 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-case $TOPOLOGY in
-    q35-vtd) backends=legacy ;;
-    q35-iommufd) backends="iommufd legacy" ;;
-    *) skip "no reset scenario for $TOPOLOGY (needs e1000e 00:05.1 and the bridge group on vfio-pci)" ;;
-esac
+backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
+    || skip "no reset scenario for $TOPOLOGY (needs e1000e 00:05.1 and the bridge group on vfio-pci)"
 require_lab
 build_edu
 cmd=""
