@@ -10,11 +10,13 @@ let package = Package(
     .library(name: "VFIOHost", targets: ["VFIOHost"]),
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
+    .library(name: "VFIOManager", targets: ["VFIOManager"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
   ],
   targets: [
     // Kernel uAPI structures, request numbers and an errno-returning ioctl.
@@ -29,11 +31,15 @@ let package = Package(
     .target(
       name: "VFIO",
       dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
+    // The host assignment manager: executes plans on sysfs, with a crash-safe SQLite ledger.
+    .target(
+      name: "VFIOManager",
+      dependencies: ["VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy",
+        "VFIOHost", "VFIOPolicy", "VFIOManager",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
@@ -54,5 +60,6 @@ let package = Package(
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
+    .testTarget(name: "VFIOManagerTests", dependencies: ["VFIOManager", "VFIOCommands", "VFIOTestSupport"]),
   ]
 )

@@ -223,7 +223,7 @@ public enum HumanRenderer {
     return lines.joined(separator: "\n") + "\n"
   }
 
-  private static func steps(_ steps: [PlanStep]) -> String {
+  static func steps(_ steps: [PlanStep]) -> String {
     var out = ""
     for (i, step) in steps.enumerated() {
       out += "  \(i + 1). \(step.description)\n"

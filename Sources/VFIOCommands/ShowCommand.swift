@@ -1,4 +1,5 @@
 import ArgumentParser
+import VFIOHost
 
 /// A device or group, and where and how to read and print it: what `show` and `explain` take.
 struct TargetOptions: ParsableArguments {

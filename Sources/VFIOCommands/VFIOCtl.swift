@@ -1,15 +1,21 @@
 import ArgumentParser
 
-/// `vfioctl`: inventory, explanation and (in later commands) assignment of PCI devices to VFIO.
+/// `vfioctl`: inventory, explanation and assignment of PCI devices to VFIO.
 public struct VFIOCtl: ParsableCommand {
   public static let configuration = CommandConfiguration(
     commandName: "vfioctl",
     abstract: "Inspect and assign PCI devices for VFIO: IOMMU groups, verdicts, plans.",
     discussion: """
-      Exit codes: 0 ok, 1 negative verdict (explain, doctor), 64 usage, 66 no such device or group,
-      69 host data unavailable, 70 internal error.
+      Exit codes: 0 ok, 1 negative verdict (explain, doctor) or refused (detach, attach, reset), 64 usage,
+      65 ledger unreadable or from a newer version, 66 no such device or group, 69 host data unavailable,
+      70 internal error, 73 state directory unusable, 74 a step failed (and was rolled back),
+      75 another vfioctl is changing the group.
       """,
-    subcommands: [ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self])
+    subcommands: [
+      ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self,
+      DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
+      HistoryCommand.self,
+    ])
 
   public init() {}
 }

@@ -351,6 +351,6 @@ public struct Assessor: Sendable {
   }
 }
 
-func list(_ addresses: [PCIAddress]) -> String {
+public func list(_ addresses: [PCIAddress]) -> String {
   addresses.map(\.description).joined(separator: ", ")
 }

@@ -1,52 +1,86 @@
 import VFIOHost
 
-/// The steps that move a group from the host to vfio-pci, and the steps that give it back.
-/// A plan is data: `explain` prints it, and the assignment manager executes the same list.
+/// What a function is bound to: its driver and its `driver_override`, the two facts detach
+/// changes and restore must put back exactly.
+public struct DriverBinding: Sendable, Codable, Equatable, CustomStringConvertible {
+  public var driver: String?
+  /// nil when unset (sysfs shows "(null)"); an empty string is never stored.
+  public var driverOverride: String?
+
+  public init(driver: String?, driverOverride: String?) {
+    self.driver = driver
+    self.driverOverride = driverOverride.flatMap { $0.isEmpty ? nil : $0 }
+  }
+
+  public init(_ device: PCIDevice) { self.init(driver: device.driver, driverOverride: device.driverOverride) }
+
+  public var description: String {
+    (driver ?? "no driver") + (driverOverride.map { " (driver_override \($0))" } ?? "")
+  }
+}
+
+/// The steps that move a group from the host to a VFIO driver, and the steps that give it back.
+/// A plan is data: `explain` prints it, `detach --dry-run` prints the same list, the assignment
+/// manager records it in its ledger, executes it step by step and, to undo, runs `restore`.
 public struct AssignmentPlan: Sendable, Codable, Equatable {
   public let group: Int
+  /// Executed by `vfioctl detach`, in order: bind every endpoint to the VFIO driver, then
+  /// reset it (the previous user may have left it in any state).
   public let detach: [PlanStep]
-  /// What vfio-pci does at open and release of each device.
+  /// What vfio-pci does at open and release of each device (not executed by us).
   public let resets: [PlanStep]
-  /// Undoing `detach`: each endpoint back to the driver it had.
+  /// Executed by `vfioctl attach`: reset, then each endpoint back to exactly the driver and
+  /// `driver_override` it had.
   public let restore: [PlanStep]
 
-  init(group: Int, members: [Assessment.Member], inventory: HostInventory) {
+  /// - Parameters:
+  ///   - originals: what each endpoint was bound to before it was detached (the ledger's
+  ///     record); endpoints not in it are taken as they are now.
+  ///   - driver: the VFIO driver to detach to (`vfio-pci`, or `pci-stub` to only park them).
+  public init(
+    group: Int, members: [Assessment.Member], inventory: HostInventory,
+    originals: [PCIAddress: DriverBinding] = [:], driver target: String = "vfio-pci"
+  ) {
     self.group = group
     var detach: [PlanStep] = []
-    var resets: [PlanStep] = []
     var restore: [PlanStep] = []
     let endpoints = members.filter { $0.role == .endpoint }
-    let needsBinding = endpoints.contains { member in member.driver.map { !PCIDevice.isVFIODriver($0) } ?? true }
-    if needsBinding && !inventory.vfio.vfioPCIDriver {
-      detach.append(PlanStep(action: .loadModule, module: "vfio-pci"))
+    let current = Dictionary(
+      endpoints.map { member in
+        (member.address, inventory.device(member.address).map(DriverBinding.init) ?? DriverBinding(driver: member.driver, driverOverride: nil))
+      }, uniquingKeysWith: { first, _ in first })
+    let assigned = DriverBinding(driver: target, driverOverride: target)
+    let needsLoading = target == "vfio-pci" && !inventory.vfio.vfioPCIDriver
+    if needsLoading && endpoints.contains(where: { current[$0.address]?.driver != target }) {
+      detach.append(PlanStep(action: .loadModule, module: target))
     }
     for member in endpoints {
-      let device = member.address
-      if let driver = member.driver, PCIDevice.isVFIODriver(driver) {
-        detach.append(PlanStep(action: .keep, device: device, driver: driver))
-        continue
-      }
-      if let driver = member.driver {
-        detach.append(PlanStep(action: .unbind, device: device, driver: driver))
-      }
-      detach.append(PlanStep(action: .setDriverOverride, device: device, driver: "vfio-pci"))
-      detach.append(PlanStep(action: .probe, device: device, driver: "vfio-pci"))
-      restore.append(PlanStep(action: .unbind, device: device, driver: "vfio-pci"))
-      restore.append(PlanStep(action: .clearDriverOverride, device: device))
-      restore.append(
-        member.driver.map { PlanStep(action: .bind, device: device, driver: $0) }
-          ?? PlanStep(action: .probe, device: device))
+      let now = current[member.address] ?? assigned
+      let steps = PlanStep.rebinding(member.address, from: now, to: assigned)
+      detach += steps.isEmpty ? [PlanStep(action: .keep, device: member.address, driver: target)] : steps
+      let original = originals[member.address] ?? now
+      restore += PlanStep.rebinding(member.address, from: assigned, to: original)
     }
+    let resetsNow = Self.resetSteps(endpoints, now: true, through: target)
+    self.detach = detach + resetsNow
+    self.resets = Self.resetSteps(endpoints, now: false, through: target)
+    // Reset while still on the VFIO driver, which a bus reset of several functions needs.
+    self.restore = restore.isEmpty && originals.isEmpty ? [] : resetsNow + restore
+  }
+
+  /// One reset per function, and one bus reset for all the functions a bus reset hits.
+  static func resetSteps(_ endpoints: [Assessment.Member], now: Bool, through driver: String) -> [PlanStep] {
+    var steps: [PlanStep] = []
     var busResets = Set<[PCIAddress]>()
     for member in endpoints {
       guard let reset = member.reset, let method = reset.method else { continue }
-      // One bus reset serves every function on the bus: list it once.
       if method.affectsOtherFunctions && !busResets.insert(reset.affects).inserted { continue }
-      resets.append(PlanStep(action: .reset, device: member.address, method: method, affects: reset.affects))
+      steps.append(
+        PlanStep(
+          action: now ? .resetNow : .reset, device: member.address, driver: now ? driver : nil, method: method,
+          affects: reset.affects))
     }
-    self.detach = detach
-    self.resets = resets
-    self.restore = restore
+    return steps
   }
 }
 
@@ -62,7 +96,11 @@ public struct PlanStep: Sendable, Codable, Equatable, CustomStringConvertible {
     /// Ask the kernel to probe drivers for the device (honouring `driver_override`).
     case probe
     case bind
+    /// What vfio-pci does when the device is opened and released (described, not executed).
     case reset
+    /// Reset now: the kernel's `reset` attribute for one function, or one
+    /// VFIO_DEVICE_PCI_HOT_RESET for every function a bus reset hits.
+    case resetNow = "reset-now"
   }
 
   public let action: Action
@@ -97,7 +135,42 @@ public struct PlanStep: Sendable, Codable, Equatable, CustomStringConvertible {
     case .probe: return ["echo \(dev) > /sys/bus/pci/drivers_probe"]
     case .bind: return ["echo \(dev) > /sys/bus/pci/drivers/\(driver ?? "")/bind"]
     case .reset: return []
+    case .resetNow:
+      guard let affects, affects.count > 1 else { return ["echo 1 > /sys/bus/pci/devices/\(dev)/reset"] }
+      return []
     }
+  }
+
+  /// The steps that take `device` from one binding to another: unbind, set or clear
+  /// `driver_override`, then bind. A driver_override naming the driver binds it through
+  /// `drivers_probe` (so the kernel's own matching is honoured); with no override the driver
+  /// is bound by name, and an override naming something else is written last, because the
+  /// kernel refuses to bind any other driver while it is set. Empty when nothing changes.
+  public static func rebinding(_ device: PCIAddress, from now: DriverBinding, to wanted: DriverBinding) -> [PlanStep] {
+    var steps: [PlanStep] = []
+    func setOverride(_ value: String?) {
+      steps.append(
+        value.map { PlanStep(action: .setDriverOverride, device: device, driver: $0) }
+          ?? PlanStep(action: .clearDriverOverride, device: device))
+    }
+    guard now.driver != wanted.driver else {
+      if now.driverOverride != wanted.driverOverride { setOverride(wanted.driverOverride) }
+      return steps
+    }
+    if let driver = now.driver { steps.append(PlanStep(action: .unbind, device: device, driver: driver)) }
+    guard let driver = wanted.driver else {
+      if now.driverOverride != wanted.driverOverride { setOverride(wanted.driverOverride) }
+      return steps
+    }
+    if wanted.driverOverride == driver {
+      if now.driverOverride != driver { setOverride(driver) }
+      steps.append(PlanStep(action: .probe, device: device, driver: driver))
+      return steps
+    }
+    if now.driverOverride != nil { setOverride(nil) }
+    steps.append(PlanStep(action: .bind, device: device, driver: driver))
+    if let other = wanted.driverOverride { setOverride(other) }
+    return steps
   }
 
   public var description: String {
@@ -117,6 +190,11 @@ public struct PlanStep: Sendable, Codable, Equatable, CustomStringConvertible {
           "reset \(list(affects)) together by a \(method?.rawValue ?? "bus") reset (VFIO_DEVICE_PCI_HOT_RESET) when opened and released"
       }
       return "reset \(dev) by \(method?.rawValue ?? "?") when opened and released"
+    case .resetNow:
+      if let affects, affects.count > 1 {
+        return "reset \(list(affects)) now, together, by one \(method?.rawValue ?? "bus") reset (VFIO_DEVICE_PCI_HOT_RESET)"
+      }
+      return "reset \(dev) now by \(method?.rawValue ?? "its reset method")"
     }
   }
 }

@@ -1,0 +1,78 @@
+import Foundation
+import VFIOHost
+import VFIOManager
+import VFIOPolicy
+
+/// Human text for what the assignment manager did; pure functions of the reports.
+public enum ManagerRenderer {
+  public static func change(_ report: ChangeReport) -> String {
+    var out = report.recovered.map { "Recovered first: \($0)\n\n" } ?? ""
+    let verb = report.action.rawValue
+    switch report.outcome {
+    case .dryRun: out += "\(verb) IOMMU group \(report.group) (dry run, nothing was changed):\n"
+    case .alreadyDone: out += "IOMMU group \(report.group): nothing to do (already \(verb == "detach" ? "detached" : "done")).\n"
+    case .done: out += "\(verb) IOMMU group \(report.group): done.\n"
+    }
+    if !report.steps.isEmpty {
+      out += report.outcome == .dryRun ? "" : "Steps performed and verified:\n"
+      out += HumanRenderer.steps(report.steps)
+    }
+    for note in report.notes { out += "note: \(note)\n" }
+    if !report.members.isEmpty {
+      var table = TextTable(header: ["  ADDRESS", "BEFORE", "NOW"])
+      for member in report.members {
+        table.rows.append([
+          "  " + HumanRenderer.short(member.address), member.before?.description ?? "-",
+          member.after?.description ?? "gone",
+        ])
+      }
+      out += "\n" + table.render()
+    }
+    return out
+  }
+
+  public static func status(_ report: StatusReport) -> String {
+    guard !report.groups.isEmpty else {
+      return report.ledger == nil
+        ? "No ledger yet: swift-vfio has changed nothing on this host.\n"
+        : "Every group is with the host (ledger \(report.ledger ?? "")).\n"
+    }
+    var out = ""
+    for group in report.groups {
+      out += "IOMMU group \(group.group): \(group.state.rawValue)"
+      if let driver = group.driver, group.state != .host { out += " to \(driver)" }
+      if let since = group.since { out += " since \(since)" }
+      if let uid = group.uid { out += " (uid \(uid))" }
+      out += "\n"
+      if let op = group.unfinished {
+        out +=
+          "  unfinished \(op.kind.rawValue) by pid \(op.pid) since \(op.started): \(op.stepsDone) of \(op.steps) steps done; the next vfioctl on this group (or `vfioctl recover`) puts it right\n"
+      }
+      for holder in group.holders { out += "  open: \(holder)\n" }
+      if !group.members.isEmpty {
+        var table = TextTable(header: ["  ADDRESS", "CARD", "ORIGINAL", "NOW"])
+        for member in group.members {
+          let card =
+            member.identityNow.map { $0 == member.identity ? $0 : "\($0) (was \(member.identity))" } ?? "gone"
+          table.rows.append([
+            "  " + member.address, card, member.original.description, member.now?.description ?? "gone",
+          ])
+        }
+        out += table.render()
+      }
+    }
+    return out
+  }
+
+  public static func history(_ entries: [HistoryEntry]) -> String {
+    guard !entries.isEmpty else { return "No history.\n" }
+    var table = TextTable(header: ["WHEN", "UID", "GROUP", "RESULT", "COMMAND", "DETAIL"])
+    for entry in entries {
+      table.rows.append([
+        timestamp(entry.at), "\(entry.uid)", entry.groupID.map(String.init) ?? "-", entry.result, entry.command,
+        entry.detail,
+      ])
+    }
+    return table.render()
+  }
+}

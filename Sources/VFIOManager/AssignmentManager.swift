@@ -1,0 +1,592 @@
+import Foundation
+import GRDB
+import VFIOHost
+import VFIOPolicy
+
+/// Moves whole IOMMU groups between the host and VFIO and always brings them back exactly as
+/// they were: the plan `explain` prints is recorded in the ledger before the first write,
+/// executed step by step with each step verified and marked, and undone on failure; a crash
+/// at any step is finished or rolled back by the next command that touches the group.
+public final class AssignmentManager {
+  public struct Configuration: Sendable {
+    public var stateDirectory: String
+    /// How long a command waits for another one's lock on the same group.
+    public var lockTimeout: Double
+    /// Test hook (`SWIFT_VFIO_FAULT_AFTER_STEP=N`): SIGKILL right after performing step N
+    /// of a detach, attach or reset, before it is marked done in the ledger.
+    public var faultAfterStep: Int?
+    public var command: String
+    public var pageSize: UInt64?
+
+    public init(
+      stateDirectory: String = Ledger.defaultDirectory, lockTimeout: Double = 10,
+      faultAfterStep: Int? = ProcessInfo.processInfo.environment["SWIFT_VFIO_FAULT_AFTER_STEP"].flatMap { Int($0) },
+      command: String = CommandLine.arguments.joined(separator: " "), pageSize: UInt64? = nil
+    ) {
+      self.stateDirectory = stateDirectory
+      self.lockTimeout = lockTimeout
+      self.faultAfterStep = faultAfterStep
+      self.command = command
+      self.pageSize = pageSize
+    }
+  }
+
+  public let sysfs: Sysfs
+  public let host: any HostKernel
+  public let configuration: Configuration
+  let executor: PlanExecutor
+
+  public init(sysfs: Sysfs, host: (any HostKernel)? = nil, configuration: Configuration = Configuration()) {
+    self.sysfs = sysfs
+    self.host = host ?? LiveHost(sysfs: sysfs)
+    self.configuration = configuration
+    self.executor = PlanExecutor(sysfs: sysfs, host: self.host)
+  }
+
+  // MARK: detach
+
+  /// Moves every endpoint of the target's group to `driver`; bridges stay with the host.
+  public func detach(
+    _ target: Selector, driver: String = "vfio-pci", force: [PCIAddress] = [], allowNoReset: Bool = false,
+    dryRun: Bool = false
+  ) throws(ManagerError) -> ChangeReport {
+    guard ["vfio-pci", "pci-stub"].contains(driver) else {
+      throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
+    }
+    var group = try resolveGroup(target, inventory: try readInventory())
+    if dryRun {
+      let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
+      let inventory = try readInventory()
+      let planned = try planDetach(
+        target, group: group, inventory: inventory, ledger: ledger ?? nil, driver: driver, force: force,
+        allowNoReset: allowNoReset)
+      return report(.detach, group, .dryRun, planned.plan.detach, nil, inventory, planned.notes, planned.addresses)
+    }
+    let (lock, ledger, recovered) = try begin(group: group)
+    defer { withExtendedLifetime(lock) {} }
+    let inventory = try readInventory()
+    group = try resolveGroup(target, inventory: inventory)
+    let planned = try planDetach(
+      target, group: group, inventory: inventory, ledger: ledger, driver: driver, force: force,
+      allowNoReset: allowNoReset)
+    if let record = try ledger.group(group), record.state == .detached,
+      planned.addresses.allSatisfy({ inventory.device($0)?.driver == record.driver })
+    {
+      try history(ledger, group, "already-done", "already detached to \(record.driver ?? driver)")
+      return report(.detach, group, .alreadyDone, [], recovered, inventory, planned.notes, planned.addresses)
+    }
+    let steps = planned.plan.detach
+    var operation = try ledger.write { db in
+      var operation = newOperation(.detach, group: group, steps: steps)
+      try LedgerGroup(id: group, state: .changing, driver: driver, since: Date(), uid: Int(getuid())).save(db)
+      try LedgerMember.filter(Column("groupID") == group).deleteAll(db)
+      for member in planned.originals { try member.insert(db) }
+      try operation.insert(db)
+      return operation
+    }
+    do {
+      try execute(steps, operation: &operation, ledger: ledger)
+    } catch let failure {
+      let rollback = converge(planned.originals, to: { $0.original })
+      try finish(ledger, &operation, status: .rolledBack, groupState: .host, detail: failure.why)
+      try history(ledger, group, "rolled-back", failure.why)
+      throw .stepFailed(
+        group: group, step: failure.step, description: failure.description, why: failure.why,
+        restored: rollback.isEmpty, rollbackErrors: rollback)
+    }
+    try finish(ledger, &operation, status: .done, groupState: .detached, detail: nil)
+    try history(ledger, group, "ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", "))
+    return report(.detach, group, .done, steps, recovered, inventory, planned.notes, planned.addresses)
+  }
+
+  struct DetachPlan {
+    let plan: AssignmentPlan
+    let originals: [LedgerMember]
+    let notes: [String]
+    var addresses: [PCIAddress] { originals.compactMap(\.pciAddress) }
+  }
+
+  /// The same `AssignmentPlan` `explain` prints, after the checks that refuse it.
+  func planDetach(
+    _ target: Selector, group: Int, inventory: HostInventory, ledger: Ledger?, driver: String,
+    force: [PCIAddress], allowNoReset: Bool
+  ) throws(ManagerError) -> DetachPlan {
+    let assessor = Assessor(inventory: inventory)
+    let assessment: Assessment
+    switch target {
+    case .device(let address):
+      guard let found = assessor.assess(device: address) else { throw .noSuchDevice(address.description) }
+      assessment = found
+    case .group(let id): assessment = assessor.assess(group: id)
+    }
+    let endpoints = assessment.members.filter { $0.role == .endpoint }.map(\.address)
+    if let stray = force.first(where: { !endpoints.contains($0) }) {
+      throw .usage("--force \(stray): not an endpoint of IOMMU group \(group) (its endpoints: \(list(endpoints)))")
+    }
+    var refusals: [ManagerError.Refusal] = []
+    var notes: [String] = []
+    for reason in assessment.reasons where reason.severity == .blocker {
+      if reason.code == .hostInUse, !reason.devices.isEmpty, reason.devices.allSatisfy(force.contains) {
+        notes.append("forced (--force): " + reason.message)
+      } else if reason.code == .noReset && allowNoReset {
+        notes.append("without a reset (--allow-no-reset): " + reason.message)
+      } else {
+        refusals.append(ManagerError.Refusal(reason))
+      }
+    }
+    guard refusals.isEmpty else { throw .refused(group: group, refusals) }
+    let recorded = (try? ledger?.members(of: group)) ?? []
+    let originals = endpoints.compactMap { address -> LedgerMember? in
+      guard let device = inventory.device(address) else { return nil }
+      // A member already recorded keeps its first original: re-detaching must not forget it.
+      if let known = recorded.first(where: { $0.address == address.description }),
+        known.vendorID == Int(device.vendorID), known.deviceID == Int(device.deviceID)
+      {
+        return known
+      }
+      let now = DriverBinding(device)
+      return LedgerMember(
+        groupID: group, address: address.description, vendorID: Int(device.vendorID), deviceID: Int(device.deviceID),
+        originalDriver: now.driver, originalOverride: now.driverOverride)
+    }
+    let plan = AssignmentPlan(
+      group: group, members: assessment.members, inventory: inventory,
+      originals: Dictionary(originals.compactMap { m in m.pciAddress.map { ($0, m.original) } }, uniquingKeysWith: { a, _ in a }),
+      driver: driver)
+    return DetachPlan(plan: plan, originals: originals, notes: notes)
+  }
+
+  // MARK: attach
+
+  /// Gives a group detached by swift-vfio back to the host: reset, then every endpoint on
+  /// exactly the driver and driver_override the ledger recorded.
+  public func attach(_ target: Selector, dryRun: Bool = false) throws(ManagerError) -> ChangeReport {
+    var group = try resolveGroup(target, inventory: try readInventory())
+    if dryRun {
+      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
+      let inventory = try readInventory()
+      let planned = try planAttach(group: group, inventory: inventory, ledger: ledger)
+      return report(.attach, group, .dryRun, planned.steps, nil, inventory, planned.notes, planned.addresses)
+    }
+    let (lock, ledger, recovered) = try begin(group: group)
+    defer { withExtendedLifetime(lock) {} }
+    let inventory = try readInventory()
+    group = try resolveGroup(target, inventory: inventory)
+    if let recovered, try ledger.group(group)?.state == .host {
+      // Recovery already gave the group back (it finished an interrupted attach).
+      return report(.attach, group, .alreadyDone, [], recovered, inventory, [], [])
+    }
+    let planned = try planAttach(group: group, inventory: inventory, ledger: ledger)
+    let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: planned.addresses)
+    guard holders.isEmpty else {
+      let refusal = ManagerError.Refusal(
+        code: "open", message: holders.map(\.description).joined(separator: "; "),
+        remedy: "stop the VMM or driver that uses it (or close the descriptors), then attach again")
+      try history(ledger, group, "refused", refusal.message)
+      throw .refused(group: group, [refusal])
+    }
+    let record = try ledger.group(group)
+    var operation = try ledger.write { db in
+      var operation = newOperation(.attach, group: group, steps: planned.steps)
+      try operation.insert(db)
+      try LedgerGroup(id: group, state: .changing, driver: record?.driver, since: Date(), uid: Int(getuid())).save(db)
+      return operation
+    }
+    do {
+      try execute(planned.steps, operation: &operation, ledger: ledger)
+    } catch let failure {
+      // Half a group on the host is the one state that must not last: back to the VFIO driver.
+      let assigned = DriverBinding(driver: record?.driver ?? "vfio-pci", driverOverride: record?.driver ?? "vfio-pci")
+      let rollback = converge(planned.members, to: { _ in assigned })
+      try finish(ledger, &operation, status: .rolledBack, groupState: .detached, detail: failure.why)
+      try history(ledger, group, "rolled-back", failure.why + "; the group stays detached")
+      throw .stepFailed(
+        group: group, step: failure.step, description: failure.description,
+        why: failure.why + " (the group was put back on \(assigned.driver ?? "vfio-pci"): still detached)",
+        restored: rollback.isEmpty, rollbackErrors: rollback)
+    }
+    try finish(ledger, &operation, status: .done, groupState: .host, detail: nil)
+    try history(ledger, group, "ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", "))
+    return report(.attach, group, .done, planned.steps, recovered, inventory, planned.notes, planned.addresses)
+  }
+
+  struct AttachPlan {
+    let steps: [PlanStep]
+    let members: [LedgerMember]
+    let notes: [String]
+    var addresses: [PCIAddress] { members.compactMap(\.pciAddress) }
+  }
+
+  func planAttach(group: Int, inventory: HostInventory, ledger: Ledger?) throws(ManagerError) -> AttachPlan {
+    guard let ledger, let record = try ledger.group(group), record.state == .detached else {
+      let members = inventory.group(group)?.devices.compactMap(inventory.device).filter(\.isEndpoint) ?? []
+      let now = members.map { "\($0.address) on \(DriverBinding($0))" }.joined(separator: ", ")
+      throw .notDetached(
+        group: group,
+        why:
+          "was not detached by swift-vfio (the ledger in \(configuration.stateDirectory) has no record of it), so nothing is recorded to restore; now: \(now). `vfioctl detach \(group)` takes it over; to hand it to a host driver yourself, clear driver_override and bind the driver")
+    }
+    var notes: [String] = []
+    var present: [LedgerMember] = []
+    for member in try ledger.members(of: group) {
+      guard let address = member.pciAddress, let device = inventory.device(address) else {
+        notes.append("\(member.address) (\(member.identity)) is gone from the host: nothing to restore for it")
+        continue
+      }
+      let identity = LedgerMember(
+        groupID: group, address: member.address, vendorID: Int(device.vendorID), deviceID: Int(device.deviceID),
+        originalDriver: nil, originalOverride: nil
+      ).identity
+      guard identity == member.identity else {
+        notes.append(
+          "\(member.address) is now \(identity), not the \(member.identity) that was detached: a different card; its binding was left alone"
+        )
+        continue
+      }
+      present.append(member)
+    }
+    let assessment = Assessor(inventory: inventory).assess(group: group)
+    let kept = Set(present.compactMap(\.pciAddress))
+    let members = assessment.members.filter { $0.role != .endpoint || kept.contains($0.address) }
+    let plan = AssignmentPlan(
+      group: group, members: members, inventory: inventory,
+      originals: Dictionary(present.compactMap { m in m.pciAddress.map { ($0, m.original) } }, uniquingKeysWith: { a, _ in a }),
+      driver: record.driver ?? "vfio-pci")
+    return AttachPlan(steps: plan.restore, members: present, notes: notes)
+  }
+
+  // MARK: reset
+
+  /// Resets a device (or every endpoint of a group) now, through the kernel's `reset`
+  /// attribute or, for a bus reset of several functions, one VFIO hot reset.
+  public func reset(_ target: Selector, method: ResetMethod? = nil, dryRun: Bool = false) throws(ManagerError)
+    -> ChangeReport
+  {
+    var group = try resolveGroup(target, inventory: try readInventory())
+    if dryRun {
+      let inventory = try readInventory()
+      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
+      let steps = try planReset(target, group: group, method: method, inventory: inventory, ledger: ledger)
+      return report(.reset, group, .dryRun, steps, nil, inventory, [], steps.compactMap(\.device))
+    }
+    let (lock, ledger, recovered) = try begin(group: group)
+    defer { withExtendedLifetime(lock) {} }
+    let inventory = try readInventory()
+    group = try resolveGroup(target, inventory: inventory)
+    let steps = try planReset(target, group: group, method: method, inventory: inventory, ledger: ledger)
+    let devices = Array(Set(steps.flatMap { $0.affects ?? [] } + steps.compactMap(\.device))).sorted()
+    let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: devices)
+    guard holders.isEmpty else {
+      throw .refused(
+        group: group,
+        [
+          .init(
+            code: "open", message: holders.map(\.description).joined(separator: "; "),
+            remedy: "a device in use is reset by its user (VFIO_DEVICE_RESET); stop it first to reset from here")
+        ])
+    }
+    var operation = try ledger.write { db in
+      var operation = newOperation(.reset, group: group, steps: steps)
+      try operation.insert(db)
+      return operation
+    }
+    do {
+      try execute(steps, operation: &operation, ledger: ledger)
+    } catch let failure {
+      try finish(ledger, &operation, status: .failed, groupState: nil, detail: failure.why)
+      try history(ledger, group, "failed", failure.why)
+      throw .stepFailed(
+        group: group, step: failure.step, description: failure.description, why: failure.why, restored: true,
+        rollbackErrors: [])
+    }
+    try finish(ledger, &operation, status: .done, groupState: nil, detail: nil)
+    try history(ledger, group, "ok", steps.map(\.description).joined(separator: "; "))
+    return report(.reset, group, .done, steps, recovered, inventory, [], devices)
+  }
+
+  func planReset(_ target: Selector, group: Int, method: ResetMethod?, inventory: HostInventory, ledger: Ledger?)
+    throws(ManagerError) -> [PlanStep]
+  {
+    let planner = ResetPlanner(inventory: inventory)
+    let devices: [PCIDevice]
+    switch target {
+    case .device(let address):
+      guard let device = inventory.device(address) else { throw .noSuchDevice(address.description) }
+      guard device.isEndpoint else {
+        throw .refused(group: group, [.init(code: "not-endpoint", message: "\(address) is a bridge; bridges are not reset from here")])
+      }
+      devices = [device]
+    case .group(let id):
+      devices = inventory.group(id)?.devices.compactMap(inventory.device).filter(\.isEndpoint) ?? []
+    }
+    let detached = Set(((try? ledger?.groups()) ?? []).filter { $0.state == .detached }.map(\.id))
+    var steps: [PlanStep] = []
+    var refusals: [ManagerError.Refusal] = []
+    var covered = Set<PCIAddress>()
+    for device in devices where !covered.contains(device.address) {
+      let choice = planner.choose(for: device)
+      let (available, _) = planner.methods(of: device)
+      let chosen = method ?? choice.method
+      guard let chosen else {
+        refusals.append(.init(code: "no-reset", message: "\(device.address) has no reset method the kernel can use"))
+        continue
+      }
+      if let method, !available.contains(method), !(method.affectsOtherFunctions && choice.method?.affectsOtherFunctions == true) {
+        refusals.append(
+          .init(
+            code: "no-such-method",
+            message: "\(device.address) does not support \(method.rawValue) (it has: \(available.map(\.rawValue).joined(separator: " ")))"))
+        continue
+      }
+      var affects = [device.address]
+      if chosen.affectsOtherFunctions {
+        let scope = inventory.busResetScope(of: device)
+        // A reset that hits a function the host is using would pull it out from under its driver.
+        let busy = scope.filter { other in
+          let onVFIO = other.driver.map(PCIDevice.isVFIODriver) ?? true
+          let inUse = inventory.uses(of: other.address).contains(where: \.active)
+          return inUse || !(onVFIO || other.iommuGroup.map(detached.contains) == true)
+        }
+        guard busy.isEmpty else {
+          refusals.append(
+            .init(
+              code: "bus-reset-busy",
+              message:
+                "a \(chosen.rawValue) reset of \(device.address) also hits \(busy.map { "\($0.address) (on \($0.driver ?? "no driver"))" }.joined(separator: ", ")), which the host still uses",
+              remedy: "detach those functions' groups first (`vfioctl detach`), or pick a function-level method"))
+          continue
+        }
+        affects = scope.map(\.address)
+      }
+      covered.formUnion(affects)
+      steps.append(PlanStep(action: .resetNow, device: device.address, method: chosen, affects: affects))
+    }
+    guard refusals.isEmpty else { throw .refused(group: group, refusals) }
+    return steps
+  }
+
+  // MARK: recovery
+
+  /// Finishes or rolls back every operation a crashed process left unfinished.
+  public func recover() throws(ManagerError) -> [ChangeReport] {
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    var reports: [ChangeReport] = []
+    for group in Set(try ledger.unfinishedOperations().map(\.groupID)).sorted() {
+      let lock = try GroupLock(
+        group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
+        command: configuration.command)
+      defer { withExtendedLifetime(lock) {} }
+      guard let note = try recoverIfNeeded(group: group, ledger: ledger) else { continue }
+      let members = try ledger.members(of: group).compactMap(\.pciAddress)
+      reports.append(report(.detach, group, .done, [], note, try readInventory(), [], members))
+    }
+    return reports
+  }
+
+  /// With the group's lock held (so whoever started it is gone), puts an interrupted
+  /// operation right: a detach is rolled back, an attach finished — either way the host gets
+  /// its devices back as the ledger recorded them. Returns what was done, or nil.
+  func recoverIfNeeded(group: Int, ledger: Ledger) throws(ManagerError) -> String? {
+    guard var operation = try ledger.unfinishedOperation(group: group) else { return nil }
+    let members = try ledger.members(of: group)
+    let progress = "\(operation.stepsDone) of \(operation.steps.count) steps were marked done by pid \(operation.pid)"
+    let what: String
+    let groupState: GroupState?
+    switch operation.kind {
+    case .detach:
+      what = "rolled back the interrupted detach (\(progress)): every device is on its original driver"
+      groupState = .host
+    case .attach:
+      what = "finished the interrupted attach (\(progress)): every device is on its original driver"
+      groupState = .host
+    case .reset:
+      what = "the interrupted reset (\(progress)) was not repeated"
+      groupState = nil
+    }
+    let errors = operation.kind == .reset ? [] : converge(members, to: { $0.original })
+    guard errors.isEmpty else {
+      try finish(ledger, &operation, status: .failed, groupState: .changing, detail: errors.joined(separator: "; "))
+      try history(ledger, group, "failed", "recovery failed: " + errors.joined(separator: "; "))
+      throw .stepFailed(
+        group: group, step: operation.stepsDone + 1, description: "recovery of an interrupted \(operation.kind.rawValue)",
+        why: "the devices could not all be put back", restored: false, rollbackErrors: errors)
+    }
+    try finish(ledger, &operation, status: .recovered, groupState: groupState, detail: what)
+    try history(ledger, group, "recovered", what)
+    return "IOMMU group \(group): " + what
+  }
+
+  // MARK: status and history
+
+  public func status(_ target: Selector?) throws(ManagerError) -> StatusReport {
+    let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
+    let inventory = try readInventory()
+    var wanted: Int?
+    if let target { wanted = try resolveGroup(target, inventory: inventory) }
+    let records = try ledger?.groups() ?? []
+    var groups: [StatusReport.GroupStatus] = []
+    let ids = wanted.map { [$0] } ?? records.filter { $0.state != .host }.map(\.id)
+    for id in ids {
+      let record = records.first { $0.id == id }
+      let members = try ledger?.members(of: id) ?? []
+      let unfinished = try ledger?.unfinishedOperation(group: id)
+      let addresses = members.compactMap(\.pciAddress)
+      groups.append(
+        StatusReport.GroupStatus(
+          group: id, state: record?.state ?? .host, driver: record?.driver, since: record.map { timestamp($0.since) },
+          uid: record?.uid,
+          members: members.map { member in
+            let device = member.pciAddress.flatMap(inventory.device)
+            return StatusReport.MemberStatus(
+              address: member.address, identity: member.identity,
+              identityNow: device.map { hex($0.vendorID, width: 4) + ":" + hex($0.deviceID, width: 4) }, original: member.original,
+              now: member.pciAddress.flatMap(executor.binding))
+          },
+          unfinished: unfinished.map {
+            .init(kind: $0.kind, stepsDone: $0.stepsDone, steps: $0.steps.count, pid: $0.pid, started: timestamp($0.started))
+          },
+          holders: OpenHolderScanner(sysfs: sysfs).holders(group: id, devices: addresses)))
+    }
+    return StatusReport(ledger: ledger?.path, groups: groups)
+  }
+
+  public func history(_ target: Selector?) throws(ManagerError) -> [HistoryEntry] {
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    guard let target else { return try ledger.history() }
+    return try ledger.history(group: try resolveGroup(target, inventory: try readInventory()))
+  }
+
+  // MARK: Steps
+
+  struct StepFailure: Error {
+    let step: Int
+    let description: String
+    let why: String
+  }
+
+  /// Performs, verifies and marks each step; the fault hook fires between the last two.
+  func execute(_ steps: [PlanStep], operation: inout LedgerOperation, ledger: Ledger) throws(StepFailure) {
+    for (index, step) in steps.enumerated() {
+      let number = index + 1
+      do {
+        try executor.perform(step)
+        try executor.verify(step)
+      } catch {
+        throw StepFailure(step: number, description: step.description, why: error.description)
+      }
+      if configuration.faultAfterStep == number { kill(getpid(), SIGKILL) }
+      operation.stepsDone = number
+      let done = operation
+      do {
+        try ledger.write { db in try done.update(db, columns: ["stepsDone"]) }
+      } catch {
+        throw StepFailure(step: number, description: "record step \(number) in the ledger", why: error.description)
+      }
+    }
+  }
+
+  /// Brings each member to a binding, from whatever sysfs shows now; returns what failed.
+  func converge(_ members: [LedgerMember], to wanted: (LedgerMember) -> DriverBinding) -> [String] {
+    var errors: [String] = []
+    for member in members {
+      guard let address = member.pciAddress, let now = executor.binding(of: address) else { continue }
+      for step in PlanStep.rebinding(address, from: now, to: wanted(member)) {
+        do {
+          try executor.perform(step)
+          try executor.verify(step)
+        } catch {
+          errors.append("\(step): \(error)")
+          break
+        }
+      }
+    }
+    return errors
+  }
+
+  // MARK: Plumbing
+
+  func readInventory() throws(ManagerError) -> HostInventory {
+    do {
+      return try HostInventory.read(sysfs, pageSize: configuration.pageSize)
+    } catch {
+      throw .unavailable(error.description)
+    }
+  }
+
+  func resolveGroup(_ target: Selector, inventory: HostInventory) throws(ManagerError) -> Int {
+    switch target {
+    case .device(let address):
+      guard let device = inventory.device(address) else { throw .noSuchDevice(address.description) }
+      guard let group = device.iommuGroup else {
+        throw .refused(
+          group: -1,
+          [
+            .init(
+              code: "no-group", message: "\(address) has no IOMMU group", remedy: "run `vfioctl explain \(address)`")
+          ])
+      }
+      return group
+    case .group(let id):
+      guard inventory.group(id) != nil else { throw .noSuchGroup(id) }
+      return id
+    }
+  }
+
+  /// Takes the group's lock, opens (or creates) the ledger, and recovers what a crashed
+  /// process left unfinished on this group.
+  func begin(group: Int) throws(ManagerError) -> (GroupLock, Ledger, String?) {
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true) else {
+      throw .ledger(path: configuration.stateDirectory, "could not be created")
+    }
+    let lock = try GroupLock(
+      group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
+      command: configuration.command)
+    let recovered = try recoverIfNeeded(group: group, ledger: ledger)
+    return (lock, ledger, recovered)
+  }
+
+  func newOperation(_ kind: LedgerOperation.Kind, group: Int, steps: [PlanStep]) -> LedgerOperation {
+    let plan = (try? JSONEncoder().encode(steps)).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
+    return LedgerOperation(
+      id: nil, groupID: group, kind: kind, plan: plan, stepsDone: 0, status: .running, started: Date(), finished: nil,
+      pid: Int(getpid()), uid: Int(getuid()), command: configuration.command, detail: nil)
+  }
+
+  func finish(
+    _ ledger: Ledger, _ operation: inout LedgerOperation, status: LedgerOperation.Status, groupState: GroupState?,
+    detail: String?
+  ) throws(ManagerError) {
+    operation.status = status
+    operation.finished = Date()
+    operation.detail = detail
+    let done = operation
+    try ledger.write { db in
+      try done.update(db)
+      guard let groupState, var record = try LedgerGroup.fetchOne(db, key: done.groupID) else { return }
+      record.state = groupState
+      record.since = Date()
+      try record.update(db)
+      if groupState == .host { try LedgerMember.filter(Column("groupID") == done.groupID).deleteAll(db) }
+    }
+  }
+
+  func history(_ ledger: Ledger, _ group: Int, _ result: String, _ detail: String) throws(ManagerError) {
+    try ledger.record(
+      HistoryEntry(
+        id: nil, at: Date(), uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command,
+        result: result, detail: detail))
+  }
+
+  func report(
+    _ action: LedgerOperation.Kind, _ group: Int, _ outcome: ChangeReport.Outcome, _ steps: [PlanStep],
+    _ recovered: String?, _ inventory: HostInventory, _ notes: [String], _ addresses: [PCIAddress]
+  ) -> ChangeReport {
+    // `inventory` was read before anything changed; sysfs now shows the result.
+    let members = addresses.map { address in
+      ChangeReport.MemberChange(
+        address: address, before: inventory.device(address).map(DriverBinding.init), after: executor.binding(of: address))
+    }
+    return ChangeReport(
+      action: action, group: group, outcome: outcome, steps: steps, recovered: recovered, members: members, notes: notes)
+  }
+}

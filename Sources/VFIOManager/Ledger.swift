@@ -1,0 +1,283 @@
+import Foundation
+import GRDB
+import VFIOHost
+import VFIOPolicy
+
+/// Where a group stands, as far as swift-vfio knows.
+public enum GroupState: String, Codable, Sendable, DatabaseValueConvertible {
+  /// Host drivers may bind; nothing of ours is in force.
+  case host
+  /// Every endpoint is on the VFIO driver by our hand; `members` says what to restore.
+  case detached
+  /// A plan is being executed (or was interrupted: see the group's unfinished operation).
+  case changing
+}
+
+/// A group the ledger knows: the unit swift-vfio moves between the host and VFIO.
+public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "iommu_group"
+  public var id: Int
+  public var state: GroupState
+  /// The VFIO driver it was detached to.
+  public var driver: String?
+  /// When it entered `state`.
+  public var since: Date
+  public var uid: Int
+}
+
+/// One endpoint of a detached group and exactly what it had before.
+public struct LedgerMember: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "member"
+  public var groupID: Int
+  public var address: String
+  /// The card that was in the slot, so a different one in its place is noticed.
+  public var vendorID: Int
+  public var deviceID: Int
+  public var originalDriver: String?
+  public var originalOverride: String?
+
+  public var pciAddress: PCIAddress? { try? PCIAddress(parsing: address) }
+  public var original: DriverBinding { DriverBinding(driver: originalDriver, driverOverride: originalOverride) }
+  public var identity: String { hex(UInt16(truncatingIfNeeded: vendorID), width: 4) + ":" + hex(UInt16(truncatingIfNeeded: deviceID), width: 4) }
+}
+
+/// A plan being (or having been) executed on a group, and how far it got.
+public struct LedgerOperation: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+  public static let databaseTableName = "operation"
+  public enum Kind: String, Codable, Sendable, DatabaseValueConvertible {
+    case detach, attach, reset
+  }
+  public enum Status: String, Codable, Sendable, DatabaseValueConvertible {
+    case running
+    case done
+    /// A step failed and every device was put back.
+    case rolledBack = "rolled-back"
+    /// Interrupted, then finished or rolled back by the next command (see `detail`).
+    case recovered
+    /// Neither done nor undone: the devices need a look (the history says which).
+    case failed
+  }
+
+  public var id: Int64?
+  public var groupID: Int
+  public var kind: Kind
+  /// JSON of the `[PlanStep]` executed, numbered from 1 as `detach --dry-run` prints them.
+  public var plan: String
+  /// Steps performed and verified.
+  public var stepsDone: Int
+  public var status: Status
+  public var started: Date
+  public var finished: Date?
+  public var pid: Int
+  public var uid: Int
+  public var command: String
+  public var detail: String?
+
+  public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+
+  public var steps: [PlanStep] { (try? JSONDecoder().decode([PlanStep].self, from: Data(plan.utf8))) ?? [] }
+}
+
+/// One line of the append-only history: who did what to which group, and how it ended.
+public struct HistoryEntry: Codable, Sendable, Equatable, FetchableRecord, MutablePersistableRecord {
+  public static let databaseTableName = "history"
+  public var id: Int64?
+  public var at: Date
+  public var uid: Int
+  public var pid: Int
+  public var groupID: Int?
+  public var command: String
+  /// `ok`, `refused`, `failed`, `rolled-back`, `recovered`, `dry-run`.
+  public var result: String
+  public var detail: String
+
+  public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
+}
+
+/// The embedded SQLite database of everything swift-vfio has done to the host.
+///
+/// Writes happen in transactions, so a process killed at any moment leaves either the state
+/// before or after a write, never half of one; the group locks (`GroupLock`) keep two
+/// processes from changing one group at once.
+public final class Ledger: Sendable {
+  public static let defaultDirectory = "/var/lib/swift-vfio"
+  public static let fileName = "ledger.sqlite"
+  public let path: String
+  let queue: DatabaseQueue
+
+  /// Opens the ledger in `directory`, creating it (and migrating the schema) when `create`.
+  /// Returns nil when it does not exist and `create` is false: nothing was ever recorded.
+  public static func open(directory: String, create: Bool) throws(ManagerError) -> Ledger? {
+    let path = directory + "/" + fileName
+    if !create && access(path, F_OK) != 0 { return nil }
+    if create { try makeStateDirectory(directory) }
+    var config = Configuration()
+    config.busyMode = .timeout(30)
+    config.readonly = !create
+    config.label = "swift-vfio ledger"
+    do {
+      let queue = try DatabaseQueue(path: path, configuration: config)
+      let migrator = Self.migrator
+      let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
+      if superseded {
+        let known = Set(migrator.migrations)
+        let applied = try queue.read { db in try migrator.appliedIdentifiers(db) }
+        throw ManagerError.ledgerTooNew(path: path, unknown: applied.subtracting(known).sorted())
+      }
+      if create {
+        try migrator.migrate(queue)
+      } else if try queue.read({ db in try !migrator.hasCompletedMigrations(db) }) {
+        // An older or empty file that only a writing command may migrate: nothing to read yet.
+        return nil
+      }
+      return Ledger(path: path, queue: queue)
+    } catch let error as ManagerError {
+      throw error
+    } catch {
+      throw .ledger(path: path, error.localizedDescription)
+    }
+  }
+
+  private init(path: String, queue: DatabaseQueue) {
+    self.path = path
+    self.queue = queue
+  }
+
+  /// Versioned from the first schema; a migration once shipped is never edited, only followed.
+  static var migrator: DatabaseMigrator {
+    var migrator = DatabaseMigrator()
+    migrator.registerMigration("v1") { db in
+      try db.create(table: "iommu_group") { t in
+        t.primaryKey("id", .integer)
+        t.column("state", .text).notNull()
+        t.column("driver", .text)
+        t.column("since", .datetime).notNull()
+        t.column("uid", .integer).notNull()
+      }
+      try db.create(table: "member") { t in
+        t.column("groupID", .integer).notNull().references("iommu_group", onDelete: .cascade)
+        t.column("address", .text).notNull()
+        t.column("vendorID", .integer).notNull()
+        t.column("deviceID", .integer).notNull()
+        t.column("originalDriver", .text)
+        t.column("originalOverride", .text)
+        t.primaryKey(["groupID", "address"])
+      }
+      try db.create(table: "operation") { t in
+        t.autoIncrementedPrimaryKey("id")
+        t.column("groupID", .integer).notNull().indexed()
+        t.column("kind", .text).notNull()
+        t.column("plan", .text).notNull()
+        t.column("stepsDone", .integer).notNull()
+        t.column("status", .text).notNull()
+        t.column("started", .datetime).notNull()
+        t.column("finished", .datetime)
+        t.column("pid", .integer).notNull()
+        t.column("uid", .integer).notNull()
+        t.column("command", .text).notNull()
+        t.column("detail", .text)
+      }
+      try db.create(table: "history") { t in
+        t.autoIncrementedPrimaryKey("id")
+        t.column("at", .datetime).notNull()
+        t.column("uid", .integer).notNull()
+        t.column("pid", .integer).notNull()
+        t.column("groupID", .integer).indexed()
+        t.column("command", .text).notNull()
+        t.column("result", .text).notNull()
+        t.column("detail", .text).notNull()
+      }
+      // The history is evidence: the database itself refuses to rewrite it.
+      try db.execute(
+        sql: """
+          CREATE TRIGGER history_no_update BEFORE UPDATE ON history
+            BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
+          CREATE TRIGGER history_no_delete BEFORE DELETE ON history
+            BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
+          """)
+    }
+    return migrator
+  }
+
+  private static func makeStateDirectory(_ directory: String) throws(ManagerError) {
+    var path = directory.hasPrefix("/") ? "" : "."
+    for component in directory.split(separator: "/", omittingEmptySubsequences: true) {
+      path += "/" + component
+      if mkdir(path, 0o700) != 0 && errno != EEXIST { throw .stateDirectory(path: directory, errno: errno) }
+    }
+    if access(directory, W_OK) != 0 { throw .stateDirectory(path: directory, errno: errno) }
+  }
+
+  // MARK: Reading
+
+  public func group(_ id: Int) throws(ManagerError) -> LedgerGroup? {
+    try read { db in try LedgerGroup.fetchOne(db, key: id) }
+  }
+
+  public func groups() throws(ManagerError) -> [LedgerGroup] {
+    try read { db in try LedgerGroup.order(Column("id")).fetchAll(db) }
+  }
+
+  public func members(of group: Int) throws(ManagerError) -> [LedgerMember] {
+    try read { db in
+      try LedgerMember.filter(Column("groupID") == group).order(Column("address")).fetchAll(db)
+    }
+  }
+
+  /// The operation on `group` that neither finished nor was undone, if any.
+  public func unfinishedOperation(group: Int) throws(ManagerError) -> LedgerOperation? {
+    try read { db in
+      try LedgerOperation.filter(Column("groupID") == group && Column("status") == LedgerOperation.Status.running)
+        .order(Column("id").desc).fetchOne(db)
+    }
+  }
+
+  public func unfinishedOperations() throws(ManagerError) -> [LedgerOperation] {
+    try read { db in
+      try LedgerOperation.filter(Column("status") == LedgerOperation.Status.running).order(Column("id")).fetchAll(db)
+    }
+  }
+
+  public func operations(group: Int? = nil) throws(ManagerError) -> [LedgerOperation] {
+    try read { db in
+      var request = LedgerOperation.order(Column("id"))
+      if let group { request = request.filter(Column("groupID") == group) }
+      return try request.fetchAll(db)
+    }
+  }
+
+  public func history(group: Int? = nil) throws(ManagerError) -> [HistoryEntry] {
+    try read { db in
+      var request = HistoryEntry.order(Column("id"))
+      if let group { request = request.filter(Column("groupID") == group) }
+      return try request.fetchAll(db)
+    }
+  }
+
+  // MARK: Writing
+
+  /// Runs `body` in one transaction.
+  public func write<T>(_ body: (Database) throws -> T) throws(ManagerError) -> T {
+    do {
+      return try queue.write(body)
+    } catch let error as ManagerError {
+      throw error
+    } catch {
+      throw .ledger(path: path, error.localizedDescription)
+    }
+  }
+
+  func read<T>(_ body: (Database) throws -> T) throws(ManagerError) -> T {
+    do {
+      return try queue.read(body)
+    } catch {
+      throw .ledger(path: path, error.localizedDescription)
+    }
+  }
+
+  /// Appends to the history, in its own transaction.
+  public func record(_ entry: HistoryEntry) throws(ManagerError) {
+    var entry = entry
+    try write { db in try entry.insert(db) }
+  }
+}
