@@ -369,7 +369,10 @@ public final class AssignmentManager {
 
   /// Finishes or rolls back every operation a crashed process left unfinished.
   public func recover() throws(ManagerError) -> [ChangeReport] {
-    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    // Nothing recorded, nothing to recover: do not create a ledger just to find that out.
+    guard try Ledger.open(directory: configuration.stateDirectory, create: false) != nil,
+      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true)
+    else { return [] }
     var reports: [ChangeReport] = []
     for group in Set(try ledger.unfinishedOperations().map(\.groupID)).sorted() {
       let lock = try GroupLock(

@@ -129,9 +129,10 @@ final class AssessorTests: XCTestCase {
   func testPlanUnbindsBindsAndRestoresTheOriginalDriver() throws {
     let assessment = try assess("00:02.0")
     let plan = try XCTUnwrap(assessment.plan)
-    XCTAssertEqual(plan.detach.map(\.action), [.unbind, .setDriverOverride, .probe])
+    // Detach resets after binding; attach resets before unbinding, while still on vfio-pci.
+    XCTAssertEqual(plan.detach.map(\.action), [.unbind, .setDriverOverride, .probe, .resetNow])
     XCTAssertEqual(plan.detach.first?.driver, "e1000e")
-    XCTAssertEqual(plan.restore.map(\.action), [.unbind, .clearDriverOverride, .bind])
+    XCTAssertEqual(plan.restore.map(\.action), [.resetNow, .unbind, .clearDriverOverride, .bind])
     XCTAssertEqual(plan.restore.last?.driver, "e1000e")
     XCTAssertEqual(plan.resets.first?.method, .pm)
     XCTAssertEqual(
@@ -140,7 +141,33 @@ final class AssessorTests: XCTestCase {
         "echo 0000:00:02.0 > /sys/bus/pci/devices/0000:00:02.0/driver/unbind",
         "echo vfio-pci > /sys/bus/pci/devices/0000:00:02.0/driver_override",
         "echo 0000:00:02.0 > /sys/bus/pci/drivers_probe",
+        "echo 1 > /sys/bus/pci/devices/0000:00:02.0/reset",
       ])
+  }
+
+  func testBridgeGroupIsResetOnceForBothFunctionsAndTheBridgeStays() throws {
+    let plan = try XCTUnwrap(try assess("01:02.0").plan)
+    XCTAssertEqual(plan.detach.map(\.action), [.keep, .keep, .resetNow])
+    XCTAssertEqual(plan.detach.last?.affects?.map(\.description), ["0000:01:01.0", "0000:01:02.0"])
+    XCTAssertFalse(plan.detach.contains { $0.device?.description == "0000:00:04.0" })
+  }
+
+  func testRebindingCoversEveryOverrideCase() throws {
+    let dev = try PCIAddress(parsing: "0000:00:02.0")
+    func actions(_ from: DriverBinding, _ to: DriverBinding) -> [PlanStep.Action] {
+      PlanStep.rebinding(dev, from: from, to: to).map(\.action)
+    }
+    let vfio = DriverBinding(driver: "vfio-pci", driverOverride: "vfio-pci")
+    XCTAssertEqual(actions(vfio, vfio), [])
+    XCTAssertEqual(actions(.init(driver: "e1000e", driverOverride: nil), vfio), [.unbind, .setDriverOverride, .probe])
+    // Crashed right after the unbind: nothing to unbind, the override is still to be set.
+    XCTAssertEqual(actions(.init(driver: nil, driverOverride: nil), vfio), [.setDriverOverride, .probe])
+    XCTAssertEqual(actions(.init(driver: nil, driverOverride: "vfio-pci"), .init(driver: "e1000e", driverOverride: nil)), [.clearDriverOverride, .bind])
+    // Had no driver: restore leaves it without one rather than letting the kernel pick.
+    XCTAssertEqual(actions(vfio, .init(driver: nil, driverOverride: nil)), [.unbind, .clearDriverOverride])
+    // An override naming another driver is written after binding, or the bind is refused.
+    XCTAssertEqual(actions(vfio, .init(driver: "e1000e", driverOverride: "pci-stub")), [.unbind, .clearDriverOverride, .bind, .setDriverOverride])
+    XCTAssertEqual(actions(.init(driver: "vfio-pci", driverOverride: nil), vfio), [.setDriverOverride])
   }
 
   func testUnknownGroupIsNotAssignable() {
