@@ -1,4 +1,5 @@
 import VFIOHost
+import VFIOManager
 import VFIOPolicy
 
 /// Human-readable renderings of the reports: pure functions of the same values `--json` prints.
@@ -7,12 +8,14 @@ public enum HumanRenderer {
     var out = banner(report)
     var table = TextTable(header: ["GROUP", "ADDRESS", "CLASS", "DEVICE", "DRIVER", "VERDICT"])
     var lastGroup: Int?? = .none
+    let held = Dictionary(report.groups.compactMap { g in g.ledger.map { (g.id, $0) } }, uniquingKeysWith: { a, _ in a })
     for device in sortedByGroup(report.devices) {
       let group = device.iommuGroup
+      let record = group.flatMap { held[$0] }.flatMap { r in r.originals.contains { $0.address == device.address } ? r : nil }
       table.rows.append([
         group != nil && lastGroup == .some(group) ? "" : group.map(String.init) ?? "-",
         short(device.address), clip(device.className ?? device.classCode, 22), clip(device.name, 48),
-        device.driver ?? "-", device.verdict.label,
+        device.driver ?? "-", record.map { "\($0.state.rawValue) by swift-vfio" } ?? device.verdict.label,
       ])
       lastGroup = .some(group)
     }
@@ -60,6 +63,7 @@ public enum HumanRenderer {
   public static func explain(_ report: ExplainReport) -> String {
     var out = "\(report.target): \(report.verdict.label.uppercased())"
     out += report.group.map { " (IOMMU group \($0))\n" } ?? "\n"
+    if let record = report.ledger { out += "\n" + ledgerLine(record) + "\n" }
     if report.reasons.isEmpty { out += "\nNothing stands in the way.\n" }
     for severity in [Reason.Severity.blocker, .condition] {
       let reasons = report.reasons.filter { $0.severity == severity }
@@ -84,7 +88,10 @@ public enum HumanRenderer {
       }
       out += table.render()
     }
-    if let plan = report.plan {
+    if let plan = report.plan, let group = report.group, report.ledger != nil {
+      out += "\nTo give it back to the host (`vfioctl attach \(group)`, dry run, nothing was changed):\n"
+      out += plan.restore.isEmpty ? "  (nothing to restore)\n" : steps(plan.restore)
+    } else if let plan = report.plan {
       out += "\nPlan (dry run, nothing was changed):\n"
       out += steps(plan.detach + plan.resets)
       out += "\nTo give it back to the host:\n"
@@ -142,6 +149,13 @@ public enum HumanRenderer {
     }.map(\.element)
   }
 
+  /// "detached by swift-vfio on DATE (uid 0) to vfio-pci; original drivers: 00:02.0 e1000e"
+  static func ledgerLine(_ record: LedgerRecord) -> String {
+    let originals = record.originals.map { "\(short($0.address)) \($0.binding)" }.joined(separator: ", ")
+    let what = record.state == .detached ? "detached by swift-vfio" : "being changed by swift-vfio (unfinished: run `vfioctl recover`)"
+    return "\(what) on \(record.since) (uid \(record.uid)) to \(record.driver ?? "vfio-pci"); original drivers: \(originals)"
+  }
+
   private static func deviceDetails(_ d: DeviceReport, group: GroupReport?) -> String {
     var lines = ["\(d.address)  \(d.className ?? "class \(d.classCode)"): \(d.name)"]
     func add(_ key: String, _ value: String) { lines.append("  " + key.padding(18) + value) }
@@ -156,6 +170,9 @@ public enum HumanRenderer {
         + (d.express.map { ", PCIe \($0.portType)" } ?? (d.capabilities.complete ? ", conventional PCI" : ""))
         + (d.multifunction ? ", multifunction" : ""))
     add("driver", (d.driver ?? "none") + (d.driverOverride.map { " (driver_override \($0))" } ?? ""))
+    if let record = group?.ledger, record.originals.contains(where: { $0.address == d.address }) {
+      add("swift-vfio", ledgerLine(record))
+    }
     add(
       "iommu group",
       d.iommuGroup.map {

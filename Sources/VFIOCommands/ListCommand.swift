@@ -7,6 +7,7 @@ struct ListCommand: ParsableCommand {
     commandName: "list", abstract: "List every PCI device by IOMMU group, with its verdict.")
 
   @OptionGroup var host: HostOptions
+  @OptionGroup var state: StateOptions
   @OptionGroup var output: OutputOptions
 
   @Flag(help: "Show the bridge tree with groups instead of a table.")
@@ -24,7 +25,7 @@ struct ListCommand: ParsableCommand {
   func run() throws {
     try reportingErrors {
       let report = DeviceFilter(classFilter: `class`, vendor: vendor, assignableOnly: assignable)
-        .apply(try host.builder().list())
+        .apply(try host.builder(state: state).list())
       try output.emit(report) { tree ? HumanRenderer.tree($0) : HumanRenderer.list($0) }
     }
   }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import VFIOHost
+import VFIOManager
 
 #if canImport(Glibc)
   import Glibc
@@ -23,14 +24,19 @@ public struct HostOptions: ParsableArguments {
   public var sysfs: Sysfs { Sysfs(root: root) }
 
   /// Reads the host once and prepares every report from it.
-  func builder(recorder: AccessRecorder? = nil) throws(CLIError) -> ReportBuilder {
+  func builder(recorder: AccessRecorder? = nil, state: StateOptions? = nil) throws(CLIError) -> ReportBuilder {
     let inventory: HostInventory
     do {
       inventory = try HostInventory.read(Sysfs(root: root, recorder: recorder), pageSize: pageSize)
     } catch {
       throw .unavailable(error.description)
     }
-    return ReportBuilder(inventory: inventory, names: names())
+    var ledger: [Int: LedgerRecord] = [:]
+    if let state {
+      // The inventory does not depend on the ledger: a ledger that cannot be read is a warning.
+      do { ledger = try LedgerRecord.all(directory: state.state) } catch { printError("warning: \(error)") }
+    }
+    return ReportBuilder(inventory: inventory, names: names(), ledger: ledger)
   }
 
   private func names() -> PCIIDDatabase? {

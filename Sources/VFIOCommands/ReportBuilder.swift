@@ -1,4 +1,5 @@
 import VFIOHost
+import VFIOManager
 import VFIOPolicy
 
 /// Turns the host model and the verdicts into report values; pure, so tests compare them.
@@ -9,10 +10,13 @@ public struct ReportBuilder: Sendable {
   let resets: ResetPlanner
   /// Group verdicts computed once; a device's verdict is its group's unless it is a bridge.
   let groupAssessments: [Int: Assessment]
+  /// Groups swift-vfio holds, from its ledger.
+  public let ledger: [Int: LedgerRecord]
 
-  public init(inventory: HostInventory, names: PCIIDDatabase?) {
+  public init(inventory: HostInventory, names: PCIIDDatabase?, ledger: [Int: LedgerRecord] = [:]) {
     self.inventory = inventory
     self.names = names
+    self.ledger = ledger
     self.assessor = Assessor(inventory: inventory)
     self.resets = ResetPlanner(inventory: inventory)
     var assessments: [Int: Assessment] = [:]
@@ -51,9 +55,18 @@ public struct ReportBuilder: Sendable {
       guard inventory.group(id) != nil else { throw .noSuchGroup(id) }
       assessment = assessor.assess(group: id)
     }
+    var plan = assessment.plan
+    let record = assessment.group.flatMap { ledger[$0] }
+    if let record, let group = assessment.group {
+      // Detached by us: the plan that matters is the restore of what the ledger recorded.
+      plan = AssignmentPlan(
+        group: group, members: assessment.members, inventory: inventory,
+        originals: Dictionary(record.originals.map { ($0.address, $0.binding) }, uniquingKeysWith: { a, _ in a }),
+        driver: record.driver ?? "vfio-pci")
+    }
     return ExplainReport(
       target: selector.description, group: assessment.group, verdict: assessment.verdict,
-      reasons: assessment.reasons, members: assessment.members, plan: assessment.plan)
+      reasons: assessment.reasons, members: assessment.members, plan: plan, ledger: record)
   }
 
   public func doctor() -> DoctorReport {
@@ -85,7 +98,7 @@ public struct ReportBuilder: Sendable {
     return GroupReport(
       id: group.id, type: group.type, devices: group.devices,
       endpoints: assessment.members.filter { $0.role == .endpoint }.map(\.address), otherMembers: group.otherMembers,
-      verdict: assessment.verdict, reasons: assessment.reasons)
+      verdict: assessment.verdict, reasons: assessment.reasons, ledger: ledger[group.id])
   }
 
   func summary(_ device: PCIDevice) -> DeviceSummary {

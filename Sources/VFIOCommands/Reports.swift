@@ -1,4 +1,5 @@
 import VFIOHost
+import VFIOManager
 import VFIOPolicy
 
 /// The JSON documents `vfioctl` prints. Field names are a public interface: see
@@ -107,6 +108,9 @@ public struct GroupReport: Codable, Sendable, Equatable {
   public var otherMembers: [String]
   public var verdict: Verdict
   public var reasons: [Reason]
+  /// What swift-vfio's ledger holds for the group (detached, or being changed); nil when the
+  /// group is the host's.
+  public var ledger: LedgerRecord?
 }
 
 /// `vfioctl list --json`.
@@ -146,7 +150,9 @@ public struct ExplainReport: Codable, Sendable {
   public var verdict: Verdict
   public var reasons: [Reason]
   public var members: [Assessment.Member]
+  /// For a group detached by swift-vfio, `plan.restore` gives back what the ledger recorded.
   public var plan: AssignmentPlan?
+  public var ledger: LedgerRecord?
 }
 
 /// `vfioctl doctor --json`.

@@ -7,6 +7,7 @@ struct TargetOptions: ParsableArguments {
   var target: Selector
 
   @OptionGroup var host: HostOptions
+  @OptionGroup var state: StateOptions
   @OptionGroup var output: OutputOptions
 }
 
@@ -19,7 +20,7 @@ struct ShowCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      try options.output.emit(try options.host.builder().show(options.target), human: HumanRenderer.show)
+      try options.output.emit(try options.host.builder(state: options.state).show(options.target), human: HumanRenderer.show)
     }
   }
 }
@@ -34,7 +35,7 @@ struct ExplainCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let report = try options.host.builder().explain(options.target)
+      let report = try options.host.builder(state: options.state).explain(options.target)
       try options.output.emit(report, human: HumanRenderer.explain)
       if report.verdict == .notAssignable { throw ExitCode(1) }
     }

@@ -281,3 +281,36 @@ public final class Ledger: Sendable {
     try write { db in try entry.insert(db) }
   }
 }
+
+/// What the ledger says of one group that is not simply the host's, as the read-only reports
+/// (`list`, `show`, `explain`) show it.
+public struct LedgerRecord: Codable, Sendable, Equatable {
+  public let state: GroupState
+  public let driver: String?
+  public let since: String
+  public let uid: Int
+  public let originals: [Original]
+
+  public struct Original: Codable, Sendable, Equatable {
+    public let address: PCIAddress
+    public let driver: String?
+    public let driverOverride: String?
+    public var binding: DriverBinding { DriverBinding(driver: driver, driverOverride: driverOverride) }
+  }
+
+  /// Every group the ledger in `directory` holds away from the host; empty without a ledger.
+  public static func all(directory: String) throws(ManagerError) -> [Int: LedgerRecord] {
+    guard let ledger = try Ledger.open(directory: directory, create: false) else { return [:] }
+    var records: [Int: LedgerRecord] = [:]
+    for group in try ledger.groups() where group.state != .host {
+      let originals = try ledger.members(of: group.id).compactMap { member in
+        member.pciAddress.map {
+          Original(address: $0, driver: member.originalDriver, driverOverride: member.originalOverride)
+        }
+      }
+      records[group.id] = LedgerRecord(
+        state: group.state, driver: group.driver, since: timestamp(group.since), uid: group.uid, originals: originals)
+    }
+    return records
+  }
+}

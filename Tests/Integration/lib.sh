@@ -121,3 +121,15 @@ expect_grep() {
         fail "$what: no '$pattern' in $(head -c 800 "$f" 2>/dev/null) rc=$(cat "$f.rc" 2>/dev/null)"
     fi
 }
+
+# Sets VFIOCTL_BIN to a statically linked vfioctl built from this tree (the one lab/suite
+# builds, when it is there).
+build_vfioctl() {
+    if [ -n "${VFIOCTL:-}" ]; then VFIOCTL_BIN=$VFIOCTL; return; fi
+    if ! swift build -c release --static-swift-stdlib --product vfioctl \
+        --scratch-path .build-lab >"$RESULTS/build-vfioctl.log" 2>&1; then
+        fail "vfioctl does not build (log: $RESULTS/build-vfioctl.log)"
+        finish
+    fi
+    VFIOCTL_BIN=$REPO/.build-lab/release/vfioctl
+}

@@ -1,0 +1,186 @@
+#!/bin/sh
+# Runs inside a lab guest (busybox sh, as root): vfioctl detach/attach/reset against the real
+# kernel, judged by what sysfs shows afterwards. Writes one "PASS name" or "FAIL name: why"
+# line per check to /out/checks and each command's output under /out. Driven by
+# Tests/Integration/manager.sh, which passes the topology name as $1.
+TOPOLOGY=$1
+S=/tmp/vfio-state
+V="vfioctl --state $S"
+: > /out/checks
+
+drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
+ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
+pass() { echo "PASS $*" >> /out/checks; }
+fail() { echo "FAIL $*" >> /out/checks; }
+# expect NAME DEVICE DRIVER OVERRIDE: the kernel shows DEVICE on DRIVER with driver_override OVERRIDE.
+expect() {
+    d=$(drv "$2"); o=$(ovr "$2")
+    if [ "$d" = "$3" ] && [ "$o" = "$4" ]; then pass "$1"; else fail "$1: $2 is on $d with driver_override $o, expected $3 / $4"; fi
+}
+# run NAME CMD...: runs a vfioctl command, output in /out/NAME.txt, status in $rc.
+run() { n=$1; shift; "$@" > "/out/$n.txt" 2>&1; rc=$?; echo "$rc" > "/out/$n.rc"; }
+expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt")"; fi; }
+expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
+
+# Host drivers for the two e1000 behind the PCIe-to-PCI bridge (the lab binds them to
+# vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.
+[ -f /lab/e1000.ko ] && insmod /lab/e1000.ko
+for f in 0000:01:01.0 0000:01:02.0; do
+    echo > /sys/bus/pci/devices/$f/driver_override
+    echo $f > /sys/bus/pci/devices/$f/driver/unbind
+    echo $f > /sys/bus/pci/drivers/e1000/bind
+done
+expect "setup: 01:01.0 on its host driver" 0000:01:01.0 e1000 "(null)"
+expect "setup: 01:02.0 on its host driver" 0000:01:02.0 e1000 "(null)"
+# edu with no driver at all, so that "none" is what attach must restore.
+echo > /sys/bus/pci/devices/0000:00:03.0/driver_override
+echo 0000:00:03.0 > /sys/bus/pci/devices/0000:00:03.0/driver/unbind
+expect "setup: edu without a driver" 0000:00:03.0 none "(null)"
+
+# --- e1000e 00:02.0, alone in group 2 -------------------------------------------------------
+run detach-e1000e $V detach 00:02.0
+expect_rc "detach 00:02.0" 0 detach-e1000e
+expect "detach 00:02.0: on vfio-pci" 0000:00:02.0 vfio-pci vfio-pci
+[ -c /dev/vfio/2 ] && pass "detach 00:02.0: /dev/vfio/2 exists" || fail "detach 00:02.0: no /dev/vfio/2"
+run status-e1000e $V status 2
+expect_text "status 2 names the original driver" "e1000e" status-e1000e
+run explain-detached $V explain 2
+expect_text "explain of a detached group says so" "detached by swift-vfio" explain-detached
+run attach-e1000e $V attach 2
+expect_rc "attach 2" 0 attach-e1000e
+expect "attach 2: back on e1000e, no override" 0000:00:02.0 e1000e "(null)"
+ls /sys/bus/pci/devices/0000:00:02.0/net/ 2>/dev/null | grep -q eth && pass "attach 2: its network interface is back" \
+    || fail "attach 2: no network interface under 0000:00:02.0/net"
+
+# --- e1000e pair 00:05.0 (group 5) / 00:05.1 (group 6, vfio-pci) -----------------------------
+run detach-mf $V detach 5
+expect_rc "detach 5" 0 detach-mf
+expect "detach 5: 05.0 on vfio-pci" 0000:00:05.0 vfio-pci vfio-pci
+expect "detach 5: sibling 05.1 untouched" 0000:00:05.1 vfio-pci vfio-pci
+run attach-mf $V attach 5
+expect "attach 5: 05.0 back on e1000e" 0000:00:05.0 e1000e "(null)"
+expect "attach 5: sibling 05.1 untouched" 0000:00:05.1 vfio-pci vfio-pci
+
+# --- the bridge group: both e1000 move, the bridge stays --------------------------------------
+bridge_driver=$(drv 0000:00:04.0)
+run detach-bridge $V detach 01:02.0
+expect_rc "detach 01:02.0 (group 4)" 0 detach-bridge
+expect "detach group 4: 01:01.0 on vfio-pci" 0000:01:01.0 vfio-pci vfio-pci
+expect "detach group 4: 01:02.0 on vfio-pci" 0000:01:02.0 vfio-pci vfio-pci
+[ "$(drv 0000:00:04.0)" = "$bridge_driver" ] && pass "detach group 4: bridge 00:04.0 stays on $bridge_driver" \
+    || fail "detach group 4: the bridge moved to $(drv 0000:00:04.0)"
+expect_text "detach group 4: one bus reset for both functions" "together, by one bus reset" detach-bridge
+run attach-bridge $V attach 4
+expect_rc "attach 4" 0 attach-bridge
+expect "attach 4: 01:01.0 back on e1000" 0000:01:01.0 e1000 "(null)"
+expect "attach 4: 01:02.0 back on e1000" 0000:01:02.0 e1000 "(null)"
+
+# --- nvme behind the root port --------------------------------------------------------------
+run detach-nvme $V detach 02:00.0
+expect_rc "detach 02:00.0" 0 detach-nvme
+expect "detach 02:00.0: on vfio-pci" 0000:02:00.0 vfio-pci vfio-pci
+run attach-nvme $V attach 02:00.0
+expect "attach 02:00.0: back on nvme" 0000:02:00.0 nvme "(null)"
+
+# --- edu: no reset method; vfio-edu drives it after --allow-no-reset ---------------------------
+run detach-edu-refused $V detach 00:03.0
+expect_rc "detach edu without --allow-no-reset is refused" 1 detach-edu-refused
+expect_text "the refusal names no-reset" "no-reset" detach-edu-refused
+expect "refused detach changed nothing" 0000:00:03.0 none "(null)"
+run detach-edu $V detach 00:03.0 --allow-no-reset
+expect_rc "detach edu --allow-no-reset" 0 detach-edu
+expect "detach edu: on vfio-pci" 0000:00:03.0 vfio-pci vfio-pci
+for b in $BACKENDS; do
+    vfio-edu 0000:00:03.0 --backend "$b" --json > /out/edu-$b.json 2>/out/edu-$b.err
+    rc=$?
+    if [ "$rc" = 0 ] && grep -q '"passed":true' /out/edu-$b.json; then pass "vfio-edu ($b) on the detached edu: DMA + MSI"
+    else fail "vfio-edu ($b) on the detached edu: exit $rc $(head -c 300 /out/edu-$b.json) $(head -c 300 /out/edu-$b.err)"; fi
+done
+
+# --- an open group or device cannot be attached ------------------------------------------------
+sh -c 'exec 3<>/dev/vfio/3; exec sleep 30' &
+holder=$!
+sleep 1
+run attach-open $V attach 3
+expect_rc "attach of an open group is refused" 1 attach-open
+expect_text "the refusal names the holder's pid" "pid $holder" attach-open
+kill $holder; wait $holder 2>/dev/null
+cdev=$(ls /sys/bus/pci/devices/0000:00:03.0/vfio-dev/ 2>/dev/null | head -n 1)
+if [ -n "$cdev" ]; then
+    sh -c "exec 3<>/dev/vfio/devices/$cdev; exec sleep 30" &
+    holder=$!
+    sleep 1
+    run attach-open-cdev $V attach 3
+    expect_rc "attach while the device's cdev is open is refused" 1 attach-open-cdev
+    expect_text "the refusal names /dev/vfio/devices/$cdev" "/dev/vfio/devices/$cdev" attach-open-cdev
+    kill $holder; wait $holder 2>/dev/null
+fi
+run attach-edu $V attach 3
+expect_rc "attach edu" 0 attach-edu
+expect "attach edu: back to no driver" 0000:00:03.0 none "(null)"
+
+# --- a reset that would hit a device the host uses is refused ---------------------------------
+run reset-busy $V reset 01:01.0 --method bus
+expect_rc "bus reset of 01:01.0 while 01:02.0 is on e1000 is refused" 1 reset-busy
+expect_text "the refusal lists 01:02.0" "0000:01:02.0 (on e1000)" reset-busy
+run reset-e1000e $V reset 00:02.0
+expect_rc "pm reset of the e1000e through sysfs" 0 reset-e1000e
+
+# --- an active swap on the nvme namespace ------------------------------------------------------
+if grep -q nvme0n1 /proc/partitions && mkswap /dev/nvme0n1 >/dev/null 2>&1 && swapon /dev/nvme0n1 2>/dev/null; then
+    run detach-swap $V detach 02:00.0
+    expect_rc "detach of an nvme whose namespace is active swap is refused" 1 detach-swap
+    expect_text "the refusal says swap" "swap" detach-swap
+    expect "refused: nvme still on nvme" 0000:02:00.0 nvme "(null)"
+    swapoff /dev/nvme0n1
+else
+    echo "SKIP swap: this kernel cannot swap on nvme0n1" >> /out/checks
+fi
+
+# --- two detach at once on one group ------------------------------------------------------------
+$V detach 2 > /out/race-a.txt 2>&1 &
+a=$!
+$V detach 2 > /out/race-b.txt 2>&1 &
+b=$!
+wait $a; ra=$?
+wait $b; rb=$?
+if { [ $ra = 0 ] || [ $ra = 75 ]; } && { [ $rb = 0 ] || [ $rb = 75 ]; } && { [ $ra = 0 ] || [ $rb = 0 ]; }; then
+    pass "two detach at once: exits $ra and $rb, one did it"
+else fail "two detach at once: exits $ra and $rb: $(cat /out/race-a.txt /out/race-b.txt | head -c 600)"; fi
+expect "after the race: 00:02.0 on vfio-pci" 0000:00:02.0 vfio-pci vfio-pci
+run race-history $V history 2 --json
+n=$(grep -o '"result":"ok"' /out/race-history.txt | wc -l)
+[ "$n" -ge 3 ] && pass "the ledger recorded the race consistently ($n ok entries)" || fail "race history: $(head -c 600 /out/race-history.txt)"
+$V attach 2 > /out/race-attach.txt 2>&1
+expect "after the race: attach restores e1000e" 0000:00:02.0 e1000e "(null)"
+
+# --- kill -9 at every step of detach and attach of the bridge group -----------------------------
+steps=$($V detach 4 --dry-run | grep -c '^  [0-9][0-9]*\. ')
+echo "bridge group plan: $steps steps" > /out/kill-steps
+for n in $(seq 1 "$steps"); do
+    SWIFT_VFIO_FAULT_AFTER_STEP=$n $V detach 4 > /out/kill-detach-$n.txt 2>&1
+    rc=$?
+    [ $rc = 137 ] || fail "detach killed after step $n: exit $rc, not SIGKILL"
+    run recover-detach-$n $V recover
+    if grep -q "rolled back the interrupted detach" /out/recover-detach-$n.txt \
+        && [ "$(drv 0000:01:01.0)$(ovr 0000:01:01.0)$(drv 0000:01:02.0)$(ovr 0000:01:02.0)" = "e1000(null)e1000(null)" ]; then
+        pass "kill -9 after detach step $n of $steps: recover rolled back, both e1000 on e1000, no override"
+    else fail "kill -9 after detach step $n: $(cat /out/recover-detach-$n.txt | head -c 300); 01:01.0 $(drv 0000:01:01.0) $(ovr 0000:01:01.0), 01:02.0 $(drv 0000:01:02.0) $(ovr 0000:01:02.0)"; fi
+done
+for n in $(seq 1 "$steps"); do
+    $V detach 4 > /dev/null 2>&1 || fail "detach 4 before the attach kill $n"
+    SWIFT_VFIO_FAULT_AFTER_STEP=$n $V attach 4 > /out/kill-attach-$n.txt 2>&1
+    rc=$?
+    [ $rc = 137 ] || fail "attach killed after step $n: exit $rc, not SIGKILL"
+    # Half the time the next command on the group recovers, half the time `recover` does.
+    if [ $((n % 2)) = 0 ]; then run recover-attach-$n $V attach 4; else run recover-attach-$n $V recover; fi
+    if grep -q "finished the interrupted attach" /out/recover-attach-$n.txt \
+        && [ "$(drv 0000:01:01.0)$(ovr 0000:01:01.0)$(drv 0000:01:02.0)$(ovr 0000:01:02.0)" = "e1000(null)e1000(null)" ]; then
+        pass "kill -9 after attach step $n of $steps: recovery finished it, both e1000 on e1000, no override"
+    else fail "kill -9 after attach step $n: $(head -c 300 /out/recover-attach-$n.txt); 01:01.0 $(drv 0000:01:01.0) $(ovr 0000:01:01.0), 01:02.0 $(drv 0000:01:02.0) $(ovr 0000:01:02.0)"; fi
+done
+run final-status $V status --json
+grep -q '"groups":\[\]' /out/final-status.txt && pass "the ledger ends with every group on the host" \
+    || fail "final status: $(head -c 600 /out/final-status.txt)"
+$V history > /out/history.txt 2>&1
+echo done >> /out/checks

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The host assignment manager against the real kernel in a lab guest: vfioctl detach, attach
+# and reset of the e1000e (its multifunction sibling untouched), the bridge group with two
+# e1000 (both move, the bridge stays), the nvme behind the root port and the edu device
+# (vfio-edu drives it after --allow-no-reset); refusals (no reset, an open group or cdev, a bus
+# reset that hits a host device, active swap on the nvme); two detach at once; and a SIGKILL
+# after every step of detach and attach of the bridge group, each followed by recovery. Every
+# check reads what sysfs shows afterwards (Tests/Integration/manager-guest.sh).
+#
+# usage: Tests/Integration/manager.sh TOPOLOGY RESULTS_DIR
+#   q35-vtd        Debian 6.1, legacy VFIO; e1000.ko loaded from the lab's kernel
+#   q35-iommufd    custom 6.12 with iommufd: cdevs, and vfio-edu on both backends
+#   anything else  exit 77
+# Environment: VFIOCTL=/path uses that binary (else .build-lab's, else built like lab/suite).
+# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+. "$(dirname "$0")/lib.sh"
+usage_and_args "$@"
+backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
+    || skip "no manager scenario for $TOPOLOGY (needs q35-vtd's devices)"
+require_lab
+build_edu
+build_vfioctl
+files=(--file "$REPO/Tests/Integration/manager-guest.sh:/lab/manager-guest.sh")
+if [ "$TOPOLOGY" = q35-vtd ]; then
+    e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
+    [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
+    files+=(--file "$e1000:/lab/e1000.ko")
+fi
+guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" "${files[@]}" --timeout 400
+checks=$RESULTS/manager/checks
+if ! grep -q '^done$' "$checks" 2>/dev/null; then
+    fail "the guest script did not finish (console: $RESULTS/manager/console.log)"
+fi
+while IFS= read -r line; do
+    case $line in
+        "PASS "*) pass "${line#PASS }" ;;
+        "FAIL "*) fail "${line#FAIL }" ;;
+        "SKIP "*) echo "$line" ;;
+    esac
+done < "${checks:-/dev/null}"
+finish
