@@ -64,12 +64,12 @@ public enum ManagerRenderer {
     return out
   }
 
-  public static func history(_ entries: [HistoryEntry]) -> String {
+  public static func history(_ entries: [HistoryLine]) -> String {
     guard !entries.isEmpty else { return "No history.\n" }
     var table = TextTable(header: ["WHEN", "UID", "GROUP", "RESULT", "COMMAND", "DETAIL"])
     for entry in entries {
       table.rows.append([
-        timestamp(entry.at), "\(entry.uid)", entry.groupID.map(String.init) ?? "-", entry.result, entry.command,
+        entry.at, "\(entry.uid)", entry.group.map(String.init) ?? "-", entry.result, entry.command,
         entry.detail,
       ])
     }

@@ -35,6 +35,18 @@ public final class AssignmentManager {
   public let host: any HostKernel
   public let configuration: Configuration
   let executor: PlanExecutor
+  /// Where the last command's time went, for `SWIFT_VFIO_TIMINGS=1` and the benchmark.
+  public private(set) var timings = Timings()
+
+  public struct Timings: Sendable, CustomStringConvertible {
+    /// Performing and verifying plan steps (the kernel's share).
+    public var steps: Double = 0
+    /// Write transactions of the ledger.
+    public var ledger: Double = 0
+    public var description: String {
+      "steps \(String(format: "%.1f", steps * 1000)) ms, ledger \(String(format: "%.1f", ledger * 1000)) ms"
+    }
+  }
 
   public init(sysfs: Sysfs, host: (any HostKernel)? = nil, configuration: Configuration = Configuration()) {
     self.sysfs = sysfs
@@ -453,10 +465,10 @@ public final class AssignmentManager {
     return StatusReport(ledger: ledger?.path, groups: groups)
   }
 
-  public func history(_ target: Selector?) throws(ManagerError) -> [HistoryEntry] {
+  public func history(_ target: Selector?) throws(ManagerError) -> [HistoryLine] {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
-    guard let target else { return try ledger.history() }
-    return try ledger.history(group: try resolveGroup(target, inventory: try readInventory()))
+    guard let target else { return try ledger.history().map(HistoryLine.init) }
+    return try ledger.history(group: try resolveGroup(target, inventory: try readInventory())).map(HistoryLine.init)
   }
 
   // MARK: Steps
@@ -469,8 +481,11 @@ public final class AssignmentManager {
 
   /// Performs, verifies and marks each step; the fault hook fires between the last two.
   func execute(_ steps: [PlanStep], operation: inout LedgerOperation, ledger: Ledger) throws(StepFailure) {
+    defer { timings.ledger = ledger.secondsWriting }
     for (index, step) in steps.enumerated() {
       let number = index + 1
+      let start = monotonicSeconds()
+      defer { timings.steps += monotonicSeconds() - start }
       do {
         try executor.perform(step)
         try executor.verify(step)
@@ -559,6 +574,7 @@ public final class AssignmentManager {
     _ ledger: Ledger, _ operation: inout LedgerOperation, status: LedgerOperation.Status, groupState: GroupState?,
     detail: String?
   ) throws(ManagerError) {
+    defer { timings.ledger = ledger.secondsWriting }
     operation.status = status
     operation.finished = Date()
     operation.detail = detail

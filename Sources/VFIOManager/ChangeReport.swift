@@ -70,3 +70,24 @@ public func timestamp(_ date: Date) -> String {
   formatter.formatOptions = [.withInternetDateTime]
   return formatter.string(from: date)
 }
+
+/// One history entry as `vfioctl history` prints it, times in UTC.
+public struct HistoryLine: Codable, Sendable, Equatable {
+  public let at: String
+  public let uid: Int
+  public let pid: Int
+  public let group: Int?
+  public let command: String
+  public let result: String
+  public let detail: String
+
+  public init(_ entry: HistoryEntry) {
+    at = timestamp(entry.at)
+    uid = entry.uid
+    pid = entry.pid
+    group = entry.groupID
+    command = entry.command
+    result = entry.result
+    detail = entry.detail
+  }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import Synchronization
 import VFIOHost
 import VFIOPolicy
 
@@ -104,6 +105,10 @@ public final class Ledger: Sendable {
   public static let fileName = "ledger.sqlite"
   public let path: String
   let queue: DatabaseQueue
+  private let writing = Mutex<Double>(0)
+
+  /// Seconds spent in write transactions so far (what the ledger costs a command).
+  public var secondsWriting: Double { writing.withLock { $0 } }
 
   /// Opens the ledger in `directory`, creating it (and migrating the schema) when `create`.
   /// Returns nil when it does not exist and `create` is false: nothing was ever recorded.
@@ -258,6 +263,8 @@ public final class Ledger: Sendable {
 
   /// Runs `body` in one transaction.
   public func write<T>(_ body: (Database) throws -> T) throws(ManagerError) -> T {
+    let start = monotonicSeconds()
+    defer { writing.withLock { $0 += monotonicSeconds() - start } }
     do {
       return try queue.write(body)
     } catch let error as ManagerError {
@@ -313,4 +320,10 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
     }
     return records
   }
+}
+
+func monotonicSeconds() -> Double {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

@@ -21,12 +21,28 @@ require_lab
 build_edu
 build_vfioctl
 files=(--file "$REPO/Tests/Integration/manager-guest.sh:/lab/manager-guest.sh")
+# DPDK, Debian's build, as a real VFIO client: testpmd with the e1000 PMD, the PCI bus and
+# the ring mempool from the plugin directory EAL loads by default (only those three there).
+( . lab/lib/common.sh; ensure_packages dpdk-dev librte-net-e1000-23 librte-mempool-ring23 ) \
+    || fail "could not install Debian's dpdk-dev"
+pmds=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
+dpdk_bins=()
+if [ -x /usr/bin/dpdk-testpmd ]; then
+    dpdk_bins=(--bin /usr/bin/dpdk-testpmd)
+    for pmd in librte_net_e1000 librte_bus_pci librte_mempool_ring; do
+        files+=(--file "$(readlink -f "$pmds/$pmd.so.23"):$pmds/$pmd.so.23")
+        for lib in $(ldd "$pmds/$pmd.so.23" | grep -o '/[^ ]*'); do
+            files+=(--file "$(readlink -f "$lib"):$lib")
+        done
+    done
+fi
 if [ "$TOPOLOGY" = q35-vtd ]; then
     e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
     [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
     files+=(--file "$e1000:/lab/e1000.ko")
 fi
-guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" "${files[@]}" --timeout 400
+guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" \
+    "${dpdk_bins[@]}" "${files[@]}" --timeout 600
 checks=$RESULTS/manager/checks
 if ! grep -q '^done$' "$checks" 2>/dev/null; then
     fail "the guest script did not finish (console: $RESULTS/manager/console.log)"
