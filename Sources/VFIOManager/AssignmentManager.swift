@@ -194,7 +194,6 @@ public final class AssignmentManager {
       let refusal = ManagerError.Refusal(
         code: "open", message: holders.map(\.description).joined(separator: "; "),
         remedy: "stop the VMM or driver that uses it (or close the descriptors), then attach again")
-      try history(ledger, group, "refused", refusal.message)
       throw .refused(group: group, [refusal])
     }
     let record = try ledger.group(group)

@@ -162,7 +162,7 @@ if command -v dpdk-testpmd >/dev/null; then
     expect "dpdk: 00:02.0 detached to vfio-pci" 0000:00:02.0 vfio-pci vfio-pci
     # No hugepages in the guest: anonymous memory, IOVA as VA through the type1 container.
     mkdir -p /var/run
-    echo | dpdk-testpmd -l 0 -n 1 --no-huge -m 128 --iova-mode=va -a 0000:00:02.0 \
+    echo | dpdk-testpmd --lcores 0@0,1@0 -n 1 --no-huge -m 128 --iova-mode=va -d /lab/pmds -a 0000:00:02.0 \
         -- --total-num-mbufs=2048 --nb-cores=1 > /out/dpdk-testpmd.txt 2>&1
     rc=$?
     if [ $rc = 0 ] && grep -q "^Port 0: [0-9A-F:]*" /out/dpdk-testpmd.txt && grep -q "Bye" /out/dpdk-testpmd.txt; then

@@ -21,16 +21,18 @@ require_lab
 build_edu
 build_vfioctl
 files=(--file "$REPO/Tests/Integration/manager-guest.sh:/lab/manager-guest.sh")
-# DPDK, Debian's build, as a real VFIO client: testpmd with the e1000 PMD, the PCI bus and
-# the ring mempool from the plugin directory EAL loads by default (only those three there).
+# DPDK, Debian's build, as a real VFIO client: testpmd with the e1000 PMD and the ring
+# mempool, loaded by EAL from /lab/pmds (`-d DIR` takes files named *.so). The PCI bus
+# driver comes in as the e1000 PMD's dependency; a second copy in /lab/pmds would be loaded
+# twice and EAL panics ("UIO_RESOURCE_LIST tailq is already registered").
 ( . lab/lib/common.sh; ensure_packages dpdk-dev librte-net-e1000-23 librte-mempool-ring23 ) \
     || fail "could not install Debian's dpdk-dev"
 pmds=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
 dpdk_bins=()
 if [ -x /usr/bin/dpdk-testpmd ]; then
     dpdk_bins=(--bin /usr/bin/dpdk-testpmd)
-    for pmd in librte_net_e1000 librte_bus_pci librte_mempool_ring; do
-        files+=(--file "$(readlink -f "$pmds/$pmd.so.23"):$pmds/$pmd.so.23")
+    for pmd in librte_net_e1000 librte_mempool_ring; do
+        files+=(--file "$(readlink -f "$pmds/$pmd.so.23"):/lab/pmds/$pmd.so")
         for lib in $(ldd "$pmds/$pmd.so.23" | grep -o '/[^ ]*'); do
             files+=(--file "$(readlink -f "$lib"):$lib")
         done
