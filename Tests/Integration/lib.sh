@@ -89,6 +89,8 @@ guest() {
     local dir=$1 cmd=$2
     shift 2
     local started=$SECONDS
+    # Results of an earlier run must not pass for this one's.
+    rm -rf "${RESULTS:?}/$dir"
     if ! lab/vm run "$TOPOLOGY" --bin "$EDU" "$@" --out "$RESULTS/$dir" -- "$cmd" \
         >"$RESULTS/$dir.vm.log" 2>&1; then
         local status

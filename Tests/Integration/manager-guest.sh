@@ -168,6 +168,22 @@ if command -v dpdk-testpmd >/dev/null; then
     if [ $rc = 0 ] && grep -q "^Port 0: [0-9A-F:]*" /out/dpdk-testpmd.txt && grep -q "Bye" /out/dpdk-testpmd.txt; then
         pass "dpdk-testpmd initialised port 0 (net_e1000_em) through VFIO and exited cleanly"
     else fail "dpdk-testpmd: exit $rc: $(grep -v '^$' /out/dpdk-testpmd.txt | tail -n 8 | tr '\n' '|' | head -c 700)"; fi
+    if command -v python3 >/dev/null && [ -f /usr/bin/dpdk-devbind.py ]; then
+        # dpdk-devbind --status against vfioctl list, device by device, with 00:02.0 detached.
+        python3 -I -S /usr/bin/dpdk-devbind.py --status-dev net > /out/devbind.txt 2>/out/devbind.err
+        v list --json | tr -d ' \n' > /out/list-flat.json
+        agreed=0 disagreed=""
+        for line in $(grep -o '^0000:[0-9a-f:.]* .*drv=[^ ]*' /out/devbind.txt | sed "s/^\(0000:[0-9a-f:.]*\) .*drv=\([^ ]*\).*/\1=\2/"); do
+            addr=${line%%=*} drv=${line#*=}
+            ours=$(grep -o "\"address\":\"$addr\"[^{}]*\"kind\":\"[a-z]*\",\"driver\":\"[^\"]*\"" /out/list-flat.json | sed 's/.*"driver":"\([^"]*\)"/\1/')
+            if [ "$ours" = "$drv" ]; then agreed=$((agreed + 1)); else disagreed="$disagreed $addr:devbind=$drv,vfioctl=${ours:-none}"; fi
+        done
+        if [ "$agreed" -ge 3 ] && [ -z "$disagreed" ] && grep -q "0000:00:02.0.*drv=vfio-pci" /out/devbind.txt; then
+            pass "dpdk-devbind.py --status agrees with vfioctl list on all $agreed bound network devices (00:02.0 on vfio-pci)"
+        else fail "dpdk-devbind.py vs vfioctl list: $agreed agree;$disagreed $(head -c 400 /out/devbind.txt) $(head -c 200 /out/devbind.err)"; fi
+    else
+        fail "dpdk-devbind.py or python3 is not in the guest"
+    fi
     run dpdk-attach v attach 2
     expect "dpdk: after attach 00:02.0 is back on e1000e" 0000:00:02.0 e1000e "(null)"
     ls /sys/bus/pci/devices/0000:00:02.0/net/ 2>/dev/null | grep -q eth && pass "dpdk: after attach the host has its interface again" \

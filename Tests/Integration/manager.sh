@@ -20,6 +20,9 @@ backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
 require_lab
 build_edu
 build_vfioctl
+# The initramfs holds vfioctl (static, with Foundation), vfio-edu, DPDK and python's modules:
+# more than 512 MiB of guest RAM can unpack beside the kernel.
+export LAB_MEMORY=${LAB_MEMORY:-1024}
 files=(--file "$REPO/Tests/Integration/manager-guest.sh:/lab/manager-guest.sh")
 # DPDK, Debian's build, as a real VFIO client: testpmd with the e1000 PMD and the ring
 # mempool, loaded by EAL from /lab/pmds (`-d DIR` takes files named *.so). The PCI bus
@@ -42,6 +45,34 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
     [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
     files+=(--file "$e1000:/lab/e1000.ko")
+fi
+# dpdk-devbind.py (Debian's dpdk package) with the python3 modules it loads, lspci and pci.ids,
+# to compare its view of who drives what with vfioctl's.
+( . lab/lib/common.sh; ensure_packages dpdk pciutils ) || fail "could not install Debian's dpdk"
+if [ -f /usr/bin/dpdk-devbind.py ] && [ -x /usr/bin/python3 ] && [ -x /usr/bin/lspci ]; then
+    dpdk_bins+=(--bin /usr/bin/python3 --bin /usr/bin/lspci)
+    files+=(--file /usr/bin/dpdk-devbind.py:/usr/bin/dpdk-devbind.py)
+    for ids in /usr/share/misc/pci.ids /usr/share/hwdata/pci.ids; do
+        [ -f "$ids" ] && files+=(--file "$(readlink -f "$ids"):$ids")
+    done
+    modules=$(/usr/bin/python3 -I -S - 2>/dev/null <<'PY'
+import sys
+sys.argv = ["dpdk-devbind.py", "--status-dev", "net"]
+sys.stdout = open("/dev/null", "w")
+try:
+    exec(compile(open("/usr/bin/dpdk-devbind.py").read(), "dpdk-devbind.py", "exec"), {"__name__": "__main__"})
+except SystemExit:
+    pass
+sys.stdout = sys.__stdout__
+import os
+files = {getattr(m, "__file__", None) or "" for m in list(sys.modules.values())}
+print("\n".join(sorted(f for f in files if f.startswith("/") and os.path.isfile(f))))
+PY
+)
+    for m in $modules /usr/lib/python3.11/os.py; do
+        files+=(--file "$m:$m")
+        case $m in *.so) for lib in $(ldd "$m" | grep -o '/[^ ]*'); do files+=(--file "$(readlink -f "$lib"):$lib"); done ;; esac
+    done
 fi
 guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" \
     "${dpdk_bins[@]}" "${files[@]}" --timeout 600

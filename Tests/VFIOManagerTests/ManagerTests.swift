@@ -394,6 +394,58 @@ final class ManagerTests: XCTestCase {
     XCTAssertNoThrow(try manager(lockTimeout: 0.1).detach(.group(10)))
   }
 
+  func testADeviceThatDisappearedIsReportedNotFatal() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(4))
+    // Hot-removed while detached: gone from the bus, and from its group.
+    unlink(tree.path + "/sys/bus/pci/devices/0000:01:02.0")
+    unlink(tree.path + "/sys/kernel/iommu_groups/4/devices/0000:01:02.0")
+    let report = try manager().attach(.group(4))
+    XCTAssertTrue(report.notes.contains { $0.contains("0000:01:02.0 (8086:100e) is gone from the host") }, "\(report.notes)")
+    XCTAssertEqual(try ledger().group(4)?.state, .host)
+  }
+
+  /// Every group of every captured topology that has a plan: detach runs exactly explain's
+  /// steps, attach exactly its restore, and afterwards every device of the tree is bound as
+  /// it was when captured.
+  func testEveryCapturedTopologyRoundTripsExactly() throws {
+    var groupsChecked = 0
+    for fixture in ["q35-vtd", "q35-iommufd", "q35-sriov", "q35-virtio-iommu", "q35-amd-iommu", "pseries"] {
+      try setUpTree(fixture)
+      let inventory = try Fixtures.inventory(fixture)
+      let original = snapshot()
+      for group in inventory.groups {
+        guard let plan = Assessor(inventory: inventory).assess(group: group.id).plan else { continue }
+        let detached = try manager().detach(.group(group.id))
+        XCTAssertEqual(detached.steps, plan.detach, "\(fixture) group \(group.id)")
+        let attached = try manager().attach(.group(group.id))
+        // A group the capture already shows on vfio-pci has nothing to restore but its resets.
+        let expected = plan.restore.isEmpty ? plan.detach.filter { $0.action == .resetNow } : plan.restore
+        XCTAssertEqual(attached.steps, expected, "\(fixture) group \(group.id)")
+        XCTAssertEqual(snapshot(), original, "\(fixture) group \(group.id) did not come back exactly")
+        groupsChecked += 1
+      }
+    }
+    XCTAssertGreaterThan(groupsChecked, 20)
+  }
+
+  func testASysfsWriteThatNeverReturnsIsBoundedAndReported() throws {
+    let dir = try TemporaryTree()
+    mkdir(dir.path + "/sys", 0o755)
+    // A FIFO nobody reads: open(O_WRONLY) blocks, as a driver's remove can.
+    XCTAssertEqual(mkfifo(dir.path + "/sys/stuck", 0o600), 0)
+    let host = LiveHost(sysfs: Sysfs(root: dir.path), writeTimeout: 0.3)
+    let start = Date()
+    XCTAssertThrowsError(try host.write("0000:00:02.0", to: "/sys/stuck")) { error in
+      XCTAssertTrue("\(error)".contains("no answer after 300 ms"), "\(error)")
+    }
+    XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+    // Unblock the abandoned writer so the test leaves no thread behind.
+    let fd = open(dir.path + "/sys/stuck", O_RDONLY | O_NONBLOCK)
+    usleep(100_000)
+    close(fd)
+  }
+
   // MARK: The ledger
 
   func testAnEmptyFileIsMigratedAndANewerSchemaIsRefused() throws {
