@@ -19,9 +19,9 @@ public enum CLIError: Error, Equatable, CustomStringConvertible {
   public var description: String {
     switch self {
     case .noSuchDevice(let address):
-      return "no PCI device \(address) on this host; run `vfioctl list` to see the devices"
+      return TargetNotFound.device(address)
     case .noSuchGroup(let id):
-      return "no IOMMU group \(id) on this host; run `vfioctl list` to see the groups"
+      return TargetNotFound.group(id)
     case .unavailable(let why): return why
     case .internalError(let why): return "internal error: \(why)"
     }

@@ -27,10 +27,22 @@ struct ChangeOptions: ParsableArguments {
   @OptionGroup var host: HostOptions
   @OptionGroup var output: OutputOptions
 
-  func manager() -> AssignmentManager {
+  func manager() -> AssignmentManager { stateOptions.manager(host: host, lockTimeout: wait) }
+}
+
+/// What the commands that only read the ledger (and recover) take.
+struct LedgerOptions: ParsableArguments {
+  @OptionGroup var stateOptions: StateOptions
+  @OptionGroup var host: HostOptions
+  @OptionGroup var output: OutputOptions
+
+  func manager() -> AssignmentManager { stateOptions.manager(host: host) }
+}
+
+extension StateOptions {
+  func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
     AssignmentManager(
-      sysfs: host.sysfs,
-      configuration: .init(stateDirectory: stateOptions.state, lockTimeout: wait, pageSize: host.pageSize))
+      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout, pageSize: host.pageSize))
   }
 }
 
@@ -38,16 +50,6 @@ struct ChangeOptions: ParsableArguments {
 func reportTimings(_ manager: AssignmentManager) {
   guard ProcessInfo.processInfo.environment["SWIFT_VFIO_TIMINGS"] == "1" else { return }
   printError("timings: \(manager.timings)")
-}
-
-/// Runs a manager call, turning `ManagerError` into its message and exit code.
-func reportingManagerErrors(_ body: () throws -> Void) throws {
-  do {
-    try body()
-  } catch let error as ManagerError {
-    printError(error.description)
-    throw ExitCode(error.exitCode)
-  }
 }
 
 struct DetachCommand: ParsableCommand {
@@ -75,7 +77,7 @@ struct DetachCommand: ParsableCommand {
   var force: [PCIAddress] = []
 
   func run() throws {
-    try reportingManagerErrors {
+    try reportingErrors {
       let manager = options.manager()
       let report = try manager.detach(
         options.target, driver: driver, force: force, allowNoReset: allowNoReset, dryRun: options.dryRun)
@@ -94,7 +96,7 @@ struct AttachCommand: ParsableCommand {
   @OptionGroup var options: ChangeOptions
 
   func run() throws {
-    try reportingManagerErrors {
+    try reportingErrors {
       let manager = options.manager()
       let report = try manager.attach(options.target, dryRun: options.dryRun)
       reportTimings(manager)
@@ -118,7 +120,7 @@ struct ResetCommand: ParsableCommand {
   var method: String?
 
   func run() throws {
-    try reportingManagerErrors {
+    try reportingErrors {
       let report = try options.manager().reset(
         options.target, method: method.map(ResetMethod.init(rawValue:)), dryRun: options.dryRun)
       try options.output.emit(report, human: ManagerRenderer.change)
@@ -131,16 +133,12 @@ struct RecoverCommand: ParsableCommand {
     commandName: "recover",
     abstract: "Finish or roll back whatever an interrupted vfioctl left half done, and say which.")
 
-  @OptionGroup var stateOptions: StateOptions
-  @OptionGroup var host: HostOptions
-  @OptionGroup var output: OutputOptions
+  @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingManagerErrors {
-      let manager = AssignmentManager(
-        sysfs: host.sysfs, configuration: .init(stateDirectory: stateOptions.state, pageSize: host.pageSize))
-      let reports = try manager.recover()
-      try output.emit(reports) { reports in
+    try reportingErrors {
+      let reports = try options.manager().recover()
+      try options.output.emit(reports) { reports in
         reports.isEmpty ? "Nothing was left unfinished.\n" : reports.compactMap(\.recovered).joined(separator: "\n") + "\n"
       }
     }
@@ -155,15 +153,11 @@ struct StatusCommand: ParsableCommand {
   @Argument(help: "A PCI address or an IOMMU group number (default: every group not on the host).", transform: parseSelector)
   var target: Selector?
 
-  @OptionGroup var stateOptions: StateOptions
-  @OptionGroup var host: HostOptions
-  @OptionGroup var output: OutputOptions
+  @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingManagerErrors {
-      let manager = AssignmentManager(
-        sysfs: host.sysfs, configuration: .init(stateDirectory: stateOptions.state, pageSize: host.pageSize))
-      try output.emit(try manager.status(target), human: ManagerRenderer.status)
+    try reportingErrors {
+      try options.output.emit(try options.manager().status(target), human: ManagerRenderer.status)
     }
   }
 }
@@ -175,15 +169,11 @@ struct HistoryCommand: ParsableCommand {
   @Argument(help: "A PCI address or an IOMMU group number (default: every group).", transform: parseSelector)
   var target: Selector?
 
-  @OptionGroup var stateOptions: StateOptions
-  @OptionGroup var host: HostOptions
-  @OptionGroup var output: OutputOptions
+  @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingManagerErrors {
-      let manager = AssignmentManager(
-        sysfs: host.sysfs, configuration: .init(stateDirectory: stateOptions.state, pageSize: host.pageSize))
-      try output.emit(try manager.history(target), human: ManagerRenderer.history)
+    try reportingErrors {
+      try options.output.emit(try options.manager().history(target), human: ManagerRenderer.history)
     }
   }
 }

@@ -77,11 +77,15 @@ func parseSelector(_ text: String) throws -> Selector {
   }
 }
 
-/// Runs a command body, turning `CLIError` into its message on stderr and its exit code.
+/// Runs a command body, turning `CLIError` and `ManagerError` into the message on stderr and
+/// the exit code.
 func reportingErrors(_ body: () throws -> Void) throws {
   do {
     try body()
   } catch let error as CLIError {
+    printError(error.description)
+    throw ExitCode(error.exitCode)
+  } catch let error as ManagerError {
     printError(error.description)
     throw ExitCode(error.exitCode)
   }

@@ -21,3 +21,13 @@ public enum Selector: Sendable, Equatable, CustomStringConvertible {
     }
   }
 }
+
+/// What every command says when a target does not exist, and what to do next.
+public enum TargetNotFound {
+  public static func device(_ address: String) -> String {
+    "no PCI device \(address) on this host; run `vfioctl list` to see the devices"
+  }
+  public static func group(_ id: Int) -> String {
+    "no IOMMU group \(id) on this host; run `vfioctl list` to see the groups"
+  }
+}
