@@ -43,8 +43,11 @@ public final class AssignmentManager {
     public var steps: Double = 0
     /// Write transactions of the ledger.
     public var ledger: Double = 0
+    /// Reading the host model (sysfs, config space, host use).
+    public var inventory: Double = 0
     public var description: String {
-      "steps \(String(format: "%.1f", steps * 1000)) ms, ledger \(String(format: "%.1f", ledger * 1000)) ms"
+      func ms(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1000) }
+      return "steps \(ms(steps)) ms, ledger \(ms(ledger)) ms, inventory \(ms(inventory)) ms"
     }
   }
 
@@ -65,7 +68,7 @@ public final class AssignmentManager {
     guard ["vfio-pci", "pci-stub"].contains(driver) else {
       throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
     }
-    var group = try resolveGroup(target, inventory: try readInventory())
+    var group = try lockingGroup(target)
     if dryRun {
       let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
       let inventory = try readInventory()
@@ -173,7 +176,7 @@ public final class AssignmentManager {
   /// Gives a group detached by swift-vfio back to the host: reset, then every endpoint on
   /// exactly the driver and driver_override the ledger recorded.
   public func attach(_ target: Selector, dryRun: Bool = false) throws(ManagerError) -> ChangeReport {
-    var group = try resolveGroup(target, inventory: try readInventory())
+    var group = try lockingGroup(target)
     if dryRun {
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
       let inventory = try readInventory()
@@ -273,7 +276,7 @@ public final class AssignmentManager {
   public func reset(_ target: Selector, method: ResetMethod? = nil, dryRun: Bool = false) throws(ManagerError)
     -> ChangeReport
   {
-    var group = try resolveGroup(target, inventory: try readInventory())
+    var group = try lockingGroup(target)
     if dryRun {
       let inventory = try readInventory()
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
@@ -467,7 +470,7 @@ public final class AssignmentManager {
   public func history(_ target: Selector?) throws(ManagerError) -> [HistoryLine] {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
     guard let target else { return try ledger.history().map(HistoryLine.init) }
-    return try ledger.history(group: try resolveGroup(target, inventory: try readInventory())).map(HistoryLine.init)
+    return try ledger.history(group: try lockingGroup(target)).map(HistoryLine.init)
   }
 
   // MARK: Steps
@@ -523,10 +526,31 @@ public final class AssignmentManager {
   // MARK: Plumbing
 
   func readInventory() throws(ManagerError) -> HostInventory {
+    let start = monotonicSeconds()
+    defer { timings.inventory += monotonicSeconds() - start }
     do {
       return try HostInventory.read(sysfs, pageSize: configuration.pageSize)
     } catch {
       throw .unavailable(error.description)
+    }
+  }
+
+  /// The group whose lock a command takes, from one sysfs link rather than the whole
+  /// inventory (read once the lock is held, so that it is the state the command acts on).
+  func lockingGroup(_ target: Selector) throws(ManagerError) -> Int {
+    switch target {
+    case .device(let address):
+      let path = "/sys/bus/pci/devices/\(address)"
+      guard sysfs.exists(path) else { throw .noSuchDevice(address.description) }
+      guard let name = sysfs.linkName(path + "/iommu_group"), let group = Int(name) else {
+        throw .refused(
+          group: -1,
+          [.init(code: "no-group", message: "\(address) has no IOMMU group", remedy: "run `vfioctl explain \(address)`")])
+      }
+      return group
+    case .group(let id):
+      guard sysfs.exists("/sys/kernel/iommu_groups/\(id)") else { throw .noSuchGroup(id) }
+      return id
     }
   }
 
