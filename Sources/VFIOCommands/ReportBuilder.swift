@@ -97,7 +97,7 @@ public struct ReportBuilder: Sendable {
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
       resetMethods: resets.methods(of: device).methods, bars: device.bars, sriov: device.sriov,
       physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address),
-      verdict: verdict(of: device))
+      verdict: verdict(of: device), warnings: device.warnings)
   }
 
   func device(_ device: PCIDevice) -> DeviceReport {
@@ -131,7 +131,7 @@ public struct ReportBuilder: Sendable {
         pin: device.interrupt.pinName, irq: device.interrupt.irq, masking: device.interrupt.masking, sharedWith: sharing
       ),
       hostUse: inventory.uses(of: device.address), bootVGA: device.bootVGA, verdict: verdict(of: device),
-      configError: device.configError ?? config?.chainErrors.first?.description)
+      configError: device.configError ?? config?.chainErrors.first?.description, warnings: device.warnings)
   }
 }
 

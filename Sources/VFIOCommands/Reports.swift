@@ -41,6 +41,8 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   public var bootVGA: Bool
   public var verdict: Verdict
   public var configError: String?
+  /// What was wrong in the function's sysfs and was skipped (see `PCIDevice.warnings`).
+  public var warnings: [String]
 
   public struct Express: Codable, Sendable, Equatable {
     public var portType: String
@@ -96,6 +98,7 @@ public struct DeviceSummary: Codable, Sendable, Equatable {
   public var physicalFunction: PCIAddress?
   public var hostUse: [HostUse]
   public var verdict: Verdict
+  public var warnings: [String]
 }
 
 /// One IOMMU group with its verdict.

@@ -55,6 +55,7 @@ public struct HostInventory: Sendable {
   public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil) throws(InventoryError) -> HostInventory {
     guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
     let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    guard isValidPageSize(pageSize) else { throw .badPageSize(pageSize) }
     let names = sysfs.list("/sys/bus/pci/devices")
     let results = readConcurrently(names) { name -> Result<PCIDevice, DeviceReadError> in
       Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
@@ -62,9 +63,18 @@ public struct HostInventory: Sendable {
     }
     var devices: [PCIDevice] = []
     var unreadable: [(String, String)] = []
+    var seen: [PCIAddress: String] = [:]
     for (name, result) in zip(names, results) {
       switch result {
-      case .success(let device): devices.append(device)
+      case .success(let device):
+        // Two names for one address (`0000:00:02.0` and `00:02.0`) cannot come from the
+        // kernel; every lookup by address assumes one device per address.
+        if let first = seen[device.address] {
+          unreadable.append((name, "names the same function as \(first); left out"))
+        } else {
+          seen[device.address] = name
+          devices.append(device)
+        }
       case .failure(let error): unreadable.append((name, error.description))
       }
     }
@@ -179,15 +189,21 @@ public struct HostInventory: Sendable {
 /// Why the host could not be read at all.
 public enum InventoryError: Error, Equatable, CustomStringConvertible {
   case noPCIBus(String)
+  case badPageSize(UInt64)
 
   public var description: String {
     switch self {
     case .noPCIBus(let path):
       return
         "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
+    case .badPageSize(let size):
+      return "page size \(size) is not a power of two of at least 4096; pass the guest's or host's page size in bytes"
     }
   }
 }
+
+/// Page sizes Linux uses: 4 KiB and larger powers of two.
+public func isValidPageSize(_ size: UInt64) -> Bool { size >= 4096 && size & (size - 1) == 0 }
 
 /// Maps `body` over `items` on every core: inventory is thousands of independent small reads.
 func readConcurrently<T, R: Sendable>(_ items: [T], _ body: @Sendable (T) -> R) -> [R] where T: Sendable {

@@ -24,8 +24,9 @@ struct HostUseScanner {
       let diskPath = "/sys/block/\(disk)"
       let partitions = sysfs.list(diskPath).filter { $0.hasPrefix(disk) && sysfs.exists("\(diskPath)/\($0)/partition") }
       var found: [HostUse] = []
+      var budget = HolderBudget()
       for (name, path) in [(disk, diskPath)] + partitions.map({ ($0, "\(diskPath)/\($0)") }) {
-        found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0)
+        found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0, budget: &budget)
       }
       if found.isEmpty {
         found.append(
@@ -36,7 +37,17 @@ struct HostUseScanner {
     return result
   }
 
-  private func uses(ofBlock name: String, at path: String, mounts: MountTable, depth: Int) -> [HostUse] {
+  /// Bounds the holder walk of one disk: holders may name each other in a cycle or fan out,
+  /// and a walk of depth 4 over a wide fan-out is exponential.
+  struct HolderBudget {
+    var visits = 256
+    /// Holders on the current chain, so that a cycle ends.
+    var chain: Set<String> = []
+  }
+
+  private func uses(
+    ofBlock name: String, at path: String, mounts: MountTable, depth: Int, budget: inout HolderBudget
+  ) -> [HostUse] {
     var found: [HostUse] = []
     if let dev = sysfs.readString("\(path)/dev") {
       for point in mounts.mountPoints(device: dev, name: name) {
@@ -49,9 +60,12 @@ struct HostUseScanner {
     // Holders (device mapper, md) stack further block devices on top; follow a few levels.
     guard depth < 4 else { return found }
     for holder in sysfs.list("\(path)/holders") {
+      guard budget.visits > 0, holder != name, budget.chain.insert(holder).inserted else { continue }
+      budget.visits -= 1
       let holderPath = "/sys/block/\(holder)"
       let label = sysfs.readString("\(holderPath)/dm/name").map { "\(holder) (\($0))" } ?? holder
-      let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1)
+      let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1, budget: &budget)
+      budget.chain.remove(holder)
       let detail =
         above.isEmpty
         ? "is held by \(label)" : "is held by \(label), which " + above.map(\.detail).joined(separator: ", ")
@@ -199,9 +213,8 @@ struct MountTable {
 
   func mountPoints(device: String, name: String) -> [String] {
     let points = (byDevice[device] ?? []) + (byName[name] ?? [])
-    var unique: [String] = []
-    for point in points where !unique.contains(point) { unique.append(point) }
-    return unique
+    var seen: Set<String> = []
+    return points.filter { seen.insert($0).inserted }
   }
 }
 

@@ -92,7 +92,7 @@ final class CLITests: XCTestCase {
     let devices = try XCTUnwrap(list["devices"] as? [[String: Any]])
     let required: Set = [
       "address", "vendorID", "deviceID", "classCode", "name", "kind", "iommuGroup", "resetMethods", "bars", "hostUse",
-      "verdict",
+      "verdict", "warnings",
     ]
     let optional: Set = ["className", "driver", "driverOverride", "parent", "sriov", "physicalFunction"]
     for device in devices {
