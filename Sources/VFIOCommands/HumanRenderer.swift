@@ -67,7 +67,9 @@ public enum HumanRenderer {
 
   public static func explain(_ report: ExplainReport) -> String {
     var out = "\(report.target): \(report.verdict.label.uppercased())"
-    out += report.group.map { " (IOMMU group \($0))\n" } ?? "\n"
+    // A group target already names its group ("group 4: …").
+    let groupTarget = report.target.hasPrefix("group ")
+    out += report.group.map { groupTarget ? "\n" : " (IOMMU group \($0))\n" } ?? "\n"
     if report.reasons.isEmpty { out += "\nNothing stands in the way.\n" }
     for severity in [Reason.Severity.blocker, .condition] {
       let reasons = report.reasons.filter { $0.severity == severity }
@@ -129,10 +131,10 @@ public enum HumanRenderer {
 
   private static func summary(_ report: ListReport) -> String {
     let count = { (verdict: Verdict) in report.groups.filter { $0.verdict == verdict }.count }
-    var out = "\n\(report.devices.count) devices"
+    var out = "\n\(plural(report.devices.count, "device"))"
     if report.iommu.enabled {
       out +=
-        " in \(report.groups.count) IOMMU groups: \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
+        " in \(plural(report.groups.count, "IOMMU group")): \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
     }
     out += ". `vfioctl explain ADDRESS|GROUP` says why.\n"
     for item in report.unreadable { out += "unreadable: \(item.name): \(item.reason)\n" }

@@ -91,7 +91,7 @@ public struct ReportBuilder: Sendable {
   func summary(_ device: PCIDevice) -> DeviceSummary {
     DeviceSummary(
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
-      classCode: hex(device.classCode, width: 6), className: names?.className(device.classCode),
+      classCode: hex(device.classCode, width: 6), className: PCIClassNames.name(device.classCode),
       name: displayName(device),
       kind: device.kind, driver: device.driver,
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
@@ -111,7 +111,7 @@ public struct ReportBuilder: Sendable {
       classCode: hex(device.classCode, width: 6), revision: hex(device.revision, width: 2),
       vendorName: names?.vendorName(device.vendorID),
       deviceName: names?.deviceName(vendor: device.vendorID, device: device.deviceID),
-      className: names?.className(device.classCode), name: displayName(device),
+      className: PCIClassNames.name(device.classCode), name: displayName(device),
       kind: device.kind,
       driver: device.driver, driverOverride: device.driverOverride, iommuGroup: device.iommuGroup,
       numaNode: device.numaNode, headerType: Int(device.headerType), multifunction: device.isMultifunction,

@@ -6,7 +6,10 @@ struct TargetOptions: ParsableArguments {
   var target: Selector
 
   @OptionGroup var host: HostOptions
+  @OptionGroup var devices: DeviceOptions
   @OptionGroup var output: OutputOptions
+
+  func builder() throws(CLIError) -> ReportBuilder { try host.builder(devices: devices) }
 }
 
 struct ShowCommand: ParsableCommand {
@@ -18,7 +21,7 @@ struct ShowCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      try options.output.emit(try options.host.builder().show(options.target), human: HumanRenderer.show)
+      try options.output.emit(try options.builder().show(options.target), human: HumanRenderer.show)
     }
   }
 }
@@ -33,7 +36,7 @@ struct ExplainCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let report = try options.host.builder().explain(options.target)
+      let report = try options.builder().explain(options.target)
       try options.output.emit(report, human: HumanRenderer.explain)
       if report.verdict == .notAssignable { throw ExitCode(1) }
     }

@@ -8,8 +8,13 @@ public struct VFIOCtl: ParsableCommand {
     discussion: """
       Exit codes: 0 ok, 1 negative verdict (explain, doctor), 64 usage, 66 no such device or group,
       69 host data unavailable, 70 internal error.
+      Shell completions: `vfioctl --generate-completion-script bash` (or zsh, fish).
       """,
+    version: version,
     subcommands: [ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self])
+
+  /// The release, printed by `vfioctl --version` and recorded in captures.
+  public static let version = "0.2.0"
 
   public init() {}
 }

@@ -48,6 +48,19 @@ public struct HostInventory: Sendable {
     return devices.filter { $0.upstreamBridges.contains(bridge) }
   }
 
+  /// Functions whose config space read gave only the 64-byte header: what sysfs hands a reader
+  /// that is not root (or a capture such a reader made).
+  public var devicesWithConfigHeaderOnly: [PCIDevice] { devices.filter { ($0.config?.bytes.count ?? 0) == 64 } }
+
+  /// Said once per run when config space was cut, since every capability-derived fact then
+  /// reads as unknown; nil when it was read whole.
+  public var configSpaceNote: String? {
+    let cut = devicesWithConfigHeaderOnly.count
+    guard cut > 0 else { return nil }
+    return
+      "config space is cut to 64 bytes for \(plural(cut, "device")) (not read as root): capabilities, FLR, ACS and SR-IOV are unknown; run as root"
+  }
+
   /// Whether IOMMU groups exist at all: the kernel created them because an IOMMU is on.
   public var iommuEnabled: Bool { !groups.isEmpty }
 
@@ -200,6 +213,11 @@ public enum InventoryError: Error, Equatable, CustomStringConvertible {
       return "page size \(size) is not a power of two of at least 4096; pass the guest's or host's page size in bytes"
     }
   }
+}
+
+/// "1 device", "2 devices": a count with its noun, plural unless it is one.
+public func plural(_ count: Int, _ noun: String, _ plural: String? = nil) -> String {
+  "\(count) \(count == 1 ? noun : plural ?? noun + "s")"
 }
 
 /// Page sizes Linux uses: 4 KiB and larger powers of two.

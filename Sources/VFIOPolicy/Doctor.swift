@@ -47,7 +47,8 @@ public struct Doctor: Sendable {
         ? "; iommu=pt keeps host devices in passthrough, which is fine for VFIO" : ""
       return Finding(
         "iommu", .ok,
-        "\(inventory.groups.count) IOMMU groups\(units.isEmpty ? "" : " on " + units.joined(separator: ", "))\(mode)")
+        "\(plural(inventory.groups.count, "IOMMU group"))\(units.isEmpty ? "" : " on " + units.joined(separator: ", "))\(mode)"
+      )
     }
     let next: String
     if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
@@ -152,11 +153,11 @@ public struct Doctor: Sendable {
   }
 
   private func configAccess() -> Finding? {
-    let partial = inventory.devices.filter { ($0.config?.bytes.count ?? 0) <= 64 }
+    let partial = inventory.devicesWithConfigHeaderOnly
     guard !partial.isEmpty else { return nil }
     return Finding(
       "config-access", .warning,
-      "only the 64-byte config header was readable for \(partial.count) device(s): capabilities (FLR, ACS, SR-IOV) are unknown",
+      "only the 64-byte config header was readable for \(plural(partial.count, "device")): capabilities (FLR, ACS, SR-IOV) are unknown",
       next: "run vfioctl as root")
   }
 }

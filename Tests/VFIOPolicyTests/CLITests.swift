@@ -52,6 +52,35 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(options.root, "/nonexistent/tree")
   }
 
+  /// Options whose value would be silently wrong or ignored are usage errors (64).
+  func testOptionsThatLieAreUsageErrors() throws {
+    let root = Fixtures.root("q35-vtd")
+    let nonEmpty = try TemporaryTree()
+    try nonEmpty.write(nonEmpty.path + "/file", text: "x")
+    for arguments in [
+      ["list", "--page-size", "0"], ["list", "--page-size", "6000"], ["show", "4", "--page-size", "-1"],
+      ["list", "--class", "banana"], ["list", "--pci-ids", "/nonexistent/pci.ids"], ["list", "--tree", "--json"],
+      ["capture", nonEmpty.path], ["capture", nonEmpty.path + "/file"], ["capture", "/tmp/x", "--page-size", "4096"],
+      ["capture", "/tmp/x", "--pci-ids", "/dev/null"], ["doctor", "--page-size", "4096"],
+    ] {
+      XCTAssertThrowsError(try VFIOCtl.parseAsRoot(arguments + ["--root", root]), "\(arguments)") { error in
+        XCTAssertEqual(VFIOCtl.exitCode(for: error).rawValue, 64, "\(arguments): \(VFIOCtl.message(for: error))")
+      }
+    }
+    XCTAssertNoThrow(try VFIOCtl.parseAsRoot(["list", "--page-size", "65536", "--class", "ethernet", "--root", root]))
+    XCTAssertEqual(VFIOCtl.version.isEmpty, false)
+  }
+
+  func testCountsArePluralisedAndGroupsNamedOnce() throws {
+    let builder = try builder()
+    var list = builder.list()
+    list.devices = Array(list.devices.prefix(1))
+    list.groups = Array(list.groups.prefix(1))
+    XCTAssertTrue(HumanRenderer.list(list).contains("\n1 device in 1 IOMMU group: "), HumanRenderer.list(list))
+    let explained = HumanRenderer.explain(try builder.explain(.group(4)))
+    XCTAssertTrue(explained.hasPrefix("group 4: ASSIGNABLE WITH CONDITIONS\n"), explained)
+  }
+
   func testExplainExitsOneWhenNotAssignable() throws {
     XCTAssertThrowsError(try run(["explain", "00:03.0", "--root", Fixtures.root("q35-vtd"), "--json"])) {
       XCTAssertEqual(VFIOCtl.exitCode(for: $0).rawValue, 1)
