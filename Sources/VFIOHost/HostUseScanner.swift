@@ -77,35 +77,38 @@ struct HostUseScanner {
   // MARK: Network
 
   private func networkUses() -> [(PCIAddress, HostUse)] {
-    let routed = Set(
-      (sysfs.readString("/proc/net/route") ?? "").split(separator: "\n").dropFirst()
-        .compactMap { $0.split(separator: "\t").first.map(String.init) })
-    var addresses: [String: [String]] = [:]
-    // /proc/net/if_inet6: address, ifindex, prefix length, scope, flags, name; scope 0x20 is link-local.
-    for line in (sysfs.readString("/proc/net/if_inet6") ?? "").split(separator: "\n") {
-      let f = line.split(separator: " ", omittingEmptySubsequences: true)
-      guard f.count >= 6, f[3] != "20", f[0].count == 32 else { continue }
-      addresses[String(f[5]), default: []].append(ipv6(String(f[0])) + "/" + String(Int(f[2], radix: 16) ?? 0))
-    }
+    let interfaces = sysfs.list("/sys/class/net")
+    guard !interfaces.isEmpty else { return [] }
+    let net = NetworkFacts(
+      fibTrie: sysfs.readString("/proc/net/fib_trie"), route: sysfs.readString("/proc/net/route"),
+      ifInet6: sysfs.readString("/proc/net/if_inet6"), ipv6Route: sysfs.readString("/proc/net/ipv6_route"))
     var result: [(PCIAddress, HostUse)] = []
-    for interface in sysfs.list("/sys/class/net") {
+    for interface in interfaces {
       guard let target = sysfs.readLink("/sys/class/net/\(interface)"),
         let owner = owningFunction(resolve(link: target, in: "/sys/class/net"))
       else { continue }
       let flags = sysfs.readInteger("/sys/class/net/\(interface)/flags") ?? 0
       let state = sysfs.readString("/sys/class/net/\(interface)/operstate") ?? "unknown"
       let up = flags & 1 != 0  // IFF_UP
-      let hasRoutes = routed.contains(interface)
-      let v6 = addresses[interface] ?? []
+      let addresses = net.addresses[interface] ?? []
+      let all = addresses + (net.linkLocal[interface] ?? [])
+      let defaults = [("IPv4", net.ipv4Default), ("IPv6", net.ipv6Default)].filter { $0.1.contains(interface) }
+        .map(\.0)
       var facts = [up ? (state == "up" ? "up" : "up (link \(state))") : "down"]
-      if hasRoutes { facts.append("has IPv4 routes") }
-      if !v6.isEmpty { facts.append("has addresses " + v6.joined(separator: ", ")) }
+      if !all.isEmpty { facts.append("has \(all.count == 1 ? "address" : "addresses") " + all.joined(separator: ", ")) }
+      if !defaults.isEmpty {
+        facts.append(
+          "carries the host's \(defaults.joined(separator: " and ")) default route\(defaults.count > 1 ? "s" : "")")
+      } else if net.ipv4Routed.contains(interface) {
+        facts.append("has IPv4 routes")
+      }
+      let carriesTraffic = !addresses.isEmpty || !defaults.isEmpty || net.ipv4Routed.contains(interface)
       result.append(
         (
           owner,
           HostUse(
             kind: .interface, subject: interface, detail: "is " + facts.joined(separator: ", "),
-            active: up && (hasRoutes || !v6.isEmpty))
+            active: up && carriesTraffic)
         ))
     }
     return result

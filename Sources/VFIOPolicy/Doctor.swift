@@ -51,7 +51,11 @@ public struct Doctor: Sendable {
       )
     }
     let next: String
-    if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
+    if env.isVirtualMachine {
+      let machine = env.machineName.map { " (\($0))" } ?? ""
+      next =
+        "this is a virtual machine\(machine): the IOMMU must come from the hypervisor, not firmware or GRUB; give the VM a vIOMMU (QEMU: `-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on`, or `-device virtio-iommu-pci`; other hypervisors: their vIOMMU setting) and reboot it"
+    } else if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
       next = "remove intel_iommu=off / amd_iommu=off from the kernel command line and reboot"
     } else if env.cpuVendor == "GenuineIntel" {
       next =
