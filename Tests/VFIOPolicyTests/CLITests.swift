@@ -71,6 +71,20 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(VFIOCtl.version.isEmpty, false)
   }
 
+  /// docs/vfioctl.1 is generated (scripts/man); this catches a command or option added since.
+  func testManPageNamesEveryCommandAndOption() throws {
+    let page = try XCTUnwrap(Sysfs().readString(Fixtures.directory + "/../../docs/vfioctl.1"))
+    for command in VFIOCtl.configuration.subcommands {
+      let name = try XCTUnwrap(command.configuration.commandName)
+      XCTAssertTrue(page.contains(".It Em \(name)\n"), "\(name) is missing: run scripts/man")
+      let options = command.helpMessage().split(whereSeparator: { " ,\n[]<>".contains($0) })
+        .filter { $0.hasPrefix("--") && $0.count > 2 }
+      for option in Set(options) {
+        XCTAssertTrue(page.contains("Fl -\(option.dropFirst(2))"), "\(name) \(option) is missing: run scripts/man")
+      }
+    }
+  }
+
   func testCountsArePluralisedAndGroupsNamedOnce() throws {
     let builder = try builder()
     var list = builder.list()
