@@ -1,4 +1,5 @@
 import Glibc
+import VFIOTestSupport
 
 /// How one run of a command ended.
 enum Outcome: Equatable, CustomStringConvertible {
@@ -59,12 +60,6 @@ func runProgram(_ executable: String, _ arguments: [String], timeout: Double, sc
     }
   }
   return RunResult(outcome: outcome!, stdout: readFile(outPath), stderr: readFile(errPath))
-}
-
-func monotonicSeconds() -> Double {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 func readFile(_ path: String, limit: Int = 16 << 20) -> [UInt8] {

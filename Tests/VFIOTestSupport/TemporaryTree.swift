@@ -121,3 +121,10 @@ extension TemporaryTree {
   /// Reads the copy as the commands do.
   public func inventory() throws -> HostInventory { try HostInventory.read(Sysfs(root: path), pageSize: 4096) }
 }
+
+/// Seconds on CLOCK_MONOTONIC, for time limits in tests and the fuzzer.
+public func monotonicSeconds() -> Double {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
