@@ -51,7 +51,7 @@ struct CaptureCommand: ParsableCommand {
         configSpaceNote: note)
       try output.emit(summary) {
         "captured \($0.entries) entries (\(plural($0.devices, "device")), \(plural($0.groups, "group"))) into \($0.directory)\n"
-          + ($0.configSpaceNote.map { "note: \($0)\n" } ?? "")
+          + ($0.configSpaceNote == nil ? "" : "the cut config space is noted in \(SysfsCapture.notesFile)\n")
           + "replay: vfioctl list --root \($0.directory)\n"
       }
     }

@@ -85,6 +85,16 @@ final class CLITests: XCTestCase {
     }
   }
 
+  /// A fresh machine has no pci.ids; class names are built in, so the CLASS column is kept.
+  func testClassNamesNeedNoPCIIDs() throws {
+    let list = try builder().list()
+    XCTAssertEqual(list.devices.first { $0.address.description == "0000:00:02.0" }?.className, "Ethernet controller")
+    XCTAssertEqual(PCIClassNames.name(0x0108_02), "Non-Volatile memory controller")
+    XCTAssertEqual(PCIClassNames.name(0xFF_0000), "Unassigned class")
+    XCTAssertEqual(PCIClassNames.name(0x0C_9900), "Serial bus controller", "an unknown subclass falls back to its base")
+    XCTAssertNil(PCIClassNames.name(0xEE_0000))
+  }
+
   func testCountsArePluralisedAndGroupsNamedOnce() throws {
     let builder = try builder()
     var list = builder.list()
