@@ -55,6 +55,10 @@ let package = Package(
       dependencies: ["VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets.
     .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
+    // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
+    .executableTarget(
+      name: "vfio-fuzz",
+      dependencies: ["VFIOTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),

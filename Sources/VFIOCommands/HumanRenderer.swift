@@ -26,24 +26,32 @@ public enum HumanRenderer {
 
   public static func tree(_ report: ListReport) -> String {
     var out = banner(report)
-    let byAddress = Dictionary(uniqueKeysWithValues: report.devices.map { ($0.address, $0) })
-    var children: [PCIAddress?: [DeviceSummary]] = [:]
-    for device in report.devices { children[device.parent, default: []].append(device) }
-    func walk(_ parent: PCIAddress?, _ prefix: String) {
-      let kids = children[parent] ?? []
-      for (i, device) in kids.enumerated() {
+    let present = Set(report.devices.map(\.address))
+    var children: [PCIAddress: [DeviceSummary]] = [:]
+    for device in report.devices {
+      if let parent = device.parent, parent != device.address { children[parent, default: []].append(device) }
+    }
+    // Each device is printed once: a replayed tree may hold parent cycles or repeats, and
+    // the walk must end on them.
+    var printed: Set<PCIAddress> = []
+    func walk(_ kids: [DeviceSummary], _ prefix: String) {
+      var listed: Set<PCIAddress> = []
+      let kids = kids.filter { !printed.contains($0.address) && listed.insert($0.address).inserted }
+      for (i, device) in kids.enumerated() where printed.insert(device.address).inserted {
         let last = i == kids.count - 1
         let group = device.iommuGroup.map { "group \($0)" } ?? "no group"
         out +=
           "\(prefix)\(last ? "└─ " : "├─ ")\(short(device.address)) \(device.className ?? device.classCode): \(device.name)"
         out += " [\(group), \(device.driver ?? "no driver"), \(device.verdict.label)]\n"
-        walk(device.address, prefix + (last ? "   " : "│  "))
+        walk(children[device.address] ?? [], prefix + (last ? "   " : "│  "))
       }
     }
-    // Roots: devices whose nearest bridge is absent from the listing (or none at all).
-    let roots = report.devices.filter { $0.parent.map { byAddress[$0] == nil } ?? true }
-    children[nil] = roots
-    walk(nil, "")
+    // Roots: devices whose nearest bridge is absent from the listing (or none at all); then
+    // whatever a parent cycle kept from being reached.
+    walk(
+      report.devices.filter { device in device.parent.map { !present.contains($0) || $0 == device.address } ?? true },
+      "")
+    walk(report.devices, "")
     out += summary(report)
     return out
   }
@@ -62,7 +70,9 @@ public enum HumanRenderer {
 
   public static func explain(_ report: ExplainReport) -> String {
     var out = "\(report.target): \(report.verdict.label.uppercased())"
-    out += report.group.map { " (IOMMU group \($0))\n" } ?? "\n"
+    // A group target already names its group ("group 4: …").
+    let groupTarget = report.target.hasPrefix("group ")
+    out += report.group.map { groupTarget ? "\n" : " (IOMMU group \($0))\n" } ?? "\n"
     if let record = report.ledger { out += "\n" + ledgerLine(record) + "\n" }
     if report.reasons.isEmpty { out += "\nNothing stands in the way.\n" }
     for severity in [Reason.Severity.blocker, .condition] {
@@ -128,13 +138,16 @@ public enum HumanRenderer {
 
   private static func summary(_ report: ListReport) -> String {
     let count = { (verdict: Verdict) in report.groups.filter { $0.verdict == verdict }.count }
-    var out = "\n\(report.devices.count) devices"
+    var out = "\n\(plural(report.devices.count, "device"))"
     if report.iommu.enabled {
       out +=
-        " in \(report.groups.count) IOMMU groups: \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
+        " in \(plural(report.groups.count, "IOMMU group")): \(count(.assignable)) assignable, \(count(.conditional)) with conditions, \(count(.notAssignable)) not assignable"
     }
     out += ". `vfioctl explain ADDRESS|GROUP` says why.\n"
     for item in report.unreadable { out += "unreadable: \(item.name): \(item.reason)\n" }
+    for device in report.devices {
+      for warning in device.warnings { out += "warning: \(short(device.address)): \(warning)\n" }
+    }
     return out
   }
 
@@ -236,6 +249,7 @@ public enum HumanRenderer {
     for use in d.hostUse { add(use.active ? "host use" : "host sees", use.description) }
     if d.bootVGA { add("boot VGA", "yes: the firmware's console") }
     if let error = d.configError { add("config", error) }
+    for warning in d.warnings { add("warning", warning) }
     add("verdict", d.verdict.label + " (`vfioctl explain \(short(d.address))`)")
     return lines.joined(separator: "\n") + "\n"
   }

@@ -8,6 +8,7 @@ struct ListCommand: ParsableCommand {
 
   @OptionGroup var host: HostOptions
   @OptionGroup var state: StateOptions
+  @OptionGroup var devices: DeviceOptions
   @OptionGroup var output: OutputOptions
 
   @Flag(help: "Show the bridge tree with groups instead of a table.")
@@ -22,10 +23,30 @@ struct ListCommand: ParsableCommand {
   @Flag(help: "Only devices that can be assigned (with or without conditions).")
   var assignable = false
 
+  func validate() throws {
+    if tree && output.json {
+      throw ValidationError("--tree has no JSON form: `list --json` gives each device's `parent`, the tree's edges")
+    }
+    if let wanted = `class`, !isHex(wanted), PCIClassNames.matching(wanted).isEmpty {
+      throw ValidationError(
+        "--class \(wanted) is neither a hex class code (02, 0200) nor part of a class name (ethernet)")
+    }
+    if let wanted = vendor, !isHex(wanted) {
+      guard let names = devices.names(host.sysfs) else {
+        throw ValidationError(
+          "--vendor \(wanted): vendor names need pci.ids (Debian's pci.ids package); or give the hex ID (8086)")
+      }
+      guard names.hasVendorName(containing: wanted) else {
+        throw ValidationError(
+          "--vendor \(wanted) is neither a hex vendor ID (8086) nor part of a vendor name in pci.ids")
+      }
+    }
+  }
+
   func run() throws {
     try reportingErrors {
       let report = DeviceFilter(classFilter: `class`, vendor: vendor, assignableOnly: assignable)
-        .apply(try host.builder(state: state).list())
+        .apply(try host.builder(devices: devices, state: state).list())
       try output.emit(report) { tree ? HumanRenderer.tree($0) : HumanRenderer.list($0) }
     }
   }
@@ -64,6 +85,12 @@ public struct DeviceFilter {
     if !lower.isEmpty, lower.allSatisfy(\.isHexDigit), exact ? hex == lower : hex.hasPrefix(lower) { return true }
     return name?.lowercased().contains(wanted.lowercased()) ?? false
   }
+}
+
+/// A hex ID or prefix, with or without `0x`.
+private func isHex(_ text: String) -> Bool {
+  let digits = text.lowercased().replacingPrefix("0x")
+  return !digits.isEmpty && digits.count <= 6 && digits.allSatisfy(\.isHexDigit)
 }
 
 extension String {

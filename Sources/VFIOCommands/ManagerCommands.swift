@@ -42,7 +42,7 @@ struct LedgerOptions: ParsableArguments {
 extension StateOptions {
   func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
     AssignmentManager(
-      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout, pageSize: host.pageSize))
+      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout))
   }
 }
 

@@ -104,13 +104,13 @@ public struct ReportBuilder: Sendable {
   func summary(_ device: PCIDevice) -> DeviceSummary {
     DeviceSummary(
       address: device.address, vendorID: hex4(device.vendorID), deviceID: hex4(device.deviceID),
-      classCode: hex(device.classCode, width: 6), className: names?.className(device.classCode),
+      classCode: hex(device.classCode, width: 6), className: PCIClassNames.name(device.classCode),
       name: displayName(device),
       kind: device.kind, driver: device.driver,
       driverOverride: device.driverOverride, iommuGroup: device.iommuGroup, parent: device.upstreamBridges.first,
       resetMethods: resets.methods(of: device).methods, bars: device.bars, sriov: device.sriov,
       physicalFunction: device.physicalFunction, hostUse: inventory.uses(of: device.address),
-      verdict: verdict(of: device))
+      verdict: verdict(of: device), warnings: device.warnings)
   }
 
   func device(_ device: PCIDevice) -> DeviceReport {
@@ -124,7 +124,7 @@ public struct ReportBuilder: Sendable {
       classCode: hex(device.classCode, width: 6), revision: hex(device.revision, width: 2),
       vendorName: names?.vendorName(device.vendorID),
       deviceName: names?.deviceName(vendor: device.vendorID, device: device.deviceID),
-      className: names?.className(device.classCode), name: displayName(device),
+      className: PCIClassNames.name(device.classCode), name: displayName(device),
       kind: device.kind,
       driver: device.driver, driverOverride: device.driverOverride, iommuGroup: device.iommuGroup,
       numaNode: device.numaNode, headerType: Int(device.headerType), multifunction: device.isMultifunction,
@@ -144,7 +144,7 @@ public struct ReportBuilder: Sendable {
         pin: device.interrupt.pinName, irq: device.interrupt.irq, masking: device.interrupt.masking, sharedWith: sharing
       ),
       hostUse: inventory.uses(of: device.address), bootVGA: device.bootVGA, verdict: verdict(of: device),
-      configError: device.configError ?? config?.chainErrors.first?.description)
+      configError: device.configError ?? config?.chainErrors.first?.description, warnings: device.warnings)
   }
 }
 

@@ -42,6 +42,8 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   public var bootVGA: Bool
   public var verdict: Verdict
   public var configError: String?
+  /// What was wrong in the function's sysfs and was skipped (see `PCIDevice.warnings`).
+  public var warnings: [String]
 
   public struct Express: Codable, Sendable, Equatable {
     public var portType: String
@@ -97,6 +99,7 @@ public struct DeviceSummary: Codable, Sendable, Equatable {
   public var physicalFunction: PCIAddress?
   public var hostUse: [HostUse]
   public var verdict: Verdict
+  public var warnings: [String]
 }
 
 /// One IOMMU group with its verdict.

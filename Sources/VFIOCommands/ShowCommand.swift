@@ -8,7 +8,10 @@ struct TargetOptions: ParsableArguments {
 
   @OptionGroup var host: HostOptions
   @OptionGroup var state: StateOptions
+  @OptionGroup var devices: DeviceOptions
   @OptionGroup var output: OutputOptions
+
+  func builder() throws(CLIError) -> ReportBuilder { try host.builder(devices: devices, state: state) }
 }
 
 struct ShowCommand: ParsableCommand {
@@ -20,7 +23,7 @@ struct ShowCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      try options.output.emit(try options.host.builder(state: options.state).show(options.target), human: HumanRenderer.show)
+      try options.output.emit(try options.builder().show(options.target), human: HumanRenderer.show)
     }
   }
 }
@@ -35,7 +38,7 @@ struct ExplainCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
-      let report = try options.host.builder(state: options.state).explain(options.target)
+      let report = try options.builder().explain(options.target)
       try options.output.emit(report, human: HumanRenderer.explain)
       if report.verdict == .notAssignable { throw ExitCode(1) }
     }

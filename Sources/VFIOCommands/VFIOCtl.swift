@@ -10,12 +10,17 @@ public struct VFIOCtl: ParsableCommand {
       65 ledger unreadable or from a newer version, 66 no such device or group, 69 host data unavailable,
       70 internal error, 73 state directory unusable, 74 a step failed (and was rolled back),
       75 another vfioctl is changing the group.
+      Shell completions: `vfioctl --generate-completion-script bash` (or zsh, fish).
       """,
+    version: version,
     subcommands: [
       ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self,
       DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
       HistoryCommand.self,
     ])
+
+  /// The release, printed by `vfioctl --version` and recorded in captures.
+  public static let version = "0.2.0"
 
   public init() {}
 }

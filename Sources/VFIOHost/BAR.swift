@@ -38,14 +38,22 @@ enum ResourceFlag {
   static let unset: UInt64 = 0x2000_0000
 }
 
+/// What a `resource` file held: the usable resources, and each line that was not one.
+public struct ResourceTable: Sendable, Equatable {
+  public var bars: [BAR] = []
+  /// Lines that were skipped, with why ("resource line 3 is not start ≤ end; BAR ignored").
+  public var problems: [ResourceProblem] = []
+}
+
 /// Parses sysfs `resource`: one `0xSTART 0xEND 0xFLAGS` line per resource, zeros when unused.
-public func parseResources(_ text: String, pageSize: UInt64) throws(ResourceParseError) -> [BAR] {
-  try parseResources(Array(text.utf8), pageSize: pageSize)
+/// A line that is malformed, inverted or overflows is reported and skipped, never trusted.
+public func parseResources(_ text: String, pageSize: UInt64) -> ResourceTable {
+  parseResources(Array(text.utf8), pageSize: pageSize)
 }
 
 /// The same over the file's bytes: inventory parses thousands of these, so no Substrings.
-public func parseResources(_ bytes: [UInt8], pageSize: UInt64) throws(ResourceParseError) -> [BAR] {
-  var bars: [BAR] = []
+public func parseResources(_ bytes: [UInt8], pageSize: UInt64) -> ResourceTable {
+  var table = ResourceTable()
   var index = 0
   var lineStart = 0
   while lineStart < bytes.count {
@@ -65,20 +73,31 @@ public func parseResources(_ bytes: [UInt8], pageSize: UInt64) throws(ResourcePa
     while cursor < lineEnd, bytes[cursor] == UInt8(ascii: " ") || bytes[cursor] == UInt8(ascii: "\r") { cursor += 1 }
     if fields.isEmpty && cursor == lineEnd { continue }  // blank line
     guard fields.count == 3, cursor == lineEnd else {
-      throw .malformedLine(index, String(decoding: bytes[lineStart..<lineEnd], as: UTF8.self))
+      table.problems.append(
+        .malformedLine(index, String(decoding: bytes[lineStart..<min(lineEnd, lineStart + 80)], as: UTF8.self)))
+      continue
     }
-    if let bar = makeBAR(index: index, start: fields[0], end: fields[1], flags: fields[2], pageSize: pageSize) {
-      bars.append(bar)
+    switch makeBAR(index: index, start: fields[0], end: fields[1], flags: fields[2], pageSize: pageSize) {
+    case .success(let bar?): table.bars.append(bar)
+    case .success(nil): break
+    case .failure(let problem): table.problems.append(problem)
     }
   }
-  return bars
+  return table
 }
 
-private func makeBAR(index: Int, start: UInt64, end: UInt64, flags: UInt64, pageSize: UInt64) -> BAR? {
-  guard flags & (ResourceFlag.io | ResourceFlag.memory) != 0, end > start || (end == start && end != 0),
-    flags & ResourceFlag.disabled == 0
-  else { return nil }
-  let size = end - start + 1
+private func makeBAR(index: Int, start: UInt64, end: UInt64, flags: UInt64, pageSize: UInt64) -> Result<
+  BAR?, ResourceProblem
+> {
+  // Unused lines are all zeros; disabled and flagless resources decode nothing.
+  guard flags & (ResourceFlag.io | ResourceFlag.memory) != 0, flags & ResourceFlag.disabled == 0,
+    start != 0 || end != 0
+  else { return .success(nil) }
+  guard start <= end else { return .failure(.inverted(index, start: start, end: end)) }
+  // The kernel's numbers meet ours here: end - start + 1 overflows for a resource spanning
+  // the whole 64-bit space, which no real resource does.
+  let (size, overflow) = (end - start).addingReportingOverflow(1)
+  guard !overflow else { return .failure(.tooLarge(index)) }
   let kind: BAR.Kind = flags & ResourceFlag.io != 0 ? .io : .mmio
   let role: BAR.Role =
     switch index {
@@ -87,20 +106,34 @@ private func makeBAR(index: Int, start: UInt64, end: UInt64, flags: UInt64, page
     case 7...12: .vfBAR
     default: .bridgeWindow
     }
-  return BAR(
-    index: index, role: role, kind: kind, start: start, size: size,
-    is64Bit: flags & ResourceFlag.memory64 != 0, prefetchable: flags & ResourceFlag.prefetch != 0,
-    pageAligned: start % pageSize == 0 && size % pageSize == 0,
-    subPage: kind == .mmio && size < pageSize)
+  // A page size of 0 would trap in `%`; callers validate it, this keeps the parser total.
+  let page = max(pageSize, 1)
+  return .success(
+    BAR(
+      index: index, role: role, kind: kind, start: start, size: size,
+      is64Bit: flags & ResourceFlag.memory64 != 0, prefetchable: flags & ResourceFlag.prefetch != 0,
+      pageAligned: start % page == 0 && size % page == 0,
+      subPage: kind == .mmio && size < page))
 }
 
-/// A `resource` line that is not three hexadecimal numbers.
-public enum ResourceParseError: Error, Equatable, CustomStringConvertible {
+/// A `resource` line that was skipped.
+public enum ResourceProblem: Error, Equatable, Sendable, CustomStringConvertible {
+  /// Not three hexadecimal numbers (the line, cut to 80 bytes).
   case malformedLine(Int, String)
+  /// The end lies before the start.
+  case inverted(Int, start: UInt64, end: UInt64)
+  /// It spans the whole 64-bit address space, so its size does not fit in 64 bits.
+  case tooLarge(Int)
+
   public var description: String {
     switch self {
     case .malformedLine(let index, let line):
-      return "resource line \(index) is not 'start end flags' in hexadecimal: '\(line)'"
+      return "resource line \(index) is not 'start end flags' in hexadecimal: '\(line)'; line ignored"
+    case .inverted(let index, let start, let end):
+      return
+        "resource line \(index) is not start ≤ end (0x\(String(start, radix: 16)) > 0x\(String(end, radix: 16))); BAR ignored"
+    case .tooLarge(let index):
+      return "resource line \(index) spans the whole 64-bit address space; BAR ignored"
     }
   }
 }

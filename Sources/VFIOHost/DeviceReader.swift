@@ -8,9 +8,8 @@ struct DeviceReader {
     let busPath = "/sys/bus/pci/devices/\(name)"
     let path = sysfs.readLink(busPath).map { resolve(link: $0, in: "/sys/bus/pci/devices") } ?? busPath
     guard let dir = sysfs.directory(path) else { throw .unreadable(name, "its sysfs directory cannot be opened") }
-    // Upstream bridges are the PCI addresses before this one in the canonical path.
-    let bridges = path.split(separator: "/").dropLast().reversed().filter(looksLikePCIAddress)
-      .compactMap { try? PCIAddress(parsing: String($0)) }
+    var warnings: [String] = []
+    let bridges = upstreamBridges(path, of: address, &warnings)
 
     // Root reads 256 or 4096 bytes; others get the 64-byte header only.
     var config: ConfigSpace?
@@ -24,7 +23,11 @@ struct DeviceReader {
     } else {
       configError = "config space could not be read"
     }
-    let physfn = dir.readLink("physfn").flatMap { owningFunction($0) }
+    var physfn = dir.readLink("physfn").flatMap { owningFunction($0) }
+    if physfn == address {
+      warnings.append("physfn points at the function itself; link ignored")
+      physfn = nil
+    }
     // SR-IOV VFs read 0xffff as vendor and device IDs. The kernel gives them the PF's vendor
     // and VF device ID, which `HostInventory` copies from the PF; other functions reading
     // 0xffff fall back to the kernel's attributes.
@@ -38,11 +41,9 @@ struct DeviceReader {
 
     var bars: [BAR] = []
     if let bytes = dir.readBytes("resource") {
-      do {
-        bars = try parseResources(bytes, pageSize: pageSize)
-      } catch {
-        throw .unreadable(name, error.description)
-      }
+      let table = parseResources(bytes, pageSize: pageSize)
+      bars = table.bars
+      warnings += table.problems.map(\.description)
     }
 
     let override = dir.readString("driver_override")
@@ -64,18 +65,58 @@ struct DeviceReader {
       iommuGroup: dir.linkName("iommu_group").flatMap { Int($0) },
       numaNode: numa.flatMap { $0 < 0 ? nil : $0 },
       upstreamBridges: Array(bridges), bars: bars, config: config, configError: configError,
-      kernelResetMethods: resetMethods, sriov: readSRIOV(dir, config: config),
+      kernelResetMethods: resetMethods, sriov: readSRIOV(dir, config: config, address: address, &warnings),
       physicalFunction: physfn,
       interrupt: LegacyInterrupt(pin: pin, irq: irq, masking: masking),
-      bootVGA: classCode >> 16 == 0x03 && dir.readString("boot_vga") == "1")
+      bootVGA: classCode >> 16 == 0x03 && dir.readString("boot_vga") == "1", warnings: warnings)
   }
 
-  private func readSRIOV(_ dir: SysfsDirectory, config: ConfigSpace?) -> SRIOVState? {
+  /// The PCI addresses before this one in the canonical path, nearest first. A path naming
+  /// the function itself or a bridge twice cannot come from the kernel; those are dropped so
+  /// that walks up the tree end.
+  private func upstreamBridges(_ path: String, of address: PCIAddress, _ warnings: inout [String]) -> [PCIAddress] {
+    var seen: Set<PCIAddress> = [address]
+    var bridges: [PCIAddress] = []
+    for component in path.split(separator: "/").dropLast().reversed() where looksLikePCIAddress(component) {
+      guard let bridge = try? PCIAddress(parsing: String(component)) else { continue }
+      if seen.insert(bridge).inserted {
+        bridges.append(bridge)
+      } else {
+        let what = bridge == address ? "the function itself as a bridge above it" : "bridge \(bridge) twice"
+        warnings.append("sysfs path \(path) names \(what); ignored")
+      }
+    }
+    return bridges
+  }
+
+  /// The most VFs a PF can have: TotalVFs is a 16-bit field of the SR-IOV capability.
+  static let maximumVFs = 0xFFFF
+
+  private func readSRIOV(
+    _ dir: SysfsDirectory, config: ConfigSpace?, address: PCIAddress, _ warnings: inout [String]
+  ) -> SRIOVState? {
     // Read the attributes only where the capability (or, for 64-byte reads, the file) is there.
     if let config, config.extendedChainComplete, config.sriov == nil { return nil }
-    guard let total = dir.readInteger("sriov_totalvfs") else { return nil }
-    let numVFs = dir.readInteger("sriov_numvfs") ?? 0
-    let vfs = (0..<numVFs).compactMap { i in dir.readLink("virtfn\(i)").flatMap { owningFunction($0) } }
+    guard var total = dir.readInteger("sriov_totalvfs") else { return nil }
+    if !(0...Self.maximumVFs).contains(total) {
+      warnings.append("sriov_totalvfs is \(total), outside 0–\(Self.maximumVFs); taken as 0")
+      total = 0
+    }
+    var numVFs = dir.readInteger("sriov_numvfs") ?? 0
+    if !(0...total).contains(numVFs) {
+      warnings.append("sriov_numvfs is \(numVFs), outside 0–\(total) (sriov_totalvfs); taken as 0")
+      numVFs = 0
+    }
+    var vfs: [PCIAddress] = []
+    var seen: Set<PCIAddress> = [address]
+    for i in 0..<numVFs {
+      guard let vf = dir.readLink("virtfn\(i)").flatMap({ owningFunction($0) }) else { continue }
+      if seen.insert(vf).inserted {
+        vfs.append(vf)
+      } else {
+        warnings.append("virtfn\(i) names \(vf), \(vf == address ? "the PF itself" : "already listed"); ignored")
+      }
+    }
     return SRIOVState(
       totalVFs: total, numVFs: numVFs, virtualFunctions: vfs,
       driversAutoprobe: dir.readInteger("sriov_drivers_autoprobe").map { $0 != 0 },

@@ -48,6 +48,19 @@ public struct HostInventory: Sendable {
     return devices.filter { $0.upstreamBridges.contains(bridge) }
   }
 
+  /// Functions whose config space read gave only the 64-byte header: what sysfs hands a reader
+  /// that is not root (or a capture such a reader made).
+  public var devicesWithConfigHeaderOnly: [PCIDevice] { devices.filter { ($0.config?.bytes.count ?? 0) == 64 } }
+
+  /// Said once per run when config space was cut, since every capability-derived fact then
+  /// reads as unknown; nil when it was read whole.
+  public var configSpaceNote: String? {
+    let cut = devicesWithConfigHeaderOnly.count
+    guard cut > 0 else { return nil }
+    return
+      "config space is cut to 64 bytes for \(plural(cut, "device")) (not read as root): capabilities, FLR, ACS and SR-IOV are unknown; run as root"
+  }
+
   /// Whether IOMMU groups exist at all: the kernel created them because an IOMMU is on.
   public var iommuEnabled: Bool { !groups.isEmpty }
 
@@ -55,6 +68,7 @@ public struct HostInventory: Sendable {
   public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil) throws(InventoryError) -> HostInventory {
     guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
     let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    guard isValidPageSize(pageSize) else { throw .badPageSize(pageSize) }
     let names = sysfs.list("/sys/bus/pci/devices")
     let results = readConcurrently(names) { name -> Result<PCIDevice, DeviceReadError> in
       Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
@@ -62,9 +76,18 @@ public struct HostInventory: Sendable {
     }
     var devices: [PCIDevice] = []
     var unreadable: [(String, String)] = []
+    var seen: [PCIAddress: String] = [:]
     for (name, result) in zip(names, results) {
       switch result {
-      case .success(let device): devices.append(device)
+      case .success(let device):
+        // Two names for one address (`0000:00:02.0` and `00:02.0`) cannot come from the
+        // kernel; every lookup by address assumes one device per address.
+        if let first = seen[device.address] {
+          unreadable.append((name, "names the same function as \(first); left out"))
+        } else {
+          seen[device.address] = name
+          devices.append(device)
+        }
       case .failure(let error): unreadable.append((name, error.description))
       }
     }
@@ -179,15 +202,26 @@ public struct HostInventory: Sendable {
 /// Why the host could not be read at all.
 public enum InventoryError: Error, Equatable, CustomStringConvertible {
   case noPCIBus(String)
+  case badPageSize(UInt64)
 
   public var description: String {
     switch self {
     case .noPCIBus(let path):
       return
         "\(path) does not exist: this is not a Linux sysfs tree with a PCI bus (check --root, or that /sys is mounted)"
+    case .badPageSize(let size):
+      return "page size \(size) is not a power of two of at least 4096; pass the guest's or host's page size in bytes"
     }
   }
 }
+
+/// "1 device", "2 devices": a count with its noun, plural unless it is one.
+public func plural(_ count: Int, _ noun: String, _ plural: String? = nil) -> String {
+  "\(count) \(count == 1 ? noun : plural ?? noun + "s")"
+}
+
+/// Page sizes Linux uses: 4 KiB and larger powers of two.
+public func isValidPageSize(_ size: UInt64) -> Bool { size >= 4096 && size & (size - 1) == 0 }
 
 /// Maps `body` over `items` on every core: inventory is thousands of independent small reads.
 func readConcurrently<T, R: Sendable>(_ items: [T], _ body: @Sendable (T) -> R) -> [R] where T: Sendable {

@@ -24,8 +24,9 @@ struct HostUseScanner {
       let diskPath = "/sys/block/\(disk)"
       let partitions = sysfs.list(diskPath).filter { $0.hasPrefix(disk) && sysfs.exists("\(diskPath)/\($0)/partition") }
       var found: [HostUse] = []
+      var budget = HolderBudget()
       for (name, path) in [(disk, diskPath)] + partitions.map({ ($0, "\(diskPath)/\($0)") }) {
-        found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0)
+        found += uses(ofBlock: name, at: path, mounts: mounts, depth: 0, budget: &budget)
       }
       if found.isEmpty {
         found.append(
@@ -36,7 +37,17 @@ struct HostUseScanner {
     return result
   }
 
-  private func uses(ofBlock name: String, at path: String, mounts: MountTable, depth: Int) -> [HostUse] {
+  /// Bounds the holder walk of one disk: holders may name each other in a cycle or fan out,
+  /// and a walk of depth 4 over a wide fan-out is exponential.
+  struct HolderBudget {
+    var visits = 256
+    /// Holders on the current chain, so that a cycle ends.
+    var chain: Set<String> = []
+  }
+
+  private func uses(
+    ofBlock name: String, at path: String, mounts: MountTable, depth: Int, budget: inout HolderBudget
+  ) -> [HostUse] {
     var found: [HostUse] = []
     if let dev = sysfs.readString("\(path)/dev") {
       for point in mounts.mountPoints(device: dev, name: name) {
@@ -49,9 +60,12 @@ struct HostUseScanner {
     // Holders (device mapper, md) stack further block devices on top; follow a few levels.
     guard depth < 4 else { return found }
     for holder in sysfs.list("\(path)/holders") {
+      guard budget.visits > 0, holder != name, budget.chain.insert(holder).inserted else { continue }
+      budget.visits -= 1
       let holderPath = "/sys/block/\(holder)"
       let label = sysfs.readString("\(holderPath)/dm/name").map { "\(holder) (\($0))" } ?? holder
-      let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1)
+      let above = uses(ofBlock: holder, at: holderPath, mounts: mounts, depth: depth + 1, budget: &budget)
+      budget.chain.remove(holder)
       let detail =
         above.isEmpty
         ? "is held by \(label)" : "is held by \(label), which " + above.map(\.detail).joined(separator: ", ")
@@ -63,35 +77,38 @@ struct HostUseScanner {
   // MARK: Network
 
   private func networkUses() -> [(PCIAddress, HostUse)] {
-    let routed = Set(
-      (sysfs.readString("/proc/net/route") ?? "").split(separator: "\n").dropFirst()
-        .compactMap { $0.split(separator: "\t").first.map(String.init) })
-    var addresses: [String: [String]] = [:]
-    // /proc/net/if_inet6: address, ifindex, prefix length, scope, flags, name; scope 0x20 is link-local.
-    for line in (sysfs.readString("/proc/net/if_inet6") ?? "").split(separator: "\n") {
-      let f = line.split(separator: " ", omittingEmptySubsequences: true)
-      guard f.count >= 6, f[3] != "20", f[0].count == 32 else { continue }
-      addresses[String(f[5]), default: []].append(ipv6(String(f[0])) + "/" + String(Int(f[2], radix: 16) ?? 0))
-    }
+    let interfaces = sysfs.list("/sys/class/net")
+    guard !interfaces.isEmpty else { return [] }
+    let net = NetworkFacts(
+      fibTrie: sysfs.readString("/proc/net/fib_trie"), route: sysfs.readString("/proc/net/route"),
+      ifInet6: sysfs.readString("/proc/net/if_inet6"), ipv6Route: sysfs.readString("/proc/net/ipv6_route"))
     var result: [(PCIAddress, HostUse)] = []
-    for interface in sysfs.list("/sys/class/net") {
+    for interface in interfaces {
       guard let target = sysfs.readLink("/sys/class/net/\(interface)"),
         let owner = owningFunction(resolve(link: target, in: "/sys/class/net"))
       else { continue }
       let flags = sysfs.readInteger("/sys/class/net/\(interface)/flags") ?? 0
       let state = sysfs.readString("/sys/class/net/\(interface)/operstate") ?? "unknown"
       let up = flags & 1 != 0  // IFF_UP
-      let hasRoutes = routed.contains(interface)
-      let v6 = addresses[interface] ?? []
+      let addresses = net.addresses[interface] ?? []
+      let all = addresses + (net.linkLocal[interface] ?? [])
+      let defaults = [("IPv4", net.ipv4Default), ("IPv6", net.ipv6Default)].filter { $0.1.contains(interface) }
+        .map(\.0)
       var facts = [up ? (state == "up" ? "up" : "up (link \(state))") : "down"]
-      if hasRoutes { facts.append("has IPv4 routes") }
-      if !v6.isEmpty { facts.append("has addresses " + v6.joined(separator: ", ")) }
+      if !all.isEmpty { facts.append("has \(all.count == 1 ? "address" : "addresses") " + all.joined(separator: ", ")) }
+      if !defaults.isEmpty {
+        facts.append(
+          "carries the host's \(defaults.joined(separator: " and ")) default route\(defaults.count > 1 ? "s" : "")")
+      } else if net.ipv4Routed.contains(interface) {
+        facts.append("has IPv4 routes")
+      }
+      let carriesTraffic = !addresses.isEmpty || !defaults.isEmpty || net.ipv4Routed.contains(interface)
       result.append(
         (
           owner,
           HostUse(
             kind: .interface, subject: interface, detail: "is " + facts.joined(separator: ", "),
-            active: up && (hasRoutes || !v6.isEmpty))
+            active: up && carriesTraffic)
         ))
     }
     return result
@@ -199,9 +216,8 @@ struct MountTable {
 
   func mountPoints(device: String, name: String) -> [String] {
     let points = (byDevice[device] ?? []) + (byName[name] ?? [])
-    var unique: [String] = []
-    for point in points where !unique.contains(point) { unique.append(point) }
-    return unique
+    var seen: Set<String> = []
+    return points.filter { seen.insert($0).inserted }
   }
 }
 

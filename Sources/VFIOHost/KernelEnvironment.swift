@@ -13,11 +13,35 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
   public let allowUnsafeInterrupts: Bool?
   /// vfio_iommu_type1's `dma_entry_limit`: the most DMA mappings one container may hold.
   public let dmaEntryLimit: Int?
+  /// The CPU reports the `hypervisor` flag: this kernel runs in a virtual machine.
+  public let hypervisorFlag: Bool
+  /// DMI's system vendor and product (`QEMU`, `Standard PC (Q35 + ICH9, 2009)`), when present.
+  public let dmiVendor: String?
+  public let dmiProduct: String?
+
+  /// DMI system vendors and products that are hypervisors, for CPUs without the flag (arm64).
+  static let virtualVendors = ["QEMU", "KVM", "VMware", "innotek", "Xen", "Amazon EC2", "Google", "Parallels", "bhyve"]
+
+  /// Runs in a virtual machine, so an IOMMU can only come from the hypervisor (a vIOMMU).
+  public var isVirtualMachine: Bool {
+    hypervisorFlag
+      || [dmiVendor, dmiProduct].compactMap { $0 }.contains { text in
+        Self.virtualVendors.contains { text.hasPrefix($0) } || text == "Virtual Machine"
+      }
+  }
+
+  /// "QEMU Standard PC (Q35 + ICH9, 2009)", or nil when DMI says nothing.
+  public var machineName: String? {
+    let parts = [dmiVendor, dmiProduct].compactMap { $0 }.filter { !$0.isEmpty }
+    return parts.isEmpty ? nil : parts.joined(separator: " ")
+  }
 
   public static func read(_ sysfs: Sysfs) -> KernelEnvironment {
-    let vendor = sysfs.readString("/proc/cpuinfo")?.split(separator: "\n")
-      .first { $0.hasPrefix("vendor_id") }
+    // The first CPU's lines say it for all; a large host's cpuinfo is cut at the read cap.
+    let cpuinfo = sysfs.readString("/proc/cpuinfo")?.split(separator: "\n", maxSplits: 64) ?? []
+    let vendor = cpuinfo.first { $0.hasPrefix("vendor_id") }
       .flatMap { $0.split(separator: ":").last?.trimmingSpaces }
+    let flags = cpuinfo.first { $0.hasPrefix("flags") }.map { $0.split(separator: " ") } ?? []
     let interrupts = sysfs.readString("/proc/interrupts")
     let parameters = "/sys/module/vfio_iommu_type1/parameters"
     return KernelEnvironment(
@@ -26,7 +50,10 @@ public struct KernelEnvironment: Sendable, Equatable, Codable {
       interruptRemappingActive: interrupts.map { $0.contains("IR-") },
       memlockLimit: sysfs.readString("/proc/self/limits").flatMap(parseMemlock),
       allowUnsafeInterrupts: sysfs.readString("\(parameters)/allow_unsafe_interrupts").map { $0 == "Y" },
-      dmaEntryLimit: sysfs.readInteger("\(parameters)/dma_entry_limit"))
+      dmaEntryLimit: sysfs.readInteger("\(parameters)/dma_entry_limit"),
+      hypervisorFlag: flags.contains("hypervisor"),
+      dmiVendor: sysfs.readString("/sys/class/dmi/id/sys_vendor"),
+      dmiProduct: sysfs.readString("/sys/class/dmi/id/product_name"))
   }
 
   /// The value of `name=` on the command line, or "" for a bare flag; nil when absent.

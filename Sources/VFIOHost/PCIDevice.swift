@@ -33,6 +33,9 @@ public struct PCIDevice: Sendable {
   public let interrupt: LegacyInterrupt
   /// `boot_vga`: this is the VGA device the firmware used to boot.
   public let bootVGA: Bool
+  /// What was wrong in this function's sysfs and was skipped rather than trusted
+  /// ("resource line 3 is not start ≤ end; BAR ignored").
+  public internal(set) var warnings: [String] = []
 
   public var baseClass: UInt8 { UInt8(classCode >> 16) }
   public var subclass: UInt8 { UInt8((classCode >> 8) & 0xFF) }

@@ -1,4 +1,5 @@
-/// Names from the `pci.ids` database (Debian's `pci.ids` package), looked up by ID.
+/// Vendor and device names from the `pci.ids` database (Debian's `pci.ids` package, which
+/// pciutils pulls in), looked up by ID. Class names are built in (`PCIClassNames`).
 ///
 /// The file is indexed in one pass over its bytes (vendor and class line offsets); device and
 /// subclass names are found by scanning only that vendor's or class's block.
@@ -43,6 +44,12 @@ public final class PCIIDDatabase: Sendable {
 
   public func vendorName(_ vendor: UInt16) -> String? {
     vendors[vendor].map { name(atLine: $0, skip: 4) }
+  }
+
+  /// Whether some vendor's name contains `text`, ignoring case (what `list --vendor NAME` matches).
+  public func hasVendorName(containing text: String) -> Bool {
+    let wanted = text.lowercased()
+    return vendors.values.contains { name(atLine: $0, skip: 4).lowercased().contains(wanted) }
   }
 
   public func deviceName(vendor: UInt16, device: UInt16) -> String? {

@@ -38,18 +38,22 @@ public struct Sysfs: Sendable {
   /// The bytes of a file, at most `limit` of them; nil when it cannot be opened or read.
   public func readBytes(_ hostPath: String, limit: Int = 65536) -> [UInt8]? {
     recorder?.note(.file, hostPath)
-    let fd = open(path(hostPath), O_RDONLY | O_CLOEXEC)
+    let fd = open(path(hostPath), Sysfs.readFlags)
     guard fd >= 0 else { return nil }
     defer { close(fd) }
-    return readAll(fd, limit: limit, wholeAttributes: hostPath.hasPrefix("/sys/"))
+    return readAttribute(fd, limit: limit, hostPath: hostPath, checkType: !isLiveHost)
   }
+
+  /// O_NONBLOCK: a FIFO or a terminal where a file should be (a hostile or corrupt capture)
+  /// must not block open(2) or read(2). No controlling terminal is taken from a tty node.
+  static let readFlags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY
 
   /// Opens a directory for reading many attributes relative to it, which spares the kernel
   /// walking the full path again for each one.
   public func directory(_ hostPath: String) -> SysfsDirectory? {
     let fd = open(path(hostPath), O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     guard fd >= 0 else { return nil }
-    return SysfsDirectory(fd: fd, hostPath: hostPath, recorder: recorder)
+    return SysfsDirectory(fd: fd, hostPath: hostPath, recorder: recorder, checkType: !isLiveHost)
   }
 
   /// A text attribute with surrounding white space removed; nil when absent.
@@ -99,21 +103,23 @@ public final class SysfsDirectory {
   private let fd: Int32
   public let hostPath: String
   private let recorder: AccessRecorder?
+  private let checkType: Bool
 
-  init(fd: Int32, hostPath: String, recorder: AccessRecorder?) {
+  init(fd: Int32, hostPath: String, recorder: AccessRecorder?, checkType: Bool) {
     self.fd = fd
     self.hostPath = hostPath
     self.recorder = recorder
+    self.checkType = checkType
   }
 
   deinit { close(fd) }
 
   public func readBytes(_ name: String, limit: Int = 65536) -> [UInt8]? {
     recorder?.note(.file, hostPath + "/" + name)
-    let file = openat(fd, name, O_RDONLY | O_CLOEXEC)
+    let file = openat(fd, name, Sysfs.readFlags)
     guard file >= 0 else { return nil }
     defer { close(file) }
-    return readAll(file, limit: limit, wholeAttributes: hostPath.hasPrefix("/sys/"))
+    return readAttribute(file, limit: limit, hostPath: hostPath, checkType: checkType)
   }
 
   public func readString(_ name: String) -> String? {
@@ -130,6 +136,21 @@ public final class SysfsDirectory {
   }
 
   public func linkName(_ name: String) -> String? { readLink(name).map(lastComponent) }
+}
+
+/// Reads an opened attribute. O_NONBLOCK already keeps a FIFO or a terminal from blocking;
+/// what remains is a device node standing in for a file in a captured tree (`checkType`),
+/// which would hand over the reading host's own disk or an endless stream. Such a read fills
+/// the cap, so only a full read pays for the fstat: an fstat on each of thousands of
+/// attributes cost a third of a large inventory's read time. A capture holds only regular
+/// files, and the live /sys and /proc nothing else.
+private func readAttribute(_ fd: Int32, limit: Int, hostPath: String, checkType: Bool) -> [UInt8]? {
+  guard let bytes = readAll(fd, limit: limit, wholeAttributes: hostPath.hasPrefix("/sys/")) else { return nil }
+  if checkType && bytes.count >= limit {
+    var info = stat()
+    guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return nil }
+  }
+  return bytes
 }
 
 /// Reads a descriptor to its end or `limit`. sysfs hands over a whole attribute per read, so

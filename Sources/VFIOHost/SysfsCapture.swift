@@ -64,6 +64,21 @@ public struct SysfsCapture {
     return written
   }
 
+  /// The capture's own record, beside `sys` and `proc` where no reader looks: which vfioctl
+  /// made it and, when it ran without root, that config space is only the 64-byte header.
+  public static let notesFile = "vfioctl-capture.txt"
+
+  public func writeNotes(version: String, configSpaceNote: String?) throws(CaptureError) {
+    var text = "captured by vfioctl \(version) as uid \(geteuid())\n"
+    if let configSpaceNote { text += "note: \(configSpaceNote)\n" }
+    let file = destination + "/" + Self.notesFile
+    let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw .write(file, errno) }
+    defer { close(fd) }
+    let written = text.utf8CString.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count - 1) }
+    guard written == text.utf8.count else { throw .write(file, errno) }
+  }
+
   /// Puts the keep marker into every empty directory below `path`.
   private func markEmptyDirectories(_ path: String) throws(CaptureError) {
     let entries = directoryEntries(path)

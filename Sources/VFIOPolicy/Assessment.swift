@@ -180,7 +180,7 @@ public struct Assessor: Sendable {
     return [
       Reason(
         .companions, .condition,
-        "IOMMU group \(group) has \(endpoints.count) endpoints (\(list(addresses))); they are detached and assigned together",
+        "IOMMU group \(group) has \(plural(endpoints.count, "endpoint")) (\(list(addresses))); they are detached and assigned together",
         devices: addresses)
     ]
   }

@@ -47,10 +47,15 @@ public struct Doctor: Sendable {
         ? "; iommu=pt keeps host devices in passthrough, which is fine for VFIO" : ""
       return Finding(
         "iommu", .ok,
-        "\(inventory.groups.count) IOMMU groups\(units.isEmpty ? "" : " on " + units.joined(separator: ", "))\(mode)")
+        "\(plural(inventory.groups.count, "IOMMU group"))\(units.isEmpty ? "" : " on " + units.joined(separator: ", "))\(mode)"
+      )
     }
     let next: String
-    if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
+    if env.isVirtualMachine {
+      let machine = env.machineName.map { " (\($0))" } ?? ""
+      next =
+        "this is a virtual machine\(machine): the IOMMU must come from the hypervisor, not firmware or GRUB; give the VM a vIOMMU (QEMU: `-machine q35,kernel-irqchip=split -device intel-iommu,intremap=on`, or `-device virtio-iommu-pci`; other hypervisors: their vIOMMU setting) and reboot it"
+    } else if env.commandLineOption("intel_iommu") == "off" || env.commandLineOption("amd_iommu") == "off" {
       next = "remove intel_iommu=off / amd_iommu=off from the kernel command line and reboot"
     } else if env.cpuVendor == "GenuineIntel" {
       next =
@@ -152,11 +157,11 @@ public struct Doctor: Sendable {
   }
 
   private func configAccess() -> Finding? {
-    let partial = inventory.devices.filter { ($0.config?.bytes.count ?? 0) <= 64 }
+    let partial = inventory.devicesWithConfigHeaderOnly
     guard !partial.isEmpty else { return nil }
     return Finding(
       "config-access", .warning,
-      "only the 64-byte config header was readable for \(partial.count) device(s): capabilities (FLR, ACS, SR-IOV) are unknown",
+      "only the 64-byte config header was readable for \(plural(partial.count, "device")): capabilities (FLR, ACS, SR-IOV) are unknown",
       next: "run vfioctl as root")
   }
 }

@@ -24,7 +24,7 @@ struct Report: Sendable, Equatable {
 
 enum Render {
   static func text(_ r: Report) -> String {
-    var lines = ["edu device \(r.device) via \(r.backend)"]
+    var lines = ["\(r.device) via \(r.backend)"]
     let width = (r.checks.map(\.name.count).max() ?? 0) + 2
     for c in r.checks {
       let pad = String(repeating: " ", count: max(1, width - c.name.count))

@@ -117,6 +117,48 @@ final class InventoryTests: XCTestCase {
     XCTAssertEqual(inventory.devices.count, 15)
   }
 
+  /// Every address, IPv4 and IPv6, and the default routes; the procfs text is this machine's
+  /// kernel's (6.18), the interface the host-firecracker capture's.
+  func testHostUseNamesEveryAddressAndTheDefaultRoutes() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("host-firecracker"))
+    try copy.write(
+      copy.path + "/proc/net/fib_trie",
+      text: """
+        Main:
+          +-- 0.0.0.0/0 3 0 5
+             |-- 0.0.0.0
+                /0 universe UNICAST
+             +-- 127.0.0.0/8 2 0 2
+                +-- 127.0.0.0/31 1 0 0
+                   |-- 127.0.0.1
+                      /32 host LOCAL
+             +-- 192.0.2.0/24 2 0 2
+                +-- 192.0.2.0/30 2 0 2
+                   |-- 192.0.2.0
+                      /24 link UNICAST
+                   |-- 192.0.2.2
+                      /32 host LOCAL
+                |-- 192.0.2.255
+                   /32 link BROADCAST
+
+        """)
+    try copy.write(
+      copy.path + "/proc/net/ipv6_route",
+      text: """
+        00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0
+        00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+
+        """)
+    let inventory = try copy.inventory()
+    let uses = inventory.hostUse.values.flatMap { $0 }.filter { $0.kind == .interface }
+    let eth0 = try XCTUnwrap(uses.first { $0.subject == "eth0" })
+    XCTAssertEqual(
+      eth0.detail,
+      "is up, has addresses 192.0.2.2/24, fd00::2/64, fe80::fc:ff:fe00:1/64, carries the host's IPv4 and IPv6 default routes"
+    )
+    XCTAssertTrue(eth0.active)
+  }
+
   func testCaptureReplaysExactly() throws {
     let source = Fixtures.sysfs("q35-vtd")
     let recorder = AccessRecorder()

@@ -13,7 +13,9 @@ final class ResourceTests: XCTestCase {
       0x0000000000000000 0x0000000000000000 0x0000000000000000
       0x00000000fe800000 0x00000000fe83ffff 0x0000000000046200
       """
-    let bars = try parseResources(text, pageSize: 4096)
+    let table = parseResources(text, pageSize: 4096)
+    XCTAssertEqual(table.problems, [])
+    let bars = table.bars
     XCTAssertEqual(bars.map(\.index), [0, 2, 3, 6])
     XCTAssertEqual(bars[0].size, 128 * 1024)
     XCTAssertEqual(bars[0].kind, .mmio)
@@ -34,10 +36,34 @@ final class ResourceTests: XCTestCase {
     XCTAssertTrue(bar0.subPage)
   }
 
-  func testMalformedLineIsAnError() {
-    XCTAssertThrowsError(try parseResources("0x0 0x1\n", pageSize: 4096)) {
-      XCTAssertTrue("\($0)".contains("resource line 0"))
+  func testMalformedLinesAreSkippedWithAProblem() {
+    let table = parseResources("0x0 0x1\ngarbage here now\n0x1000 0x1fff 0x200\n", pageSize: 4096)
+    XCTAssertEqual(table.bars.map(\.index), [2])
+    XCTAssertEqual(table.problems.count, 2)
+    XCTAssertTrue(table.problems[0].description.contains("resource line 0"), table.problems[0].description)
+  }
+
+  /// Found by vfio-fuzz: `end - start + 1` overflowed (BAR.swift:70) and an inverted line was
+  /// taken as a huge BAR.
+  func testInvertedAndWholeSpaceLinesAreIgnoredNotTrapped() {
+    let text = """
+      0x00000000fea20000 0x00000000fea1ffff 0x0000000000040200
+      0x0000000000000000 0xffffffffffffffff 0x0000000000040200
+      0xffffffffffffffff 0xffffffffffffffff 0x0000000000040101
+      """
+    let table = parseResources(text, pageSize: 4096)
+    XCTAssertEqual(table.problems, [.inverted(0, start: 0xfea2_0000, end: 0xfea1_ffff), .tooLarge(1)])
+    XCTAssertEqual(table.bars.map(\.size), [1], "a one-byte resource at the top of the space is still one")
+    XCTAssertTrue(table.problems[0].description.contains("is not start ≤ end"))
+  }
+
+  /// Found by vfio-fuzz (`--page-size 0`): `start % pageSize` divided by zero (BAR.swift:93).
+  func testPageSizeZeroDoesNotTrap() throws {
+    XCTAssertEqual(parseResources("0x1000 0x1fff 0x200\n", pageSize: 0).bars.count, 1)
+    XCTAssertThrowsError(try HostInventory.read(Fixtures.sysfs("q35-vtd"), pageSize: 0)) {
+      XCTAssertEqual($0 as? InventoryError, .badPageSize(0))
     }
-    XCTAssertThrowsError(try parseResources("garbage here now\n", pageSize: 4096))
+    XCTAssertFalse(isValidPageSize(6000))
+    XCTAssertTrue(isValidPageSize(65536))
   }
 }

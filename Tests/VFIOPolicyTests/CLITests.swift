@@ -52,6 +52,59 @@ final class CLITests: XCTestCase {
     XCTAssertEqual(options.root, "/nonexistent/tree")
   }
 
+  /// Options whose value would be silently wrong or ignored are usage errors (64).
+  func testOptionsThatLieAreUsageErrors() throws {
+    let root = Fixtures.root("q35-vtd")
+    let nonEmpty = try TemporaryTree()
+    try nonEmpty.write(nonEmpty.path + "/file", text: "x")
+    for arguments in [
+      ["list", "--page-size", "0"], ["list", "--page-size", "6000"], ["show", "4", "--page-size", "-1"],
+      ["list", "--class", "banana"], ["list", "--pci-ids", "/nonexistent/pci.ids"], ["list", "--tree", "--json"],
+      ["capture", nonEmpty.path], ["capture", nonEmpty.path + "/file"], ["capture", "/tmp/x", "--page-size", "4096"],
+      ["capture", "/tmp/x", "--pci-ids", "/dev/null"], ["doctor", "--page-size", "4096"],
+    ] {
+      XCTAssertThrowsError(try VFIOCtl.parseAsRoot(arguments + ["--root", root]), "\(arguments)") { error in
+        XCTAssertEqual(VFIOCtl.exitCode(for: error).rawValue, 64, "\(arguments): \(VFIOCtl.message(for: error))")
+      }
+    }
+    XCTAssertNoThrow(try VFIOCtl.parseAsRoot(["list", "--page-size", "65536", "--class", "ethernet", "--root", root]))
+    XCTAssertEqual(VFIOCtl.version.isEmpty, false)
+  }
+
+  /// docs/vfioctl.1 is generated (scripts/man); this catches a command or option added since.
+  func testManPageNamesEveryCommandAndOption() throws {
+    let page = try XCTUnwrap(Sysfs().readString(Fixtures.directory + "/../../docs/vfioctl.1"))
+    for command in VFIOCtl.configuration.subcommands {
+      let name = try XCTUnwrap(command.configuration.commandName)
+      XCTAssertTrue(page.contains(".It Em \(name)\n"), "\(name) is missing: run scripts/man")
+      let options = command.helpMessage().split(whereSeparator: { " ,\n[]<>".contains($0) })
+        .filter { $0.hasPrefix("--") && $0.count > 2 }
+      for option in Set(options) {
+        XCTAssertTrue(page.contains("Fl -\(option.dropFirst(2))"), "\(name) \(option) is missing: run scripts/man")
+      }
+    }
+  }
+
+  /// A fresh machine has no pci.ids; class names are built in, so the CLASS column is kept.
+  func testClassNamesNeedNoPCIIDs() throws {
+    let list = try builder().list()
+    XCTAssertEqual(list.devices.first { $0.address.description == "0000:00:02.0" }?.className, "Ethernet controller")
+    XCTAssertEqual(PCIClassNames.name(0x0108_02), "Non-Volatile memory controller")
+    XCTAssertEqual(PCIClassNames.name(0xFF_0000), "Unassigned class")
+    XCTAssertEqual(PCIClassNames.name(0x0C_9900), "Serial bus controller", "an unknown subclass falls back to its base")
+    XCTAssertNil(PCIClassNames.name(0xEE_0000))
+  }
+
+  func testCountsArePluralisedAndGroupsNamedOnce() throws {
+    let builder = try builder()
+    var list = builder.list()
+    list.devices = Array(list.devices.prefix(1))
+    list.groups = Array(list.groups.prefix(1))
+    XCTAssertTrue(HumanRenderer.list(list).contains("\n1 device in 1 IOMMU group: "), HumanRenderer.list(list))
+    let explained = HumanRenderer.explain(try builder.explain(.group(4)))
+    XCTAssertTrue(explained.hasPrefix("group 4: ASSIGNABLE WITH CONDITIONS\n"), explained)
+  }
+
   func testExplainExitsOneWhenNotAssignable() throws {
     XCTAssertThrowsError(try run(["explain", "00:03.0", "--root", Fixtures.root("q35-vtd"), "--json"])) {
       XCTAssertEqual(VFIOCtl.exitCode(for: $0).rawValue, 1)
@@ -92,7 +145,7 @@ final class CLITests: XCTestCase {
     let devices = try XCTUnwrap(list["devices"] as? [[String: Any]])
     let required: Set = [
       "address", "vendorID", "deviceID", "classCode", "name", "kind", "iommuGroup", "resetMethods", "bars", "hostUse",
-      "verdict",
+      "verdict", "warnings",
     ]
     let optional: Set = ["className", "driver", "driverOverride", "parent", "sriov", "physicalFunction"]
     for device in devices {

@@ -1,3 +1,4 @@
+import Foundation
 import VFIOHost
 import VFIOPolicy
 import VFIOTestSupport
@@ -34,5 +35,24 @@ final class DoctorTests: XCTestCase {
     XCTAssertEqual(findings.first { $0.check == "acs-override" }?.status, .warning)
     XCTAssertEqual(findings.first { $0.check == "memlock" }?.status, .warning)
     XCTAssertTrue(findings.first { $0.check == "memlock" }?.summary.contains("64 KiB") ?? false)
+  }
+
+  /// Inside a VM the IOMMU is the hypervisor's to give; firmware and GRUB advice is wrong there.
+  func testVirtualMachineIsToldToAskTheHypervisor() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("host-firecracker"))
+    let iommu = { () throws -> String in
+      try XCTUnwrap(Doctor(inventory: try copy.inventory()).run().first { $0.check == "iommu" }?.nextStep)
+    }
+    XCTAssertTrue(try iommu().contains("-device intel-iommu"), "the fixture's CPU has the hypervisor flag")
+    let cpuinfo = try XCTUnwrap(Sysfs(root: copy.path).readString("/proc/cpuinfo"))
+    try copy.write(copy.path + "/proc/cpuinfo", text: cpuinfo.replacingOccurrences(of: " hypervisor", with: ""))
+    let bareMetal = try iommu()
+    XCTAssertTrue(bareMetal.contains("firmware setup"), bareMetal)
+    XCTAssertEqual(mkdir(copy.path + "/sys/class/dmi", 0o755), 0)
+    XCTAssertEqual(mkdir(copy.path + "/sys/class/dmi/id", 0o755), 0)
+    try copy.write(copy.path + "/sys/class/dmi/id/sys_vendor", text: "QEMU\n")
+    try copy.write(copy.path + "/sys/class/dmi/id/product_name", text: "Standard PC (Q35 + ICH9, 2009)\n")
+    let qemu = try iommu()
+    XCTAssertTrue(qemu.contains("virtual machine (QEMU Standard PC (Q35 + ICH9, 2009))"), qemu)
   }
 }
