@@ -77,7 +77,7 @@ struct DetachCommand: ParsableCommand {
   var force: [PCIAddress] = []
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       let manager = options.manager()
       let report = try manager.detach(
         options.target, driver: driver, force: force, allowNoReset: allowNoReset, dryRun: options.dryRun)
@@ -96,7 +96,7 @@ struct AttachCommand: ParsableCommand {
   @OptionGroup var options: ChangeOptions
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       let manager = options.manager()
       let report = try manager.attach(options.target, dryRun: options.dryRun)
       reportTimings(manager)
@@ -120,7 +120,7 @@ struct ResetCommand: ParsableCommand {
   var method: String?
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       let report = try options.manager().reset(
         options.target, method: method.map(ResetMethod.init(rawValue:)), dryRun: options.dryRun)
       try options.output.emit(report, human: ManagerRenderer.change)
@@ -136,7 +136,7 @@ struct RecoverCommand: ParsableCommand {
   @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       let reports = try options.manager().recover()
       try options.output.emit(reports) { reports in
         reports.isEmpty ? "Nothing was left unfinished.\n" : reports.compactMap(\.recovered).joined(separator: "\n") + "\n"
@@ -156,7 +156,7 @@ struct StatusCommand: ParsableCommand {
   @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       try options.output.emit(try options.manager().status(target), human: ManagerRenderer.status)
     }
   }
@@ -172,7 +172,7 @@ struct HistoryCommand: ParsableCommand {
   @OptionGroup var options: LedgerOptions
 
   func run() throws {
-    try reportingErrors {
+    try reportingErrors(json: options.output.json) {
       try options.output.emit(try options.manager().history(target), human: ManagerRenderer.history)
     }
   }

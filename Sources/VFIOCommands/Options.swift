@@ -104,8 +104,9 @@ func parseSelector(_ text: String) throws -> Selector {
 }
 
 /// Runs a command body, turning `CLIError` and `ManagerError` into the message on stderr and
-/// the exit code.
-func reportingErrors(_ body: () throws -> Void) throws {
+/// the exit code; with `json`, a manager error is also printed as an `ErrorReport` on stdout,
+/// so that a program driving `detach --json` always gets a document.
+func reportingErrors(json: Bool = false, _ body: () throws -> Void) throws {
   do {
     try body()
   } catch let error as CLIError {
@@ -113,6 +114,7 @@ func reportingErrors(_ body: () throws -> Void) throws {
     throw ExitCode(error.exitCode)
   } catch let error as ManagerError {
     printError(error.description)
+    if json, let text = try? encodeJSON(ErrorReport(error)) { print(text, terminator: "") }
     throw ExitCode(error.exitCode)
   }
 }

@@ -165,3 +165,22 @@ public struct DoctorReport: Codable, Sendable {
   public var ok: Bool
   public var findings: [Finding]
 }
+
+/// What `detach`, `attach`, `reset`, `recover`, `status` and `history` print with `--json`
+/// when they fail: the exit code, the message, and for a refusal each reason.
+public struct ErrorReport: Codable, Sendable {
+  public var schemaVersion = Schema.version
+  public var error: Body
+
+  public struct Body: Codable, Sendable {
+    public var exitCode: Int32
+    public var message: String
+    public var refusals: [ManagerError.Refusal]?
+  }
+
+  public init(_ error: ManagerError) {
+    var refusals: [ManagerError.Refusal]?
+    if case .refused(_, let reasons) = error { refusals = reasons }
+    self.error = Body(exitCode: error.exitCode, message: error.description, refusals: refusals)
+  }
+}

@@ -543,9 +543,7 @@ public final class AssignmentManager {
       let path = "/sys/bus/pci/devices/\(address)"
       guard sysfs.exists(path) else { throw .noSuchDevice(address.description) }
       guard let name = sysfs.linkName(path + "/iommu_group"), let group = Int(name) else {
-        throw .refused(
-          group: -1,
-          [.init(code: "no-group", message: "\(address) has no IOMMU group", remedy: "run `vfioctl explain \(address)`")])
+        throw .noGroup(address.description)
       }
       return group
     case .group(let id):
@@ -558,14 +556,7 @@ public final class AssignmentManager {
     switch target {
     case .device(let address):
       guard let device = inventory.device(address) else { throw .noSuchDevice(address.description) }
-      guard let group = device.iommuGroup else {
-        throw .refused(
-          group: -1,
-          [
-            .init(
-              code: "no-group", message: "\(address) has no IOMMU group", remedy: "run `vfioctl explain \(address)`")
-          ])
-      }
+      guard let group = device.iommuGroup else { throw .noGroup(address.description) }
       return group
     case .group(let id):
       guard inventory.group(id) != nil else { throw .noSuchGroup(id) }

@@ -7,6 +7,8 @@ import VFIOPolicy
 public enum ManagerError: Error, Equatable, CustomStringConvertible {
   case noSuchDevice(String)
   case noSuchGroup(Int)
+  /// The device exists but no IOMMU isolates it: there is no group to move.
+  case noGroup(String)
   case unavailable(String)
   /// The host's state does not allow it; nothing was changed.
   case refused(group: Int, [Refusal])
@@ -38,7 +40,7 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
   /// unavailable, 73 state directory, 74 a step failed, 75 group busy.
   public var exitCode: Int32 {
     switch self {
-    case .refused, .notDetached: 1
+    case .refused, .notDetached, .noGroup: 1
     case .usage: 64
     case .ledger, .ledgerTooNew: 65
     case .noSuchDevice, .noSuchGroup: 66
@@ -55,6 +57,8 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
       return TargetNotFound.device(address)
     case .noSuchGroup(let id):
       return TargetNotFound.group(id)
+    case .noGroup(let address):
+      return "\(address) has no IOMMU group, so there is nothing VFIO could be given; `vfioctl explain \(address)` says why"
     case .unavailable(let why):
       return why
     case .refused(let group, let refusals):

@@ -43,7 +43,7 @@ struct VFIOFuzz: ParsableCommand {
   var keep: String?
 
   /// sysexits(3) codes vfioctl documents; anything else is a bug.
-  static let documentedExitCodes: Set<Int32> = [0, 1, 64, 66, 69, 70]
+  static let documentedExitCodes: Set<Int32> = [0, 1, 64, 65, 66, 69, 70, 73, 74, 75]
 
   func validate() throws {
     guard iterations > 0, mutations > 0, timeout > 0 else {
@@ -119,11 +119,15 @@ struct VFIOFuzz: ParsableCommand {
     var failures = 0
   }
 
-  /// Every command that reads the host; capture writes into a directory removed after each run.
+  /// Every command that reads the host; capture writes into a directory removed after each
+  /// run; the manager's commands run as dry runs (and status) against an empty state directory.
   private func commands(target: String, scratch: String) -> [[String]] {
-    [
+    let state = ["--state", scratch + "/state"]
+    return [
       ["list"], ["list", "--tree"], ["show", target], ["explain", target], ["doctor"],
       ["capture", scratch + "/capture"],
+      ["detach", target, "--dry-run"] + state, ["attach", target, "--dry-run"] + state,
+      ["reset", target, "--dry-run"] + state, ["status"] + state,
     ]
   }
 
