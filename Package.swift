@@ -34,7 +34,7 @@ let package = Package(
     // The host assignment manager: executes plans on sysfs, with a crash-safe SQLite ledger.
     .target(
       name: "VFIOManager",
-      dependencies: ["VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
+      dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",

@@ -1,4 +1,7 @@
+#define _GNU_SOURCE
 #include "CVFIO.h"
+
+#include <fcntl.h>
 
 #include <errno.h>
 #include <stddef.h>
@@ -23,6 +26,8 @@ int cvfio_eventfd(unsigned int initval, int flags) {
 }
 
 const int cvfio_EFD_NONBLOCK = EFD_NONBLOCK;
+const int cvfio_O_PATH = O_PATH;
+const int cvfio_AT_EMPTY_PATH = AT_EMPTY_PATH;
 
 uint64_t cvfio_memlock_limit(void) {
   struct rlimit limit;

@@ -15,7 +15,7 @@ public enum HumanRenderer {
       table.rows.append([
         group != nil && lastGroup == .some(group) ? "" : group.map(String.init) ?? "-",
         short(device.address), clip(device.className ?? device.classCode, 22), clip(device.name, 48),
-        device.driver ?? "-", record.map { "\($0.state.rawValue) by swift-vfio" } ?? device.verdict.label,
+        device.driver ?? "-", record.map(ledgerVerdict) ?? device.verdict.label,
       ])
       lastGroup = .some(group)
     }
@@ -162,11 +162,32 @@ public enum HumanRenderer {
     }.map(\.element)
   }
 
+  /// The verdict column of a device swift-vfio holds: "detached", "reserved for vm1 (owner 1000)".
+  static func ledgerVerdict(_ record: LedgerRecord) -> String {
+    if let name = record.reservedFor { return "reserved for \(name)" + (record.owner.map { " (owner \($0.uid))" } ?? "") }
+    if let owner = record.owner, record.state == .detached { return "detached, owner \(owner.uid)" }
+    return "\(record.state.rawValue) by swift-vfio"
+  }
+
   /// "detached by swift-vfio on DATE (uid 0) to vfio-pci; original drivers: 00:02.0 e1000e"
   static func ledgerLine(_ record: LedgerRecord) -> String {
     let originals = record.originals.map { "\(short($0.address)) \($0.binding)" }.joined(separator: ", ")
-    let what = record.state == .detached ? "detached by swift-vfio" : "being changed by swift-vfio (unfinished: run `vfioctl recover`)"
-    return "\(what) on \(record.since) (uid \(record.uid)) to \(record.driver ?? "vfio-pci"); original drivers: \(originals)"
+    var parts: [String] = []
+    switch record.state {
+    case .detached:
+      parts.append("detached by swift-vfio on \(record.since) (uid \(record.uid)) to \(record.driver ?? "vfio-pci"); original drivers: \(originals)")
+    case .changing:
+      parts.append("being changed by swift-vfio since \(record.since) (unfinished: run `vfioctl recover`)")
+    case .host:
+      parts.append("with the host")
+    }
+    if let name = record.reservedFor {
+      parts.append("reserved for \(name)" + (record.owner.map { " (owner \($0.uid))" } ?? ""))
+    } else if let owner = record.owner {
+      parts.append("owned by \(owner)")
+    }
+    if record.persisted { parts.append("persisted across reboots") }
+    return parts.joined(separator: "; ")
   }
 
   private static func deviceDetails(_ d: DeviceReport, group: GroupReport?) -> String {

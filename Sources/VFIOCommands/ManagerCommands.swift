@@ -76,11 +76,14 @@ struct DetachCommand: ParsableCommand {
     transform: { text in try parseAddress(text) })
   var force: [PCIAddress] = []
 
+  @OptionGroup var owner: OwnerOptions
+
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
       let report = try manager.detach(
-        options.target, driver: driver, force: force, allowNoReset: allowNoReset, dryRun: options.dryRun)
+        options.target, driver: driver, force: force, allowNoReset: allowNoReset, owner: try owner.ownership(),
+        dryRun: options.dryRun)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
@@ -95,10 +98,13 @@ struct AttachCommand: ParsableCommand {
 
   @OptionGroup var options: ChangeOptions
 
+  @Flag(help: "End the group's reservation and give it back all the same.")
+  var release = false
+
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
-      let report = try manager.attach(options.target, dryRun: options.dryRun)
+      let report = try manager.attach(options.target, release: release, dryRun: options.dryRun)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
@@ -183,5 +189,200 @@ func parseAddress(_ text: String) throws -> PCIAddress {
     return try PCIAddress(parsing: text)
   } catch {
     throw ValidationError(error.description)
+  }
+}
+
+/// `--owner USER[:GROUP]` and `--mode`, for the commands that give a group to a user.
+struct OwnerOptions: ParsableArguments {
+  @Option(help: "Give the group's /dev/vfio nodes to this user (name or uid), with USER:GROUP a group too.")
+  var owner: String?
+
+  @Option(help: "The nodes' mode, octal; never any bits for \"other\" (default 0660).")
+  var mode: String?
+
+  func validate() throws {
+    if mode != nil && owner == nil { throw ValidationError("--mode needs --owner") }
+  }
+
+  /// nil without --owner; a usage error (exit 64) for a name that does not resolve.
+  func ownership() throws(ManagerError) -> Ownership? {
+    guard let owner else { return nil }
+    return try Ownership.parse(owner, mode: mode)
+  }
+}
+
+/// A group number (or an address standing for its group), where to keep the ledger, and how
+/// to print: what own, disown, reserve and unreserve take.
+struct OwnershipOptions: ParsableArguments {
+  @Argument(help: "An IOMMU group number, or a PCI address for its group.", transform: parseSelector)
+  var target: Selector
+
+  @OptionGroup var ledger: LedgerOptions
+}
+
+struct OwnCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "own",
+    abstract: "Give a detached group's /dev/vfio nodes (group node and device cdevs) to a user, who may then open it without root.")
+
+  @OptionGroup var options: OwnershipOptions
+  @OptionGroup var owner: OwnerOptions
+
+  func validate() throws {
+    if owner.owner == nil { throw ValidationError("own needs --owner USER[:GROUP]") }
+  }
+
+  func run() throws {
+    try reportingErrors(json: options.ledger.output.json) {
+      guard let ownership = try owner.ownership() else { return }
+      let report = try options.ledger.manager().own(options.target, owner: ownership)
+      try options.ledger.output.emit(report, human: ManagerRenderer.owner)
+    }
+  }
+}
+
+struct DisownCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "disown", abstract: "Give a group's nodes back to root (mode 0600) and forget its owner.")
+
+  @OptionGroup var options: OwnershipOptions
+
+  func run() throws {
+    try reportingErrors(json: options.ledger.output.json) {
+      try options.ledger.output.emit(try options.ledger.manager().disown(options.target), human: ManagerRenderer.owner)
+    }
+  }
+}
+
+struct ReserveCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "reserve",
+    abstract: "Keep a detached group for a guest that is not running: attach refuses it, list says whose it is.")
+
+  @OptionGroup var options: OwnershipOptions
+
+  @Option(name: .customLong("for"), help: "The guest (or job) it is kept for.")
+  var name: String
+
+  @OptionGroup var owner: OwnerOptions
+
+  func run() throws {
+    try reportingErrors(json: options.ledger.output.json) {
+      let report = try options.ledger.manager().reserve(options.target, for: name, owner: try owner.ownership())
+      try options.ledger.output.emit(report, human: ManagerRenderer.owner)
+    }
+  }
+}
+
+struct UnreserveCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "unreserve", abstract: "End a group's reservation (it stays detached and owned).")
+
+  @OptionGroup var options: OwnershipOptions
+
+  func run() throws {
+    try reportingErrors(json: options.ledger.output.json) {
+      try options.ledger.output.emit(try options.ledger.manager().unreserve(options.target), human: ManagerRenderer.owner)
+    }
+  }
+}
+
+struct OwnersCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "owners",
+    abstract: "Every group that is not the host's: owner, reservation, since when, and whether a process has it open now.")
+
+  @OptionGroup var options: LedgerOptions
+
+  func run() throws {
+    try reportingErrors(json: options.output.json) {
+      try options.output.emit(try options.manager().owners(), human: ManagerRenderer.owners)
+    }
+  }
+}
+
+struct PersistCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "persist",
+    abstract: "Make a detached group (and its owner) survive reboot and hot-plug: udev rules and a boot-time reconcile unit.",
+    discussion: """
+      Writes 70-swift-vfio.rules (driver_override for every member on add, the owner and mode of the \
+      group node and cdevs) and swift-vfio-reconcile.service (enabled), both from the ledger. \
+      --remove takes the group out; the files go with the last persisted group.
+      """)
+
+  @OptionGroup var options: OwnershipOptions
+
+  @Flag(help: "Stop persisting the group.")
+  var remove = false
+
+  @Option(help: "Where the udev rules go (default /etc/udev/rules.d under --root).")
+  var rulesDir: String?
+
+  @Option(help: "Where the systemd unit goes (default /etc/systemd/system under --root).")
+  var unitDir: String?
+
+  func run() throws {
+    try reportingErrors(json: options.ledger.output.json) {
+      let written = try options.ledger.manager().persist(
+        options.target, remove: remove, paths: .init(rulesDirectory: rulesDir, unitDirectory: unitDir))
+      try options.ledger.output.emit(written) { $0.joined(separator: "\n") + "\n" }
+    }
+  }
+}
+
+struct ReconcileCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "reconcile",
+    abstract: "The ledger against what sysfs shows (at boot): finish what should be, report what cannot be.")
+
+  @OptionGroup var options: LedgerOptions
+
+  func run() throws {
+    try reportingErrors(json: options.output.json) {
+      let reports = try options.manager().reconcile()
+      try options.output.emit(reports) { reports in
+        reports.isEmpty
+          ? "Nothing recorded.\n"
+          : reports.map { "IOMMU group \($0.group): \($0.outcome)" + ($0.notes.isEmpty ? "" : ": " + $0.notes.joined(separator: "; ")) }
+            .joined(separator: "\n") + "\n"
+      }
+      if reports.contains(where: { $0.outcome == "cannot" }) { throw ExitCode(1) }
+    }
+  }
+}
+
+struct VFsCommand: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "vfs",
+    abstract: "Set an SR-IOV physical function's VF count; with --detach the VFs go straight to vfio-pci, each group recorded.",
+    discussion: """
+      The kernel changes a non-zero count only through 0, which destroys every VF: any change is refused \
+      while a VF is detached by hand, owned, reserved or open. VFs detached by `vfs --detach` are given back \
+      first. --count 0 removes them all.
+      """)
+
+  @Argument(help: "The physical function's PCI address.", transform: { text in try parseAddress(text) })
+  var pf: PCIAddress
+
+  @Option(help: "How many VFs (0 removes them).")
+  var count: Int
+
+  @Flag(help: "Create them with autoprobe off and detach each VF's group to vfio-pci.")
+  var detach = false
+
+  @OptionGroup var owner: OwnerOptions
+
+  @Flag(help: "Say what would be done and change nothing.")
+  var dryRun = false
+
+  @OptionGroup var options: LedgerOptions
+
+  func run() throws {
+    try reportingErrors(json: options.output.json) {
+      let report = try options.manager().setVirtualFunctions(
+        pf, count: count, detach: detach, owner: try owner.ownership(), dryRun: dryRun)
+      try options.output.emit(report, human: ManagerRenderer.virtualFunctions)
+    }
   }
 }

@@ -64,6 +64,37 @@ public enum ManagerRenderer {
     return out
   }
 
+  public static func owner(_ report: OwnerReport) -> String { owners([report]) }
+
+  public static func owners(_ reports: [OwnerReport]) -> String {
+    guard !reports.isEmpty else { return "Every group is the host's: none is detached, owned or reserved.\n" }
+    var table = TextTable(header: ["GROUP", "STATE", "OWNER", "SINCE", "RESERVED FOR", "PERSISTED", "OPEN"])
+    for report in reports {
+      table.rows.append([
+        "\(report.group)", report.state.rawValue, report.owner?.description ?? "-", report.ownedSince ?? "-",
+        report.reservedFor.map { "\($0) since \(report.reservedSince ?? "?")" } ?? "-", report.persisted ? "yes" : "no",
+        report.holders.isEmpty ? "no" : report.holders.map(\.description).joined(separator: "; "),
+      ])
+    }
+    return table.render()
+  }
+
+  public static func virtualFunctions(_ report: VirtualFunctionReport) -> String {
+    var out = "\(report.physicalFunction): \(report.before) -> \(report.after) VF\(report.after == 1 ? "" : "s")\n"
+    for note in report.notes { out += "  \(note)\n" }
+    if !report.virtualFunctions.isEmpty {
+      var table = TextTable(header: ["  VF", "GROUP", "DRIVER", "OWNER"])
+      for vf in report.virtualFunctions {
+        table.rows.append([
+          "  " + HumanRenderer.short(vf.address), vf.group.map(String.init) ?? "-", vf.driver ?? "-",
+          vf.owner?.description ?? "-",
+        ])
+      }
+      out += table.render()
+    }
+    return out
+  }
+
   public static func history(_ entries: [HistoryLine]) -> String {
     guard !entries.isEmpty else { return "No history.\n" }
     var table = TextTable(header: ["WHEN", "UID", "GROUP", "RESULT", "COMMAND", "DETAIL"])

@@ -17,7 +17,7 @@ public struct ReportBuilder: Sendable {
     self.inventory = inventory
     self.names = names
     self.ledger = ledger
-    self.assessor = Assessor(inventory: inventory)
+    self.assessor = Assessor(inventory: inventory, reservations: LedgerRecord.reservations(ledger))
     self.resets = ResetPlanner(inventory: inventory)
     var assessments: [Int: Assessment] = [:]
     for assessment in assessor.assessAllGroups() {
@@ -70,7 +70,10 @@ public struct ReportBuilder: Sendable {
   }
 
   public func doctor() -> DoctorReport {
-    let findings = Doctor(inventory: inventory).run()
+    let owners = ledger.compactMap { group, record in
+      record.owner.map { Doctor.GroupOwner(group: group, uid: $0.uid, gid: $0.gid) }
+    }.sorted { $0.group < $1.group }
+    let findings = Doctor(inventory: inventory, owners: owners).run()
     return DoctorReport(
       kernelRelease: inventory.kernelRelease, ok: !findings.contains { $0.status == .problem },
       findings: findings)

@@ -52,11 +52,12 @@ struct DoctorCommand: ParsableCommand {
     discussion: "Exits 1 when a problem stops assignment.")
 
   @OptionGroup var host: HostOptions
+  @OptionGroup var state: StateOptions
   @OptionGroup var output: OutputOptions
 
   func run() throws {
     try reportingErrors {
-      let report = try host.builder().doctor()
+      let report = try host.builder(state: state).doctor()
       try output.emit(report, human: HumanRenderer.doctor)
       if !report.ok { throw ExitCode(1) }
     }

@@ -16,7 +16,8 @@ public struct VFIOCtl: ParsableCommand {
     subcommands: [
       ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self,
       DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
-      HistoryCommand.self,
+      HistoryCommand.self, OwnCommand.self, DisownCommand.self, ReserveCommand.self, UnreserveCommand.self,
+      OwnersCommand.self, PersistCommand.self, ReconcileCommand.self, VFsCommand.self,
     ])
 
   /// The release, printed by `vfioctl --version` and recorded in captures.

@@ -29,7 +29,7 @@ public struct HostInventory: Sendable {
   private let index: [PCIAddress: Int]
   private let groupIndex: [Int: Int]
   /// Where the inventory was read from, for the host-wide facts only `doctor` needs.
-  private let sysfs: Sysfs
+  public let sysfs: Sysfs
 
   /// The kernel command line, CPU vendor, interrupt remapping, memlock limit and type1
   /// parameters. Read on demand: `/proc/interrupts` alone can be megabytes on a large host, and

@@ -80,6 +80,13 @@ public struct Sysfs: Sendable {
     return lastComponent(target)
   }
 
+  /// Owner, group and permission bits of a path (not following a final link); nil when absent.
+  public func permissions(_ hostPath: String) -> (uid: Int, gid: Int, mode: Int)? {
+    var info = stat()
+    guard lstat(path(hostPath), &info) == 0 else { return nil }
+    return (Int(info.st_uid), Int(info.st_gid), Int(info.st_mode & 0o7777))
+  }
+
   /// Names in a directory, without `.` and `..`, sorted; empty when absent.
   public func list(_ hostPath: String) -> [String] {
     recorder?.note(.directory, hostPath)

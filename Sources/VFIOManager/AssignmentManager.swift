@@ -61,9 +61,10 @@ public final class AssignmentManager {
   // MARK: detach
 
   /// Moves every endpoint of the target's group to `driver`; bridges stay with the host.
+  /// With `owner`, the group's nodes are then given to that user (a ledger fact from then on).
   public func detach(
     _ target: Selector, driver: String = "vfio-pci", force: [PCIAddress] = [], allowNoReset: Bool = false,
-    dryRun: Bool = false
+    owner: Ownership? = nil, dryRun: Bool = false, detachedBy: String = "detach"
   ) throws(ManagerError) -> ChangeReport {
     guard ["vfio-pci", "pci-stub"].contains(driver) else {
       throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
@@ -88,12 +89,21 @@ public final class AssignmentManager {
       planned.addresses.allSatisfy({ inventory.device($0)?.driver == record.driver })
     {
       try history(ledger, group, "already-done", "already detached to \(record.driver ?? driver)")
-      return report(.detach, group, .alreadyDone, [], recovered, inventory, planned.notes, planned.addresses)
+      let notes = try applyOwnership(group: group, ledger: ledger, setting: owner, devices: planned.addresses)
+      return report(.detach, group, .alreadyDone, [], recovered, inventory, planned.notes + notes, planned.addresses)
     }
+    let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
     let steps = planned.plan.detach
     var operation = try ledger.write { db in
       var operation = newOperation(.detach, group: group, steps: steps)
-      try LedgerGroup(id: group, state: .changing, driver: driver, since: Date(), uid: Int(getuid())).save(db)
+      try LedgerGroup.update(db, group: group) {
+        $0.state = .changing
+        $0.driver = driver
+        $0.since = Date()
+        $0.uid = Int(getuid())
+        $0.bootID = bootID
+        $0.detachedBy = detachedBy
+      }
       try LedgerMember.filter(Column("groupID") == group).deleteAll(db)
       for member in planned.originals { try member.insert(db) }
       try operation.insert(db)
@@ -111,7 +121,9 @@ public final class AssignmentManager {
     }
     try finish(ledger, &operation, status: .done, groupState: .detached, detail: nil)
     try history(ledger, group, "ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", "))
-    return report(.detach, group, .done, steps, recovered, inventory, planned.notes, planned.addresses)
+    // The kernel made the nodes anew (root, 0600): what the ledger says of their owner holds.
+    let notes = try applyOwnership(group: group, ledger: ledger, setting: owner, devices: planned.addresses)
+    return report(.detach, group, .done, steps, recovered, inventory, planned.notes + notes, planned.addresses)
   }
 
   struct DetachPlan {
@@ -175,7 +187,10 @@ public final class AssignmentManager {
 
   /// Gives a group detached by swift-vfio back to the host: reset, then every endpoint on
   /// exactly the driver and driver_override the ledger recorded.
-  public func attach(_ target: Selector, dryRun: Bool = false) throws(ManagerError) -> ChangeReport {
+  /// A group reserved for a guest stays detached unless `release` ends the reservation.
+  public func attach(_ target: Selector, release: Bool = false, dryRun: Bool = false) throws(ManagerError)
+    -> ChangeReport
+  {
     var group = try lockingGroup(target)
     if dryRun {
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
@@ -192,6 +207,15 @@ public final class AssignmentManager {
       return report(.attach, group, .alreadyDone, [], recovered, inventory, [], [])
     }
     let planned = try planAttach(group: group, inventory: inventory, ledger: ledger)
+    if let reserved = try ledger.group(group)?.reservedFor, !release {
+      throw .refused(
+        group: group,
+        [
+          .init(
+            code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved): it stays detached while that guest is stopped",
+            remedy: "`vfioctl attach \(group) --release` ends the reservation and gives the group back")
+        ])
+    }
     let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: planned.addresses)
     guard holders.isEmpty else {
       let refusal = ManagerError.Refusal(
@@ -203,7 +227,7 @@ public final class AssignmentManager {
     var operation = try ledger.write { db in
       var operation = newOperation(.attach, group: group, steps: planned.steps)
       try operation.insert(db)
-      try LedgerGroup(id: group, state: .changing, driver: record?.driver, since: Date(), uid: Int(getuid())).save(db)
+      try LedgerGroup.update(db, group: group) { $0.state = .changing }
       return operation
     }
     do {
@@ -220,6 +244,14 @@ public final class AssignmentManager {
         restored: rollback.isEmpty, rollbackErrors: rollback)
     }
     try finish(ledger, &operation, status: .done, groupState: .host, detail: nil)
+    if release {
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.reservedFor = nil
+          $0.reservedSince = nil
+        }
+      }
+    }
     try history(ledger, group, "ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", "))
     return report(.attach, group, .done, planned.steps, recovered, inventory, planned.notes, planned.addresses)
   }

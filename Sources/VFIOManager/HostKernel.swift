@@ -1,3 +1,4 @@
+import CVFIO
 import Foundation
 import VFIO
 import VFIOHost
@@ -31,6 +32,8 @@ public protocol HostKernel: Sendable {
   func loadModule(_ name: String) throws(HostChangeError)
   /// One VFIO_DEVICE_PCI_HOT_RESET covering every function in `functions` (all on vfio-pci).
   func busReset(_ functions: [PCIAddress]) throws(HostChangeError)
+  /// Gives a VFIO node (`/dev/vfio/N`, `/dev/vfio/devices/vfioX`) to an owner with a mode.
+  func setOwner(_ hostPath: String, _ ownership: Ownership) throws(HostChangeError)
 }
 
 /// The running kernel under `sysfs.root` (`/` on a live host).
@@ -82,6 +85,25 @@ public struct LiveHost: HostKernel {
     guard process.terminationStatus == 0 else {
       throw HostChangeError("modprobe \(name)", detail: "exit status \(process.terminationStatus)")
     }
+  }
+
+  /// Through an O_PATH descriptor opened without following links, so a link planted where a
+  /// node should be is refused rather than followed; on the live host only character devices.
+  public func setOwner(_ hostPath: String, _ ownership: Ownership) throws(HostChangeError) {
+    let what = "give \(hostPath) to \(ownership)"
+    let fd = open(sysfs.path(hostPath), cvfio_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+    guard fd >= 0 else { throw HostChangeError(what, errno: errno) }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw HostChangeError(what, errno: errno) }
+    let kind = info.st_mode & S_IFMT
+    guard kind == S_IFCHR || (!sysfs.isLiveHost && kind == S_IFREG) else {
+      throw HostChangeError(what, detail: "not a character device (a link or a file where the kernel's node should be)")
+    }
+    guard fchownat(fd, "", uid_t(ownership.uid), gid_t(ownership.gid), cvfio_AT_EMPTY_PATH) == 0 else {
+      throw HostChangeError(what, errno: errno)
+    }
+    guard chmod("/proc/self/fd/\(fd)", mode_t(ownership.mode)) == 0 else { throw HostChangeError(what, errno: errno) }
   }
 
   public func busReset(_ functions: [PCIAddress]) throws(HostChangeError) {

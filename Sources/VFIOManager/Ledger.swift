@@ -24,6 +24,53 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
   /// When it entered `state`.
   public var since: Date
   public var uid: Int
+  /// Who may open the group's nodes (`/dev/vfio/N` and its devices' cdevs): a ledger fact
+  /// that outlives an attach and is applied again after every bind, until `disown`.
+  public var ownerUID: Int? = nil
+  public var ownerGID: Int? = nil
+  public var mode: Int? = nil
+  public var ownedSince: Date? = nil
+  /// The guest (or job) the group is kept for while it is not running.
+  public var reservedFor: String? = nil
+  public var reservedSince: Date? = nil
+  /// Kept across reboots and hot-plug by generated udev rules and `vfioctl reconcile`.
+  public var persisted: Bool = false
+  /// `/proc/sys/kernel/random/boot_id` when it was detached: a detachment that was not
+  /// persisted ends with the boot it was made in.
+  public var bootID: String? = nil
+  /// `detach` or `vfs` (SR-IOV VFs created detached, which lowering the VF count may attach).
+  public var detachedBy: String? = nil
+
+  /// The group's row, changed by `change`; a new row (state host) when there is none yet, so
+  /// that what other commands recorded (owner, reservation) is never lost by a rewrite.
+  static func update(_ db: Database, group: Int, _ change: (inout LedgerGroup) -> Void) throws {
+    var record =
+      try LedgerGroup.fetchOne(db, key: group)
+      ?? LedgerGroup(id: group, state: .host, driver: nil, since: Date(), uid: Int(getuid()))
+    change(&record)
+    try record.save(db)
+  }
+
+  public var ownership: Ownership? {
+    guard let ownerUID else { return nil }
+    return Ownership(uid: ownerUID, gid: ownerGID ?? 0, mode: mode ?? Ownership.defaultMode)
+  }
+}
+
+/// uid, gid and mode for a group's VFIO nodes.
+public struct Ownership: Codable, Sendable, Equatable, CustomStringConvertible {
+  public static let defaultMode = 0o660
+  public let uid: Int
+  public let gid: Int
+  public let mode: Int
+
+  public init(uid: Int, gid: Int, mode: Int = Ownership.defaultMode) {
+    self.uid = uid
+    self.gid = gid
+    self.mode = mode
+  }
+
+  public var description: String { "\(uid):\(gid) mode 0\(String(mode, radix: 8))" }
 }
 
 /// One endpoint of a detached group and exactly what it had before.
@@ -201,6 +248,20 @@ public final class Ledger: Sendable {
             BEGIN SELECT RAISE(ABORT, 'the history is append-only'); END;
           """)
     }
+    // Ownership, reservations, persistence and SR-IOV VFs.
+    migrator.registerMigration("v2") { db in
+      try db.alter(table: "iommu_group") { t in
+        t.add(column: "ownerUID", .integer)
+        t.add(column: "ownerGID", .integer)
+        t.add(column: "mode", .integer)
+        t.add(column: "ownedSince", .datetime)
+        t.add(column: "reservedFor", .text)
+        t.add(column: "reservedSince", .datetime)
+        t.add(column: "persisted", .boolean).notNull().defaults(to: false)
+        t.add(column: "bootID", .text)
+        t.add(column: "detachedBy", .text)
+      }
+    }
     return migrator
   }
 
@@ -297,6 +358,11 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
   public let since: String
   public let uid: Int
   public let originals: [Original]
+  /// Who the group's nodes belong to, when someone does.
+  public let owner: Ownership?
+  public let reservedFor: String?
+  public let reservedSince: String?
+  public let persisted: Bool
 
   public struct Original: Codable, Sendable, Equatable {
     public let address: PCIAddress
@@ -305,18 +371,28 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
     public var binding: DriverBinding { DriverBinding(driver: driver, driverOverride: driverOverride) }
   }
 
-  /// Every group the ledger in `directory` holds away from the host; empty without a ledger.
+  /// The reservations, as the assessor weighs them.
+  public static func reservations(_ records: [Int: LedgerRecord]) -> [Int: Assessor.Reservation] {
+    records.compactMapValues { record in
+      record.reservedFor.map { Assessor.Reservation(name: $0, ownerUID: record.owner?.uid, since: record.reservedSince ?? record.since) }
+    }
+  }
+
+  /// Every group the ledger in `directory` holds away from the host, owns or reserves; empty
+  /// without a ledger.
   public static func all(directory: String) throws(ManagerError) -> [Int: LedgerRecord] {
     guard let ledger = try Ledger.open(directory: directory, create: false) else { return [:] }
     var records: [Int: LedgerRecord] = [:]
-    for group in try ledger.groups() where group.state != .host {
+    for group in try ledger.groups() where group.state != .host || group.ownerUID != nil || group.reservedFor != nil {
       let originals = try ledger.members(of: group.id).compactMap { member in
         member.pciAddress.map {
           Original(address: $0, driver: member.originalDriver, driverOverride: member.originalOverride)
         }
       }
       records[group.id] = LedgerRecord(
-        state: group.state, driver: group.driver, since: timestamp(group.since), uid: group.uid, originals: originals)
+        state: group.state, driver: group.driver, since: timestamp(group.since), uid: group.uid, originals: originals,
+        owner: group.ownership, reservedFor: group.reservedFor, reservedSince: group.reservedSince.map(timestamp),
+        persisted: group.persisted)
     }
     return records
   }

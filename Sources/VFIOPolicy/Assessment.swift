@@ -1,5 +1,11 @@
 import VFIOHost
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// The verdict on one IOMMU group (or on one device, which is judged by its group), with every
 /// reason, each member's role and reset, and the plan that would assign it.
 public struct Assessment: Sendable, Codable {
@@ -32,9 +38,27 @@ public struct Assessor: Sendable {
   public let inventory: HostInventory
   let resets: ResetPlanner
 
-  public init(inventory: HostInventory) {
+  /// Groups kept for a guest, by group number; the caller's uid decides whose they are.
+  public let reservations: [Int: Reservation]
+  public let callerUID: Int
+
+  /// A group kept for a guest that is not running, and the user who owns it.
+  public struct Reservation: Sendable, Equatable {
+    public let name: String
+    public let ownerUID: Int?
+    public let since: String
+    public init(name: String, ownerUID: Int?, since: String) {
+      self.name = name
+      self.ownerUID = ownerUID
+      self.since = since
+    }
+  }
+
+  public init(inventory: HostInventory, reservations: [Int: Reservation] = [:], callerUID: Int = Int(getuid())) {
     self.inventory = inventory
     self.resets = ResetPlanner(inventory: inventory)
+    self.reservations = reservations
+    self.callerUID = callerUID
   }
 
   /// Every group, in numeric order.
@@ -93,6 +117,15 @@ public struct Assessor: Sendable {
     reasons += companionReasons(endpoints, group: id)
     reasons += topologyReasons(endpoints)
     reasons += rules(members: members, devices: devices)
+    if let reservation = reservations[id] {
+      let owner = reservation.ownerUID.map { " (owner \($0))" } ?? ""
+      let message = "IOMMU group \(id) is reserved for \(reservation.name)\(owner) since \(reservation.since)"
+      // Someone else's reservation takes the group off the market; the owner's is a note.
+      reasons.append(
+        reservation.ownerUID == callerUID
+          ? Reason(.reserved, .condition, message + ": yours")
+          : Reason(.reserved, .blocker, message, remedy: "`vfioctl unreserve \(id)` releases it (root)"))
+    }
     let sorted = reasons.enumerated().sorted { a, b in
       a.element.severity != b.element.severity ? a.element.severity < b.element.severity : a.offset < b.offset
     }.map(\.element)

@@ -29,14 +29,76 @@ public struct Doctor: Sendable {
   public let inventory: HostInventory
   private let env: KernelEnvironment
 
-  public init(inventory: HostInventory) {
+  /// Groups given to users (from swift-vfio's ledger): what else those users need is checked.
+  public let owners: [GroupOwner]
+
+  /// A group's owner, as `vfioctl own` recorded it.
+  public struct GroupOwner: Sendable, Equatable {
+    public let group: Int
+    public let uid: Int
+    public let gid: Int
+    public init(group: Int, uid: Int, gid: Int) {
+      self.group = group
+      self.uid = uid
+      self.gid = gid
+    }
+  }
+
+  public init(inventory: HostInventory, owners: [GroupOwner] = []) {
     self.inventory = inventory
     self.env = inventory.readEnvironment()
+    self.owners = owners
   }
 
   public func run() -> [Finding] {
     [iommu(), interruptRemapping(), modules(), containerNode(), iommufd(), memlock(), acsOverride(), configAccess()]
-      .compactMap { $0 }
+      .compactMap { $0 } + ownerAccess()
+  }
+
+  /// An owner opens its group node, but a VMM also needs the container (`/dev/vfio/vfio`) or
+  /// `/dev/iommu`, and a memlock limit for pinning guest RAM: say which of those it lacks.
+  private func ownerAccess() -> [Finding] {
+    var findings: [Finding] = []
+    for uid in Set(owners.map(\.uid)).sorted() {
+      let groups = owners.filter { $0.uid == uid }
+      let list = groups.map { String($0.group) }.joined(separator: ", ")
+      func canOpen(_ node: String) -> Bool? {
+        guard let p = inventory.sysfs.permissions(node) else { return nil }
+        if p.uid == uid { return p.mode & 0o600 == 0o600 }
+        if groups.contains(where: { $0.gid == p.gid }) { return p.mode & 0o060 == 0o060 }
+        return p.mode & 0o006 == 0o006
+      }
+      var lacks: [String] = []
+      var next: [String] = []
+      if canOpen("/dev/vfio/vfio") == false {
+        lacks.append("/dev/vfio/vfio (the legacy container)")
+        next.append("`chmod 0666 /dev/vfio/vfio` (the kernel's default)")
+      }
+      if canOpen("/dev/iommu") == false {
+        lacks.append("/dev/iommu (iommufd)")
+        next.append("a udev rule `KERNEL==\"iommu\", GROUP=\"<the owner's group>\", MODE=\"0660\"` (or use the legacy path)")
+      }
+      for group in groups where canOpen("/dev/vfio/\(group.group)") == false {
+        lacks.append("/dev/vfio/\(group.group)")
+        next.append("`vfioctl own \(group.group) --owner \(uid)` again (the node was recreated)")
+      }
+      if lacks.isEmpty {
+        findings.append(Finding("owner-access", .ok, "uid \(uid) (groups \(list)) can open its group nodes and the container"))
+      } else {
+        findings.append(
+          Finding(
+            "owner-access", .warning, "uid \(uid) owns groups \(list) but cannot open " + lacks.joined(separator: ", "),
+            next: next.joined(separator: "; ")))
+      }
+      findings.append(
+        Finding(
+          "owner-memlock", .info,
+          "uid \(uid) pins every DMA-mapped page of its VMs; its RLIMIT_MEMLOCK is set where it logs in or is started, not here",
+          next:
+            "raise it for that user: `\(uid) hard memlock unlimited` in /etc/security/limits.conf, LimitMEMLOCK=infinity in the VMM's unit, or `prlimit --memlock=...`"
+        ))
+    }
+    return findings
   }
 
   private func iommu() -> Finding {

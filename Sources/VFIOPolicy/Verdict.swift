@@ -47,6 +47,8 @@ public struct Reason: Sendable, Codable, Equatable {
     case sharedINTx = "shared-intx"
     case sriovVFs = "sriov-vfs"
     case configUnreadable = "config-unreadable"
+    /// Kept by swift-vfio for a guest that is not running.
+    case reserved
   }
 
   public enum Severity: String, Sendable, Codable, Comparable {

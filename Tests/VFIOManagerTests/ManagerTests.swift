@@ -10,7 +10,8 @@ import XCTest
 /// The manager against scratch copies of trees captured in the lab's guests, with the PCI
 /// core's sysfs semantics simulated (`SimulatedKernel`); Tests/Integration runs the same
 /// commands against the real kernel.
-final class ManagerTests: XCTestCase {
+/// Scratch trees, the simulated PCI core and a ledger of their own for each test.
+class ManagerTestCase: XCTestCase {
   var tree: TemporaryTree!
   var state: TemporaryTree!
   var kernel: SimulatedKernel!
@@ -44,6 +45,37 @@ final class ManagerTests: XCTestCase {
 
   func address(_ text: String) -> PCIAddress { try! PCIAddress(parsing: text) }
 
+  /// A refusal: the right code and words, exit 1, and neither the tree nor the ledger changed.
+
+  func assertRefused(
+    _ body: () throws -> Void, code: String, mentions: String, file: StaticString = #filePath, line: UInt = #line
+  ) throws {
+    let before = snapshot()
+    let writes = kernel.writes.count
+    let history = historyCount()
+    XCTAssertThrowsError(try body(), file: file, line: line) { error in
+      guard case ManagerError.refused(_, let refusals) = error else {
+        return XCTFail("not a refusal: \(error)", file: file, line: line)
+      }
+      XCTAssertTrue(refusals.contains { $0.code == code }, "\(refusals)", file: file, line: line)
+      XCTAssertTrue("\(error)".contains(mentions), "\(error)", file: file, line: line)
+      XCTAssertEqual((error as? ManagerError)?.exitCode, 1, file: file, line: line)
+    }
+    XCTAssertEqual(snapshot(), before, "the tree changed", file: file, line: line)
+    XCTAssertEqual(Array(kernel.writes.dropFirst(writes)), [], file: file, line: line)
+    let ledgerGroups = (try? (try? Ledger.open(directory: state.path, create: false))??.groups()) ?? []
+    XCTAssertTrue(ledgerGroups.allSatisfy { $0.state != .changing }, file: file, line: line)
+    XCTAssertEqual(historyCount(), history, "a refusal wrote to the history", file: file, line: line)
+  }
+
+  func historyCount() -> Int {
+    guard let ledger = try? Ledger.open(directory: state.path, create: false) else { return 0 }
+    return (try? ledger.history().count) ?? 0
+  }
+
+}
+
+final class ManagerTests: ManagerTestCase {
   // MARK: detach and attach
 
   func testDetachRunsExplainsPlanAndAttachRestoresExactly() throws {
@@ -114,34 +146,6 @@ final class ManagerTests: XCTestCase {
     let again = try manager().detach(.group(2))
     XCTAssertEqual(again.outcome, .alreadyDone)
     XCTAssertEqual(try ledger().members(of: 2).map(\.originalDriver), ["e1000e"])
-  }
-
-  // MARK: Refusals: each leaves the tree and the ledger untouched
-
-  func assertRefused(
-    _ body: () throws -> Void, code: String, mentions: String, file: StaticString = #filePath, line: UInt = #line
-  ) throws {
-    let before = snapshot()
-    let writes = kernel.writes.count
-    let history = historyCount()
-    XCTAssertThrowsError(try body(), file: file, line: line) { error in
-      guard case ManagerError.refused(_, let refusals) = error else {
-        return XCTFail("not a refusal: \(error)", file: file, line: line)
-      }
-      XCTAssertTrue(refusals.contains { $0.code == code }, "\(refusals)", file: file, line: line)
-      XCTAssertTrue("\(error)".contains(mentions), "\(error)", file: file, line: line)
-      XCTAssertEqual((error as? ManagerError)?.exitCode, 1, file: file, line: line)
-    }
-    XCTAssertEqual(snapshot(), before, "the tree changed", file: file, line: line)
-    XCTAssertEqual(Array(kernel.writes.dropFirst(writes)), [], file: file, line: line)
-    let ledgerGroups = (try? (try? Ledger.open(directory: state.path, create: false))??.groups()) ?? []
-    XCTAssertTrue(ledgerGroups.allSatisfy { $0.state != .changing }, file: file, line: line)
-    XCTAssertEqual(historyCount(), history, "a refusal wrote to the history", file: file, line: line)
-  }
-
-  func historyCount() -> Int {
-    guard let ledger = try? Ledger.open(directory: state.path, create: false) else { return 0 }
-    return (try? ledger.history().count) ?? 0
   }
 
   func testRefusesAMountedDisk() throws {

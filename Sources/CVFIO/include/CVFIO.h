@@ -24,6 +24,11 @@ int cvfio_eventfd(unsigned int initval, int flags);
 /// Non-blocking flag for cvfio_eventfd.
 extern const int cvfio_EFD_NONBLOCK;
 
+/// open(2)'s O_PATH and *at(2)'s AT_EMPTY_PATH, which Glibc's module map hides (_GNU_SOURCE):
+/// the manager changes a VFIO node's owner through a descriptor that never followed a link.
+extern const int cvfio_O_PATH;
+extern const int cvfio_AT_EMPTY_PATH;
+
 /// The soft RLIMIT_MEMLOCK in bytes; UINT64_MAX when unlimited or unknown.
 uint64_t cvfio_memlock_limit(void);
 

@@ -1,0 +1,218 @@
+import Foundation
+import GRDB
+import VFIOHost
+import VFIOPolicy
+
+extension Ownership {
+  /// `USER[:GROUP]`, names or numbers, with an octal `mode`. A user alone takes the user's
+  /// primary group, as chown(1) does with `USER:`; a number without a passwd entry keeps gid 0.
+  /// A mode may not give anything to "other": that would hand the group to every user.
+  public static func parse(_ text: String, mode modeText: String? = nil) throws(ManagerError) -> Ownership {
+    let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+    guard let userText = parts.first, !userText.isEmpty, parts.count <= 2 else {
+      throw .usage("--owner '\(text)': expected USER or USER:GROUP (names or numbers)")
+    }
+    let user = try resolveUser(userText)
+    var gid = user.primaryGroup ?? 0
+    if parts.count == 2 {
+      guard !parts[1].isEmpty else { throw .usage("--owner '\(text)': the group after ':' is empty") }
+      gid = try resolveGroup(parts[1])
+    }
+    var mode = defaultMode
+    if let modeText {
+      let digits = modeText.hasPrefix("0o") ? String(modeText.dropFirst(2)) : modeText
+      guard !digits.isEmpty, digits.count <= 4, digits.allSatisfy({ ("0"..."7").contains($0) }),
+        let value = Int(digits, radix: 8), value <= 0o777
+      else { throw .usage("--mode '\(modeText)': expected an octal mode such as 0660") }
+      guard value & 0o007 == 0 else {
+        throw .usage("--mode \(modeText) gives every user the group (the \"other\" bits); use 0600 or 0660 and --owner")
+      }
+      guard value & 0o600 == 0o600 else {
+        throw .usage("--mode \(modeText) does not let the owner read and write the group; use 0600 or 0660")
+      }
+      mode = value
+    }
+    return Ownership(uid: user.uid, gid: gid, mode: mode)
+  }
+
+  private static func resolveUser(_ text: String) throws(ManagerError) -> (uid: Int, primaryGroup: Int?) {
+    if let uid = Int(text), uid >= 0, uid < Int(UInt32.max) {
+      return (uid, getpwuid(uid_t(uid)).map { Int($0.pointee.pw_gid) })
+    }
+    guard let entry = getpwnam(text) else {
+      throw .usage("--owner: no user '\(text)' on this host (getpwnam); give a name from /etc/passwd or a number")
+    }
+    return (Int(entry.pointee.pw_uid), Int(entry.pointee.pw_gid))
+  }
+
+  private static func resolveGroup(_ text: String) throws(ManagerError) -> Int {
+    if let gid = Int(text), gid >= 0, gid < Int(UInt32.max) { return gid }
+    guard let entry = getgrnam(text) else {
+      throw .usage("--owner: no group '\(text)' on this host (getgrnam); give a name from /etc/group or a number")
+    }
+    return Int(entry.pointee.gr_gid)
+  }
+}
+
+/// A group that is not simply the host's: what `vfioctl owners` lists.
+public struct OwnerReport: Codable, Sendable, Equatable {
+  public let group: Int
+  public let state: GroupState
+  public let owner: Ownership?
+  public let ownedSince: String?
+  public let reservedFor: String?
+  public let reservedSince: String?
+  public let persisted: Bool
+  public let holders: [OpenHolder]
+}
+
+extension AssignmentManager {
+  /// The VFIO nodes of a group: the group node and each device's cdev, where they exist.
+  func nodes(group: Int, devices: [PCIAddress]) -> [String] {
+    (["/dev/vfio/\(group)"] + OpenHolderScanner(sysfs: sysfs).cdevNodes(of: devices)).filter(sysfs.exists)
+  }
+
+  /// Records `setting` (when given) and applies the ledger's ownership of `group` to its nodes,
+  /// which the kernel recreates root-owned whenever the group's first device binds to vfio-pci.
+  /// Returns what it did, for the report.
+  @discardableResult
+  func applyOwnership(group: Int, ledger: Ledger, setting: Ownership?, devices: [PCIAddress])
+    throws(ManagerError) -> [String]
+  {
+    if let setting {
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.ownerUID = setting.uid
+          $0.ownerGID = setting.gid
+          $0.mode = setting.mode
+          $0.ownedSince = Date()
+        }
+      }
+    }
+    guard let ownership = try ledger.group(group)?.ownership else { return [] }
+    var notes: [String] = []
+    for node in nodes(group: group, devices: devices) {
+      try give(node, to: ownership, group: group)
+      notes.append("\(node) owned by \(ownership)")
+    }
+    return notes
+  }
+
+  func give(_ node: String, to ownership: Ownership, group: Int) throws(ManagerError) {
+    do {
+      try host.setOwner(node, ownership)
+    } catch {
+      throw .stepFailed(
+        group: group, step: 0, description: "give \(node) to \(ownership)", why: error.description, restored: false,
+        rollbackErrors: [])
+    }
+  }
+
+  /// Gives a detached group's nodes to a user (`vfioctl own`).
+  public func own(_ target: Selector, owner: Ownership) throws(ManagerError) -> OwnerReport {
+    try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+      guard record?.state == .detached else {
+        throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group) --owner ...` first")
+      }
+      try applyOwnership(group: group, ledger: ledger, setting: owner, devices: try memberAddresses(group, ledger))
+      try history(ledger, group, "ok", "owned by \(owner)")
+    }
+  }
+
+  /// Gives the nodes back to root, mode 0600, and forgets the owner (`vfioctl disown`).
+  public func disown(_ target: Selector) throws(ManagerError) -> OwnerReport {
+    try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+      guard record?.ownerUID != nil else {
+        throw .notDetached(group: group, why: "has no owner recorded; nothing to disown")
+      }
+      if let reserved = record?.reservedFor {
+        throw .refused(
+          group: group,
+          [.init(code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved)", remedy: "`vfioctl unreserve \(group)` first")])
+      }
+      for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
+        try give(node, to: Ownership(uid: 0, gid: 0, mode: 0o600), group: group)
+      }
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.ownerUID = nil
+          $0.ownerGID = nil
+          $0.mode = nil
+          $0.ownedSince = nil
+        }
+      }
+      try history(ledger, group, "ok", "disowned: nodes back to root, mode 0600")
+    }
+  }
+
+  /// Keeps a detached group for a guest that is not running (`vfioctl reserve`).
+  public func reserve(_ target: Selector, for name: String, owner: Ownership?) throws(ManagerError) -> OwnerReport {
+    guard !name.isEmpty, name.count <= 128, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) else {
+      throw .usage("--for '\(name)': a guest name of letters, digits and - _ . @ (at most 128)")
+    }
+    return try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+      guard record?.state == .detached else {
+        throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group)` it first, then reserve it")
+      }
+      if let other = record?.reservedFor, other != name {
+        throw .refused(
+          group: group,
+          [.init(code: "reserved", message: "IOMMU group \(group) is already reserved for \(other)", remedy: "`vfioctl unreserve \(group)` first")])
+      }
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.reservedFor = name
+          $0.reservedSince = Date()
+        }
+      }
+      if let owner { try applyOwnership(group: group, ledger: ledger, setting: owner, devices: try memberAddresses(group, ledger)) }
+      try history(ledger, group, "ok", "reserved for \(name)")
+    }
+  }
+
+  public func unreserve(_ target: Selector) throws(ManagerError) -> OwnerReport {
+    try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+      guard let name = record?.reservedFor else { throw .notDetached(group: group, why: "is not reserved") }
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.reservedFor = nil
+          $0.reservedSince = nil
+        }
+      }
+      try history(ledger, group, "ok", "no longer reserved for \(name)")
+    }
+  }
+
+  /// Every group that is not simply the host's: owned, reserved or detached.
+  public func owners() throws(ManagerError) -> [OwnerReport] {
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    var reports: [OwnerReport] = []
+    for record in try ledger.groups() where record.state != .host || record.ownerUID != nil || record.reservedFor != nil {
+      reports.append(try ownerReport(record, ledger: ledger))
+    }
+    return reports
+  }
+
+  func ownerReport(_ record: LedgerGroup, ledger: Ledger) throws(ManagerError) -> OwnerReport {
+    OwnerReport(
+      group: record.id, state: record.state, owner: record.ownership, ownedSince: record.ownedSince.map(timestamp),
+      reservedFor: record.reservedFor, reservedSince: record.reservedSince.map(timestamp), persisted: record.persisted,
+      holders: OpenHolderScanner(sysfs: sysfs).holders(group: record.id, devices: try memberAddresses(record.id, ledger)))
+  }
+
+  func memberAddresses(_ group: Int, _ ledger: Ledger) throws(ManagerError) -> [PCIAddress] {
+    try ledger.members(of: group).compactMap(\.pciAddress)
+  }
+
+  /// Takes the group's lock, recovers, runs `change`, and reports the group afterwards.
+  func changeOwnership(
+    _ target: Selector, _ change: (Ledger, Int, LedgerGroup?) throws(ManagerError) -> Void
+  ) throws(ManagerError) -> OwnerReport {
+    let group = try lockingGroup(target)
+    let (lock, ledger, _) = try begin(group: group)
+    defer { withExtendedLifetime(lock) {} }
+    try change(ledger, group, try ledger.group(group))
+    guard let record = try ledger.group(group) else { throw .noSuchGroup(group) }
+    return try ownerReport(record, ledger: ledger)
+  }
+}

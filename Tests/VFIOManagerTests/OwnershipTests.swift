@@ -1,0 +1,174 @@
+import Foundation
+import VFIOCommands
+import VFIOHost
+import VFIOPolicy
+import VFIOTestSupport
+import XCTest
+
+@testable import VFIOManager
+
+/// Owners, reservations, persistence and SR-IOV VFs on scratch copies of captured trees.
+final class OwnershipTests: ManagerTestCase {
+  func owner(_ node: String) -> (uid: Int, gid: Int, mode: Int)? { Sysfs(root: tree.path).permissions(node) }
+
+  func testOwnerParsing() throws {
+    XCTAssertEqual(try Ownership.parse("1000:1001"), Ownership(uid: 1000, gid: 1001, mode: 0o660))
+    XCTAssertEqual(try Ownership.parse("root"), Ownership(uid: 0, gid: 0, mode: 0o660))
+    XCTAssertEqual(try Ownership.parse("root:root", mode: "0600"), Ownership(uid: 0, gid: 0, mode: 0o600))
+    XCTAssertEqual(try Ownership.parse("4242", mode: "0o640").mode, 0o640)
+    for (text, mode) in [("", nil), ("1000:", nil), ("no-such-user-here", nil), ("1000:no-such-group-here", nil),
+      ("1000", "0666"), ("1000", "0644x"), ("1000", "0060"), ("1000", "01777"), ("-5", nil)] as [(String, String?)]
+    {
+      XCTAssertThrowsError(try Ownership.parse(text, mode: mode), "\(text) \(mode ?? "")") { error in
+        guard case ManagerError.usage = error else { return XCTFail("\(error)") }
+        XCTAssertEqual((error as? ManagerError)?.exitCode, 64)
+      }
+    }
+  }
+
+  func testDetachWithAnOwnerGivesTheGroupNodeAndCdevAndKeepsItAcrossACycle() throws {
+    try setUpTree("q35-iommufd")
+    let me = Ownership(uid: 1000, gid: 1000)
+    _ = try manager().detach(.group(2), owner: me)
+    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
+    XCTAssertEqual(owner("/dev/vfio/2")?.mode, 0o660)
+    // edu already has a cdev in the capture: it is given too.
+    _ = try manager().detach(.group(3), allowNoReset: true, owner: me)
+    XCTAssertEqual(owner("/dev/vfio/3")?.gid, 1000)
+    XCTAssertTrue(kernel.writes.contains("/dev/vfio/devices/vfio0 <- owner 1000:1000 mode 0660"), "\(kernel.writes)")
+    // Attach: the kernel drops the node. Detach again without --owner: the ledger's owner holds.
+    _ = try manager().attach(.group(2))
+    XCTAssertNil(owner("/dev/vfio/2"))
+    _ = try manager().detach(.group(2))
+    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
+    let owners = try manager().owners()
+    XCTAssertEqual(owners.map(\.group), [2, 3])
+    XCTAssertEqual(owners.first?.owner, me)
+  }
+
+  func testOwnAndDisown() throws {
+    try setUpTree()
+    XCTAssertThrowsError(try manager().own(.group(2), owner: Ownership(uid: 1000, gid: 0))) { error in
+      guard case ManagerError.notDetached = error else { return XCTFail("\(error)") }
+    }
+    _ = try manager().detach(.group(2))
+    let report = try manager().own(.group(2), owner: Ownership(uid: 1000, gid: 0, mode: 0o600))
+    XCTAssertEqual(report.owner?.mode, 0o600)
+    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
+    _ = try manager().disown(.group(2))
+    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 0)
+    XCTAssertEqual(owner("/dev/vfio/2")?.mode, 0o600)
+    XCTAssertNil(try ledger().group(2)?.ownerUID)
+  }
+
+  func testAReservedGroupStaysDetachedAndIsNotAssignableForOthers() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(2))
+    _ = try manager().reserve(.group(2), for: "vm1", owner: Ownership(uid: 1000, gid: 1000))
+    try assertRefused({ _ = try manager().attach(.group(2)) }, code: "reserved", mentions: "reserved for vm1")
+    XCTAssertThrowsError(try manager().disown(.group(2)))
+    XCTAssertThrowsError(try manager().reserve(.group(2), for: "vm2", owner: nil))
+    XCTAssertThrowsError(try manager().reserve(.group(2), for: "bad name!", owner: nil))
+
+    let records = try LedgerRecord.all(directory: state.path)
+    let inventory = try HostInventory.read(Sysfs(root: tree.path), pageSize: 4096)
+    let asRoot = Assessor(inventory: inventory, reservations: LedgerRecord.reservations(records), callerUID: 0)
+    XCTAssertEqual(asRoot.assess(group: 2).verdict, .notAssignable)
+    XCTAssertTrue(asRoot.assess(group: 2).reasons.contains { $0.code == .reserved && $0.message.contains("vm1 (owner 1000)") })
+    let asOwner = Assessor(inventory: inventory, reservations: LedgerRecord.reservations(records), callerUID: 1000)
+    XCTAssertNotEqual(asOwner.assess(group: 2).verdict, .notAssignable)
+    let listed = HumanRenderer.list(ReportBuilder(inventory: inventory, names: nil, ledger: records).list())
+    XCTAssertTrue(listed.contains("reserved for vm1 (owner 1000)"), listed)
+
+    _ = try manager().attach(.group(2), release: true)
+    XCTAssertEqual(binding("0000:00:02.0")?.driver, "e1000e")
+    XCTAssertNil(try ledger().group(2)?.reservedFor)
+  }
+
+  func testPersistWritesRulesAndAnEnabledUnitAndRemovesThem() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(4), owner: Ownership(uid: 1000, gid: 100))
+    XCTAssertThrowsError(try manager().persist(.group(2)))  // not detached
+    _ = try manager().persist(.group(4))
+    let rules = try String(contentsOfFile: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules", encoding: .utf8)
+    XCTAssertTrue(
+      rules.contains(
+        #"ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:01:01.0", ATTR{vendor}=="0x8086", ATTR{device}=="0x100e", ATTR{driver_override}="vfio-pci", RUN+="/bin/sh -c 'd=/sys%p; if [ -e $$d/driver ] && [ $$(basename $$(readlink $$d/driver)) != vfio-pci ]; then echo %k > $$d/driver/unbind; fi; echo %k > /sys/bus/pci/drivers_probe'""#
+      ), rules)
+    XCTAssertTrue(rules.contains(#"SUBSYSTEM=="vfio", KERNEL=="4", OWNER="1000", GROUP="100", MODE="0660""#), rules)
+    XCTAssertTrue(rules.contains(#"SUBSYSTEM=="vfio-dev", KERNELS=="0000:01:02.0", OWNER="1000", GROUP="100", MODE="0660""#))
+    XCTAssertFalse(rules.contains("00:04.0"), "the bridge stays with the host")
+    let unit = try String(contentsOfFile: tree.path + "/etc/systemd/system/swift-vfio-reconcile.service", encoding: .utf8)
+    XCTAssertTrue(unit.contains("Type=oneshot"))
+    XCTAssertTrue(unit.contains(" reconcile --state \(state.path)\n"), unit)
+    XCTAssertEqual(
+      try FileManager.default.destinationOfSymbolicLink(
+        atPath: tree.path + "/etc/systemd/system/multi-user.target.wants/swift-vfio-reconcile.service"),
+      "../swift-vfio-reconcile.service")
+    _ = try manager().persist(.group(4), remove: true)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules"))
+    XCTAssertFalse(FileManager.default.fileExists(atPath: tree.path + "/etc/systemd/system/swift-vfio-reconcile.service"))
+  }
+
+  func testReconcileFinishesWhatShouldBeAndReportsWhatCannot() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(2), owner: Ownership(uid: 1000, gid: 1000))
+    _ = try manager().persist(.group(2))
+    _ = try manager().detach(.group(10))
+    // As after a reboot: the e1000e came up on its host driver, the nvme's detach was not
+    // persisted and the boot is another one.
+    let dir = kernel.devicePath("0000:00:02.0")
+    try kernel.write("0000:00:02.0", to: "/sys/bus/pci/devices/0000:00:02.0/driver/unbind")
+    try kernel.write("", to: "/sys/bus/pci/devices/0000:00:02.0/driver_override")
+    try kernel.write("0000:00:02.0", to: "/sys/bus/pci/drivers/e1000e/bind")
+    _ = dir
+    mkdir(tree.path + "/proc/sys/kernel/random", 0o755)
+    try tree.write(tree.path + "/proc/sys/kernel/random/boot_id", text: "00000000-0000-4000-8000-000000000001\n")
+    let writable = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
+    try writable.write { db in try db.execute(sql: "UPDATE iommu_group SET bootID = 'an-earlier-boot' WHERE id = 10") }
+    let reports = try manager().reconcile()
+    XCTAssertEqual(reports.map(\.group), [2, 10])
+    XCTAssertEqual(reports.map(\.outcome), ["fixed", "ended"])
+    XCTAssertEqual(binding("0000:00:02.0"), DriverBinding(driver: "vfio-pci", driverOverride: "vfio-pci"))
+    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
+    XCTAssertEqual(try ledger().group(10)?.state, .host)
+
+    // Another card in the slot: left alone and said so.
+    let config = kernel.devicePath("0000:00:02.0") + "/config"
+    var bytes = try XCTUnwrap(FileManager.default.contents(atPath: config).map(Array.init))
+    bytes[2] = 0xd4
+    try tree.write(config, bytes: bytes)
+    let again = try manager().reconcile()
+    XCTAssertEqual(again.first?.outcome, "cannot")
+    XCTAssertTrue(again.first?.notes.contains { $0.contains("not the 8086:10d3") } == true, "\(again)")
+  }
+
+  func testVFsAreCreatedDetachedOwnedAndTheCountCannotDropUnderAnOwner() throws {
+    try setUpTree("q35-sriov")
+    let pf = address("01:00.0")
+    let me = Ownership(uid: 1000, gid: 1000)
+    XCTAssertThrowsError(try manager().setVirtualFunctions(pf, count: 3)) { error in
+      guard case ManagerError.usage(let why) = error else { return XCTFail("\(error)") }
+      XCTAssertTrue(why.contains("0 to 2"), why)
+    }
+    XCTAssertThrowsError(try manager().setVirtualFunctions(address("00:02.0"), count: 1))
+    _ = try manager().setVirtualFunctions(pf, count: 0)
+    XCTAssertEqual(try HostInventory.read(Sysfs(root: tree.path), pageSize: 4096).device(pf)?.sriov?.numVFs, 0)
+    // With autoprobe on, the nvme driver would take VF 1 the moment it appears.
+    try tree.write(kernel.devicePath("0000:01:00.0") + "/sriov_drivers_autoprobe", text: "1\n")
+    let report = try manager().setVirtualFunctions(pf, count: 2, detach: true, owner: me)
+    XCTAssertEqual(report.after, 2)
+    XCTAssertEqual(report.virtualFunctions.map(\.driver), ["vfio-pci", "vfio-pci"])
+    XCTAssertEqual(Set(report.virtualFunctions.compactMap(\.group)).count, 2, "each VF in its own group")
+    XCTAssertEqual(report.virtualFunctions.map(\.owner), [me, me])
+    XCTAssertTrue(kernel.writes.contains("/sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe <- 0"))
+    XCTAssertEqual(kernel.writes.last { $0.contains("sriov_drivers_autoprobe") }, "/sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe <- 1")
+    let groups = report.virtualFunctions.compactMap(\.group)
+    try assertRefused({ _ = try manager().setVirtualFunctions(pf, count: 0) }, code: "owned", mentions: "is owned by 1000:1000")
+    for group in groups { _ = try manager().disown(.group(group)) }
+    let removed = try manager().setVirtualFunctions(pf, count: 0)
+    XCTAssertEqual(removed.after, 0)
+    XCTAssertTrue(removed.notes.contains { $0.hasPrefix("gave back VF group") })
+    XCTAssertTrue(try ledger().groups().filter { groups.contains($0.id) }.allSatisfy { $0.state == .host })
+  }
+}
