@@ -316,10 +316,10 @@ struct PersistCommand: ParsableCommand {
   @Flag(help: "Stop persisting the group.")
   var remove = false
 
-  @Option(help: "Where the udev rules go (default /etc/udev/rules.d under --root).")
+  @Option(help: "Where the udev rules go (default: etc/udev/rules.d in the root directory)")
   var rulesDir: String?
 
-  @Option(help: "Where the systemd unit goes (default /etc/systemd/system under --root).")
+  @Option(help: "Where the systemd unit goes (default: etc/systemd/system in the root directory)")
   var unitDir: String?
 
   func run() throws {
@@ -358,7 +358,7 @@ struct VFsCommand: ParsableCommand {
     abstract: "Set an SR-IOV physical function's VF count; with --detach the VFs go straight to vfio-pci, each group recorded.",
     discussion: """
       The kernel changes a non-zero count only through 0, which destroys every VF: any change is refused \
-      while a VF is detached by hand, owned, reserved or open. VFs detached by `vfs --detach` are given back \
+      while a VF is detached by hand, owned, reserved or open. VFs this command detached are given back \
       first. --count 0 removes them all.
       """)
 
