@@ -167,8 +167,18 @@ public final class Ledger: Sendable {
     config.busyMode = .timeout(30)
     config.readonly = !create
     config.label = "swift-vfio ledger"
+    if create {
+      // Many small transactions (one per step): WAL writes each once, and NORMAL syncs at
+      // checkpoints only. A killed process loses nothing that committed; a power loss may
+      // lose the last transactions, never consistency, and takes sysfs's state with it anyway.
+      config.journalMode = .wal
+      config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+    }
     do {
       let queue = try DatabaseQueue(path: path, configuration: config)
+      // The schema version in one read; the migrator's own checks only when it differs.
+      let version = try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA user_version") ?? 0 }
+      if version == schemaVersion { return Ledger(path: path, queue: queue) }
       let migrator = Self.migrator
       let superseded = try queue.read { db in try migrator.hasBeenSuperseded(db) }
       if superseded {
@@ -194,6 +204,9 @@ public final class Ledger: Sendable {
     self.path = path
     self.queue = queue
   }
+
+  /// `PRAGMA user_version` once every migration below has run.
+  static let schemaVersion = 2
 
   /// Versioned from the first schema; a migration once shipped is never edited, only followed.
   static var migrator: DatabaseMigrator {
@@ -261,6 +274,7 @@ public final class Ledger: Sendable {
         t.add(column: "bootID", .text)
         t.add(column: "detachedBy", .text)
       }
+      try db.execute(sql: "PRAGMA user_version = 2")
     }
     return migrator
   }

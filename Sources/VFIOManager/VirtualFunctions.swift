@@ -51,7 +51,13 @@ extension AssignmentManager {
       guard let group = inventory.device(vf)?.iommuGroup else { continue }
       let record = try ledger?.group(group)
       let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: [vf])
-      if !holders.isEmpty {
+      let uses = inventory.uses(of: vf).filter(\.active)
+      if !uses.isEmpty {
+        refusals.append(
+          .init(
+            code: "host-in-use", message: "VF \(vf) is in use by the host: " + uses.map(\.description).joined(separator: "; "),
+            remedy: uses.map(\.remedy).joined(separator: "; ")))
+      } else if !holders.isEmpty {
         refusals.append(.init(code: "open", message: "VF \(vf): " + holders.map(\.description).joined(separator: "; ")))
       } else if let name = record?.reservedFor {
         refusals.append(.init(code: "reserved", message: "VF \(vf) (group \(group)) is reserved for \(name)", remedy: "`vfioctl unreserve \(group)` first"))

@@ -457,7 +457,11 @@ final class ManagerTests: ManagerTestCase {
     try state.write(state.path + "/ledger.sqlite", bytes: [])
     let ledger = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
     XCTAssertEqual(try ledger.groups(), [])
-    try ledger.write { db in try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99-future')") }
+    // What a later vfioctl leaves: one more migration, and the schema version it brings.
+    try ledger.write { db in
+      try db.execute(sql: "INSERT INTO grdb_migrations (identifier) VALUES ('v99-future')")
+      try db.execute(sql: "PRAGMA user_version = 99")
+    }
     XCTAssertThrowsError(try Ledger.open(directory: state.path, create: true)) { error in
       XCTAssertEqual(error as? ManagerError, .ledgerTooNew(path: state.path + "/ledger.sqlite", unknown: ["v99-future"]))
       XCTAssertEqual((error as? ManagerError)?.exitCode, 65)
