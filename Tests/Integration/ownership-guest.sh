@@ -16,7 +16,8 @@ run() { _name=$1; shift; "$@" > "/out/$_name.txt" 2>&1; rc=$?; echo "$rc" > "/ou
 expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt")"; fi; }
 expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
 expect_perm() { p=$(perm "$2"); if [ "$p" = "$3" ]; then pass "$1: $2 is $p"; else fail "$1: $2 is $p, expected $3"; fi; }
-as_user() { u=$1; shift; setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
+# util-linux setpriv (busybox's has no --reuid), staged from the host.
+as_user() { u=$1; shift; /usr/bin/setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
 cdev_of() { ls "/sys/bus/pci/devices/$1/vfio-dev/" 2>/dev/null | head -n 1; }
 
 if [ "$TOPOLOGY" = q35-sriov ]; then

@@ -29,8 +29,10 @@ files=(--file "$REPO/Tests/Integration/ownership-guest.sh:/lab/ownership-guest.s
 bins=(--bin "$VFIOCTL_BIN")
 if [ "$TOPOLOGY" != q35-sriov ]; then
     ( . lab/lib/common.sh; ensure_packages qemu-system-x86 seabios systemd udev ) || fail "could not install QEMU or udev"
-    bins+=(--bin /usr/bin/qemu-system-x86_64 --bin /lib/systemd/systemd-udevd --bin /bin/udevadm)
+    bins+=(--bin /usr/bin/qemu-system-x86_64 --bin /lib/systemd/systemd-udevd --bin /bin/udevadm --bin /usr/bin/setpriv)
     files+=(--file /usr/share/seabios/bios-256k.bin:/lab/bios-256k.bin)
+    # Debian builds the TCG accelerator as a module QEMU loads from its module directory.
+    files+=(--file /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so:/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so)
     # udevd is started by its path; the guest has it where the host does.
     files+=(--file /lib/systemd/systemd-udevd:/lib/systemd/systemd-udevd)
 fi
