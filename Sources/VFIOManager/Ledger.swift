@@ -51,8 +51,13 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
     try record.save(db)
   }
 
+  /// nil without an owner, and for values no uid, gid or mode can have (a tampered ledger
+  /// must not reach chown with them).
   public var ownership: Ownership? {
-    guard let ownerUID else { return nil }
+    let ids = 0..<Int(UInt32.max)
+    guard let ownerUID, ids.contains(ownerUID), ids.contains(ownerGID ?? 0), (0...0o777).contains(mode ?? 0) else {
+      return nil
+    }
     return Ownership(uid: ownerUID, gid: ownerGID ?? 0, mode: mode ?? Ownership.defaultMode)
   }
 }

@@ -135,3 +135,17 @@ build_vfioctl() {
     fi
     VFIOCTL_BIN=$REPO/.build-lab/release/vfioctl
 }
+
+# guest_checks DIR: counts the PASS/FAIL lines a guest-side script wrote to /out/checks
+# (RESULTS/DIR/checks); a script that did not reach its closing "done" line is a failure.
+guest_checks() {
+    local checks=$RESULTS/$1/checks line
+    grep -q '^done$' "$checks" 2>/dev/null || fail "the guest script did not finish (console: $RESULTS/$1/console.log)"
+    while IFS= read -r line; do
+        case $line in
+            "PASS "*) pass "${line#PASS }" ;;
+            "FAIL "*) fail "${line#FAIL }" ;;
+            "SKIP "*) echo "$line" ;;
+        esac
+    done < <(cat "$checks" 2>/dev/null)
+}

@@ -76,15 +76,5 @@ PY
 fi
 guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" \
     "${dpdk_bins[@]}" "${files[@]}" --timeout 600
-checks=$RESULTS/manager/checks
-if ! grep -q '^done$' "$checks" 2>/dev/null; then
-    fail "the guest script did not finish (console: $RESULTS/manager/console.log)"
-fi
-while IFS= read -r line; do
-    case $line in
-        "PASS "*) pass "${line#PASS }" ;;
-        "FAIL "*) fail "${line#FAIL }" ;;
-        "SKIP "*) echo "$line" ;;
-    esac
-done < "${checks:-/dev/null}"
+guest_checks manager
 finish

@@ -19,6 +19,15 @@ expect_perm() { p=$(perm "$2"); if [ "$p" = "$3" ]; then pass "$1: $2 is $p"; el
 # util-linux setpriv (busybox's has no --reuid), staged from the host.
 as_user() { u=$1; shift; /usr/bin/setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
 cdev_of() { ls "/sys/bus/pci/devices/$1/vfio-dev/" 2>/dev/null | head -n 1; }
+# Hot-unplug and replug the e1000e as the kernel sees it, with udev's current rules.
+replug_e1000e() {
+    udevadm control --reload
+    echo 1 > /sys/bus/pci/devices/0000:00:02.0/remove
+    udevadm settle
+    echo 1 > /sys/bus/pci/rescan
+    udevadm settle
+    sleep 1
+}
 
 if [ "$TOPOLOGY" = q35-sriov ]; then
     # --- SR-IOV: VFs created detached and owned, the count held while one is owned ---------------
@@ -133,12 +142,7 @@ if [ -x /lib/systemd/systemd-udevd ]; then
     run persist v persist 2
     expect_rc "persist 2" 0 persist
     cp /etc/udev/rules.d/70-swift-vfio.rules /out/ 2>/dev/null
-    udevadm control --reload
-    echo 1 > /sys/bus/pci/devices/0000:00:02.0/remove
-    udevadm settle
-    echo 1 > /sys/bus/pci/rescan
-    udevadm settle
-    sleep 1
+    replug_e1000e
     [ "$(drv 0000:00:02.0)" = vfio-pci ] && pass "persisted e1000e: after remove + rescan it is on vfio-pci" \
         || fail "persisted e1000e after rescan is on $(drv 0000:00:02.0)"
     expect_perm "persisted: after rescan udev gave the node its owner" /dev/vfio/2 "1000:1000 660"
@@ -147,12 +151,7 @@ if [ -x /lib/systemd/systemd-udevd ]; then
     run unpersist v persist 2 --remove
     expect_rc "persist --remove 2" 0 unpersist
     [ -e /etc/udev/rules.d/70-swift-vfio.rules ] && fail "the rules file is still there" || pass "the rules file is gone"
-    udevadm control --reload
-    echo 1 > /sys/bus/pci/devices/0000:00:02.0/remove
-    udevadm settle
-    echo 1 > /sys/bus/pci/rescan
-    udevadm settle
-    sleep 1
+    replug_e1000e
     [ "$(drv 0000:00:02.0)" = e1000e ] && pass "after persist --remove, remove + rescan brings e1000e back" \
         || fail "after persist --remove the e1000e is on $(drv 0000:00:02.0)"
     v attach 2 > /out/attach-after-persist.txt 2>&1

@@ -37,13 +37,5 @@ if [ "$TOPOLOGY" != q35-sriov ]; then
     files+=(--file /lib/systemd/systemd-udevd:/lib/systemd/systemd-udevd)
 fi
 guest ownership "BACKENDS='$backends' sh /lab/ownership-guest.sh $TOPOLOGY" "${bins[@]}" "${files[@]}" --timeout 600
-checks=$RESULTS/ownership/checks
-grep -q '^done$' "$checks" 2>/dev/null || fail "the guest script did not finish (console: $RESULTS/ownership/console.log)"
-while IFS= read -r line; do
-    case $line in
-        "PASS "*) pass "${line#PASS }" ;;
-        "FAIL "*) fail "${line#FAIL }" ;;
-        "SKIP "*) echo "$line" ;;
-    esac
-done < <(cat "$checks" 2>/dev/null)
+guest_checks ownership
 finish
