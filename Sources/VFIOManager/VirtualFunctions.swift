@@ -79,6 +79,13 @@ extension AssignmentManager {
       return report(pf, before: sriov.numVFs, notes: notes)
     }
     guard let ledger else { throw .ledger(path: configuration.stateDirectory, "could not be created") }
+    // One `vfs` per PF at a time: its group's lock (the VFs' groups are locked by their detach).
+    let lock = try device.iommuGroup.map { group throws(ManagerError) in
+      try GroupLock(
+        group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
+        command: configuration.command)
+    }
+    defer { withExtendedLifetime(lock) {} }
     for group in giveBack {
       let attached = try attach(.group(group))
       notes.append("gave back VF group \(group) (\(attached.steps.count) steps)")
