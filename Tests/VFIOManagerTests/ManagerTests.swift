@@ -108,6 +108,15 @@ final class ManagerTests: ManagerTestCase {
     XCTAssertEqual(try ledger().operations(group: 2).map(\.status), [.done, .done])
   }
 
+  func testVFIOPCIIsLoadedWhenTheKernelDoesNotHaveItYet() throws {
+    try setUpTree()
+    // As before `modprobe vfio-pci`: no driver directory (the e1000e's group needs nothing else).
+    XCTAssertEqual(system("rm -rf '\(tree.path)/sys/bus/pci/drivers/vfio-pci'"), 0)
+    let report = try manager().detach(.group(2))
+    XCTAssertEqual(report.steps.first, PlanStep(action: .loadModule, module: "vfio-pci"))
+    XCTAssertEqual(binding("0000:00:02.0")?.driver, "vfio-pci")
+  }
+
   func testMultifunctionSiblingInItsOwnGroupIsUntouched() throws {
     try setUpTree()
     let before = binding("0000:00:05.1")
