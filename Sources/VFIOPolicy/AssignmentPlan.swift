@@ -58,8 +58,10 @@ public struct AssignmentPlan: Sendable, Codable, Equatable {
       let now = current[member.address] ?? assigned
       let steps = PlanStep.rebinding(member.address, from: now, to: assigned)
       detach += steps.isEmpty ? [PlanStep(action: .keep, device: member.address, driver: target)] : steps
+      // A detached group's restore starts from what sysfs shows (normally the VFIO driver, but
+      // someone may have rebound a member since); a host group's, from after the detach.
       let original = originals[member.address] ?? now
-      restore += PlanStep.rebinding(member.address, from: assigned, to: original)
+      restore += PlanStep.rebinding(member.address, from: originals.isEmpty ? assigned : now, to: original)
     }
     let resetsNow = Self.resetSteps(endpoints, now: true, through: target)
     self.detach = detach + resetsNow

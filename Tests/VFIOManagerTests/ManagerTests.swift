@@ -407,6 +407,18 @@ final class ManagerTests: ManagerTestCase {
     XCTAssertNoThrow(try manager(lockTimeout: 0.1).detach(.group(10)))
   }
 
+  func testAttachPlansFromWhatSysfsShowsWhenAMemberWasReboundBehindOurBack() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(2))
+    // Someone hands the e1000e back by hand, leaving the override behind.
+    try kernel.write("0000:00:02.0", to: "/sys/bus/pci/devices/0000:00:02.0/driver/unbind")
+    let before = kernel.writes.count
+    let report = try manager().attach(.group(2))
+    XCTAssertEqual(report.steps.map(\.action), [.resetNow, .clearDriverOverride, .bind])
+    XCTAssertFalse(kernel.writes.dropFirst(before).contains { $0.contains("driver/unbind") })
+    XCTAssertEqual(binding("0000:00:02.0"), DriverBinding(driver: "e1000e", driverOverride: nil))
+  }
+
   func testADeviceThatDisappearedIsReportedNotFatal() throws {
     try setUpTree()
     _ = try manager().detach(.group(4))
