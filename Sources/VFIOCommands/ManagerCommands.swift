@@ -218,6 +218,13 @@ struct OwnershipOptions: ParsableArguments {
   var target: Selector
 
   @OptionGroup var ledger: LedgerOptions
+
+  /// Runs one ownership change on the target and prints the group as it is afterwards.
+  func run(_ change: (AssignmentManager, Selector) throws -> OwnerReport) throws {
+    try reportingErrors(json: ledger.output.json) {
+      try ledger.output.emit(try change(ledger.manager(), target), human: ManagerRenderer.owner)
+    }
+  }
 }
 
 struct OwnCommand: ParsableCommand {
@@ -233,10 +240,9 @@ struct OwnCommand: ParsableCommand {
   }
 
   func run() throws {
-    try reportingErrors(json: options.ledger.output.json) {
-      guard let ownership = try owner.ownership() else { return }
-      let report = try options.ledger.manager().own(options.target, owner: ownership)
-      try options.ledger.output.emit(report, human: ManagerRenderer.owner)
+    try options.run { manager, target in
+      guard let ownership = try owner.ownership() else { throw ManagerError.usage("own needs --owner USER[:GROUP]") }
+      return try manager.own(target, owner: ownership)
     }
   }
 }
@@ -247,11 +253,7 @@ struct DisownCommand: ParsableCommand {
 
   @OptionGroup var options: OwnershipOptions
 
-  func run() throws {
-    try reportingErrors(json: options.ledger.output.json) {
-      try options.ledger.output.emit(try options.ledger.manager().disown(options.target), human: ManagerRenderer.owner)
-    }
-  }
+  func run() throws { try options.run { manager, target in try manager.disown(target) } }
 }
 
 struct ReserveCommand: ParsableCommand {
@@ -267,10 +269,7 @@ struct ReserveCommand: ParsableCommand {
   @OptionGroup var owner: OwnerOptions
 
   func run() throws {
-    try reportingErrors(json: options.ledger.output.json) {
-      let report = try options.ledger.manager().reserve(options.target, for: name, owner: try owner.ownership())
-      try options.ledger.output.emit(report, human: ManagerRenderer.owner)
-    }
+    try options.run { manager, target in try manager.reserve(target, for: name, owner: try owner.ownership()) }
   }
 }
 
@@ -280,11 +279,7 @@ struct UnreserveCommand: ParsableCommand {
 
   @OptionGroup var options: OwnershipOptions
 
-  func run() throws {
-    try reportingErrors(json: options.ledger.output.json) {
-      try options.ledger.output.emit(try options.ledger.manager().unreserve(options.target), human: ManagerRenderer.owner)
-    }
-  }
+  func run() throws { try options.run { manager, target in try manager.unreserve(target) } }
 }
 
 struct OwnersCommand: ParsableCommand {
