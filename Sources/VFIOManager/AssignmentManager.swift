@@ -69,7 +69,7 @@ public final class AssignmentManager {
     guard ["vfio-pci", "pci-stub"].contains(driver) else {
       throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
     }
-    var group = try lockingGroup(target)
+    let group = try lockingGroup(target)
     if dryRun {
       let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
       let inventory = try readInventory()
@@ -81,7 +81,6 @@ public final class AssignmentManager {
     let (lock, ledger, recovered) = try begin(group: group)
     defer { withExtendedLifetime(lock) {} }
     let inventory = try readInventory()
-    group = try resolveGroup(target, inventory: inventory)
     let planned = try planDetach(
       target, group: group, inventory: inventory, ledger: ledger, driver: driver, force: force,
       allowNoReset: allowNoReset)
@@ -166,9 +165,7 @@ public final class AssignmentManager {
     let originals = endpoints.compactMap { address -> LedgerMember? in
       guard let device = inventory.device(address) else { return nil }
       // A member already recorded keeps its first original: re-detaching must not forget it.
-      if let known = recorded.first(where: { $0.address == address.description }),
-        known.vendorID == Int(device.vendorID), known.deviceID == Int(device.deviceID)
-      {
+      if let known = recorded.first(where: { $0.address == address.description }), known.isSameCard(as: device) {
         return known
       }
       let now = DriverBinding(device)
@@ -178,8 +175,7 @@ public final class AssignmentManager {
     }
     let plan = AssignmentPlan(
       group: group, members: assessment.members, inventory: inventory,
-      originals: Dictionary(originals.compactMap { m in m.pciAddress.map { ($0, m.original) } }, uniquingKeysWith: { a, _ in a }),
-      driver: driver)
+      originals: originals.originalBindings, driver: driver)
     return DetachPlan(plan: plan, originals: originals, notes: notes)
   }
 
@@ -191,7 +187,7 @@ public final class AssignmentManager {
   public func attach(_ target: Selector, release: Bool = false, dryRun: Bool = false) throws(ManagerError)
     -> ChangeReport
   {
-    var group = try lockingGroup(target)
+    let group = try lockingGroup(target)
     if dryRun {
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
       let inventory = try readInventory()
@@ -201,7 +197,6 @@ public final class AssignmentManager {
     let (lock, ledger, recovered) = try begin(group: group)
     defer { withExtendedLifetime(lock) {} }
     let inventory = try readInventory()
-    group = try resolveGroup(target, inventory: inventory)
     if let recovered, try ledger.group(group)?.state == .host {
       // Recovery already gave the group back (it finished an interrupted attach).
       return report(.attach, group, .alreadyDone, [], recovered, inventory, [], [])
@@ -234,7 +229,7 @@ public final class AssignmentManager {
       try execute(planned.steps, operation: &operation, ledger: ledger)
     } catch let failure {
       // Half a group on the host is the one state that must not last: back to the VFIO driver.
-      let assigned = DriverBinding(driver: record?.driver ?? "vfio-pci", driverOverride: record?.driver ?? "vfio-pci")
+      let assigned = DriverBinding.assigned(to: record?.driver ?? "vfio-pci")
       let rollback = converge(planned.members, to: { _ in assigned })
       try finish(ledger, &operation, status: .rolledBack, groupState: .detached, detail: failure.why)
       try history(ledger, group, "rolled-back", failure.why + "; the group stays detached")
@@ -279,13 +274,9 @@ public final class AssignmentManager {
         notes.append("\(member.address) (\(member.identity)) is gone from the host: nothing to restore for it")
         continue
       }
-      let identity = LedgerMember(
-        groupID: group, address: member.address, vendorID: Int(device.vendorID), deviceID: Int(device.deviceID),
-        originalDriver: nil, originalOverride: nil
-      ).identity
-      guard identity == member.identity else {
+      guard member.isSameCard(as: device) else {
         notes.append(
-          "\(member.address) is now \(identity), not the \(member.identity) that was detached: a different card; its binding was left alone"
+          "\(member.address) is now \(device.cardIdentity), not the \(member.identity) that was detached: a different card; its binding was left alone"
         )
         continue
       }
@@ -296,8 +287,7 @@ public final class AssignmentManager {
     let members = assessment.members.filter { $0.role != .endpoint || kept.contains($0.address) }
     let plan = AssignmentPlan(
       group: group, members: members, inventory: inventory,
-      originals: Dictionary(present.compactMap { m in m.pciAddress.map { ($0, m.original) } }, uniquingKeysWith: { a, _ in a }),
-      driver: record.driver ?? "vfio-pci")
+      originals: present.originalBindings, driver: record.driver ?? "vfio-pci")
     return AttachPlan(steps: plan.restore, members: present, notes: notes)
   }
 
@@ -308,7 +298,7 @@ public final class AssignmentManager {
   public func reset(_ target: Selector, method: ResetMethod? = nil, dryRun: Bool = false) throws(ManagerError)
     -> ChangeReport
   {
-    var group = try lockingGroup(target)
+    let group = try lockingGroup(target)
     if dryRun {
       let inventory = try readInventory()
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
@@ -318,7 +308,6 @@ public final class AssignmentManager {
     let (lock, ledger, recovered) = try begin(group: group)
     defer { withExtendedLifetime(lock) {} }
     let inventory = try readInventory()
-    group = try resolveGroup(target, inventory: inventory)
     let steps = try planReset(target, group: group, method: method, inventory: inventory, ledger: ledger)
     let devices = Array(Set(steps.flatMap { $0.affects ?? [] } + steps.compactMap(\.device))).sorted()
     let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: devices)
@@ -415,15 +404,10 @@ public final class AssignmentManager {
 
   /// Finishes or rolls back every operation a crashed process left unfinished.
   public func recover() throws(ManagerError) -> [ChangeReport] {
-    // Nothing recorded, nothing to recover: do not create a ledger just to find that out.
-    guard try Ledger.open(directory: configuration.stateDirectory, create: false) != nil,
-      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true)
-    else { return [] }
+    guard let ledger = try recordedLedger() else { return [] }
     var reports: [ChangeReport] = []
     for group in Set(try ledger.unfinishedOperations().map(\.groupID)).sorted() {
-      let lock = try GroupLock(
-        group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
-        command: configuration.command)
+      let lock = try lock(group: group)
       defer { withExtendedLifetime(lock) {} }
       guard let note = try recoverIfNeeded(group: group, ledger: ledger) else { continue }
       let members = try ledger.members(of: group).compactMap(\.pciAddress)
@@ -471,7 +455,7 @@ public final class AssignmentManager {
     let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
     let inventory = try readInventory()
     var wanted: Int?
-    if let target { wanted = try resolveGroup(target, inventory: inventory) }
+    if let target { wanted = try lockingGroup(target) }
     let records = try ledger?.groups() ?? []
     var groups: [StatusReport.GroupStatus] = []
     let ids = wanted.map { [$0] } ?? records.filter { $0.state != .host }.map(\.id)
@@ -488,7 +472,7 @@ public final class AssignmentManager {
             let device = member.pciAddress.flatMap(inventory.device)
             return StatusReport.MemberStatus(
               address: member.address, identity: member.identity,
-              identityNow: device.map { hex($0.vendorID, width: 4) + ":" + hex($0.deviceID, width: 4) }, original: member.original,
+              identityNow: device?.cardIdentity, original: member.original,
               now: member.pciAddress.flatMap(executor.binding))
           },
           unfinished: unfinished.map {
@@ -584,29 +568,29 @@ public final class AssignmentManager {
     }
   }
 
-  func resolveGroup(_ target: Selector, inventory: HostInventory) throws(ManagerError) -> Int {
-    switch target {
-    case .device(let address):
-      guard let device = inventory.device(address) else { throw .noSuchDevice(address.description) }
-      guard let group = device.iommuGroup else { throw .noGroup(address.description) }
-      return group
-    case .group(let id):
-      guard inventory.group(id) != nil else { throw .noSuchGroup(id) }
-      return id
-    }
-  }
-
   /// Takes the group's lock, opens (or creates) the ledger, and recovers what a crashed
   /// process left unfinished on this group.
   func begin(group: Int) throws(ManagerError) -> (GroupLock, Ledger, String?) {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true) else {
       throw .ledger(path: configuration.stateDirectory, "could not be created")
     }
-    let lock = try GroupLock(
-      group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
-      command: configuration.command)
+    let lock = try lock(group: group)
     let recovered = try recoverIfNeeded(group: group, ledger: ledger)
     return (lock, ledger, recovered)
+  }
+
+  /// The group's lock, waiting as configured.
+  func lock(group: Int) throws(ManagerError) -> GroupLock {
+    try GroupLock(
+      group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
+      command: configuration.command)
+  }
+
+  /// The ledger opened for writing, but only when one exists: recover and reconcile must not
+  /// create a ledger just to find that nothing was recorded.
+  func recordedLedger() throws(ManagerError) -> Ledger? {
+    guard try Ledger.open(directory: configuration.stateDirectory, create: false) != nil else { return nil }
+    return try Ledger.open(directory: configuration.stateDirectory, create: true)
   }
 
   func newOperation(_ kind: LedgerOperation.Kind, group: Int, steps: [PlanStep]) -> LedgerOperation {

@@ -91,7 +91,27 @@ public struct LedgerMember: Codable, Sendable, Equatable, FetchableRecord, Persi
 
   public var pciAddress: PCIAddress? { try? PCIAddress(parsing: address) }
   public var original: DriverBinding { DriverBinding(driver: originalDriver, driverOverride: originalOverride) }
-  public var identity: String { hex(UInt16(truncatingIfNeeded: vendorID), width: 4) + ":" + hex(UInt16(truncatingIfNeeded: deviceID), width: 4) }
+  public var identity: String { cardIdentity(vendorID: vendorID, deviceID: deviceID) }
+  /// The card in the slot is the one that was detached (a different card keeps its binding).
+  public func isSameCard(as device: PCIDevice) -> Bool {
+    vendorID == Int(device.vendorID) && deviceID == Int(device.deviceID)
+  }
+}
+
+/// `vendor:device` as lspci prints it: how the ledger names the card that was in a slot.
+public func cardIdentity(vendorID: Int, deviceID: Int) -> String {
+  hex(UInt16(truncatingIfNeeded: vendorID), width: 4) + ":" + hex(UInt16(truncatingIfNeeded: deviceID), width: 4)
+}
+
+extension PCIDevice {
+  var cardIdentity: String { VFIOManager.cardIdentity(vendorID: Int(vendorID), deviceID: Int(deviceID)) }
+}
+
+extension Array where Element == LedgerMember {
+  /// What each member was bound to before it was detached, as plans take it.
+  var originalBindings: [PCIAddress: DriverBinding] {
+    Dictionary(compactMap { member in member.pciAddress.map { ($0, member.original) } }, uniquingKeysWith: { a, _ in a })
+  }
 }
 
 /// A plan being (or having been) executed on a group, and how far it got.
@@ -285,12 +305,9 @@ public final class Ledger: Sendable {
   }
 
   private static func makeStateDirectory(_ directory: String) throws(ManagerError) {
-    var path = directory.hasPrefix("/") ? "" : "."
-    for component in directory.split(separator: "/", omittingEmptySubsequences: true) {
-      path += "/" + component
-      if mkdir(path, 0o700) != 0 && errno != EEXIST { throw .stateDirectory(path: directory, errno: errno) }
+    if let code = makeDirectories(directory, mode: 0o700) ?? (access(directory, W_OK) == 0 ? nil : errno) {
+      throw .stateDirectory(path: directory, errno: code)
     }
-    if access(directory, W_OK) != 0 { throw .stateDirectory(path: directory, errno: errno) }
   }
 
   // MARK: Reading
@@ -415,6 +432,17 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
     }
     return records
   }
+}
+
+/// `mkdir -p`: every missing directory of `path`, relative paths from the working directory.
+/// Returns the errno of the first mkdir that failed for another reason than EEXIST, or nil.
+func makeDirectories(_ path: String, mode: mode_t) -> Int32? {
+  var made = path.hasPrefix("/") ? "" : "."
+  for component in path.split(separator: "/", omittingEmptySubsequences: true) {
+    made += "/" + component
+    if mkdir(made, mode) != 0 && errno != EEXIST { return errno }
+  }
+  return nil
 }
 
 func monotonicSeconds() -> Double {

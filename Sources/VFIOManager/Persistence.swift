@@ -14,14 +14,8 @@ public struct PersistenceFiles: Sendable, Equatable {
   public struct Group: Sendable, Equatable {
     public let id: Int
     public let driver: String
-    public let members: [(address: String, vendorID: Int, deviceID: Int)]
+    public let members: [LedgerMember]
     public let ownership: Ownership?
-
-    public static func == (a: Group, b: Group) -> Bool {
-      a.id == b.id && a.driver == b.driver && a.ownership == b.ownership
-        && a.members.map { "\($0.address) \($0.vendorID) \($0.deviceID)" }
-          == b.members.map { "\($0.address) \($0.vendorID) \($0.deviceID)" }
-    }
   }
 
   /// udev rules: on `add` each member gets `driver_override` before any driver is loaded for
@@ -35,7 +29,7 @@ public struct PersistenceFiles: Sendable, Equatable {
 
       """
     for group in groups.sorted(by: { $0.id < $1.id }) {
-      let list = group.members.map { "\($0.address) \(hex(UInt16(truncatingIfNeeded: $0.vendorID), width: 4)):\(hex(UInt16(truncatingIfNeeded: $0.deviceID), width: 4))" }
+      let list = group.members.map { "\($0.address) \($0.identity)" }
       out += "\n# IOMMU group \(group.id) on \(group.driver): \(list.joined(separator: ", "))\n"
       for member in group.members {
         let vendor = "0x" + hex(UInt16(truncatingIfNeeded: member.vendorID), width: 4)
@@ -121,8 +115,10 @@ extension AssignmentManager {
     let unitDirectory = paths.unitDirectory ?? sysfs.path("/etc/systemd/system")
     var groups: [PersistenceFiles.Group] = []
     for record in try ledger.groups() where record.persisted {
-      let members = try ledger.members(of: record.id).map { ($0.address, $0.vendorID, $0.deviceID) }
-      groups.append(.init(id: record.id, driver: record.driver ?? "vfio-pci", members: members, ownership: record.ownership))
+      groups.append(
+        .init(
+          id: record.id, driver: record.driver ?? "vfio-pci", members: try ledger.members(of: record.id),
+          ownership: record.ownership))
     }
     let rules = rulesDirectory + "/" + PersistenceFiles.rulesName
     let unit = unitDirectory + "/" + PersistenceFiles.unitName
@@ -142,11 +138,8 @@ extension AssignmentManager {
   }
 
   func writeAtomically(_ path: String, _ text: String) throws(ManagerError) {
-    let directory = String(path[..<(path.lastIndex(of: "/") ?? path.endIndex)])
-    var made = ""
-    for component in directory.split(separator: "/") {
-      made += "/" + component
-      mkdir(made, 0o755)
+    if let slash = path.lastIndex(of: "/"), let code = makeDirectories(String(path[..<slash]), mode: 0o755) {
+      throw .stateDirectory(path: path, errno: code)
     }
     let temporary = path + ".tmp-\(getpid())"
     guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]),
@@ -162,15 +155,11 @@ extension AssignmentManager {
   /// puts persisted groups back on their VFIO driver with their owner, ends detachments that
   /// did not survive a reboot, and reports what it cannot do (a device in use, another card).
   public func reconcile() throws(ManagerError) -> [ReconcileReport] {
-    guard try Ledger.open(directory: configuration.stateDirectory, create: false) != nil,
-      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true)
-    else { return [] }
+    guard let ledger = try recordedLedger() else { return [] }
     let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
     var reports: [ReconcileReport] = []
     for id in try ledger.groups().map(\.id) {
-      let lock = try GroupLock(
-        group: id, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
-        command: configuration.command)
+      let lock = try lock(group: id)
       defer { withExtendedLifetime(lock) {} }
       var notes: [String] = []
       if let recovered = try recoverIfNeeded(group: id, ledger: ledger) { notes.append(recovered) }
@@ -201,7 +190,7 @@ extension AssignmentManager {
     var notes = notes
     let inventory = try readInventory()
     let driver = record.driver ?? "vfio-pci"
-    let assigned = DriverBinding(driver: driver, driverOverride: driver)
+    let assigned = DriverBinding.assigned(to: driver)
     var changed = false
     var blocked = false
     var members: [LedgerMember] = []
@@ -210,9 +199,8 @@ extension AssignmentManager {
         notes.append("\(member.address) is not on the host")
         continue
       }
-      guard Int(device.vendorID) == member.vendorID, Int(device.deviceID) == member.deviceID else {
-        notes.append(
-          "\(member.address) is now \(hex(device.vendorID, width: 4)):\(hex(device.deviceID, width: 4)), not the \(member.identity) that was detached: left alone")
+      guard member.isSameCard(as: device) else {
+        notes.append("\(member.address) is now \(device.cardIdentity), not the \(member.identity) that was detached: left alone")
         blocked = true
         continue
       }

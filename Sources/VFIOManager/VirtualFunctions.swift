@@ -80,11 +80,7 @@ extension AssignmentManager {
     }
     guard let ledger else { throw .ledger(path: configuration.stateDirectory, "could not be created") }
     // One `vfs` per PF at a time: its group's lock (the VFs' groups are locked by their detach).
-    let lock = try device.iommuGroup.map { group throws(ManagerError) in
-      try GroupLock(
-        group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
-        command: configuration.command)
-    }
+    let lock = try device.iommuGroup.map { group throws(ManagerError) in try self.lock(group: group) }
     defer { withExtendedLifetime(lock) {} }
     for group in giveBack {
       let attached = try attach(.group(group))

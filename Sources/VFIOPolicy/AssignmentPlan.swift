@@ -14,6 +14,9 @@ public struct DriverBinding: Sendable, Codable, Equatable, CustomStringConvertib
 
   public init(_ device: PCIDevice) { self.init(driver: device.driver, driverOverride: device.driverOverride) }
 
+  /// Bound to a VFIO driver and kept there by a driver_override naming it: a detached device.
+  public static func assigned(to driver: String) -> DriverBinding { DriverBinding(driver: driver, driverOverride: driver) }
+
   public var description: String {
     (driver ?? "no driver") + (driverOverride.map { " (driver_override \($0))" } ?? "")
   }
@@ -49,7 +52,7 @@ public struct AssignmentPlan: Sendable, Codable, Equatable {
       endpoints.map { member in
         (member.address, inventory.device(member.address).map(DriverBinding.init) ?? DriverBinding(driver: member.driver, driverOverride: nil))
       }, uniquingKeysWith: { first, _ in first })
-    let assigned = DriverBinding(driver: target, driverOverride: target)
+    let assigned = DriverBinding.assigned(to: target)
     let needsLoading = target == "vfio-pci" && !inventory.vfio.vfioPCIDriver
     if needsLoading && endpoints.contains(where: { current[$0.address]?.driver != target }) {
       detach.append(PlanStep(action: .loadModule, module: target))
