@@ -459,11 +459,13 @@ public final class AssignmentManager {
     let records = try ledger?.groups() ?? []
     var groups: [StatusReport.GroupStatus] = []
     let ids = wanted.map { [$0] } ?? records.filter { $0.state != .host }.map(\.id)
+    var membersOf: [Int: [LedgerMember]] = [:]
+    for id in ids { membersOf[id] = try ledger?.members(of: id) ?? [] }
+    let holders = OpenHolderScanner(sysfs: sysfs).holders(of: membersOf.mapValues { $0.compactMap(\.pciAddress) })
     for id in ids {
       let record = records.first { $0.id == id }
-      let members = try ledger?.members(of: id) ?? []
+      let members = membersOf[id] ?? []
       let unfinished = try ledger?.unfinishedOperation(group: id)
-      let addresses = members.compactMap(\.pciAddress)
       groups.append(
         StatusReport.GroupStatus(
           group: id, state: record?.state ?? .host, driver: record?.driver, since: record.map { timestamp($0.since) },
@@ -478,7 +480,7 @@ public final class AssignmentManager {
           unfinished: unfinished.map {
             .init(kind: $0.kind, stepsDone: $0.stepsDone, steps: $0.steps.count, pid: $0.pid, started: timestamp($0.started))
           },
-          holders: OpenHolderScanner(sysfs: sysfs).holders(group: id, devices: addresses)))
+          holders: holders[id] ?? []))
     }
     return StatusReport(ledger: ledger?.path, groups: groups)
   }

@@ -186,18 +186,21 @@ extension AssignmentManager {
   /// Every group that is not simply the host's: owned, reserved or detached.
   public func owners() throws(ManagerError) -> [OwnerReport] {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
-    var reports: [OwnerReport] = []
-    for record in try ledger.groups() where record.state != .host || record.ownerUID != nil || record.reservedFor != nil {
-      reports.append(try ownerReport(record, ledger: ledger))
-    }
-    return reports
+    let records = try ledger.groups().filter { $0.state != .host || $0.ownerUID != nil || $0.reservedFor != nil }
+    return try ownerReports(records, ledger: ledger)
   }
 
-  func ownerReport(_ record: LedgerGroup, ledger: Ledger) throws(ManagerError) -> OwnerReport {
-    OwnerReport(
-      group: record.id, state: record.state, owner: record.ownership, ownedSince: record.ownedSince.map(timestamp),
-      reservedFor: record.reservedFor, reservedSince: record.reservedSince.map(timestamp), persisted: record.persisted,
-      holders: OpenHolderScanner(sysfs: sysfs).holders(group: record.id, devices: try memberAddresses(record.id, ledger)))
+  /// The reports of `records`, with who holds each open from one walk of /proc.
+  func ownerReports(_ records: [LedgerGroup], ledger: Ledger) throws(ManagerError) -> [OwnerReport] {
+    var devices: [Int: [PCIAddress]] = [:]
+    for record in records { devices[record.id] = try memberAddresses(record.id, ledger) }
+    let holders = OpenHolderScanner(sysfs: sysfs).holders(of: devices)
+    return records.map { record in
+      OwnerReport(
+        group: record.id, state: record.state, owner: record.ownership, ownedSince: record.ownedSince.map(timestamp),
+        reservedFor: record.reservedFor, reservedSince: record.reservedSince.map(timestamp),
+        persisted: record.persisted, holders: holders[record.id] ?? [])
+    }
   }
 
   func memberAddresses(_ group: Int, _ ledger: Ledger) throws(ManagerError) -> [PCIAddress] {
@@ -213,6 +216,6 @@ extension AssignmentManager {
     defer { withExtendedLifetime(lock) {} }
     try change(ledger, group, try ledger.group(group))
     guard let record = try ledger.group(group) else { throw .noSuchGroup(group) }
-    return try ownerReport(record, ledger: ledger)
+    return try ownerReports([record], ledger: ledger)[0]
   }
 }

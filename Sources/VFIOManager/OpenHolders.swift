@@ -35,22 +35,30 @@ public struct OpenHolderScanner: Sendable {
   }
 
   public func holders(group: Int, devices: [PCIAddress]) -> [OpenHolder] {
-    let nodes = Set(["/dev/vfio/\(group)"] + cdevNodes(of: devices))
-    var found: [OpenHolder] = []
+    holders(of: [group: devices])[group] ?? []
+  }
+
+  /// The holders of several groups (each with its devices) from one walk of /proc, which on a
+  /// large host has far more descriptors than there are groups to ask about.
+  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
+    var groupOfNode: [String: Int] = [:]
+    for (group, devices) in groups {
+      for node in ["/dev/vfio/\(group)"] + cdevNodes(of: devices) { groupOfNode[node] = group }
+    }
+    var found: [Int: [OpenHolder]] = [:]
     var seen = 0
-    for entry in sysfs.list("/proc") where entry.allSatisfy(\.isNumber) {
+    scan: for entry in sysfs.list("/proc") where entry.allSatisfy(\.isNumber) {
       guard let pid = Int(entry), pid != Int(getpid()) else { continue }
       for fd in sysfs.list("/proc/\(entry)/fd") {
         seen += 1
-        if seen > maxDescriptors { break }
-        guard let target = sysfs.readLink("/proc/\(entry)/fd/\(fd)"), nodes.contains(target) else { continue }
-        let command = sysfs.readString("/proc/\(entry)/comm")
-        let holder = OpenHolder(pid: pid, command: command, node: target)
-        if !found.contains(holder) { found.append(holder) }
+        if seen > maxDescriptors { break scan }
+        guard let target = sysfs.readLink("/proc/\(entry)/fd/\(fd)"), let group = groupOfNode[target] else { continue }
+        let holder = OpenHolder(pid: pid, command: sysfs.readString("/proc/\(entry)/comm"), node: target)
+        if found[group]?.contains(holder) != true { found[group, default: []].append(holder) }
       }
     }
-    if found.isEmpty, groupNodeIsBusy(group) {
-      found.append(OpenHolder(pid: nil, command: "open of /dev/vfio/\(group) answers EBUSY", node: "/dev/vfio/\(group)"))
+    for group in groups.keys where found[group] == nil && groupNodeIsBusy(group) {
+      found[group] = [OpenHolder(pid: nil, command: "open of /dev/vfio/\(group) answers EBUSY", node: "/dev/vfio/\(group)")]
     }
     return found
   }

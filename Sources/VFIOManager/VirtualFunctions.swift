@@ -47,10 +47,13 @@ extension AssignmentManager {
     let doomed = count == sriov.numVFs ? [] : sriov.virtualFunctions
     var giveBack: [Int] = []
     var refusals: [ManagerError.Refusal] = []
+    var vfsOf: [Int: [PCIAddress]] = [:]
+    for vf in doomed { if let group = inventory.device(vf)?.iommuGroup { vfsOf[group, default: []].append(vf) } }
+    let holdersOf = OpenHolderScanner(sysfs: sysfs).holders(of: vfsOf)
     for vf in doomed {
       guard let group = inventory.device(vf)?.iommuGroup else { continue }
       let record = try ledger?.group(group)
-      let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: [vf])
+      let holders = holdersOf[group] ?? []
       let uses = inventory.uses(of: vf).filter(\.active)
       if !uses.isEmpty {
         refusals.append(
