@@ -409,9 +409,12 @@ public final class AssignmentManager {
     for group in Set(try ledger.unfinishedOperations().map(\.groupID)).sorted() {
       let lock = try lock(group: group)
       defer { withExtendedLifetime(lock) {} }
-      guard let note = try recoverIfNeeded(group: group, ledger: ledger) else { continue }
+      // Read under the lock: the operation another process may have finished meanwhile.
+      guard let kind = try ledger.unfinishedOperation(group: group)?.kind,
+        let note = try recoverIfNeeded(group: group, ledger: ledger)
+      else { continue }
       let members = try ledger.members(of: group).compactMap(\.pciAddress)
-      reports.append(report(.detach, group, .done, [], note, try readInventory(), [], members))
+      reports.append(report(kind, group, .done, [], note, try readInventory(), [], members))
     }
     return reports
   }

@@ -388,6 +388,7 @@ final class ManagerTests: ManagerTestCase {
     let reports = try manager().recover()
     XCTAssertEqual(reports.count, 1)
     XCTAssertTrue(reports[0].recovered?.contains("finished the interrupted attach") == true)
+    XCTAssertEqual(reports[0].action, .attach)
     XCTAssertEqual(binding("0000:00:02.0"), DriverBinding(driver: "e1000e", driverOverride: nil))
     XCTAssertEqual(try self.ledger().group(2)?.state, .host)
     XCTAssertEqual(try manager().recover().count, 0)
