@@ -71,10 +71,10 @@ public final class AssignmentManager {
     }
     let group = try lockingGroup(target)
     if dryRun {
-      let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
+      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
       let inventory = try readInventory()
       let planned = try planDetach(
-        target, group: group, inventory: inventory, ledger: ledger ?? nil, driver: driver, force: force,
+        target, group: group, inventory: inventory, ledger: ledger, driver: driver, force: force,
         allowNoReset: allowNoReset)
       return report(.detach, group, .dryRun, planned.plan.detach, nil, inventory, planned.notes, planned.addresses)
     }
@@ -161,7 +161,9 @@ public final class AssignmentManager {
       }
     }
     guard refusals.isEmpty else { throw .refused(group: group, refusals) }
-    let recorded = (try? ledger?.members(of: group)) ?? []
+    // A ledger that cannot be read must stop the detach: guessing would record the VFIO
+    // driver as a re-detached member's original and lose the real one.
+    let recorded = try ledger?.members(of: group) ?? []
     let originals = endpoints.compactMap { address -> LedgerMember? in
       guard let device = inventory.device(address) else { return nil }
       // A member already recorded keeps its first original: re-detaching must not forget it.
@@ -354,7 +356,7 @@ public final class AssignmentManager {
     case .group(let id):
       devices = inventory.group(id)?.devices.compactMap(inventory.device).filter(\.isEndpoint) ?? []
     }
-    let detached = Set(((try? ledger?.groups()) ?? []).filter { $0.state == .detached }.map(\.id))
+    let detached = Set((try ledger?.groups() ?? []).filter { $0.state == .detached }.map(\.id))
     var steps: [PlanStep] = []
     var refusals: [ManagerError.Refusal] = []
     var covered = Set<PCIAddress>()

@@ -51,8 +51,11 @@ struct PlanExecutor: Sendable {
       return
     }
     try host.write(method.rawValue, to: path + "/reset_method")
-    defer { try? host.write(methods, to: path + "/reset_method") }
-    try host.write("1", to: path + "/reset")
+    var failure: HostChangeError?
+    do { try host.write("1", to: path + "/reset") } catch { failure = error }
+    // Put the kernel's list back whether or not the reset worked; a failure to do so is said.
+    try host.write(methods, to: path + "/reset_method")
+    if let failure { throw failure }
   }
 
   func verify(_ step: PlanStep) throws(HostChangeError) {
