@@ -11,6 +11,7 @@ let package = Package(
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
     .library(name: "VFIOManager", targets: ["VFIOManager"]),
+    .library(name: "VFIOBroker", targets: ["VFIOBroker"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -35,6 +36,12 @@ let package = Package(
     .target(
       name: "VFIOManager",
       dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
+    // The broker daemon: owns groups and grants their open descriptors over a Unix socket; and its client.
+    .target(
+      name: "VFIOBroker",
+      dependencies: [
+        "CVFIO", "VFIO", "VFIOHost", "VFIOPolicy", "VFIOManager", .product(name: "Logging", package: "swift-log"),
+      ]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",

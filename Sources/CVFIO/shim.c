@@ -9,6 +9,10 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <string.h>
+#include <unistd.h>
 
 int cvfio_ioctl(int fd, unsigned long request, void *arg) {
   int rc = ioctl(fd, request, arg);
@@ -144,3 +148,133 @@ _Static_assert(sizeof(struct cvfio_device_attach_iommufd_pt) == 12, "attach_iomm
 _Static_assert(sizeof(struct cvfio_device_detach_iommufd_pt) == 8, "detach_iommufd_pt");
 _Static_assert(offsetof(struct cvfio_iommu_ioas_map, user_va) == 16, "iommu_ioas_map.user_va");
 _Static_assert(offsetof(struct vfio_iommu_type1_info, cap_offset) == 16, "type1_info.cap_offset");
+
+// MARK: Unix sockets (broker)
+
+#define CVFIO_MAX_FDS 16
+
+long cvfio_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count) {
+  if (count < 0 || count > CVFIO_MAX_FDS) return -EINVAL;
+  struct iovec iov = {.iov_base = (void *)bytes, .iov_len = length};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (count > 0) {
+    memset(&control, 0, sizeof(control));
+    message.msg_control = control.buffer;
+    message.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int) * count);
+    memcpy(CMSG_DATA(header), fds, sizeof(int) * count);
+  }
+  ssize_t sent = sendmsg(socket, &message, MSG_NOSIGNAL);
+  return sent < 0 ? -errno : sent;
+}
+
+long cvfio_receive_with_fds(
+    int socket, void *bytes, unsigned long length, int *fds, int max, int *received, int *truncated) {
+  *received = 0;
+  *truncated = 0;
+  if (max < 0) max = 0;
+  if (max > CVFIO_MAX_FDS) max = CVFIO_MAX_FDS;
+  struct iovec iov = {.iov_base = bytes, .iov_len = length};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr message = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
+  ssize_t got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+  if (got < 0) return -errno;
+  if (message.msg_flags & MSG_CTRUNC) *truncated = 1;
+  for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+    int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *arrived = (int *)CMSG_DATA(header);
+    for (int i = 0; i < n; i++) {
+      if (*received < max) {
+        fds[(*received)++] = arrived[i];
+      } else {
+        close(arrived[i]);
+        *truncated = 1;
+      }
+    }
+  }
+  return got;
+}
+
+int cvfio_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+  struct ucred credentials;
+  socklen_t size = sizeof(credentials);
+  if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &size) < 0) return -errno;
+  *pid = credentials.pid;
+  *uid = credentials.uid;
+  *gid = credentials.gid;
+  return 0;
+}
+
+static int cvfio_unix_address(const char *path, struct sockaddr_un *address) {
+  memset(address, 0, sizeof(*address));
+  address->sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof(address->sun_path)) return -ENAMETOOLONG;
+  strcpy(address->sun_path, path);
+  return 0;
+}
+
+int cvfio_unix_listen(const char *path, int backlog, int nonblocking, int replace) {
+  struct sockaddr_un address;
+  int status = cvfio_unix_address(path, &address);
+  if (status < 0) return status;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+  if (fd < 0) return -errno;
+  if (replace) unlink(path);
+  if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0 || listen(fd, backlog) < 0) {
+    int error = errno;
+    close(fd);
+    return -error;
+  }
+  return fd;
+}
+
+int cvfio_unix_connect(const char *path) {
+  struct sockaddr_un address;
+  int status = cvfio_unix_address(path, &address);
+  if (status < 0) return status;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -errno;
+  if (connect(fd, (struct sockaddr *)&address, sizeof(address)) < 0) {
+    int error = errno;
+    close(fd);
+    return -error;
+  }
+  return fd;
+}
+
+int cvfio_accept(int listener) {
+  int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  return fd < 0 ? -errno : fd;
+}
+
+int cvfio_socketpair(int fds[2]) {
+  return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0 ? -errno : 0;
+}
+
+int cvfio_is_unix_listener(int fd) {
+  int type = 0, listening = 0;
+  struct sockaddr_un address;
+  socklen_t size = sizeof(int), addressSize = sizeof(address);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &size) < 0 || type != SOCK_STREAM) return 0;
+  size = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &size) < 0 || !listening) return 0;
+  if (getsockname(fd, (struct sockaddr *)&address, &addressSize) < 0) return 0;
+  return address.sun_family == AF_UNIX;
+}
+
+int cvfio_epoll_want_write(int epfd, int fd, uint64_t token, int writable) {
+  struct epoll_event event = {.events = EPOLLIN | (writable ? EPOLLOUT : 0), .data.u64 = token};
+  return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) < 0 ? -errno : 0;
+}

@@ -59,15 +59,30 @@ public final class Container: DMAMapper, RawDMAMapper, @unchecked Sendable {
   let unmapNumber = IoctlRequest.iommuUnmapDMA.number
 
   /// Opens the container and checks the API version.
-  public init(path: String = "/dev/vfio/vfio", kernel: any KernelInterface = LinuxKernel())
+  public convenience init(path: String = "/dev/vfio/vfio", kernel: any KernelInterface = LinuxKernel())
     throws(VFIOError)
   {
-    handle = try OwnedFD.open(path, kernel: kernel)
+    try self.init(handle: OwnedFD.open(path, kernel: kernel))
+  }
+
+  /// Takes over an open container descriptor after checking the API version.
+  init(handle: OwnedFD) throws(VFIOError) {
+    self.handle = handle
     let version = try handle.ioctl(.getAPIVersion)
     guard version == VFIO_API_VERSION else {
       throw VFIOError(
-        .unsupported, operation: IoctlRequest.getAPIVersion.name, path: path,
+        .unsupported, operation: IoctlRequest.getAPIVersion.name, path: handle.path,
         message: "kernel VFIO API version \(version), this library speaks \(VFIO_API_VERSION)")
+    }
+  }
+
+  /// Records the IOMMU model another process set, after the kernel confirms the container is
+  /// configured (type1 answers VFIO_IOMMU_GET_INFO only then; sPAPR its own info call).
+  func adopt(iommu type: IOMMUType) throws(VFIOError) {
+    iommuType = type
+    switch type {
+    case .spaprTCE, .spaprTCEv2: _ = try spaprInfo()
+    default: _ = try type1Info()
     }
   }
 

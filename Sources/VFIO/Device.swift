@@ -54,7 +54,11 @@ public final class Device: @unchecked Sendable {
   public static func open(
     cdev path: String, iommufd: IOMMUFD, ioas: IOAS?, name: String? = nil
   ) throws(VFIOError) -> Device {
-    let handle = try OwnedFD.open(path, kernel: iommufd.kernel)
+    try bind(OwnedFD.open(path, kernel: iommufd.kernel), name: name ?? path, iommufd: iommufd, ioas: ioas)
+  }
+
+  /// VFIO_DEVICE_BIND_IOMMUFD (and attach to `ioas`) of a fresh cdev descriptor.
+  static func bind(_ handle: OwnedFD, name: String, iommufd: IOMMUFD, ioas: IOAS?) throws(VFIOError) -> Device {
     var bind = cvfio_device_bind_iommufd()
     bind.argsz = UInt32(MemoryLayout<cvfio_device_bind_iommufd>.size)
     bind.iommufd = iommufd.fileDescriptor
@@ -66,8 +70,7 @@ public final class Device: @unchecked Sendable {
       try handle.ioctl(.deviceAttachIOMMUFDPT, &attach)
     }
     return try Device(
-      handle: handle, name: name ?? path,
-      binding: .iommufd(iommufd, deviceID: bind.out_devid, ioas: ioas))
+      handle: handle, name: name, binding: .iommufd(iommufd, deviceID: bind.out_devid, ioas: ioas))
   }
 
   /// The cdev of a PCI device, from /sys/bus/pci/devices/BDF/vfio-dev/vfioN.

@@ -31,18 +31,25 @@ public final class Group: @unchecked Sendable {
   /// keep it from being so.
   /// With `requireViable: false` a non-viable group opens anyway, for inspection (`status`,
   /// `blockers`); the kernel still refuses to attach it.
-  public init(
+  public convenience init(
     number: Int, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev/vfio",
     sysfsRoot: String = "/sys", requireViable: Bool = true
   ) throws(VFIOError) {
-    self.number = number
-    self.sysfsRoot = sysfsRoot
-    handle = try OwnedFD.open("\(devRoot)/\(number)", kernel: kernel)
+    try self.init(number: number, handle: OwnedFD.open("\(devRoot)/\(number)", kernel: kernel), sysfsRoot: sysfsRoot)
     let status = try self.status()
     guard status.viable || !requireViable else {
       throw notViable(request: IoctlRequest.groupGetStatus.name, errno: nil)
     }
   }
+
+  init(number: Int, handle: OwnedFD, sysfsRoot: String) {
+    self.number = number
+    self.handle = handle
+    self.sysfsRoot = sysfsRoot
+  }
+
+  /// A group another process attached: the container is recorded, not set again.
+  func adoptContainer(_ container: Container) { self.container = container }
 
   /// The IOMMU group of a PCI device, from /sys/bus/pci/devices/BDF/iommu_group.
   public static func number(

@@ -14,6 +14,8 @@ public final class IOMMUFD: @unchecked Sendable {
     handle = try OwnedFD.open(path, kernel: kernel)
   }
 
+  init(handle: OwnedFD) { self.handle = handle }
+
   /// IOMMU_IOAS_ALLOC.
   public func allocateIOAS() throws(VFIOError) -> IOAS {
     var request = cvfio_iommu_ioas_alloc()

@@ -64,7 +64,7 @@ public final class AssignmentManager {
   /// With `owner`, the group's nodes are then given to that user (a ledger fact from then on).
   public func detach(
     _ target: Selector, driver: String = "vfio-pci", force: [PCIAddress] = [], allowNoReset: Bool = false,
-    owner: Ownership? = nil, dryRun: Bool = false, detachedBy: String = "detach"
+    owner: Ownership? = nil, brokerOnly: Bool = false, dryRun: Bool = false, detachedBy: String = "detach"
   ) throws(ManagerError) -> ChangeReport {
     guard ["vfio-pci", "pci-stub"].contains(driver) else {
       throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
@@ -88,7 +88,8 @@ public final class AssignmentManager {
       planned.addresses.allSatisfy({ inventory.device($0)?.driver == record.driver })
     {
       try history(ledger, group, "already-done", "already detached to \(record.driver ?? driver)")
-      let notes = try applyOwnership(group: group, ledger: ledger, setting: owner, devices: planned.addresses)
+      let notes = try applyOwnership(
+        group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
       return report(.detach, group, .alreadyDone, [], recovered, inventory, planned.notes + notes, planned.addresses)
     }
     let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
@@ -121,7 +122,8 @@ public final class AssignmentManager {
     try finish(ledger, &operation, status: .done, groupState: .detached, detail: nil)
     try history(ledger, group, "ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", "))
     // The kernel made the nodes anew (root, 0600): what the ledger says of their owner holds.
-    let notes = try applyOwnership(group: group, ledger: ledger, setting: owner, devices: planned.addresses)
+    let notes = try applyOwnership(
+        group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
     return report(.detach, group, .done, steps, recovered, inventory, planned.notes + notes, planned.addresses)
   }
 
@@ -629,7 +631,7 @@ public final class AssignmentManager {
   func history(_ ledger: Ledger, _ group: Int, _ result: String, _ detail: String) throws(ManagerError) {
     try ledger.record(
       HistoryEntry(
-        id: nil, at: Date(), uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command,
+        uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command,
         result: result, detail: detail))
   }
 

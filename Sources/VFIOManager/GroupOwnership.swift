@@ -76,9 +76,11 @@ extension AssignmentManager {
   /// which the kernel recreates root-owned whenever the group's first device binds to vfio-pci.
   /// Returns what it did, for the report.
   @discardableResult
-  func applyOwnership(group: Int, ledger: Ledger, setting: Ownership?, devices: [PCIAddress])
-    throws(ManagerError) -> [String]
-  {
+  /// A `brokerOnly` setting keeps the nodes root's, 0600: the owner gets descriptors from the
+  /// broker and nothing else.
+  func applyOwnership(
+    group: Int, ledger: Ledger, setting: Ownership?, brokerOnly: Bool = false, devices: [PCIAddress]
+  ) throws(ManagerError) -> [String] {
     if let setting {
       try ledger.write { db in
         try LedgerGroup.update(db, group: group) {
@@ -86,14 +88,18 @@ extension AssignmentManager {
           $0.ownerGID = setting.gid
           $0.mode = setting.mode
           $0.ownedSince = Date()
+          $0.brokerOnly = brokerOnly
         }
       }
     }
-    guard let ownership = try ledger.group(group)?.ownership else { return [] }
+    guard let record = try ledger.group(group), let ownership = record.nodeOwnership else { return [] }
     var notes: [String] = []
     for node in nodes(group: group, devices: devices) {
       try give(node, to: ownership, group: group)
       notes.append("\(node) owned by \(ownership)")
+    }
+    if record.brokerOnly, let owner = record.ownership {
+      notes.append("owner \(owner.uid) reaches the group only through the broker")
     }
     return notes
   }
@@ -109,13 +115,14 @@ extension AssignmentManager {
   }
 
   /// Gives a detached group's nodes to a user (`vfioctl own`).
-  public func own(_ target: Selector, owner: Ownership) throws(ManagerError) -> OwnerReport {
+  public func own(_ target: Selector, owner: Ownership, brokerOnly: Bool = false) throws(ManagerError) -> OwnerReport {
     try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else {
         throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group) --owner ...` first")
       }
-      try applyOwnership(group: group, ledger: ledger, setting: owner, devices: try memberAddresses(group, ledger))
-      try history(ledger, group, "ok", "owned by \(owner)")
+      try applyOwnership(
+        group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: try memberAddresses(group, ledger))
+      try history(ledger, group, "ok", "owned by \(owner)" + (brokerOnly ? " through the broker only" : ""))
     }
   }
 
@@ -131,7 +138,7 @@ extension AssignmentManager {
           [.init(code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved)", remedy: "`vfioctl unreserve \(group)` first")])
       }
       for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
-        try give(node, to: Ownership(uid: 0, gid: 0, mode: 0o600), group: group)
+        try give(node, to: .rootOnly, group: group)
       }
       try ledger.write { db in
         try LedgerGroup.update(db, group: group) {
@@ -139,6 +146,7 @@ extension AssignmentManager {
           $0.ownerGID = nil
           $0.mode = nil
           $0.ownedSince = nil
+          $0.brokerOnly = false
         }
       }
       try history(ledger, group, "ok", "disowned: nodes back to root, mode 0600")

@@ -40,6 +40,9 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
   public var bootID: String? = nil
   /// `detach` or `vfs` (SR-IOV VFs created detached, which lowering the VF count may attach).
   public var detachedBy: String? = nil
+  /// The owner reaches the group only through descriptors the broker grants: the nodes stay
+  /// root's, mode 0600, whatever `ownership` says.
+  public var brokerOnly: Bool = false
 
   /// The group's row, changed by `change`; a new row (state host) when there is none yet, so
   /// that what other commands recorded (owner, reservation) is never lost by a rewrite.
@@ -60,6 +63,48 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
     }
     return Ownership(uid: ownerUID, gid: ownerGID ?? 0, mode: mode ?? Ownership.defaultMode)
   }
+
+  /// What the group's nodes carry: the owner's, or root's 0600 for a broker-only owner.
+  public var nodeOwnership: Ownership? {
+    guard let ownership else { return nil }
+    return brokerOnly ? .rootOnly : ownership
+  }
+}
+
+/// A grant the broker made: the group's descriptors are in the hands of `pid` (uid `uid`).
+/// It ends when that process no longer holds any of the group's nodes, and the group is then
+/// reset and free for its owner again; a broker that restarts finds its leases here.
+public struct LedgerLease: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+  public static let databaseTableName = "lease"
+  public var groupID: Int
+  public var uid: Int
+  public var gid: Int
+  public var pid: Int
+  public var command: String
+  /// `legacy` or `iommufd`.
+  public var backend: String
+  /// The device the grant named (a group grant names every endpoint; this is the first).
+  public var device: String
+  /// The guest the grant was for, when the group is reserved.
+  public var guest: String?
+  public var started: Date
+  public var bootID: String?
+
+  public init(
+    groupID: Int, uid: Int, gid: Int, pid: Int, command: String, backend: String, device: String, guest: String?,
+    started: Date = Date(), bootID: String?
+  ) {
+    self.groupID = groupID
+    self.uid = uid
+    self.gid = gid
+    self.pid = pid
+    self.command = command
+    self.backend = backend
+    self.device = device
+    self.guest = guest
+    self.started = started
+    self.bootID = bootID
+  }
 }
 
 /// uid, gid and mode for a group's VFIO nodes.
@@ -76,6 +121,8 @@ public struct Ownership: Codable, Sendable, Equatable, CustomStringConvertible {
   }
 
   public var description: String { "\(uid):\(gid) mode 0\(String(mode, radix: 8))" }
+  /// What the kernel gives a fresh node, and what `disown` and broker-only groups keep.
+  public static let rootOnly = Ownership(uid: 0, gid: 0, mode: 0o600)
 }
 
 /// One endpoint of a detached group and exactly what it had before.
@@ -164,6 +211,16 @@ public struct HistoryEntry: Codable, Sendable, Equatable, FetchableRecord, Mutab
   public var result: String
   public var detail: String
 
+  public init(at: Date = Date(), uid: Int, pid: Int, groupID: Int?, command: String, result: String, detail: String) {
+    self.at = at
+    self.uid = uid
+    self.pid = pid
+    self.groupID = groupID
+    self.command = command
+    self.result = result
+    self.detail = detail
+  }
+
   public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
 }
 
@@ -231,7 +288,7 @@ public final class Ledger: Sendable {
   }
 
   /// `PRAGMA user_version` once every migration below has run.
-  static let schemaVersion = 2
+  static let schemaVersion = 3
 
   /// Versioned from the first schema; a migration once shipped is never edited, only followed.
   static var migrator: DatabaseMigrator {
@@ -301,6 +358,25 @@ public final class Ledger: Sendable {
       }
       try db.execute(sql: "PRAGMA user_version = 2")
     }
+    // The broker: broker-only owners and the leases of granted descriptors.
+    migrator.registerMigration("v3") { db in
+      try db.alter(table: "iommu_group") { t in
+        t.add(column: "brokerOnly", .boolean).notNull().defaults(to: false)
+      }
+      try db.create(table: "lease") { t in
+        t.primaryKey("groupID", .integer).references("iommu_group", onDelete: .cascade)
+        t.column("uid", .integer).notNull()
+        t.column("gid", .integer).notNull()
+        t.column("pid", .integer).notNull()
+        t.column("command", .text).notNull()
+        t.column("backend", .text).notNull()
+        t.column("device", .text).notNull()
+        t.column("guest", .text)
+        t.column("started", .datetime).notNull()
+        t.column("bootID", .text)
+      }
+      try db.execute(sql: "PRAGMA user_version = 3")
+    }
     return migrator
   }
 
@@ -346,6 +422,14 @@ public final class Ledger: Sendable {
       if let group { request = request.filter(Column("groupID") == group) }
       return try request.fetchAll(db)
     }
+  }
+
+  public func lease(group: Int) throws(ManagerError) -> LedgerLease? {
+    try read { db in try LedgerLease.fetchOne(db, key: group) }
+  }
+
+  public func leases() throws(ManagerError) -> [LedgerLease] {
+    try read { db in try LedgerLease.order(Column("groupID")).fetchAll(db) }
   }
 
   public func history(group: Int? = nil) throws(ManagerError) -> [HistoryEntry] {

@@ -118,7 +118,7 @@ extension AssignmentManager {
       groups.append(
         .init(
           id: record.id, driver: record.driver ?? "vfio-pci", members: try ledger.members(of: record.id),
-          ownership: record.ownership))
+          ownership: record.nodeOwnership))
     }
     let rules = rulesDirectory + "/" + PersistenceFiles.rulesName
     let unit = unitDirectory + "/" + PersistenceFiles.unitName

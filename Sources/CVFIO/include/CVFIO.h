@@ -44,6 +44,42 @@ int cvfio_epoll_del(int epfd, int fd);
 /// epoll_wait(2) storing each ready descriptor's token in `tokens`; the count or -errno.
 int cvfio_epoll_wait(int epfd, uint64_t *tokens, int max, int timeout_ms);
 
+// Unix-socket primitives of the broker: descriptors travel as SCM_RIGHTS, callers are known by
+// SO_PEERCRED. Each returns the count or 0, or -errno; nothing here retries or blocks longer
+// than the socket's own mode says.
+
+/// sendmsg(2) of `length` bytes with `count` descriptors (at most 16) in one SCM_RIGHTS
+/// message, MSG_NOSIGNAL; the bytes sent or -errno.
+long cvfio_send_with_fds(int socket, const void *bytes, unsigned long length, const int *fds, int count);
+
+/// recvmsg(2) into `bytes` with up to `max` (at most 16) descriptors, MSG_CMSG_CLOEXEC; stores
+/// how many arrived in `*received` (the excess beyond `max` is closed, never leaked) and sets
+/// `*truncated` when the kernel cut the control data. The bytes read, 0 at end of stream, or -errno.
+long cvfio_receive_with_fds(
+    int socket, void *bytes, unsigned long length, int *fds, int max, int *received, int *truncated);
+
+/// SO_PEERCRED of a connected Unix socket; 0 or -errno.
+int cvfio_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK]) bound to `path` (unlinked
+/// first when `replace`) and listening with `backlog`; the descriptor or -errno.
+int cvfio_unix_listen(const char *path, int backlog, int nonblocking, int replace);
+
+/// A connected AF_UNIX stream socket to `path` (blocking, close-on-exec); the descriptor or -errno.
+int cvfio_unix_connect(const char *path);
+
+/// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK; the descriptor or -errno.
+int cvfio_accept(int listener);
+
+/// socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC); 0 or -errno.
+int cvfio_socketpair(int fds[2]);
+
+/// Whether `fd` is a listening AF_UNIX stream socket (socket activation hands such ones over).
+int cvfio_is_unix_listener(int fd);
+
+/// epoll_ctl(MOD) to also wait for writability (`writable` != 0) or not.
+int cvfio_epoll_want_write(int epfd, int fd, uint64_t token, int writable);
+
 // Volatile MMIO accessors: one load or store of exactly the given width, never merged or elided.
 static inline uint8_t cvfio_mmio_read8(const void *p) { return *(const volatile uint8_t *)p; }
 static inline uint16_t cvfio_mmio_read16(const void *p) { return *(const volatile uint16_t *)p; }

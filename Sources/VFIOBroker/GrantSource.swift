@@ -1,0 +1,183 @@
+import CVFIO
+import Foundation
+import VFIO
+import VFIOHost
+import VFIOManager
+import VFIOPolicy
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// Descriptors opened for one grant, owned until they are sent; `keep` holds the objects that
+/// close them. The broker keeps none of them after the send, so that once the client closes
+/// its copies nothing holds the group and the lease can end.
+public final class OpenedGrant: @unchecked Sendable {
+  public let backend: Backend
+  public let descriptors: [(GrantedDescriptor, Int32)]
+  /// The kernel's device request (VFIO_PCI_REQ_IRQ_INDEX) lands here while the client has
+  /// not registered its own; the broker relays it. Legacy only: an unbound cdev takes no IRQ setup.
+  public let requestEvent: Descriptor?
+  public let memlockAccounting: String
+  let keep: [AnyObject]
+
+  public init(
+    backend: Backend, descriptors: [(GrantedDescriptor, Int32)], requestEvent: Descriptor?, memlockAccounting: String,
+    keep: [AnyObject]
+  ) {
+    self.backend = backend
+    self.descriptors = descriptors
+    self.requestEvent = requestEvent
+    self.memlockAccounting = memlockAccounting
+    self.keep = keep
+  }
+}
+
+/// Everything the broker asks of the kernel, so that tests and the load benchmark can run the
+/// whole broker against a recording fake and the daemon against the host.
+public protocol GrantSource: Sendable {
+  /// Opens `devices` (endpoints of `group`) on `backend` (never `.auto` when called).
+  func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant
+  /// `.iommufd` when the devices have cdevs and the host has /dev/iommu, else `.legacy`.
+  func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend
+  /// Who has the groups' nodes open (the broker's own process excluded).
+  func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]]
+  /// Resets the group after a lease; the reason when it could not.
+  func reset(group: Int) -> String?
+  /// RLIMIT_MEMLOCK of `pid` in bytes, nil when unlimited.
+  func memlockLimit(pid: Int) -> UInt64?
+  /// The groups as the foundation assesses them now, for `list`.
+  func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])]
+  /// Ends a holder that did not release when revoked with force.
+  func terminate(pid: Int)
+}
+
+/// The host: the VFIO library opens, the manager resets, /proc tells holders and limits.
+public struct LiveGrantSource: GrantSource {
+  public let sysfs: Sysfs
+  public let stateDirectory: String
+
+  public init(sysfs: Sysfs, stateDirectory: String) {
+    self.sysfs = sysfs
+    self.stateDirectory = stateDirectory
+  }
+
+  var sysfsRoot: String { sysfs.path("/sys") }
+  var devRoot: String { sysfs.path("/dev") }
+
+  public func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend {
+    guard backend == .auto else { return backend }
+    let cdevs = devices.allSatisfy { Device.cdevPath(ofDevice: $0.description, sysfsRoot: sysfsRoot) != nil }
+    return cdevs && sysfs.exists("/dev/iommu") ? .iommufd : .legacy
+  }
+
+  public func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
+    do {
+      return backend == .iommufd ? try openIOMMUFD(devices) : try openLegacy(group: group, devices)
+    } catch let error as VFIOError {
+      throw BrokerError(.openFailed, error.description, next: error.hint)
+    } catch let error as BrokerError {
+      throw error
+    } catch {
+      throw BrokerError(.openFailed, "\(error)")
+    }
+  }
+
+  private func openLegacy(group number: Int, _ devices: [PCIAddress]) throws -> OpenedGrant {
+    let container = try Container(path: "\(devRoot)/vfio/vfio")
+    let group = try Group(number: number, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+    try group.attach(to: container)
+    var list: [(GrantedDescriptor, Int32)] = [
+      (GrantedDescriptor(kind: .container, iommu: container.iommuType.map(wireName)), container.fileDescriptor),
+      (GrantedDescriptor(kind: .group, group: number), group.fileDescriptor),
+    ]
+    var keep: [AnyObject] = [container, group]
+    let request = try EventFD()
+    var requestRegistered = false
+    for address in devices {
+      let device = try group.openDevice(address.description)
+      keep.append(device)
+      list.append((GrantedDescriptor(kind: .device, group: number, address: address.description), device.fileDescriptor))
+      // One eventfd for every device of the group: any of them asked back is the group asked back.
+      if let info = try? device.irqInfo(.req), info.count > 0,
+        (try? device.setIRQs(.req, .trigger(eventfds: [request.fileDescriptor]))) != nil
+      {
+        requestRegistered = true
+      }
+    }
+    // The eventfd outlives the grant's other descriptors: a dup the broker owns.
+    let relay = requestRegistered ? Descriptor(dup(request.fileDescriptor)) : nil
+    return OpenedGrant(
+      backend: .legacy, descriptors: list, requestEvent: relay, memlockAccounting: "process", keep: keep + [request])
+  }
+
+  private func openIOMMUFD(_ devices: [PCIAddress]) throws -> OpenedGrant {
+    let iommufd = try IOMMUFD(path: "\(devRoot)/iommu")
+    // Per-process accounting needs CAP_SYS_RESOURCE, which the broker has and its clients do
+    // not; it must be set before any object exists in this iommufd.
+    let perProcess = (try? iommufd.setProcessBasedMemlockAccounting(true)) != nil
+    var list: [(GrantedDescriptor, Int32)] = [(GrantedDescriptor(kind: .iommufd), iommufd.fileDescriptor)]
+    var keep: [AnyObject] = [iommufd]
+    for address in devices {
+      guard let cdev = Device.cdevPath(ofDevice: address.description, sysfsRoot: sysfsRoot) else {
+        throw BrokerError(
+          .openFailed, "\(address) has no VFIO cdev", next: "open it with backend legacy, or use a kernel with iommufd")
+      }
+      let path = devRoot + cdev.dropFirst("/dev".count)
+      let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
+      guard fd >= 0 else {
+        throw BrokerError(.openFailed, "open \(cdev): \(String(cString: strerror(errno)))", next: "`vfioctl status` shows who holds it")
+      }
+      let owned = Descriptor(fd)
+      keep.append(owned)
+      list.append(
+        (
+          GrantedDescriptor(kind: .device, address: address.description, cdev: String(cdev.split(separator: "/").last ?? "")),
+          fd
+        ))
+    }
+    return OpenedGrant(
+      backend: .iommufd, descriptors: list, requestEvent: nil, memlockAccounting: perProcess ? "process" : "user",
+      keep: keep)
+  }
+
+  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
+    OpenHolderScanner(sysfs: sysfs).holders(of: groups)
+  }
+
+  public func reset(group: Int) -> String? {
+    let manager = AssignmentManager(
+      sysfs: sysfs, configuration: .init(stateDirectory: stateDirectory, command: "vfioctl serve (lease ended)"))
+    do {
+      _ = try manager.reset(.group(group))
+      return nil
+    } catch {
+      return error.description
+    }
+  }
+
+  public func memlockLimit(pid: Int) -> UInt64? {
+    guard let limits = sysfs.readString("/proc/\(pid)/limits") else { return nil }
+    for line in limits.split(separator: "\n") where line.hasPrefix("Max locked memory") {
+      // "Max locked memory   8388608   8388608   bytes": the soft limit is the first number.
+      let fields = line.dropFirst("Max locked memory".count).split(separator: " ")
+      return fields.first.flatMap { UInt64($0) }
+    }
+    return nil
+  }
+
+  public func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])] {
+    guard let inventory = try? HostInventory.read(sysfs) else { return [:] }
+    let assessor = Assessor(inventory: inventory)
+    var result: [Int: (verdict: String, reasons: [String])] = [:]
+    for group in groups {
+      let assessment = assessor.assess(group: group)
+      result[group] = (assessment.verdict.rawValue, assessment.reasons.map(\.message))
+    }
+    return result
+  }
+
+  public func terminate(pid: Int) { kill(pid_t(pid), SIGKILL) }
+}
