@@ -46,8 +46,9 @@ let package = Package(
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
     .executableTarget(
@@ -59,7 +60,7 @@ let package = Package(
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
     .executableTarget(
       name: "vfio-edu",
-      dependencies: ["VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+      dependencies: ["VFIO", "VFIOBroker", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets.
     .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
@@ -71,6 +72,11 @@ let package = Package(
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
-    .testTarget(name: "VFIOManagerTests", dependencies: ["VFIOManager", "VFIOCommands", "VFIOTestSupport"]),
+    .testTarget(
+      name: "VFIOManagerTests",
+      dependencies: [
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO",
+        .product(name: "Logging", package: "swift-log"),
+      ]),
   ]
 )

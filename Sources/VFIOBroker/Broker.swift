@@ -184,7 +184,7 @@ public final class Broker: @unchecked Sendable {
       }
       let id = nextConnection
       nextConnection += 1
-      connections[id] = Connection(id: id, socket: socket, peer: peer, now: monotonic())
+      connections[id] = Connection(id: id, socket: socket, peer: peer, now: monotonicSeconds())
       _ = cvfio_epoll_add(epoll.fd, fd, Token.connection(id).raw)
       statistics.withLock { $0.accepted += 1 }
     }
@@ -210,7 +210,7 @@ public final class Broker: @unchecked Sendable {
           drop(id, why: connection.decoder.pending > 0 ? "ended mid-message" : nil)
           return
         }
-        connection.lastProgress = monotonic()
+        connection.lastProgress = monotonicSeconds()
         let messages: [[UInt8]]
         do {
           messages = try connection.decoder.feed(buffer[0..<got.count])
@@ -349,7 +349,7 @@ public final class Broker: @unchecked Sendable {
     }
     let wait = min(max(request.wait ?? 10, 0), 3600)
     revocations[group] = Revocation(
-      connection: connection.id, requestID: request.id, deadline: monotonic() + wait, force: request.force ?? false,
+      connection: connection.id, requestID: request.id, deadline: monotonicSeconds() + wait, force: request.force ?? false,
       forced: false)
     notify(lease, .deviceRequest, "the administrator asks for group \(group) back within \(Int(wait)) s")
     lease.ending = true
@@ -479,7 +479,7 @@ public final class Broker: @unchecked Sendable {
   }
 
   private func housekeeping() {
-    let now = monotonic()
+    let now = monotonicSeconds()
     guard now - lastReap >= configuration.reapInterval else { return }
     lastReap = now
     for connection in connections.values where connection.stalled(now: now, after: configuration.stalledAfter) {
@@ -608,7 +608,7 @@ public final class Broker: @unchecked Sendable {
         drop(connection.id, why: "send failed")
         return false
       }
-      connection.lastProgress = monotonic()
+      connection.lastProgress = monotonicSeconds()
       connection.queued -= sent
       if first.offset + sent == first.bytes.count {
         connection.output.removeFirst()
@@ -663,12 +663,6 @@ public final class Broker: @unchecked Sendable {
       uid: lease.uid, pid: lease.pid, groupID: lease.groupID, command: "broker \(lease.command)", result: result,
       detail: detail)
   }
-}
-
-func monotonic() -> Double {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 /// What an epoll event stands for: the kind in the top byte, an id below.

@@ -1,6 +1,7 @@
 import CVFIO
 import Foundation
 import VFIO
+import VFIOManager
 
 #if canImport(Glibc)
   import Glibc
@@ -130,9 +131,9 @@ public final class BrokerClient: @unchecked Sendable {
   /// The next event, waiting up to `timeout` seconds; nil when none came.
   public func nextEvent(timeout: Double) throws(BrokerError) -> BrokerResponse? {
     if !events.isEmpty { return events.removeFirst() }
-    let deadline = monotonic() + timeout
+    let deadline = monotonicSeconds() + timeout
     while events.isEmpty {
-      let left = deadline - monotonic()
+      let left = deadline - monotonicSeconds()
       guard left > 0, try readMore(timeout: left) else { return nil }
     }
     return events.removeFirst()
@@ -153,14 +154,14 @@ public final class BrokerClient: @unchecked Sendable {
     } catch {
       throw BrokerError(.internalError, "\(error)")
     }
-    let deadline = monotonic() + timeout
+    let deadline = monotonicSeconds() + timeout
     while true {
       if let index = pending.firstIndex(where: { $0.id == request.id || ($0.type == .error && $0.id == nil) }) {
         let response = pending.remove(at: index)
         if let error = response.error { throw error }
         return response
       }
-      let left = deadline - monotonic()
+      let left = deadline - monotonicSeconds()
       guard left > 0 else { throw BrokerError(.internalError, "no answer from the broker in \(Int(timeout)) s") }
       guard try readMore(timeout: left) else { continue }
     }

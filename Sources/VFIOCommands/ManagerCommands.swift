@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VFIOBroker
 import VFIOHost
 import VFIOManager
 import VFIOPolicy
@@ -78,12 +79,19 @@ struct DetachCommand: ParsableCommand {
 
   @OptionGroup var owner: OwnerOptions
 
+  @Flag(help: "The owner reaches the group only through the broker (vfioctl serve): the nodes stay root's, mode 0600.")
+  var brokerOnly = false
+
+  func validate() throws {
+    if brokerOnly && owner.owner == nil { throw ValidationError("--broker-only needs --owner") }
+  }
+
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
       let report = try manager.detach(
         options.target, driver: driver, force: force, allowNoReset: allowNoReset, owner: try owner.ownership(),
-        dryRun: options.dryRun)
+        brokerOnly: brokerOnly, dryRun: options.dryRun)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
@@ -101,9 +109,34 @@ struct AttachCommand: ParsableCommand {
   @Flag(help: "End the group's reservation and give it back all the same.")
   var release = false
 
+  @Option(help: "When the broker has leased the group, ask the holder to release it and wait this many seconds.")
+  var revokeAfter: Double?
+
+  @Flag(help: "Kill the holder when it has not released in time (with --revoke-after).")
+  var revokeForce = false
+
+  @OptionGroup var socketOptions: SocketOptions
+
+  func validate() throws {
+    if revokeForce && revokeAfter == nil { throw ValidationError("--revoke-force needs --revoke-after") }
+    if let revokeAfter, !(0...3600).contains(revokeAfter) { throw ValidationError("--revoke-after must be 0...3600") }
+  }
+
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
+      if let wait = revokeAfter, !options.dryRun, let lease = try manager.lease(options.target) {
+        let outcome = try brokerCall {
+          try BrokerClient(socketPath: socketOptions.socket).revoke(group: lease.groupID, wait: wait, force: revokeForce)
+        }
+        if outcome == "timeout" {
+          throw CLIError.broker(
+            BrokerError(
+              .leased, "pid \(lease.pid) (uid \(lease.uid)) did not release group \(lease.groupID) in \(Int(wait)) s",
+              next: "wait longer, or add --revoke-force to end it"))
+        }
+        printError("group \(lease.groupID): lease \(outcome) (pid \(lease.pid))")
+      }
       let report = try manager.attach(options.target, release: release, dryRun: options.dryRun)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
@@ -239,10 +272,13 @@ struct OwnCommand: ParsableCommand {
     if owner.owner == nil { throw ValidationError("own needs --owner USER[:GROUP]") }
   }
 
+  @Flag(help: "The owner reaches the group only through the broker (vfioctl serve): the nodes stay root's, mode 0600.")
+  var brokerOnly = false
+
   func run() throws {
     try options.run { manager, target in
       guard let ownership = try owner.ownership() else { throw ManagerError.usage("own needs --owner USER[:GROUP]") }
-      return try manager.own(target, owner: ownership)
+      return try manager.own(target, owner: ownership, brokerOnly: brokerOnly)
     }
   }
 }

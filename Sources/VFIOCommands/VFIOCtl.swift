@@ -17,11 +17,12 @@ public struct VFIOCtl: ParsableCommand {
       ListCommand.self, ShowCommand.self, ExplainCommand.self, DoctorCommand.self, CaptureCommand.self,
       DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
       HistoryCommand.self, OwnCommand.self, DisownCommand.self, ReserveCommand.self, UnreserveCommand.self,
-      OwnersCommand.self, PersistCommand.self, ReconcileCommand.self, VFsCommand.self,
+      OwnersCommand.self, PersistCommand.self, ReconcileCommand.self, VFsCommand.self, ServeCommand.self,
+      OpenCommand.self,
     ])
 
   /// The release, printed by `vfioctl --version` and recorded in captures.
-  public static let version = "0.2.0"
+  public static let version = "0.3.0"
 
   public init() {}
 }

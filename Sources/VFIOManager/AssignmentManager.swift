@@ -560,6 +560,13 @@ public final class AssignmentManager {
     }
   }
 
+  /// The broker's lease on the target's group, if it has one: what `attach` asks the broker
+  /// to revoke before it can give the group back.
+  public func lease(_ target: Selector) throws(ManagerError) -> LedgerLease? {
+    let group = try lockingGroup(target)
+    return try Ledger.open(directory: configuration.stateDirectory, create: false)?.lease(group: group)
+  }
+
   /// The group whose lock a command takes, from one sysfs link rather than the whole
   /// inventory (read once the lock is held, so that it is the state the command acts on).
   func lockingGroup(_ target: Selector) throws(ManagerError) -> Int {

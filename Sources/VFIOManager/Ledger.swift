@@ -520,7 +520,7 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
 
 /// `mkdir -p`: every missing directory of `path`, relative paths from the working directory.
 /// Returns the errno of the first mkdir that failed for another reason than EEXIST, or nil.
-func makeDirectories(_ path: String, mode: mode_t) -> Int32? {
+public func makeDirectories(_ path: String, mode: mode_t) -> Int32? {
   var made = path.hasPrefix("/") ? "" : "."
   for component in path.split(separator: "/", omittingEmptySubsequences: true) {
     made += "/" + component
@@ -529,7 +529,7 @@ func makeDirectories(_ path: String, mode: mode_t) -> Int32? {
   return nil
 }
 
-func monotonicSeconds() -> Double {
+public func monotonicSeconds() -> Double {
   var now = timespec()
   clock_gettime(CLOCK_MONOTONIC, &now)
   return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9

@@ -9,6 +9,12 @@ public struct OpenHolder: Sendable, Equatable, Codable, CustomStringConvertible 
   /// `/dev/vfio/4`, `/dev/vfio/devices/vfio2`, or what the kernel's answer showed.
   public let node: String
 
+  public init(pid: Int?, command: String?, node: String) {
+    self.pid = pid
+    self.command = command
+    self.node = node
+  }
+
   public var description: String {
     guard let pid else { return "\(node) is held open by a process this user cannot see (\(command ?? "EBUSY"))" }
     return "pid \(pid) (\(command ?? "?")) has \(node) open"

@@ -1,5 +1,6 @@
 import ArgumentParser
 import VFIO
+import VFIOBroker
 
 extension Backend: ExpressibleByArgument {}
 
@@ -24,11 +25,22 @@ struct Common: ParsableArguments {
   @Flag(help: "Print the report as JSON.")
   var json = false
 
-  /// Opens a PCI address or a /dev/vfio/devices/vfioN path.
-  func open(_ device: String) throws(VFIOError) -> OpenedDevice {
-    device.hasPrefix("/dev/vfio/devices/")
+  @Option(help: "Get the device from the swift-vfio broker at this socket instead of opening it (no root, no /dev/vfio access needed).")
+  var broker: String?
+
+  /// Opens a PCI address or a /dev/vfio/devices/vfioN path, or asks the broker for the address.
+  func open(_ device: String) throws -> OpenedDevice {
+    if let broker {
+      let client = try BrokerClient(socketPath: broker)
+      // The connection is the lease: it lives as long as this process.
+      Common.brokerConnection = client
+      return try client.openDevice(device, backend: backend)
+    }
+    return device.hasPrefix("/dev/vfio/devices/")
       ? try OpenedDevice.open(cdev: device) : try OpenedDevice.open(device, backend: backend)
   }
+
+  nonisolated(unsafe) static var brokerConnection: BrokerClient?
 
   /// Opens `device`, lets `body` add its checks, records the error that ended it early, and
   /// prints the report (exit 1 unless every check passed). Usage errors still stop the command.
@@ -99,7 +111,7 @@ struct Exercise: AsyncParsableCommand {
         useMmap: !noMmap)
       try await EduDriver(opened: opened, options: options).run(into: &report)
     } catch {
-      report.error = error.description
+      report.error = "\(error)"
     }
     try common.finish(report)
   }
