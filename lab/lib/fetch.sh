@@ -44,8 +44,9 @@ unpack_kernel() {
 cmd_fetch() {
     case ${1:-x86_64} in
         ppc64el) fetch_ppc64el; return ;;
+        qemu10) fetch_qemu10 >/dev/null; return ;;
         x86_64) ;;
-        *) die "usage: lab/vm fetch [ppc64el]" ;;
+        *) die "usage: lab/vm fetch [ppc64el|qemu10]" ;;
     esac
     ensure_packages qemu-system-x86 busybox-static python3
     local img61 img612
@@ -75,11 +76,13 @@ private_apt() {
     local arch=$1 root=$CACHE/apt-$1 key=/usr/share/keyrings/debian-archive-keyring.gpg
     mkdir -p "$root/lists/partial" "$root/cache/archives/partial" "$root/sources.list.d"
     [ -e "$root/status" ] || : > "$root/status"
-    cat > "$root/sources.list" <<SRC
+    # Written aside and renamed: a concurrent apt run never reads a half-written file.
+    cat > "$root/sources.list.$$" <<SRC
 deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm main
 deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm-backports main
 SRC
-    cat > "$root/apt.conf" <<CONF
+    mv "$root/sources.list.$$" "$root/sources.list"
+    cat > "$root/apt.conf.$$" <<CONF
 APT::Architecture "$arch";
 APT::Architectures { "$arch"; };
 APT::Sandbox::User "root";
@@ -90,11 +93,69 @@ Dir::State::Lists "$root/lists";
 Dir::State::status "$root/status";
 Dir::Cache "$root/cache";
 CONF
+    mv "$root/apt.conf.$$" "$root/apt.conf"
+    # Other checkouts share these lists (podman, kernels, QEMU 10): one update at a time, and
+    # whoever waited finds .updated and skips it.
     if [ ! -e "$root/lists/.updated" ]; then
-        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || die "apt-get update ($arch) failed"
-        touch "$root/lists/.updated"
+        (
+            flock 9
+            [ -e "$root/lists/.updated" ] && exit 0
+            APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || exit 1
+            touch "$root/lists/.updated"
+        ) 9>"$root/.lab-lock" || die "apt-get update ($arch) failed"
     fi
     echo "$root/apt.conf"
+}
+
+QEMU10_DIR=$CACHE/qemu10
+
+# `lab/vm fetch qemu10`: QEMU 10.0 from bookworm-backports for lab guests, downloaded with the
+# private apt configuration and unpacked under $QEMU10_DIR/VERSION/root, never installed: the
+# host keeps Debian 12's QEMU 7.2, which boots the guests and which other checks run. Prints
+# that root. Only the x86 system emulator, its data files and the SeaBIOS its Depends ask
+# for (>> 1.16.3-1~, newer than bookworm's): the binary's shared libraries all exist in
+# bookworm, and TCG is built in since this packaging (no accel-tcg-x86_64.so module). Once
+# unpacked, apt is not asked again.
+fetch_qemu10() {
+    local cur=$QEMU10_DIR/current conf ver dir debs pkg missing
+    if [ -e "$cur/.done" ]; then echo "$(cd "$cur" && pwd -P)/root"; return 0; fi
+    conf=$(private_apt amd64)
+    mkdir -p "$QEMU10_DIR"
+    (
+        # The private lists and the unpacked tree are shared by concurrent runs.
+        flock 9
+        ver=$(APT_CONFIG=$conf apt-cache show qemu-system-x86/bookworm-backports 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+        case $ver in
+            1:1[0-9].*) ;;
+            *) die "bookworm-backports has no qemu-system-x86 10.x (found '${ver:-nothing}')" ;;
+        esac
+        dir=$QEMU10_DIR/${ver#*:}
+        if [ ! -e "$dir/.done" ]; then
+            debs=$dir.debs
+            mkdir -p "$debs"
+            for pkg in qemu-system-x86 qemu-system-data seabios; do
+                ls "$debs/${pkg}"_*.deb >/dev/null 2>&1 && continue
+                log "downloading $pkg from bookworm-backports"
+                (cd "$debs" && APT_CONFIG=$conf apt-get download -qq "$pkg/bookworm-backports" >&2) \
+                    || die "apt-get download $pkg/bookworm-backports failed"
+            done
+            rm -rf "$dir"; mkdir -p "$dir/root"
+            for pkg in "$debs"/*.deb; do
+                dpkg-deb -x "$pkg" "$dir/root" || die "dpkg-deb -x $pkg failed"
+            done
+            # The binary runs on the host's bookworm libraries (the guest gets them via
+            # --bin's ldd): anything unresolved would need fetching too, so say so now.
+            missing=$(ldd "$dir/root/usr/bin/qemu-system-x86_64" 2>&1 | grep -E 'not found|version .* not found' || true)
+            [ -z "$missing" ] || die "QEMU $ver needs libraries this host lacks: $missing"
+            "$dir/root/usr/bin/qemu-system-x86_64" --version | head -n 1 > "$dir/version" \
+                || die "the unpacked QEMU $ver does not run here"
+            echo "$ver" > "$dir/deb-version"
+            touch "$dir/.done"
+            log "QEMU $ver unpacked -> $dir ($(du -sh "$debs" | cut -f1) of .debs)"
+        fi
+        ln -sfn "$(basename "$dir")" "$cur.tmp" && mv -T "$cur.tmp" "$cur"
+    ) 9>"$QEMU10_DIR/.lock" || exit 1
+    echo "$(cd "$cur" && pwd -P)/root"
 }
 
 # `lab/vm fetch ppc64el`: qemu-system-ppc, Debian's 6.12 ppc64el kernel and static busybox.
