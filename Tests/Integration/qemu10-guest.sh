@@ -82,6 +82,13 @@ expect_error user-ram "Region pc.bios.*Cannot allocate memory" "uid 1000, memloc
 run user sh "$EXAMPLE" "$BDF" 1000
 expect_edu user "root-opened fds, QEMU as uid 1000 (setpriv), memlock guest RAM + 1 MiB"
 
+# A sandboxed VMM may have no /sys: with descriptors QEMU does not look there.
+exec 3<>/dev/iommu 4<>"/dev/vfio/devices/$cdev"
+ulimit -l $((128 * 1024 + 1024))
+run nosys unshare -m sh -c 'umount /sys && [ ! -e /sys/bus ] && exec /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups qemu-system-x86_64 -nodefaults -display none -machine q35 -accel tcg -m 128 -S -object iommufd,id=iommufd0,fd=3 -device vfio-pci,iommufd=iommufd0,fd=4 -monitor stdio'
+expect_edu nosys "uid 1000 with the descriptors and /sys unmounted (own mount namespace)"
+exec 3<&- 4<&-
+
 # --- a device descriptor binds once: a second VMM needs a fresh open ------------------------------
 exec 3<>/dev/iommu 4<>"/dev/vfio/devices/$cdev"
 run once sh -c 'exec qemu-system-x86_64 -nodefaults -display none -machine q35 -accel tcg -m 128 -S -object iommufd,id=iommufd0,fd=3 -device vfio-pci,iommufd=iommufd0,fd=4 -monitor stdio'

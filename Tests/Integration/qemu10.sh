@@ -5,7 +5,8 @@
 # Tests/Integration/qemu10-guest.sh, run in the guest as root:
 #   - root-opened descriptors, QEMU as root: info pci lists 1234:11e8, exit 0;
 #   - nodes 0600 root, QEMU as uid 1000 with the descriptors: refused without them, ENOMEM
-#     with the default memlock limit and with exactly guest RAM, info pci with RAM + 1 MiB;
+#     with the default memlock limit and with exactly guest RAM, info pci with RAM + 1 MiB,
+#     also with /sys unmounted;
 #   - a device descriptor binds once (EINVAL the second time); a fresh open works again.
 # usage: Tests/Integration/qemu10.sh TOPOLOGY RESULTS_DIR   (q35-iommufd only)
 # Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
