@@ -83,15 +83,16 @@ build_edu() {
 # status into /out/NAME.json.rc.
 step() { echo "vfio-edu $2 --json > /out/$1.json 2>/out/$1.err; echo \$? > /out/$1.json.rc"; }
 
-# guest DIR CMD [lab/vm run options...]: boots TOPOLOGY and runs CMD; results under
-# RESULTS/DIR. A guest that does not boot or hangs is a failure.
+# guest DIR CMD [lab/vm run options...]: boots TOPOLOGY and runs CMD (with vfio-edu when
+# build_edu has set EDU); results under RESULTS/DIR. A guest that does not boot or hangs is a
+# failure.
 guest() {
     local dir=$1 cmd=$2
     shift 2
     local started=$SECONDS
     # Results of an earlier run must not pass for this one's.
     rm -rf "${RESULTS:?}/$dir"
-    if ! lab/vm run "$TOPOLOGY" --bin "$EDU" "$@" --out "$RESULTS/$dir" -- "$cmd" \
+    if ! lab/vm run "$TOPOLOGY" ${EDU:+--bin "$EDU"} "$@" --out "$RESULTS/$dir" -- "$cmd" \
         >"$RESULTS/$dir.vm.log" 2>&1; then
         local status
         status=$(cat "$RESULTS/$dir/status" 2>/dev/null || echo none)
@@ -148,4 +149,20 @@ guest_checks() {
             "SKIP "*) echo "$line" ;;
         esac
     done < <(cat "$checks" 2>/dev/null)
+}
+
+# Sets QEMU10_ARGS to the lab/vm run options that put bookworm-backports' QEMU 10 into a guest
+# and QEMU10_VERSION to its version line; fetched and unpacked into $CACHE/qemu10 on first
+# use (lab/vm fetch qemu10), the host's QEMU 7.2 untouched. In the guest:
+# /usr/bin/qemu-system-x86_64 is 10.x (so do not stage the host's 7.2 as well: the last --bin
+# wins), with its libraries from this host; SeaBIOS and kvmvapic.bin sit in QEMU's compiled-in
+# data directory, so no -L or -bios is needed; TCG is built in, no module directory.
+# Usage: qemu10_guest_args || fail ...; guest DIR CMD "${QEMU10_ARGS[@]}" ...
+qemu10_guest_args() {
+    local root
+    root=$(bash -c '. lab/lib/common.sh && . lab/lib/fetch.sh && fetch_qemu10') || return 1
+    QEMU10_VERSION=$(cat "$root/../version")
+    QEMU10_ARGS=(--bin "$root/usr/bin/qemu-system-x86_64"
+        --file "$root/usr/share/seabios/bios-256k.bin:/usr/share/qemu/bios-256k.bin"
+        --file "$root/usr/share/qemu/kvmvapic.bin:/usr/share/qemu/kvmvapic.bin")
 }

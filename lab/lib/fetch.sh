@@ -44,8 +44,9 @@ unpack_kernel() {
 cmd_fetch() {
     case ${1:-x86_64} in
         ppc64el) fetch_ppc64el; return ;;
+        qemu10) fetch_qemu10 >/dev/null; return ;;
         x86_64) ;;
-        *) die "usage: lab/vm fetch [ppc64el]" ;;
+        *) die "usage: lab/vm fetch [ppc64el|qemu10]" ;;
     esac
     ensure_packages qemu-system-x86 busybox-static python3
     local img61 img612
@@ -75,11 +76,13 @@ private_apt() {
     local arch=$1 root=$CACHE/apt-$1 key=/usr/share/keyrings/debian-archive-keyring.gpg
     mkdir -p "$root/lists/partial" "$root/cache/archives/partial" "$root/sources.list.d"
     [ -e "$root/status" ] || : > "$root/status"
-    cat > "$root/sources.list" <<SRC
+    # Written aside and renamed: a concurrent apt run never reads a half-written file.
+    cat > "$root/sources.list.$$" <<SRC
 deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm main
 deb [arch=$arch signed-by=$key] http://deb.debian.org/debian bookworm-backports main
 SRC
-    cat > "$root/apt.conf" <<CONF
+    mv "$root/sources.list.$$" "$root/sources.list"
+    cat > "$root/apt.conf.$$" <<CONF
 APT::Architecture "$arch";
 APT::Architectures { "$arch"; };
 APT::Sandbox::User "root";
@@ -90,27 +93,86 @@ Dir::State::Lists "$root/lists";
 Dir::State::status "$root/status";
 Dir::Cache "$root/cache";
 CONF
-    if [ ! -e "$root/lists/.updated" ]; then
-        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 || die "apt-get update ($arch) failed"
-        touch "$root/lists/.updated"
-    fi
+    mv "$root/apt.conf.$$" "$root/apt.conf"
+    [ -e "$root/lists/.updated" ] || private_apt_update "$root" if-needed
     echo "$root/apt.conf"
 }
 
-# `lab/vm fetch ppc64el`: qemu-system-ppc, Debian's 6.12 ppc64el kernel and static busybox.
-fetch_ppc64el() {
-    ensure_packages qemu-system-ppc
-    local conf img deb bb=$CACHE/busybox-ppc64el
-    conf=$(private_apt ppc64el)
-    img=$(APT_CONFIG=$conf apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+(deb12|bpo)-powerpc64le$' \
-        | awk '{print $1}' | sort -V | tail -n 1)
-    # backports carries the 6.12 ppc64el kernel; 6.1's vfio-pci fails to probe there (-22).
-    [ -n "$img" ] || die "no linux-image-6.12.*-powerpc64le in bookworm(-backports)"
-    deb=$(DEBS_DIR=$CACHE/debs-ppc64el APT_CONFIG=$conf download_deb "$img")
-    unpack_kernel 6.12-ppc64el "$deb"
-    if [ ! -x "$bb/bin/busybox" ]; then
-        deb=$(DEBS_DIR=$CACHE/debs-ppc64el APT_CONFIG=$conf download_deb busybox-static)
-        rm -rf "$bb"; dpkg-deb -x "$deb" "$bb"
+# private_apt_update ROOT [if-needed]: apt-get update of the private lists under ROOT. Other
+# checkouts share them (kernels, podman, QEMU 10): an update holds $ROOT/.lab-lock exclusively,
+# readers (apt-cache, apt-get download) hold it shared, so nobody reads lists half replaced;
+# with if-needed, whoever waited finds .updated and skips it.
+private_apt_update() {
+    local root=$1
+    (
+        flock -x 9
+        [ "${2:-}" = if-needed ] && [ -e "$root/lists/.updated" ] && exit 0
+        APT_CONFIG=$root/apt.conf apt-get update -qq >&2 && touch "$root/lists/.updated"
+    ) 9>"$root/.lab-lock" || die "apt-get update ($root) failed"
+}
+
+# apt_read CONF CMD...: CMD under that private apt configuration, holding its lock shared.
+apt_read() {
+    local conf=$1; shift
+    APT_CONFIG=$conf flock -s "$(dirname "$conf")/.lab-lock" "$@"
+}
+
+QEMU10_DIR=$CACHE/qemu10
+
+# `lab/vm fetch qemu10`: QEMU 10.0 from bookworm-backports for lab guests, downloaded with the
+# private apt configuration and unpacked under $QEMU10_DIR/VERSION/root, never installed: the
+# host keeps Debian 12's QEMU 7.2, which boots the guests and which other checks run. Prints
+# that root. Only the x86 system emulator, its data files and the SeaBIOS its Depends ask
+# for (>> 1.16.3-1~, newer than bookworm's): the binary's shared libraries all exist in
+# bookworm, and TCG is built in since this packaging (no accel-tcg-x86_64.so module). Once
+# unpacked, apt is not asked again.
+fetch_qemu10() {
+    local cur=$QEMU10_DIR/current conf
+    if [ -e "$cur/.done" ]; then echo "$(cd "$cur" && pwd -P)/root"; return 0; fi
+    conf=$(private_apt amd64)
+    mkdir -p "$QEMU10_DIR"
+    # One unpacking at a time; a run that waited finds it done.
+    ( flock 9; unpack_qemu10 "$conf" ) 9>"$QEMU10_DIR/.lock" || die "QEMU 10 from bookworm-backports is not available"
+    echo "$(cd "$cur" && pwd -P)/root"
+}
+
+# unpack_qemu10 APT_CONF: the work of fetch_qemu10, under its lock.
+unpack_qemu10() {
+    local conf=$1 cur=$QEMU10_DIR/current ver dir debs pkg want missing version
+    ver=$(apt_read "$conf" apt-cache show qemu-system-x86/bookworm-backports 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+    case $ver in
+        1:1[0-9].*) ;;
+        *) die "bookworm-backports has no qemu-system-x86 10.x (found '${ver:-nothing}')" ;;
+    esac
+    dir=$QEMU10_DIR/${ver#*:}
+    if [ ! -e "$dir/.done" ]; then
+        debs=$dir.debs
+        mkdir -p "$debs"
+        want=()
+        for pkg in qemu-system-x86 qemu-system-data seabios; do
+            ls "$debs/${pkg}"_*.deb >/dev/null 2>&1 || want+=("$pkg/bookworm-backports")
+        done
+        if [ ${#want[@]} -gt 0 ]; then
+            log "downloading ${want[*]}"
+            # Lists older than the mirror name .debs it has dropped: refresh once and retry.
+            (cd "$debs" && apt_read "$conf" apt-get download -qq "${want[@]}" >&2) || {
+                private_apt_update "$(dirname "$conf")"
+                (cd "$debs" && apt_read "$conf" apt-get download -qq "${want[@]}" >&2)
+            } || die "apt-get download ${want[*]} failed"
+        fi
+        rm -rf "$dir"; mkdir -p "$dir/root"
+        for pkg in "$debs"/*.deb; do
+            dpkg-deb -x "$pkg" "$dir/root" || die "dpkg-deb -x $pkg failed"
+        done
+        # The binary runs on the host's bookworm libraries (the guest gets them via --bin's
+        # ldd): anything unresolved would need fetching too, so say so now.
+        missing=$(ldd "$dir/root/usr/bin/qemu-system-x86_64" 2>&1 | grep 'not found' || true)
+        [ -z "$missing" ] || die "QEMU $ver needs libraries this host lacks: $missing"
+        version=$("$dir/root/usr/bin/qemu-system-x86_64" --version) || die "the unpacked QEMU $ver does not run here"
+        echo "${version%%$'\n'*}" > "$dir/version"
+        echo "$ver" > "$dir/deb-version"
+        touch "$dir/.done"
+        log "QEMU $ver unpacked -> $dir ($(du -sh "$debs" | cut -f1) of .debs)"
     fi
-    log "ppc64el: kernel $(cat "$KERNELS_DIR/6.12-ppc64el/kver"), busybox $bb/bin/busybox"
+    ln -sfn "$(basename "$dir")" "$cur.tmp" && mv -T "$cur.tmp" "$cur"
 }
