@@ -487,7 +487,10 @@ public final class AssignmentManager {
           unfinished: unfinished.map {
             .init(kind: $0.kind, stepsDone: $0.stepsDone, steps: $0.steps.count, pid: $0.pid, started: timestamp($0.started))
           },
-          holders: holders[id] ?? []))
+          holders: holders[id] ?? [],
+          lease: try ledger?.lease(group: id).map {
+            .init(uid: $0.uid, pid: $0.pid, command: $0.command, backend: $0.backend, guest: $0.guest, since: timestamp($0.started))
+          }))
     }
     return StatusReport(ledger: ledger?.path, groups: groups)
   }

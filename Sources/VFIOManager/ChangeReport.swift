@@ -44,6 +44,17 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public let members: [MemberStatus]
     public let unfinished: UnfinishedOperation?
     public let holders: [OpenHolder]
+    /// The broker's grant of the group, while it lasts.
+    public let lease: LeaseStatus?
+  }
+
+  public struct LeaseStatus: Codable, Sendable, Equatable {
+    public let uid: Int
+    public let pid: Int
+    public let command: String
+    public let backend: String
+    public let guest: String?
+    public let since: String
   }
 
   public struct MemberStatus: Codable, Sendable, Equatable {

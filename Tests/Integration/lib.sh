@@ -92,7 +92,8 @@ guest() {
     local started=$SECONDS
     # Results of an earlier run must not pass for this one's.
     rm -rf "${RESULTS:?}/$dir"
-    if ! lab/vm run "$TOPOLOGY" ${EDU:+--bin "$EDU"} "$@" --out "$RESULTS/$dir" -- "$cmd" \
+    if ! lab/vm run "$TOPOLOGY" ${EDU:+--bin "$EDU"} --file "$REPO/Tests/Integration/guest-lib.sh:/lab/guest-lib.sh" \
+        "$@" --out "$RESULTS/$dir" -- "$cmd" \
         >"$RESULTS/$dir.vm.log" 2>&1; then
         local status
         status=$(cat "$RESULTS/$dir/status" 2>/dev/null || echo none)

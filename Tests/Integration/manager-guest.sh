@@ -4,24 +4,13 @@
 # line per check to /out/checks and each command's output under /out. Driven by
 # Tests/Integration/manager.sh, which passes the topology name as $1.
 TOPOLOGY=$1
-S=/tmp/vfio-state
-# vfioctl SUBCOMMAND with the test's ledger.
-v() { sub=$1; shift; vfioctl "$sub" --state "$S" "$@"; }
-: > /out/checks
-
-drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
+. /lab/guest-lib.sh
 ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
-pass() { echo "PASS $*" >> /out/checks; }
-fail() { echo "FAIL $*" >> /out/checks; }
 # expect NAME DEVICE DRIVER OVERRIDE: the kernel shows DEVICE on DRIVER with driver_override OVERRIDE.
 expect() {
     d=$(drv "$2"); o=$(ovr "$2")
     if [ "$d" = "$3" ] && [ "$o" = "$4" ]; then pass "$1"; else fail "$1: $2 is on $d with driver_override $o, expected $3 / $4"; fi
 }
-# run NAME CMD...: runs a vfioctl command, output in /out/NAME.txt, status in $rc.
-run() { _name=$1; shift; "$@" > "/out/$_name.txt" 2>&1; rc=$?; echo "$rc" > "/out/$_name.rc"; }
-expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt")"; fi; }
-expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
 
 # Host drivers for the two e1000 behind the PCIe-to-PCI bridge (the lab binds them to
 # vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.

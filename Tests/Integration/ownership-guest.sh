@@ -5,20 +5,7 @@
 # $1 is the topology. One "PASS name" / "FAIL name: why" / "SKIP ..." line per check in
 # /out/checks, "done" last.
 TOPOLOGY=$1
-S=/tmp/vfio-state
-: > /out/checks
-v() { sub=$1; shift; vfioctl "$sub" --state "$S" "$@"; }
-drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
-perm() { stat -c '%u:%g %a' "$1" 2>/dev/null || echo absent; }
-pass() { echo "PASS $*" >> /out/checks; }
-fail() { echo "FAIL $*" >> /out/checks; }
-run() { _name=$1; shift; "$@" > "/out/$_name.txt" 2>&1; rc=$?; echo "$rc" > "/out/$_name.rc"; }
-expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt")"; fi; }
-expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
-expect_perm() { p=$(perm "$2"); if [ "$p" = "$3" ]; then pass "$1: $2 is $p"; else fail "$1: $2 is $p, expected $3"; fi; }
-# util-linux setpriv (busybox's has no --reuid), staged from the host.
-as_user() { u=$1; shift; /usr/bin/setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
-cdev_of() { ls "/sys/bus/pci/devices/$1/vfio-dev/" 2>/dev/null | head -n 1; }
+. /lab/guest-lib.sh
 # Hot-unplug and replug the e1000e as the kernel sees it, with udev's current rules.
 replug_e1000e() {
     udevadm control --reload
