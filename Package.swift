@@ -62,11 +62,20 @@ let package = Package(
       name: "vfio-edu",
       dependencies: ["VFIO", "VFIOBroker", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets.
-    .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
+    .target(
+      name: "VFIOTestSupport", dependencies: ["VFIOHost", "VFIOManager", "VFIOBroker", "VFIO"],
+      path: "Tests/VFIOTestSupport"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
     .executableTarget(
       name: "vfio-fuzz",
       dependencies: ["VFIOTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+    // The broker under 64 clients against the recording fake, beside a bare SCM_RIGHTS ping-pong.
+    .executableTarget(
+      name: "vfio-broker-bench",
+      dependencies: [
+        "CVFIO", "VFIOBroker", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),

@@ -60,11 +60,14 @@ public final class Broker: @unchecked Sendable {
   private var connections: [UInt64: Connection] = [:]
   private var nextConnection: UInt64 = 1
   private var leases: [Int: ActiveLease] = [:]
-  private var revocations: [Int: Revocation] = [:]
+  /// Answers owed when a lease ends: to `revoke` (root) and to `release` (the holder).
+  private var revocations: [Int: Waiter] = [:]
+  private var releases: [Int: Waiter] = [:]
   private var pendingGrants: [PendingGrant] = []
   private var pendingHistory: [HistoryEntry] = []
   private var lastReap = 0.0
   private var reapInFlight = false
+  private var reapSoon = false
   private let stopping = Atomic<Bool>(false)
   private let finished = Mutex<[ReapOutcome]>([])
   private let worker = DispatchQueue(label: "swift-vfio broker worker")
@@ -149,7 +152,9 @@ public final class Broker: @unchecked Sendable {
       commit()
       housekeeping()
     }
-    for id in Array(connections.keys) { drop(id, why: nil) }
+    // Leases stay as they are: the ledger has them, and the next broker ends them.
+    for connection in connections.values { _ = cvfio_epoll_del(epoll.fd, connection.socket.fd) }
+    connections = [:]
     worker.sync {}
     logger.info("stopped")
   }
@@ -258,10 +263,11 @@ public final class Broker: @unchecked Sendable {
         guard let group = request.group, let lease = leases[group], lease.connection == connection.id else {
           throw BrokerError(.invalidTarget, "no lease of group \(request.group.map(String.init) ?? "(none)") on this connection")
         }
+        // Answered once the group is free again (nobody holds it, reset done), so that the
+        // client can ask for it anew; or after a bound, saying who still holds it.
+        releases[group] = Waiter(
+          connection: connection.id, requestID: request.id, deadline: monotonicSeconds() + 10, force: false, forced: false)
         end(lease, why: "released by pid \(connection.peer.pid)")
-        var response = BrokerResponse(.released, id: request.id)
-        response.group = group
-        send(response, to: connection)
       case .watch:
         connection.watching = true
         send(BrokerResponse(.watching, id: request.id), to: connection)
@@ -348,7 +354,7 @@ public final class Broker: @unchecked Sendable {
       return
     }
     let wait = min(max(request.wait ?? 10, 0), 3600)
-    revocations[group] = Revocation(
+    revocations[group] = Waiter(
       connection: connection.id, requestID: request.id, deadline: monotonicSeconds() + wait, force: request.force ?? false,
       forced: false)
     notify(lease, .deviceRequest, "the administrator asks for group \(group) back within \(Int(wait)) s")
@@ -456,6 +462,9 @@ public final class Broker: @unchecked Sendable {
     lease.connection = nil
     lease.ending = true
     logger.info("lease ending", metadata: ["group": "\(lease.record.groupID)", "why": "\(why)"])
+    // Now rather than at the next tick: a client that closed its descriptors first (as it
+    // should) has the group back as soon as the reset is done.
+    reapSoon = true
   }
 
   private func relayRequest(_ group: Int) {
@@ -480,6 +489,10 @@ public final class Broker: @unchecked Sendable {
 
   private func housekeeping() {
     let now = monotonicSeconds()
+    if reapSoon && !reapInFlight {
+      reapSoon = false
+      reap()
+    }
     guard now - lastReap >= configuration.reapInterval else { return }
     lastReap = now
     for connection in connections.values where connection.stalled(now: now, after: configuration.stalledAfter) {
@@ -493,9 +506,12 @@ public final class Broker: @unchecked Sendable {
         for pid in pids where pid > 1 { source.terminate(pid: pid) }
         pendingHistory.append(history(lease.record, "revoke", "forced: killed \(pids.sorted())"))
       } else {
-        answerRevocation(group, outcome: "timeout")
+        answer(&revocations, group, .revoked, outcome: "timeout")
         leases[group]?.ending = leases[group]?.connection == nil
       }
+    }
+    for (group, release) in releases where now >= release.deadline {
+      answer(&releases, group, .released, outcome: "pending", detail: "still held; the lease ends when its holders close the descriptors")
     }
     reap()
   }
@@ -514,6 +530,8 @@ public final class Broker: @unchecked Sendable {
         ((try? ledger.members(of: lease.groupID)) ?? []).compactMap(\.pciAddress)
       }
       let held = source.holders(of: members)
+      var ended: [(group: Int, reset: Bool, failure: String?)] = []
+      var entries: [HistoryEntry] = []
       for (group, lease) in candidates {
         if let holders = held[group], !holders.isEmpty {
           outcomes.append(.held(group))
@@ -521,23 +539,23 @@ public final class Broker: @unchecked Sendable {
         }
         // Reset only what is still ours: an attach may have given the group back meanwhile.
         let detached = (try? ledger.group(group))?.state == .detached
-        let failure = detached ? source.reset(group: group) : nil
-        var entries = [
-          Broker.historyEntry(lease, "lease-ended", "no process holds the group any more")
-        ]
+        let failure = detached ? source.reset(group: group).map(Broker.oneLine) : nil
+        entries.append(Broker.historyEntry(lease, "lease-ended", "no process holds the group any more"))
         if detached {
           entries.append(
             Broker.historyEntry(lease, failure == nil ? "reset" : "reset-failed", failure ?? "reset after the lease"))
         }
-        do {
-          try ledger.write { db in
-            _ = try LedgerLease.deleteOne(db, key: group)
-            for var entry in entries { try entry.insert(db) }
-          }
-          outcomes.append(.ended(group, reset: detached, failure: failure))
-        } catch {
-          outcomes.append(.held(group))
+        ended.append((group, detached, failure))
+      }
+      // One transaction for the pass, as grants share one.
+      do {
+        try ledger.write { db in
+          for lease in ended { _ = try LedgerLease.deleteOne(db, key: lease.group) }
+          for var entry in entries { try entry.insert(db) }
         }
+        outcomes += ended.map { .ended($0.group, reset: $0.reset, failure: $0.failure) }
+      } catch {
+        outcomes += ended.map { .held($0.group) }
       }
       finished.withLock { $0.append(contentsOf: outcomes) }
       finished.withLock { $0.append(.pass) }
@@ -558,17 +576,20 @@ public final class Broker: @unchecked Sendable {
       statistics.withLock { $0.leasesEnded += 1 }
       notify(lease, .leaseEnded, "group \(group) is free again")
       if reset { notify(lease, .resetDone, failure.map { "reset failed: \($0)" } ?? "group \(group) was reset") }
-      answerRevocation(group, outcome: revocations[group]?.forced == true ? "forced" : "released")
+      answer(&revocations, group, .revoked, outcome: revocations[group]?.forced == true ? "forced" : "released")
+      answer(&releases, group, .released, outcome: "released", detail: failure.map { "reset failed: \($0)" })
       logger.info("lease ended", metadata: ["group": "\(group)", "reset": "\(failure ?? (reset ? "done" : "not ours"))"])
     }
   }
 
-  private func answerRevocation(_ group: Int, outcome: String) {
-    guard let revocation = revocations.removeValue(forKey: group) else { return }
-    guard let connection = connections[revocation.connection] else { return }
-    var response = BrokerResponse(.revoked, id: revocation.requestID)
+  private func answer(
+    _ waiters: inout [Int: Waiter], _ group: Int, _ type: BrokerResponse.Kind, outcome: String, detail: String? = nil
+  ) {
+    guard let waiter = waiters.removeValue(forKey: group), let connection = connections[waiter.connection] else { return }
+    var response = BrokerResponse(type, id: waiter.requestID)
     response.group = group
     response.outcome = outcome
+    response.detail = detail
     send(response, to: connection)
   }
 
@@ -637,6 +658,7 @@ public final class Broker: @unchecked Sendable {
       if let lease = leases[group] { end(lease, why: "connection of pid \(connection.peer.pid) closed") }
     }
     revocations = revocations.filter { $0.value.connection != id }
+    releases = releases.filter { $0.value.connection != id }
   }
 
   // MARK: Helpers
@@ -656,6 +678,11 @@ public final class Broker: @unchecked Sendable {
 
   private func history(_ lease: LedgerLease, _ result: String, _ detail: String) -> HistoryEntry {
     Broker.historyEntry(lease, result, detail)
+  }
+
+  /// Reasons from the manager span lines; a log line and a history detail take one.
+  static func oneLine(_ text: String) -> String {
+    text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
   }
 
   static func historyEntry(_ lease: LedgerLease, _ result: String, _ detail: String) -> HistoryEntry {
@@ -754,7 +781,8 @@ struct PendingGrant {
   let opened: OpenedGrant
 }
 
-struct Revocation {
+/// Someone owed an answer when a lease ends, by `deadline` at the latest.
+struct Waiter {
   let connection: UInt64
   let requestID: Int?
   var deadline: Double

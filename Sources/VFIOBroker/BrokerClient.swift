@@ -113,8 +113,11 @@ public final class BrokerClient: @unchecked Sendable {
     VFIOError(.invalidArgument, operation: "adopt", message: "the grant has no descriptors for \(address)")
   }
 
-  public func release(group: Int) throws(BrokerError) {
-    _ = try call(BrokerRequest(.release, group: group))
+  /// Gives the grant back; returns once the group is free again (`released`), or `pending`
+  /// when something still holds it after 10 s. Close the descriptors first.
+  @discardableResult
+  public func release(group: Int) throws(BrokerError) -> String {
+    try call(BrokerRequest(.release, group: group)).outcome ?? "released"
   }
 
   public func watch() throws(BrokerError) {

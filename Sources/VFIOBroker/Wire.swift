@@ -101,7 +101,7 @@ public struct BrokerRequest: Codable, Sendable, Equatable {
     case list
     /// Descriptors for a group or one device of it.
     case open
-    /// Give a grant back (the descriptors must be closed too before the group is reset).
+    /// Give a grant back (close the descriptors first): answered once the group is free again.
     case release
     /// Events about the caller's grants from now on, on this connection.
     case watch
@@ -239,7 +239,8 @@ public struct BrokerResponse: Codable, Sendable, Equatable {
   public var descriptors: [GrantedDescriptor]?
   public var memlock: MemlockBudget?
   public var event: Event?
-  /// `revoked`: released, forced or timeout.
+  /// `revoked`: released, forced, timeout or none; `released`: released, or pending when the
+  /// group is still held after 10 s (the lease then ends when its holders close it).
   public var outcome: String?
   public var detail: String?
   public var error: BrokerError?

@@ -164,8 +164,12 @@ struct OpenCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
+      let started = monotonicSeconds()
       let client = try brokerCall { try BrokerClient(socketPath: socketOptions.socket) }
       let grant = try brokerCall { try client.open(target, backend: backend, guest: guest) }
+      if ProcessInfo.processInfo.environment["SWIFT_VFIO_TIMINGS"] == "1" {
+        printError(String(format: "timings: grant %.1f ms (connect, open, %d descriptors)", (monotonicSeconds() - started) * 1000, grant.descriptors.count))
+      }
       let launch = Launch(grant: grant)
       let child = try launch.spawn(command)
       // Only the command holds the descriptors now: when it ends, nothing does.

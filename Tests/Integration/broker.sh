@@ -18,7 +18,8 @@ require_lab
 build_edu
 build_vfioctl
 export LAB_MEMORY=${LAB_MEMORY:-1536}
-args=(--bin "$VFIOCTL_BIN" --bin /usr/bin/setpriv --file "$REPO/Tests/Integration/broker-guest.sh:/lab/broker-guest.sh")
+( . lab/lib/common.sh; ensure_packages systemd ) || fail "could not install systemd (systemd-socket-activate)"
+args=(--bin "$VFIOCTL_BIN" --bin /usr/bin/setpriv --bin /usr/bin/systemd-socket-activate --file "$REPO/Tests/Integration/broker-guest.sh:/lab/broker-guest.sh")
 if [ "$TOPOLOGY" = q35-iommufd ]; then
     qemu10_guest_args || { fail "could not fetch QEMU 10 from bookworm-backports (lab/vm fetch qemu10)"; finish; }
     echo "QEMU 10: $QEMU10_VERSION"

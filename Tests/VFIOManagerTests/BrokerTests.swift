@@ -5,61 +5,12 @@ import VFIO
 import VFIOBroker
 import VFIOHost
 import VFIOManager
+import VFIOTestSupport
 import XCTest
 
 #if canImport(Glibc)
   import Glibc
 #endif
-
-/// The kernel as the broker sees it, recorded: grants are descriptors of /dev/null (real
-/// descriptors that really travel), holders are what the test says, resets are counted.
-final class RecordingGrantSource: GrantSource, @unchecked Sendable {
-  let state = Mutex(Recorded())
-  struct Recorded {
-    var opens: [(group: Int, devices: [String], backend: Backend)] = []
-    var resets: [Int] = []
-    var held: [Int: [OpenHolder]] = [:]
-    var terminated: [Int] = []
-  }
-  let backend: Backend
-
-  init(backend: Backend = .legacy) { self.backend = backend }
-
-  func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend { backend == .auto ? self.backend : backend }
-
-  func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
-    state.withLock { $0.opens.append((group, devices.map(\.description), backend)) }
-    var kinds: [GrantedDescriptor] =
-      backend == .iommufd
-      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group)]
-    kinds += devices.map { GrantedDescriptor(kind: .device, group: group, address: $0.description) }
-    let fds = kinds.map { _ in Descriptor(Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)) }
-    return OpenedGrant(
-      backend: backend, descriptors: Array(zip(kinds, fds.map(\.fd))), requestEvent: nil, memlockAccounting: "process",
-      keep: fds)
-  }
-
-  func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
-    state.withLock { recorded in recorded.held.filter { groups.keys.contains($0.key) } }
-  }
-
-  func reset(group: Int) -> String? {
-    state.withLock { $0.resets.append(group) }
-    return nil
-  }
-
-  func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
-  func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])] {
-    Dictionary(uniqueKeysWithValues: groups.map { ($0, ("assignable", [])) })
-  }
-  func terminate(pid: Int) { state.withLock { $0.terminated.append(pid) } }
-
-  func hold(_ group: Int, _ held: Bool) {
-    state.withLock {
-      $0.held[group] = held ? [OpenHolder(pid: 4242, command: "qemu", node: "/dev/vfio/\(group)")] : nil
-    }
-  }
-}
 
 /// A broker on a real Unix socket in a scratch directory, on its own thread.
 final class RunningBroker {

@@ -122,9 +122,5 @@ extension TemporaryTree {
   public func inventory() throws -> HostInventory { try HostInventory.read(Sysfs(root: path), pageSize: 4096) }
 }
 
-/// Seconds on CLOCK_MONOTONIC, for time limits in tests and the fuzzer.
-public func monotonicSeconds() -> Double {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
+/// Seconds on CLOCK_MONOTONIC, for time limits in tests and the fuzzer: the manager's clock.
+@_exported import func VFIOManager.monotonicSeconds

@@ -1,0 +1,61 @@
+import Foundation
+import Synchronization
+import VFIO
+import VFIOBroker
+import VFIOHost
+import VFIOManager
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The kernel as the broker sees it, recorded: grants are descriptors of /dev/null (real
+/// descriptors that really travel), holders are what the test says, resets are counted.
+public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
+  public let state = Mutex(Recorded())
+  public struct Recorded {
+    public var opens: [(group: Int, devices: [String], backend: Backend)] = []
+    public var resets: [Int] = []
+    public var held: [Int: [OpenHolder]] = [:]
+    public var terminated: [Int] = []
+  }
+  public let backend: Backend
+
+  public init(backend: Backend = .legacy) { self.backend = backend }
+
+  public func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend { backend == .auto ? self.backend : backend }
+
+  public func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
+    state.withLock { $0.opens.append((group, devices.map(\.description), backend)) }
+    var kinds: [GrantedDescriptor] =
+      backend == .iommufd
+      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group)]
+    kinds += devices.map { GrantedDescriptor(kind: .device, group: group, address: $0.description) }
+    let fds = kinds.map { _ in Descriptor(Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)) }
+    return OpenedGrant(
+      backend: backend, descriptors: Array(zip(kinds, fds.map(\.fd))), requestEvent: nil, memlockAccounting: "process",
+      keep: fds)
+  }
+
+  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
+    state.withLock { recorded in recorded.held.filter { groups.keys.contains($0.key) } }
+  }
+
+  public func reset(group: Int) -> String? {
+    state.withLock { $0.resets.append(group) }
+    return nil
+  }
+
+  public func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
+  public func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])] {
+    Dictionary(uniqueKeysWithValues: groups.map { ($0, ("assignable", [])) })
+  }
+  public func terminate(pid: Int) { state.withLock { $0.terminated.append(pid) } }
+
+  public func hold(_ group: Int, _ held: Bool) {
+    state.withLock {
+      $0.held[group] = held ? [OpenHolder(pid: 4242, command: "qemu", node: "/dev/vfio/\(group)")] : nil
+    }
+  }
+}
+
