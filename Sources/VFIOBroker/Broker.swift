@@ -285,16 +285,13 @@ public final class Broker: @unchecked Sendable {
 
   private func list(for connection: Connection, id: Int?) throws(BrokerError) -> BrokerResponse {
     let caller = connection.peer
-    let records: [LedgerGroup]
-    do {
-      records = try ledger.groups().filter { $0.state == .detached && ($0.ownerUID == caller.uid || caller.uid == 0) }
-    } catch {
-      throw BrokerError(.ledger, "\(error)")
-    }
-    let assessed = source.assess(groups: records.map(\.id))
+    let records = try ledgerRead(try ledger.groupsWithMembers()).values
+      .filter { $0.group.state == .detached && ($0.group.ownerUID == caller.uid || caller.uid == 0) }
+      .sorted { $0.group.id < $1.group.id }
+    let assessed = source.assess(groups: records.map(\.group.id))
     var groups: [BrokerGroup] = []
-    for record in records {
-      let members = (try? ledger.members(of: record.id))?.compactMap(\.pciAddress) ?? []
+    for (record, recorded) in records {
+      let members = recorded.compactMap(\.pciAddress)
       let view = assessed[record.id]
       let lease = leases[record.id]
       groups.append(
@@ -314,15 +311,16 @@ public final class Broker: @unchecked Sendable {
     let caller = connection.peer
     let (group, devices) = try resolveTarget(request.target)
     let backend = try parseBackend(request.backend)
+    let recorded = try ledgerRead(try ledger.groupsWithMembers([group]))[group]
     do {
       try GrantPolicy.decide(
-        caller: caller, group: group, record: try ledgerRead(try ledger.group(group)),
+        caller: caller, group: group, record: recorded?.group,
         lease: leases[group]?.record ?? pendingGrants.first { $0.lease.groupID == group }?.lease, guest: request.guest)
     } catch {
       refuse(group: group, caller: caller, error)
       throw error
     }
-    let members = try ledgerRead(try ledger.members(of: group)).compactMap(\.pciAddress)
+    let members = (recorded?.members ?? []).compactMap(\.pciAddress)
     let wanted = devices ?? members
     guard !wanted.isEmpty, wanted.allSatisfy(members.contains) else {
       throw BrokerError(.invalidTarget, "\(request.target ?? "") is not a detached endpoint of group \(group)")
@@ -376,9 +374,7 @@ public final class Broker: @unchecked Sendable {
     switch selector {
     case .group(let id): return (id, nil)
     case .device(let address):
-      guard let group = try ledgerRead(try ledger.groups()).first(where: { record in
-        ((try? ledger.members(of: record.id)) ?? []).contains { $0.address == address.description }
-      })?.id else {
+      guard let group = try ledgerRead(try ledger.group(ofMember: address.description)) else {
         throw BrokerError(.notDetached, "\(address) is in no group swift-vfio detached", next: "`vfioctl list` shows its group")
       }
       return (group, [address])
@@ -526,10 +522,10 @@ public final class Broker: @unchecked Sendable {
     let ledger = self.ledger
     worker.async { [self] in
       var outcomes: [ReapOutcome] = []
-      let members = candidates.mapValues { lease in
-        ((try? ledger.members(of: lease.groupID)) ?? []).compactMap(\.pciAddress)
-      }
-      let held = source.holders(of: members)
+      let recorded = (try? ledger.groupsWithMembers(Array(candidates.keys))) ?? [:]
+      let held = source.holders(of: candidates.mapValues { lease in
+        (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress)
+      })
       var ended: [(group: Int, reset: Bool, failure: String?)] = []
       var entries: [HistoryEntry] = []
       for (group, lease) in candidates {
@@ -538,7 +534,7 @@ public final class Broker: @unchecked Sendable {
           continue
         }
         // Reset only what is still ours: an attach may have given the group back meanwhile.
-        let detached = (try? ledger.group(group))?.state == .detached
+        let detached = recorded[group]?.group.state == .detached
         let failure = detached ? source.reset(group: group).map(Broker.oneLine) : nil
         entries.append(Broker.historyEntry(lease, "lease-ended", "no process holds the group any more"))
         if detached {

@@ -424,6 +424,23 @@ public final class Ledger: Sendable {
     }
   }
 
+  /// Groups (all, or those of `ids`) with their members, in one read: the broker reads this
+  /// for every grant.
+  public func groupsWithMembers(_ ids: [Int]? = nil) throws(ManagerError) -> [Int: (group: LedgerGroup, members: [LedgerMember])] {
+    try read { db in
+      let groups = try (ids.map { LedgerGroup.filter(keys: $0) } ?? LedgerGroup.all()).fetchAll(db)
+      let members = try (ids.map { LedgerMember.filter($0.contains(Column("groupID"))) } ?? LedgerMember.all())
+        .order(Column("address")).fetchAll(db)
+      let byGroup = Dictionary(grouping: members, by: \.groupID)
+      return Dictionary(uniqueKeysWithValues: groups.map { ($0.id, ($0, byGroup[$0.id] ?? [])) })
+    }
+  }
+
+  /// The group a device was recorded in, if any.
+  public func group(ofMember address: String) throws(ManagerError) -> Int? {
+    try read { db in try LedgerMember.filter(Column("address") == address).fetchOne(db)?.groupID }
+  }
+
   public func lease(group: Int) throws(ManagerError) -> LedgerLease? {
     try read { db in try LedgerLease.fetchOne(db, key: group) }
   }

@@ -110,6 +110,7 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     as_user 1000 vfioctl open "$B" --socket "$SOCK" --backend legacy --exec -- sleep 600 > /out/holder-1.txt 2>&1 &
     H=$!
     wait_lease "$B" present && pass "a held grant is a lease in the ledger: $(lease_of "$B")" || fail "no lease for group $B: $(head -c 300 /out/holder-1.txt)"
+    run status-leased v status "$B"
     # A device register a reset clears (e1000 RDBAL, BAR0 + 0x2800), written while the lease
     # holds the device enabled; read back after the lease with memory decoding on again.
     bar0=$(awk 'NR == 1 {print $1}' /sys/bus/pci/devices/$E1/resource)
