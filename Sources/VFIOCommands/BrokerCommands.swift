@@ -26,7 +26,7 @@ struct ServeCommand: ParsableCommand {
     abstract: "Run the broker: hand the descriptors of owned groups to their owners over a Unix socket.",
     discussion: """
       A caller is the uid the kernel reports for its connection (SO_PEERCRED). It gets a group's \
-      descriptors only where the ledger says it owns the group (`vfioctl own N --owner UID --broker-only`), \
+      descriptors only where the ledger says it owns the group (given with vfioctl own N --broker-only --owner UID), \
       and, for a reserved group, only for the guest the group is reserved for. A grant is a lease: \
       when the caller releases or dies and no process holds the group any more, the group is reset \
       and free for its owner again. Protocol: docs/broker.md. With systemd socket activation \

@@ -112,7 +112,7 @@ struct AttachCommand: ParsableCommand {
   @Option(help: "When the broker has leased the group, ask the holder to release it and wait this many seconds.")
   var revokeAfter: Double?
 
-  @Flag(help: "Kill the holder when it has not released in time (with --revoke-after).")
+  @Flag(help: "With --revoke-after, kill the holder when it has not released in time.")
   var revokeForce = false
 
   @OptionGroup var socketOptions: SocketOptions
