@@ -64,6 +64,11 @@ public final class Broker: @unchecked Sendable {
   private var revocations: [Int: Waiter] = [:]
   private var releases: [Int: Waiter] = [:]
   private var pendingGrants: [PendingGrant] = []
+  /// The ledger's groups and members as of `recordsVersion`, reread when another process
+  /// (an administrator's vfioctl, a reset) has committed since: every grant is decided on the
+  /// ledger as it is, without decoding it anew each time.
+  private var records: [Int: (group: LedgerGroup, members: [LedgerMember])] = [:]
+  private var recordsVersion: Int?
   private var pendingHistory: [HistoryEntry] = []
   private var lastReap = 0.0
   private var reapInFlight = false
@@ -285,7 +290,7 @@ public final class Broker: @unchecked Sendable {
 
   private func list(for connection: Connection, id: Int?) throws(BrokerError) -> BrokerResponse {
     let caller = connection.peer
-    let records = try ledgerRead(try ledger.groupsWithMembers()).values
+    let records = try currentRecords().values
       .filter { $0.group.state == .detached && ($0.group.ownerUID == caller.uid || caller.uid == 0) }
       .sorted { $0.group.id < $1.group.id }
     let assessed = source.assess(groups: records.map(\.group.id))
@@ -311,7 +316,7 @@ public final class Broker: @unchecked Sendable {
     let caller = connection.peer
     let (group, devices) = try resolveTarget(request.target)
     let backend = try parseBackend(request.backend)
-    let recorded = try ledgerRead(try ledger.groupsWithMembers([group]))[group]
+    let recorded = try currentRecords()[group]
     do {
       try GrantPolicy.decide(
         caller: caller, group: group, record: recorded?.group,
@@ -374,7 +379,9 @@ public final class Broker: @unchecked Sendable {
     switch selector {
     case .group(let id): return (id, nil)
     case .device(let address):
-      guard let group = try ledgerRead(try ledger.group(ofMember: address.description)) else {
+      guard let group = try currentRecords().values.first(where: { record in
+        record.members.contains { $0.address == address.description }
+      })?.group.id else {
         throw BrokerError(.notDetached, "\(address) is in no group swift-vfio detached", next: "`vfioctl list` shows its group")
       }
       return (group, [address])
@@ -658,6 +665,15 @@ public final class Broker: @unchecked Sendable {
   }
 
   // MARK: Helpers
+
+  private func currentRecords() throws(BrokerError) -> [Int: (group: LedgerGroup, members: [LedgerMember])] {
+    let version = try ledgerRead(try ledger.dataVersion())
+    if version != recordsVersion {
+      records = try ledgerRead(try ledger.groupsWithMembers())
+      recordsVersion = version
+    }
+    return records
+  }
 
   private func ledgerRead<T>(_ body: @autoclosure () throws(ManagerError) -> T) throws(BrokerError) -> T {
     do {

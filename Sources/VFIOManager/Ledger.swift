@@ -436,9 +436,15 @@ public final class Ledger: Sendable {
     }
   }
 
-  /// The group a device was recorded in, if any.
-  public func group(ofMember address: String) throws(ManagerError) -> Int? {
-    try read { db in try LedgerMember.filter(Column("address") == address).fetchOne(db)?.groupID }
+  /// SQLite's `PRAGMA data_version`: changes whenever another connection (another vfioctl)
+  /// committed since the last call on this one. Outside any transaction, from a cached
+  /// statement: what a long-running reader (the broker) checks before trusting its copy.
+  public func dataVersion() throws(ManagerError) -> Int {
+    do {
+      return try queue.inDatabase { db in try Int.fetchOne(db.cachedStatement(sql: "PRAGMA data_version")) ?? 0 }
+    } catch {
+      throw .ledger(path: path, error.localizedDescription)
+    }
   }
 
   public func lease(group: Int) throws(ManagerError) -> LedgerLease? {

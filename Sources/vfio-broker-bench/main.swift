@@ -4,7 +4,7 @@
 // lease to end, for a bounded time. Side by side, in the same run, the same message pattern
 // as a bare SCM_RIGHTS ping-pong over socketpairs with one epoll server thread: the rate the
 // kernel's Unix sockets allow with no broker in between.
-//   swift run -c release vfio-broker-bench [--clients 64] [--seconds 5]
+//   swift run -c release vfio-broker-bench [--clients 64] [--seconds 5] [--only broker|bare]
 import CVFIO
 import Foundation
 import GRDB
@@ -21,6 +21,8 @@ import VFIOTestSupport
 struct Load: Sendable {
   var clients = 64
   var seconds = 5.0
+  /// `broker` or `bare` alone, for a profiler.
+  var only: String?
 
   static func parse(_ arguments: [String]) -> Load {
     var load = Load()
@@ -29,8 +31,9 @@ struct Load: Sendable {
       switch (flag, rest.popFirst()) {
       case ("--clients", let value?): load.clients = max(1, min(Int(value) ?? 64, 1000))
       case ("--seconds", let value?): load.seconds = max(0.5, min(Double(value) ?? 5, 600))
+      case ("--only", let value?) where ["broker", "bare"].contains(value): load.only = value
       default:
-        FileHandle.standardError.write(Data("usage: vfio-broker-bench [--clients N] [--seconds S]\n".utf8))
+        FileHandle.standardError.write(Data("usage: vfio-broker-bench [--clients N] [--seconds S] [--only broker|bare]\n".utf8))
         exit(64)
       }
     }
@@ -204,12 +207,12 @@ brokerThread.start()
 let before = descriptorCount()
 
 print("broker load: \(load.clients) clients, \(load.seconds) s each, recording kernel fake, ledger in \(scratch)")
-let measured = brokerRun(load, socket: socketPath)
+let measured = load.only == "bare" ? Run() : brokerRun(load, socket: socketPath)
 usleep(200_000)  // the broker sees the 64 hang-ups
 let after = descriptorCount()
 broker.stop()
 while !brokerThread.isFinished { usleep(1000) }
-let bare = bareRun(load)
+let bare = load.only == "broker" ? Run() : bareRun(load)
 
 func line(_ name: String, _ run: Run, seconds: Double) -> String {
   String(
