@@ -533,7 +533,7 @@ public final class Broker: @unchecked Sendable {
       let held = source.holders(of: candidates.mapValues { lease in
         (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress)
       })
-      var ended: [(group: Int, reset: Bool, failure: String?)] = []
+      var ended: [(group: Int, reset: LeaseReset?)] = []
       var entries: [HistoryEntry] = []
       for (group, lease) in candidates {
         if let holders = held[group], !holders.isEmpty {
@@ -542,13 +542,10 @@ public final class Broker: @unchecked Sendable {
         }
         // Reset only what is still ours: an attach may have given the group back meanwhile.
         let detached = recorded[group]?.group.state == .detached
-        let failure = detached ? source.reset(group: group).map(Broker.oneLine) : nil
+        let reset = detached ? source.reset(group: group) : nil
         entries.append(Broker.historyEntry(lease, "lease-ended", "no process holds the group any more"))
-        if detached {
-          entries.append(
-            Broker.historyEntry(lease, failure == nil ? "reset" : "reset-failed", failure ?? "reset after the lease"))
-        }
-        ended.append((group, detached, failure))
+        if let reset { entries.append(Broker.historyEntry(lease, reset.history.result, reset.history.detail)) }
+        ended.append((group, reset))
       }
       // One transaction for the pass, as grants share one.
       do {
@@ -556,7 +553,7 @@ public final class Broker: @unchecked Sendable {
           for lease in ended { _ = try LedgerLease.deleteOne(db, key: lease.group) }
           for var entry in entries { try entry.insert(db) }
         }
-        outcomes += ended.map { .ended($0.group, reset: $0.reset, failure: $0.failure) }
+        outcomes += ended.map { .ended($0.group, reset: $0.reset) }
       } catch {
         outcomes += ended.map { .held($0.group) }
       }
@@ -573,15 +570,15 @@ public final class Broker: @unchecked Sendable {
       reapInFlight = false
     case .held:
       break
-    case .ended(let group, let reset, let failure):
+    case .ended(let group, let reset):
       guard let lease = leases.removeValue(forKey: group) else { return }
       if let event = lease.requestEvent { _ = cvfio_epoll_del(epoll.fd, event.fd) }
       statistics.withLock { $0.leasesEnded += 1 }
       notify(lease, .leaseEnded, "group \(group) is free again")
-      if reset { notify(lease, .resetDone, failure.map { "reset failed: \($0)" } ?? "group \(group) was reset") }
+      if let reset { notify(lease, .resetDone, reset == .done ? "group \(group) was reset" : reset.history.detail) }
       answer(&revocations, group, .revoked, outcome: revocations[group]?.forced == true ? "forced" : "released")
-      answer(&releases, group, .released, outcome: "released", detail: failure.map { "reset failed: \($0)" })
-      logger.info("lease ended", metadata: ["group": "\(group)", "reset": "\(failure ?? (reset ? "done" : "not ours"))"])
+      answer(&releases, group, .released, outcome: "released", detail: reset.map { $0.history.detail })
+      logger.info("lease ended", metadata: ["group": "\(group)", "reset": "\(reset.map { $0.history.result } ?? "not ours")"])
     }
   }
 
@@ -804,7 +801,8 @@ struct Waiter {
 
 enum ReapOutcome: Sendable {
   case held(Int)
-  case ended(Int, reset: Bool, failure: String?)
+  /// `reset` nil: the group was no longer detached, so not the broker's to reset.
+  case ended(Int, reset: LeaseReset?)
   /// The worker's pass is over.
   case pass
 }

@@ -1,3 +1,4 @@
+import Foundation
 import VFIOManager
 
 /// Who may have a group's descriptors: the one decision the broker makes, from the ledger alone.
@@ -28,7 +29,7 @@ public enum GrantPolicy {
     }
     if let lease {
       throw BrokerError(
-        .leased, "IOMMU group \(id) is held by pid \(lease.pid) since \(lease.started)",
+        .leased, "IOMMU group \(id) is held by pid \(lease.pid) since \(lease.started.formatted(.iso8601))",
         next: "wait until that process ends, or close its descriptors; `vfioctl status \(id)` shows the holder")
     }
   }

@@ -35,6 +35,23 @@ public final class OpenedGrant: @unchecked Sendable {
   }
 }
 
+/// How the reset after a lease went.
+public enum LeaseReset: Sendable, Equatable {
+  case done
+  /// The device has no reset method (a group detached with `--allow-no-reset`).
+  case impossible(String)
+  case failed(String)
+
+  /// The history's result and detail for it.
+  var history: (result: String, detail: String) {
+    switch self {
+    case .done: ("reset", "reset after the lease")
+    case .impossible(let why): ("no-reset", why)
+    case .failed(let why): ("reset-failed", why)
+    }
+  }
+}
+
 /// Everything the broker asks of the kernel, so that tests and the load benchmark can run the
 /// whole broker against a recording fake and the daemon against the host.
 public protocol GrantSource: Sendable {
@@ -44,8 +61,8 @@ public protocol GrantSource: Sendable {
   func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend
   /// Who has the groups' nodes open (the broker's own process excluded).
   func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]]
-  /// Resets the group after a lease; the reason when it could not.
-  func reset(group: Int) -> String?
+  /// Resets the group after a lease.
+  func reset(group: Int) -> LeaseReset
   /// RLIMIT_MEMLOCK of `pid` in bytes, nil when unlimited.
   func memlockLimit(pid: Int) -> UInt64?
   /// The groups as the foundation assesses them now, for `list`.
@@ -147,14 +164,16 @@ public struct LiveGrantSource: GrantSource {
     OpenHolderScanner(sysfs: sysfs).holders(of: groups)
   }
 
-  public func reset(group: Int) -> String? {
+  public func reset(group: Int) -> LeaseReset {
     let manager = AssignmentManager(
       sysfs: sysfs, configuration: .init(stateDirectory: stateDirectory, command: "vfioctl serve (lease ended)"))
     do {
       _ = try manager.reset(.group(group))
-      return nil
+      return .done
+    } catch .refused(_, let refusals) where refusals.allSatisfy({ $0.code == "no-reset" }) {
+      return .impossible(refusals.map(\.message).joined(separator: "; "))
     } catch {
-      return error.description
+      return .failed(Broker.oneLine(error.description))
     }
   }
 

@@ -41,9 +41,9 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     state.withLock { recorded in recorded.held.filter { groups.keys.contains($0.key) } }
   }
 
-  public func reset(group: Int) -> String? {
+  public func reset(group: Int) -> LeaseReset {
     state.withLock { $0.resets.append(group) }
-    return nil
+    return .done
   }
 
   public func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
