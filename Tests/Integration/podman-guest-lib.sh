@@ -1,14 +1,17 @@
 #!/bin/sh
-# Podman in a lab guest (busybox sh, root, no systemd, no journald, an initramfs as /):
-# sourced by a guest-side script after the host staged podman with `podman_guest_args`
-# (Tests/Integration/lib.sh).
-#   podman_prepare_guest          config, storage, cgroups; once per boot
+# Debian's podman in a lab guest (busybox sh, root, no systemd, no journald, the initramfs
+# as /), sourced by a guest-side script after the host staged podman with
+# `podman_guest_args` (Tests/Integration/lib.sh):
+#   podman_prepare_guest          config, storage, cgroups, the root podman can pivot from;
+#                                 once per boot, before any other call
 #   podman_run_cdi DEVICE CMD...  runs CMD in the staged rootfs with the CDI device DEVICE
-#                                 (vendor/class=name, from a spec under /var/run/cdi)
-#   podman_run CMD...             the same container without any device
-# Extra `podman run` options go in PODMAN_RUN_OPTS (word-split).
+#                                 (vendor/class=name from a spec under /var/run/cdi or /etc/cdi)
+#   podman_run CMD...             the same container without a device
+#   podman ARGS...                podman itself, as it has to be called here
+# Extra `podman run` options go in PODMAN_RUN_OPTS (word-split), e.g. "--ulimit memlock=-1:-1".
 PODMAN_ROOTFS=${PODMAN_ROOTFS:-/lab/podman/rootfs}
 PODMAN_STATE=${PODMAN_STATE:-/tmp/podman}
+PODMAN_SYSROOT=/
 
 # podman_mount DIR FSTYPE: mounts FSTYPE on DIR unless something is mounted there already.
 podman_mount() {
@@ -17,7 +20,14 @@ podman_mount() {
 }
 
 podman_prepare_guest() {
-    mkdir -p /etc/containers /var/run/cdi /etc/cdi "$PODMAN_STATE"
+    mkdir -p /etc/containers /etc/cdi "$PODMAN_STATE"
+    # Debian has /var/run -> /run; the CDI spec directory is named through it.
+    [ -e /var/run ] || { mkdir -p /var /run && ln -s /run /var/run; }
+    mkdir -p /var/run/cdi
+    # The rootfs podman_guest_args staged has busybox; sh -c in the container needs /bin/sh.
+    [ -x "$PODMAN_ROOTFS/bin/busybox" ] && [ ! -e "$PODMAN_ROOTFS/bin/sh" ] && ln -s busybox "$PODMAN_ROOTFS/bin/sh"
+    # Debian's defaults come from /usr/share/containers/containers.conf (staged); these
+    # override what needs systemd or journald.
     cat > /etc/containers/containers.conf <<EOF
 [containers]
 log_driver = "k8s-file"
@@ -26,15 +36,32 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "crun"
 EOF
+    # vfs: plain directories, works on any filesystem (overlay on the initramfs does not);
+    # the store is tiny anyway, --rootfs containers use no image layers.
     cat > /etc/containers/storage.conf <<EOF
 [storage]
 driver = "vfs"
 graphroot = "$PODMAN_STATE/root"
 runroot = "$PODMAN_STATE/run"
 EOF
+    # podman's locks are POSIX shared memory (shm_open "/libpod_lock"): without /dev/shm
+    # every command fails with "failed to get new shm lock manager".
     podman_mount /dev/shm tmpfs
+    # crun puts the container in a cgroup (cgroupfs manager) and its device allow-list is
+    # an eBPF program on that cgroup: without cgroup2 nothing restricts device access.
     podman_mount /sys/fs/cgroup cgroup2
+    # pivot_root(2) refuses the initramfs as the old root (EINVAL, crun: "pivot_root:
+    # Invalid argument"): rootfs is the one mount without a parent. A bind mount of it (with
+    # everything mounted below) has one, so podman runs chrooted into that.
+    if grep -q '^rootfs / rootfs ' /proc/mounts; then
+        PODMAN_SYSROOT=/tmp/podman-sysroot
+        if ! grep -q " $PODMAN_SYSROOT " /proc/mounts; then
+            mkdir -p "$PODMAN_SYSROOT" && mount --rbind / "$PODMAN_SYSROOT"
+        fi
+    fi
 }
+
+podman() { chroot "$PODMAN_SYSROOT" /usr/bin/podman "$@"; }
 
 # --rootfs is a flag: the first argument after the options is the rootfs directory.
 podman_run() {
