@@ -20,7 +20,7 @@ podman_mount() {
 }
 
 podman_prepare_guest() {
-    mkdir -p /etc/containers /etc/cdi "$PODMAN_STATE"
+    mkdir -p /etc/containers /etc/cdi "$PODMAN_STATE" || return 1
     # Debian has /var/run -> /run; the CDI spec directory is named through it.
     [ -e /var/run ] || { mkdir -p /var /run && ln -s /run /var/run; }
     mkdir -p /var/run/cdi
@@ -46,17 +46,17 @@ runroot = "$PODMAN_STATE/run"
 EOF
     # podman's locks are POSIX shared memory (shm_open "/libpod_lock"): without /dev/shm
     # every command fails with "failed to get new shm lock manager".
-    podman_mount /dev/shm tmpfs
+    podman_mount /dev/shm tmpfs || return 1
     # crun puts the container in a cgroup (cgroupfs manager) and its device allow-list is
     # an eBPF program on that cgroup: without cgroup2 nothing restricts device access.
-    podman_mount /sys/fs/cgroup cgroup2
+    podman_mount /sys/fs/cgroup cgroup2 || return 1
     # pivot_root(2) refuses the initramfs as the old root (EINVAL, crun: "pivot_root:
     # Invalid argument"): rootfs is the one mount without a parent. A bind mount of it (with
     # everything mounted below) has one, so podman runs chrooted into that.
     if grep -q '^rootfs / rootfs ' /proc/mounts; then
         PODMAN_SYSROOT=/tmp/podman-sysroot
         if ! grep -q " $PODMAN_SYSROOT " /proc/mounts; then
-            mkdir -p "$PODMAN_SYSROOT" && mount --rbind / "$PODMAN_SYSROOT"
+            mkdir -p "$PODMAN_SYSROOT" && mount --rbind / "$PODMAN_SYSROOT" || return 1
         fi
     fi
 }

@@ -5,20 +5,20 @@
 # edu at 0000:00:03.0; without the CDI device the container cannot reach the group; which
 # cdiVersions and fields podman's CDI library takes. $1 is the topology, BACKENDS the VFIO
 # paths to try (legacy; iommufd too on q35-iommufd). One "PASS name" / "FAIL name: why" line
-# per check in /out/checks, "done" last; /out/timings has the podman run times.
+# per check in /out/checks, "done" last; /out/podman-timings has the podman run times.
 TOPOLOGY=$1
 BDF=0000:00:03.0
 KIND=swift-vfio.dev/group
 SPEC=/var/run/cdi/swift-vfio-test.json
 . /lab/podman-guest-lib.sh
 : > /out/checks
-: > /out/timings
+: > /out/podman-timings
 pass() { echo "PASS $*" >> /out/checks; }
 fail() { echo "FAIL $*" >> /out/checks; }
 # Centiseconds of guest uptime (busybox date has no %N).
 now() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
 # timed NAME CMD...: runs CMD with stdout in /out/NAME.out, stderr in /out/NAME.err, its
-# status in $rc and /out/NAME.rc, and its wall time in /out/timings.
+# status in $rc and /out/NAME.rc, and its wall time in /out/podman-timings.
 timed() {
     _n=$1
     shift
@@ -27,7 +27,7 @@ timed() {
     rc=$?
     _t1=$(now)
     echo "$rc" > "/out/$_n.rc"
-    echo "$_n $(( (_t1 - _t0) / 100 )).$(printf %02d $(( (_t1 - _t0) % 100 )))s" >> /out/timings
+    echo "$_n $(( (_t1 - _t0) / 100 )).$(printf %02d $(( (_t1 - _t0) % 100 )))s" >> /out/podman-timings
 }
 why() { echo "exit $rc: $(head -c 300 "/out/$1.out") $(tail -c 400 "/out/$1.err")"; }
 

@@ -22,8 +22,8 @@ export LAB_MEMORY=${LAB_MEMORY:-1536}
 guest podman "BACKENDS='$backends' sh /lab/podman-guest.sh $TOPOLOGY" "${PODMAN_GUEST_ARGS[@]}" \
     --file "$REPO/Tests/Integration/podman-guest.sh:/lab/podman-guest.sh" --timeout 600
 guest_checks podman
-if [ -s "$RESULTS/podman/timings" ]; then
-    echo "guest podman: $(tr '\n' ' ' < "$RESULTS/podman/timings")"
+if [ -s "$RESULTS/podman/podman-timings" ]; then
+    echo "guest podman: $(tr '\n' ' ' < "$RESULTS/podman/podman-timings")"
 fi
 [ -s "$RESULTS/podman/cdi-matrix.txt" ] && sed 's/^/CDI /' "$RESULTS/podman/cdi-matrix.txt"
 finish
