@@ -20,6 +20,11 @@ podman_mount() {
 }
 
 podman_prepare_guest() {
+    # A kernel without these fails later with a bare "no such file or directory".
+    for _ns in pid net ipc uts mnt; do
+        [ -e "/proc/self/ns/$_ns" ] || { echo "podman_prepare_guest: the kernel has no $_ns namespace" >&2; return 1; }
+    done
+    grep -q cgroup2 /proc/filesystems || { echo "podman_prepare_guest: the kernel has no cgroup2" >&2; return 1; }
     mkdir -p /etc/containers /etc/cdi "$PODMAN_STATE" || return 1
     # Debian has /var/run -> /run; the CDI spec directory is named through it.
     [ -e /var/run ] || { mkdir -p /var /run && ln -s /run /var/run; }

@@ -15,6 +15,10 @@
 usage_and_args "$@"
 backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) || skip "no podman scenario for $TOPOLOGY"
 require_lab
+# The custom kernel is cached by its fragment's hash, but lab/vm boots the last one built.
+if [ "$TOPOLOGY" = q35-iommufd ] && ! grep -q '^CONFIG_CGROUP_BPF=y' "$CACHE/kernels/iommufd/config" 2>/dev/null; then
+    skip "the iommufd kernel lacks the container options of lab/kernel/iommufd.config (rebuild: lab/vm build-kernel iommufd)"
+fi
 build_edu
 podman_guest_args "$EDU"
 # podman (~45 MB), vfio-edu twice (guest and rootfs) and the vfs store in guest RAM.
