@@ -55,6 +55,9 @@ EOF
     # crun puts the container in a cgroup (cgroupfs manager) and its device allow-list is
     # an eBPF program on that cgroup: without cgroup2 nothing restricts device access.
     podman_mount /sys/fs/cgroup cgroup2 || return 1
+    # `podman --log-level=debug` runs conmon with --syslog; with nothing on /dev/log every
+    # container then takes 20 s more ("Exceeded conmon timeout waiting for container").
+    [ -S /dev/log ] || syslogd -O "$PODMAN_STATE/syslog" || return 1
     # pivot_root(2) refuses the initramfs as the old root (EINVAL, crun: "pivot_root:
     # Invalid argument"): rootfs is the one mount without a parent. A bind mount of it (with
     # everything mounted below) has one, so podman runs chrooted into that.

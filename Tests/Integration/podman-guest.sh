@@ -112,7 +112,7 @@ done
 
 # CDI 0.5 has no rlimits: a workload pinning more than the default 8 MiB (DPDK, a VMM) needs
 # the memlock limit from the podman command line; the guest's podman honours it.
-timed memlock podman_run --ulimit memlock=-1:-1 /bin/busybox sh -c 'ulimit -l'
+PODMAN_RUN_OPTS='--ulimit memlock=-1:-1' timed memlock podman_run /bin/busybox sh -c 'ulimit -l'
 [ "$rc" = 0 ] && grep -qx unlimited /out/memlock.out && pass "--ulimit memlock=-1:-1 reaches the container (default: $(sed -n 's/^memlock=//p' /out/edu-legacy.err 2>/dev/null) KiB)" \
     || fail "--ulimit memlock=-1:-1: $(why memlock)"
 
@@ -125,19 +125,19 @@ variant() {
     _label=$1 _v=$2 _name=$3 _extra=$4 _expect=$5
     if [ -n "$_extra" ]; then write_spec /var/run/cdi/v.json "$_v" swift-vfio.dev/probe "$_name" /dev/vfio/vfio -- "$_extra"
     else write_spec /var/run/cdi/v.json "$_v" swift-vfio.dev/probe "$_name" /dev/vfio/vfio; fi
-    _n=$((_n + 1))
-    timed "cdi-$_n" podman --log-level=debug run --rm --network none --device "swift-vfio.dev/probe=$_name" \
+    _vi=$((_vi + 1))
+    timed "cdi-$_vi" podman --log-level=debug run --rm --network none --device "swift-vfio.dev/probe=$_name" \
         --rootfs "$PODMAN_ROOTFS" /bin/busybox true
     _res=accepted
     [ "$rc" = 0 ] || _res=rejected
     # Why, in the library's words: the refresh error (debug level only) and podman's error.
-    _msg=$(sed -n 's/.*refreshing the CDI registry: \(.*\)"$/\1/p' "/out/cdi-$_n.err" | head -n 1 \
+    _msg=$(sed -n 's/.*refreshing the CDI registry: \(.*\)"$/\1/p' "/out/cdi-$_vi.err" | head -n 1 \
         | sed 's/\\n\\t\* / /g; s/\\n//g; s/\\"/"/g')
-    _msg="$_msg${_msg:+; }$(grep '^Error:' "/out/cdi-$_n.err" | tail -n 1)"
+    _msg="$_msg${_msg:+; }$(grep '^Error:' "/out/cdi-$_vi.err" | tail -n 1)"
     echo "$_label: $_res ($_v)${_msg:+ -- $_msg}" >> /out/cdi-matrix.txt
     if [ "$_res" = "$_expect" ]; then pass "CDI $_label: $_res"; else fail "CDI $_label: $_res, expected $_expect: $_msg"; fi
 }
-_n=0
+_vi=0
 for v in 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0; do variant "cdiVersion $v" "$v" dev "" accepted; done
 for v in 0.6.0 0.7.0 0.8.0 1.0.0; do variant "cdiVersion $v" "$v" dev "" rejected; done
 variant "device name starting with a digit, 0.5.0" 0.5.0 0dev "" accepted
