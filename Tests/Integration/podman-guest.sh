@@ -150,5 +150,9 @@ variant "a second file of the same kind, other device name" 0.5.0 dev "" accepte
 # The same name in two files of one directory is a conflict: neither resolves.
 write_spec /var/run/cdi/claim-b.json 0.5.0 swift-vfio.dev/probe dev /dev/vfio/vfio
 variant "the same device name in two files of one directory" 0.5.0 dev "" rejected
-rm -f /var/run/cdi/v.json /var/run/cdi/claim-b.json
+rm -f /var/run/cdi/claim-b.json
+# Another vendor's broken spec in the same directory is skipped, ours still resolves.
+echo '{"cdiVersion": "0.5.0", "kind": "other.vendor/x", "devices": [' > /var/run/cdi/broken.json
+variant "beside a spec that does not parse" 0.5.0 dev "" accepted
+rm -f /var/run/cdi/v.json /var/run/cdi/broken.json
 echo done >> /out/checks
