@@ -60,7 +60,8 @@ EOF
     [ -S /dev/log ] || syslogd -O "$PODMAN_STATE/syslog" || return 1
     # pivot_root(2) refuses the initramfs as the old root (EINVAL, crun: "pivot_root:
     # Invalid argument"): rootfs is the one mount without a parent. A bind mount of it (with
-    # everything mounted below) has one, so podman runs chrooted into that.
+    # everything mounted below) has one, so podman runs chrooted into that. Files written
+    # anywhere later (specs in /var/run/cdi) are seen there; mounts made later are not.
     if grep -q '^rootfs / rootfs ' /proc/mounts; then
         PODMAN_SYSROOT=/tmp/podman-sysroot
         if ! grep -q " $PODMAN_SYSROOT " /proc/mounts; then
