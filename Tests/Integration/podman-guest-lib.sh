@@ -31,11 +31,16 @@ podman_prepare_guest() {
     mkdir -p /var/run/cdi
     # The rootfs podman_guest_args staged has busybox; sh -c in the container needs /bin/sh.
     [ -x "$PODMAN_ROOTFS/bin/busybox" ] && [ ! -e "$PODMAN_ROOTFS/bin/sh" ] && ln -s busybox "$PODMAN_ROOTFS/bin/sh"
+    # Debian's default_sysctls set net.ipv4.ping_group_range; on a kernel without IPv4 (the
+    # iommufd one) crun then fails: "open /proc/sys/net/ipv4/ping_group_range: No such file".
+    _sysctls=""
+    [ -d /proc/sys/net/ipv4 ] || _sysctls="default_sysctls = []"
     # Debian's defaults come from /usr/share/containers/containers.conf (staged); these
     # override what needs systemd or journald.
     cat > /etc/containers/containers.conf <<EOF
 [containers]
 log_driver = "k8s-file"
+$_sysctls
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
