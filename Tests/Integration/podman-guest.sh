@@ -47,8 +47,7 @@ write_spec() {
     cat > "$_f" <<EOF
 {
   "cdiVersion": "$_v",
-  "kind": "$_k",
-  $_extra
+  "kind": "$_k",${_extra:+ $_extra}
   "devices": [
     {
       "name": "$_name",
