@@ -16,7 +16,8 @@ usage_and_args "$@"
 backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) || skip "no podman scenario for $TOPOLOGY"
 require_lab
 # The custom kernel is cached by its fragment's hash, but lab/vm boots the last one built.
-if [ "$TOPOLOGY" = q35-iommufd ] && ! grep -q '^CONFIG_CGROUP_BPF=y' "$CACHE/kernels/iommufd/config" 2>/dev/null; then
+# CONFIG_USER_NS is the last of the container options added to the fragment.
+if [ "$TOPOLOGY" = q35-iommufd ] && ! grep -q '^CONFIG_USER_NS=y' "$CACHE/kernels/iommufd/config" 2>/dev/null; then
     skip "the iommufd kernel lacks the container options of lab/kernel/iommufd.config (rebuild: lab/vm build-kernel iommufd)"
 fi
 build_edu
