@@ -167,3 +167,31 @@ qemu10_guest_args() {
         --file "$root/usr/share/seabios/bios-256k.bin:/usr/share/qemu/bios-256k.bin"
         --file "$root/usr/share/qemu/kvmvapic.bin:/usr/share/qemu/kvmvapic.bin")
 }
+
+# podman_guest_args BIN...: installs Debian's podman if missing (podman 4.3 with crun, conmon
+# and containers-common's configuration), stages a container rootfs in RESULTS/podman-rootfs
+# holding each BIN in /usr/bin with every library ldd lists plus a static busybox as
+# /bin/busybox, and sets PODMAN_GUEST_ARGS to the lab/vm run options that put podman, its
+# runtime, its Debian defaults, that rootfs (as /lab/podman/rootfs) and
+# Tests/Integration/podman-guest-lib.sh (as /lab/podman-guest-lib.sh) into the guest.
+# Guest side: `. /lab/podman-guest-lib.sh; podman_prepare_guest; podman_run_cdi KIND=NAME CMD`.
+podman_guest_args() {
+    ( . lab/lib/common.sh; ensure_packages podman crun conmon golang-github-containers-common busybox-static ) \
+        || { fail "could not install podman"; finish; }
+    local rootfs=$RESULTS/podman-rootfs bin lib
+    rm -rf "$rootfs"
+    mkdir -p "$rootfs/bin" "$rootfs/usr/bin"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for bin in "$@"; do
+        cp -L "$bin" "$rootfs/usr/bin/"
+        for lib in $(ldd "$bin" 2>/dev/null | grep -o '/[^ ]*'); do
+            mkdir -p "$rootfs$(dirname "$lib")"
+            cp -L "$lib" "$rootfs$lib"
+        done
+    done
+    PODMAN_GUEST_ARGS=(--bin /usr/bin/podman --bin /usr/bin/crun --bin /usr/bin/conmon
+        --file /usr/share/containers/containers.conf:/usr/share/containers/containers.conf
+        --file /usr/share/containers/seccomp.json:/usr/share/containers/seccomp.json
+        --file "$rootfs:/lab/podman/rootfs"
+        --file "$REPO/Tests/Integration/podman-guest-lib.sh:/lab/podman-guest-lib.sh")
+}
