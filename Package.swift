@@ -11,12 +11,19 @@ let package = Package(
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
     .library(name: "VFIOManager", targets: ["VFIOManager"]),
+    .library(name: "VFIOKubelet", targets: ["VFIOKubelet"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    // The kubelet plugins (VFIOKubelet): gRPC over Unix sockets. Only the Posix HTTP/2
+    // transport is used; its code is generated once by scripts/generate-protos and committed.
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
     // Kernel uAPI structures, request numbers and an errno-returning ioctl.
@@ -35,11 +42,29 @@ let package = Package(
     .target(
       name: "VFIOManager",
       dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
+    // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
+    // messages and stubs generated from Protos/ by scripts/generate-protos, nothing else.
+    .target(
+      name: "KubeletAPI",
+      dependencies: [
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]),
+    // Kubernetes node agent: DRA kubelet plugin, classic device plugin, ResourceSlices, CDI specs.
+    .target(
+      name: "VFIOKubelet",
+      dependencies: [
+        "KubeletAPI", "VFIOHost", "VFIOPolicy", "VFIOManager",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOKubelet",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
@@ -47,6 +72,15 @@ let package = Package(
       name: "vfio-bench",
       dependencies: [
         "VFIOHost", "VFIOPolicy", "VFIOCommands",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    // Plays kubelet against the plugins over their Unix sockets (tests and Tests/Integration).
+    .executableTarget(
+      name: "vfio-kubelet-sim",
+      dependencies: [
+        "KubeletAPI",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
@@ -64,6 +98,13 @@ let package = Package(
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
-    .testTarget(name: "VFIOManagerTests", dependencies: ["VFIOManager", "VFIOCommands", "VFIOTestSupport"]),
+    .testTarget(
+      name: "VFIOManagerTests",
+      dependencies: [
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOKubelet", "KubeletAPI",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]),
   ]
 )
