@@ -66,6 +66,7 @@ let package = Package(
       dependencies: [
         "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOKubelet",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
     .executableTarget(

@@ -87,7 +87,7 @@ public struct CDIWriter: Sendable {
     let target = path(claimUID: claimUID)
     do {
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-      let data = Data((encodeJSON(spec) + "\n").utf8)
+      let data = Data((sortedJSON(spec) + "\n").utf8)
       try data.write(to: URL(fileURLWithPath: target), options: .atomic)
     } catch {
       throw .cdi(path: target, "\(error.localizedDescription)")

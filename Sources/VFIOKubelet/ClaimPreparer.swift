@@ -175,7 +175,7 @@ public final class ClaimPreparer: @unchecked Sendable {
     let path = checkpointPath(checkpoint.claim.uid)
     do {
       try FileManager.default.createDirectory(atPath: checkpointDirectory, withIntermediateDirectories: true)
-      try Data(encodeJSON(checkpoint).utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+      try Data(sortedJSON(checkpoint).utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
     } catch {
       throw .checkpoint(path: path, error.localizedDescription)
     }

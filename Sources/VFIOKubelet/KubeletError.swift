@@ -21,6 +21,17 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
   case apiServer(String)
   case usage(String)
 
+  /// sysexits(3), as vfioctl's other errors: 64 usage, 69 unavailable, 73 cannot create.
+  public var exitCode: Int32 {
+    switch self {
+    case .usage: 64
+    case .apiServer, .claimUnknown: 69
+    case .cdi, .checkpoint, .socket: 73
+    case .manager(_, let error): error.exitCode
+    case .noSuchDevice, .badConfiguration, .taken: 1
+    }
+  }
+
   public var description: String {
     switch self {
     case .claimUnknown(let uid, let why):

@@ -106,7 +106,7 @@ func dnsName(_ text: String) -> String {
 }
 
 /// Sorted keys and two-space indentation, as every JSON output of vfioctl.
-public func encodeJSON<T: Encodable>(_ value: T) -> String {
+public func sortedJSON<T: Encodable>(_ value: T) -> String {
   let encoder = JSONEncoder()
   encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
   guard let data = try? encoder.encode(value) else { return "{}" }
