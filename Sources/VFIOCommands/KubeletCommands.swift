@@ -77,6 +77,9 @@ struct KubeletDRACommand: AsyncParsableCommand {
   @Option(help: "A kubeconfig with a bearer token (default: in-cluster service account).")
   var kubeconfig: String?
 
+  @Flag(help: "Publish and prepare groups without a reset method too (userspace drivers that need none).")
+  var allowNoReset = false
+
   @Flag(help: "Print the ResourceSlices as a JSON List and exit (works on a capture with the root option).")
   var printSlices = false
 
@@ -93,7 +96,7 @@ struct KubeletDRACommand: AsyncParsableCommand {
       do { inventory = try HostInventory.read(host.sysfs) } catch {
         throw CLIError.unavailable("\(error)")
       }
-      let slices = SliceBuilder(driver: driver, nodeName: node).slices(DeviceCatalog(inventory: inventory))
+      let slices = SliceBuilder(driver: driver, nodeName: node).slices(DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset))
       if printSlices {
         print(sortedJSON(SliceList(items: slices)))
         return
@@ -120,7 +123,8 @@ struct KubeletDRACommand: AsyncParsableCommand {
       let manager = stateOptions.manager(host: host)
       let cdi = CDIWriter(
         directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
-      let preparer = ClaimPreparer(manager: manager, cdi: cdi, driver: driver, logger: logger)
+      let preparer = ClaimPreparer(
+        manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, logger: logger)
       try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger).run()
     }
   }

@@ -36,11 +36,17 @@ public final class ClaimPreparer: @unchecked Sendable {
   public let driver: String
   /// `<state>/kubelet-claims`: one checkpoint per prepared claim.
   public let checkpointDirectory: String
+  /// Publish and prepare groups without a reset method (`--allow-no-reset`).
+  public let allowNoReset: Bool
   let logger: Logger
   private let lock = NSLock()
 
-  public init(manager: AssignmentManager, cdi: CDIWriter, driver: String, logger: Logger = Logger(label: "vfio.dra")) {
+  public init(
+    manager: AssignmentManager, cdi: CDIWriter, driver: String, allowNoReset: Bool = false,
+    logger: Logger = Logger(label: "vfio.dra")
+  ) {
     self.manager = manager
+    self.allowNoReset = allowNoReset
     self.cdi = cdi
     self.driver = driver
     self.checkpointDirectory = manager.configuration.stateDirectory + "/kubelet-claims"
@@ -56,7 +62,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       do throws(InventoryError) { inventory = try HostInventory.read(manager.sysfs) } catch {
         throw .manager(claim: claim.uid, .unavailable(error.description))
       }
-      let catalog = DeviceCatalog(inventory: inventory)
+      let catalog = DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset)
       let taken = try heldGroups()
       var chosen: [(PublishedDevice, [ClaimAllocation.Result])] = []
       for result in allocation.results {
@@ -73,7 +79,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       }
       for (device, _) in chosen {
         do throws(ManagerError) {
-          _ = try manager.detach(.group(device.group), owner: allocation.ownership, dryRun: true)
+          _ = try manager.detach(.group(device.group), owner: allocation.ownership, allowNoReset: allowNoReset, dryRun: true)
         } catch {
           throw .manager(claim: claim.uid, error)
         }
@@ -81,7 +87,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       var groups: [ClaimCheckpoint.Group] = []
       for (device, _) in chosen {
         do throws(ManagerError) {
-          let report = try manager.detach(.group(device.group), owner: allocation.ownership, detachedBy: "dra")
+          let report = try manager.detach(.group(device.group), owner: allocation.ownership, allowNoReset: allowNoReset, detachedBy: "dra")
           groups.append(.init(group: device.group, detached: report.outcome == .done))
           logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
         } catch {

@@ -42,7 +42,7 @@ public struct DevicePlugin: Sendable {
       try await withThrowingTaskGroup { group in
         group.addTask { try await server.serve() }
         try await server.listening()
-        try await register()
+        try await registerRetrying()
         logger.info("registered \(resourceName) with the kubelet (\(socketName))")
         await onRegistered()
         // A kubelet that restarted removed our socket and made kubelet.sock anew.
@@ -62,6 +62,17 @@ public struct DevicePlugin: Sendable {
     while true {
       if let identity = fileIdentity(paths.kubeletSocket) { return identity }
       try await Task.sleep(for: .seconds(pollInterval))
+    }
+  }
+
+  /// A kubelet that is starting may have made its socket before it listens on it.
+  func registerRetrying(attempts: Int = 50) async throws {
+    for attempt in 1...attempts {
+      do { return try await register() } catch {
+        if attempt == attempts { throw error }
+        logger.info("registering with the kubelet: \(error); trying again")
+        try await Task.sleep(for: .seconds(min(pollInterval, 1) * 2))
+      }
     }
   }
 

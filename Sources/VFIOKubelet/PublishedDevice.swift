@@ -51,17 +51,21 @@ public struct DeviceCatalog: Sendable {
     self.published = published
   }
 
-  public init(inventory: HostInventory) {
+  /// With `allowNoReset`, a group whose only blocker is a missing reset is published too
+  /// (as `conditional`), for userspace drivers that live without one (QEMU's edu device).
+  public init(inventory: HostInventory, allowNoReset: Bool = false) {
     self.devices = inventory.devices
     let assessor = Assessor(inventory: inventory)
     published = inventory.groups.compactMap { group -> PublishedDevice? in
       let assessment = assessor.assess(group: group.id)
-      guard assessment.verdict != .notAssignable else { return nil }
+      let blockers = assessment.reasons.filter { $0.severity == .blocker }
+      let resetOnly = allowNoReset && !blockers.isEmpty && blockers.allSatisfy { $0.code == .noReset }
+      guard assessment.verdict != .notAssignable || resetOnly else { return nil }
       let endpoints = assessment.members.filter { $0.role == .endpoint }
       guard let first = endpoints.first, let device = inventory.device(first.address) else { return nil }
       let onVFIO = endpoints.allSatisfy { $0.driver.map(PCIDevice.isVFIODriver) ?? false }
       return PublishedDevice(
-        group: group.id, functions: endpoints.map(\.address), verdict: assessment.verdict,
+        group: group.id, functions: endpoints.map(\.address), verdict: resetOnly ? .conditional : assessment.verdict,
         vendorID: device.vendorID, deviceID: device.deviceID, classCode: device.classCode,
         resetMethod: first.reset?.method?.rawValue, pcieRoot: pcieRoot(of: device, inventory.sysfs),
         numaNode: device.numaNode,
