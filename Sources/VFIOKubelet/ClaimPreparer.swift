@@ -79,7 +79,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       }
       for (device, _) in chosen {
         do throws(ManagerError) {
-          _ = try manager.detach(.group(device.group), owner: allocation.ownership, allowNoReset: allowNoReset, dryRun: true)
+          _ = try manager.detach(.group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
         } catch {
           throw .manager(claim: claim.uid, error)
         }
@@ -87,7 +87,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       var groups: [ClaimCheckpoint.Group] = []
       for (device, _) in chosen {
         do throws(ManagerError) {
-          let report = try manager.detach(.group(device.group), owner: allocation.ownership, allowNoReset: allowNoReset, detachedBy: "dra")
+          let report = try manager.detach(.group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
           groups.append(.init(group: device.group, detached: report.outcome == .done))
           logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
         } catch {

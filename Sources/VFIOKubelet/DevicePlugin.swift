@@ -30,7 +30,7 @@ public struct DevicePlugin: Sendable {
 
   /// The groups as they are now; a host that cannot be read publishes nothing.
   public func core() -> DevicePluginCore {
-    let catalog = (try? HostInventory.read(sysfs)).map(DeviceCatalog.init) ?? DeviceCatalog.empty
+    let catalog = (try? HostInventory.read(sysfs)).map { DeviceCatalog(inventory: $0) } ?? DeviceCatalog.empty
     return DevicePluginCore(resourceName: resourceName, catalog: catalog)
   }
 

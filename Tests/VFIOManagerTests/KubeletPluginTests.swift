@@ -4,7 +4,7 @@ import GRPCNIOTransportHTTP2Posix
 import KubeletAPI
 import Logging
 import VFIOHost
-import VFIOKubelet
+@testable import VFIOKubelet
 import VFIOPolicy
 import VFIOTestSupport
 import XCTest
@@ -171,7 +171,8 @@ final class KubeletPluginTests: ManagerTestCase {
       claimJSON(["group-2"], parameters: #"{"owner":"1000:1000","mode":"0660"}"#), driver: driver, claim: "u1")
     XCTAssertEqual(allocation.ownership, Ownership(uid: 1000, gid: 1000, mode: 0o660))
     _ = try preparer(cdi: scratch).prepare(claim, allocation)
-    XCTAssertEqual(try ledger().group(2)?.owner, Ownership(uid: 1000, gid: 1000, mode: 0o660))
+    XCTAssertEqual(try ledger().group(2)?.ownership, Ownership(uid: 1000, gid: 1000, mode: 0o660))
+    XCTAssertEqual(try ledger().group(2)?.detachedBy, "dra")
   }
 
   func testBadClaimsAreAnsweredWithAnErrorAndNothingIsDetached() throws {
@@ -309,7 +310,8 @@ final class KubeletPluginTests: ManagerTestCase {
 
     try await withGRPCClient(transport: try unix(paths.devicePlugins + "/" + first.endpoint)) { client in
       let dp = V1beta1_DevicePlugin.Client(wrapping: client)
-      XCTAssertTrue(try await dp.getDevicePluginOptions(.init()).getPreferredAllocationAvailable)
+      let options = try await dp.getDevicePluginOptions(.init())
+      XCTAssertTrue(options.getPreferredAllocationAvailable)
       let listed = try await dp.listAndWatch(.init()) { response in
         var first: V1beta1_ListAndWatchResponse?
         for try await message in response.messages {
@@ -358,7 +360,8 @@ struct TestKubelet {
   }
 
   mutating func nextRegistration() async throws -> V1beta1_RegisterRequest {
-    try XCTUnwrap(await registrations.next())
+    let next = await registrations.next()
+    return try XCTUnwrap(next)
   }
 
   func stop() { task.cancel() }
