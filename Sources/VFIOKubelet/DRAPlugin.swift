@@ -152,10 +152,6 @@ struct V1beta1Service: DRAv1beta1.SimpleServiceProtocol {
   }
 }
 
-/// The same bytes read as another message type: for API versions that share their layout.
-func twin<A: SwiftProtobuf.Message, B: SwiftProtobuf.Message>(_ message: A) throws -> B {
-  try B(serializedBytes: try message.serializedBytes() as [UInt8])
-}
 
 struct RegistrationService: Pluginregistration_Registration.SimpleServiceProtocol {
   let info: Pluginregistration_PluginInfo

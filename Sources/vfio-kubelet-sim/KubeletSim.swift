@@ -59,9 +59,6 @@ struct ClaimOptions: ParsableArguments {
   }
 }
 
-func twin<A: SwiftProtobuf.Message, B: SwiftProtobuf.Message>(_ message: A) throws -> B {
-  try B(serializedBytes: try message.serializedBytes() as [UInt8])
-}
 
 struct Prepare: AsyncParsableCommand {
   static let configuration = CommandConfiguration(abstract: "NodePrepareResources for one claim.")
