@@ -2,7 +2,7 @@
 # Runs inside a lab guest (busybox sh, as root), driven by Tests/Integration/kubelet.sh:
 # vfioctl's kubelet plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
 # judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
-# line per check in /out/checks, "done" last; figures in /out/timings.
+# line per check in /out/checks, "done" last; figures in /out/kubelet-timings.
 TOPOLOGY=$1
 S=/tmp/vfio-state
 K=/tmp/kubelet
@@ -12,7 +12,7 @@ DRIVER=vfio.swift-vfio.io
 REG=$K/plugins_registry/$DRIVER-reg.sock
 DRA=$K/plugins/$DRIVER/dra.sock
 : > /out/checks
-: > /out/timings
+: > /out/kubelet-timings
 drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
 pass() { echo "PASS $*" >> /out/checks; }
 fail() { echo "FAIL $*" >> /out/checks; }
@@ -26,7 +26,6 @@ both_on() {
 }
 # Milliseconds since boot, from /proc/uptime (busybox date has no %N).
 now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
-wait_socket() { i=0; while [ ! -S "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done; [ -S "$1" ]; }
 claim() {  # claim UID DEVICE: a ResourceClaim allocated to DEVICE of this driver
     cat > "$CLAIMS/$1.json" <<JSON
 {"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"vm-$1","namespace":"default","uid":"$1"},
@@ -37,7 +36,11 @@ start_dra() {
     vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir $CDI --claims $CLAIMS --node-name lab \
         > /out/dra-plugin.log 2>&1 &
     DRA_PID=$!
-    wait_socket "$REG"
+    # A plugin that was killed leaves its socket files: wait until the new one answers.
+    i=0
+    until vfio-kubelet-sim info --socket "$REG" > /dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 150 ] || return 1; sleep 0.2
+    done
 }
 
 # The two e1000 behind the PCIe-to-PCI bridge on their host driver (the lab binds them to
@@ -111,8 +114,8 @@ both_on "unprepare gave both back to e1000" e1000
 [ ! -e "$SPEC" ] && pass "unprepare removed the CDI spec" || fail "the CDI spec is still there"
 run unprepare-again vfio-kubelet-sim unprepare --socket "$DRA" --uid u1 --v1beta1
 expect_no_text "unprepare again (v1beta1): no error" '"error"' unprepare-again
-echo "DRA prepare (bridge group, 2 functions): $((t1 - t0)) ms" >> /out/timings
-echo "DRA unprepare: $((t3 - t2)) ms" >> /out/timings
+echo "DRA prepare (bridge group, 2 functions): $((t1 - t0)) ms" >> /out/kubelet-timings
+echo "DRA unprepare: $((t3 - t2)) ms" >> /out/kubelet-timings
 # Five more rounds for the latency figure.
 total=0
 for i in 1 2 3 4 5; do
@@ -123,7 +126,7 @@ for i in 1 2 3 4 5; do
     b=$(now_ms)
     total=$((total + b - a))
 done
-echo "DRA prepare+unprepare per claim (mean of 5, incl. two sim process starts): $((total / 5)) ms" >> /out/timings
+echo "DRA prepare+unprepare per claim (mean of 5, incl. two sim process starts): $((total / 5)) ms" >> /out/kubelet-timings
 both_on "after five more rounds: both on e1000" e1000
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
 

@@ -6,7 +6,7 @@
 #     it detaches both e1000 to vfio-pci and writes a CDI spec naming /dev/vfio/N, again is
 #     idempotent, a bad claim is answered with an error and detaches nothing; v1beta1 too;
 #     NodeUnprepareResources puts both back on e1000 and removes the spec; a plugin restart
-#     keeps a prepared claim prepared; prepare+unprepare latency per claim (/out/timings);
+#     keeps a prepared claim prepared; prepare+unprepare latency per claim (/out/kubelet-timings);
 #   - device plugin: Register on kubelet.sock, ListAndWatch (the group Healthy once detached),
 #     GetPreferredAllocation, Allocate (/dev/vfio/vfio + /dev/vfio/N, mrw, PCI_RESOURCE_…), and
 #     after a kubelet restart (sockets removed, kubelet.sock made anew) a second Register.
@@ -31,8 +31,14 @@ if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else
     SIM_BIN=$REPO/.build-lab/release/vfio-kubelet-sim
 fi
 export LAB_MEMORY=${LAB_MEMORY:-1024}
-guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" \
-    --file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh" --timeout 600
+files=(--file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh")
+if [ "$TOPOLOGY" = q35-vtd ]; then
+    # Debian's 6.1 has e1000 as a module; the iommufd kernel has it built in.
+    e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
+    [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
+    files+=(--file "$e1000:/lab/e1000.ko")
+fi
+guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" "${files[@]}" --timeout 600
 guest_checks kubelet
-[ -f "$RESULTS/kubelet/timings" ] && sed 's/^/  /' "$RESULTS/kubelet/timings"
+[ -f "$RESULTS/kubelet/kubelet-timings" ] && sed 's/^/  /' "$RESULTS/kubelet/kubelet-timings"
 finish
