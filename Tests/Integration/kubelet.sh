@@ -30,7 +30,8 @@ if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else
     fi
     SIM_BIN=$REPO/.build-lab/release/vfio-kubelet-sim
 fi
-export LAB_MEMORY=${LAB_MEMORY:-1024}
+# vfioctl (about 200 MB static), the simulator and vfio-edu unpack into the guest's RAM.
+export LAB_MEMORY=${LAB_MEMORY:-2048}
 files=(--file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh")
 if [ "$TOPOLOGY" = q35-vtd ]; then
     # Debian's 6.1 has e1000 as a module; the iommufd kernel has it built in.
