@@ -96,19 +96,21 @@ struct KubeletDRACommand: AsyncParsableCommand {
       do { inventory = try HostInventory.read(host.sysfs) } catch {
         throw CLIError.unavailable("\(error)")
       }
-      let slices = SliceBuilder(driver: driver, nodeName: node).slices(DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset))
+      let slices = SliceBuilder(driver: driver, nodeName: node).slices(
+        DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset))
       if printSlices {
         print(sortedJSON(SliceList(items: slices)))
         return
       }
       bootstrapLogging()
       let logger = Logger(label: "vfio.dra")
-      let api = try kubeconfig.map { path throws(KubeletError) in
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-          throw KubeletError.usage("--kubeconfig \(path): cannot read it")
-        }
-        return try APIServer.kubeconfig(text)
-      } ?? APIServer.inCluster()
+      let api =
+        try kubeconfig.map { path throws(KubeletError) in
+          guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw KubeletError.usage("--kubeconfig \(path): cannot read it")
+          }
+          return try APIServer.kubeconfig(text)
+        } ?? APIServer.inCluster()
       let source: any ClaimSource
       if let claims {
         source = ClaimDirectory(path: claims)
@@ -125,7 +127,8 @@ struct KubeletDRACommand: AsyncParsableCommand {
         directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
       let preparer = ClaimPreparer(
         manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, logger: logger)
-      try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger).run()
+      try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger)
+        .run()
     }
   }
 }

@@ -42,7 +42,8 @@ public struct APIServer: Sendable {
       throw .apiServer("the kubeconfig has no cluster server")
     }
     let token =
-      value("token") ?? value("tokenFile").flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?
+      value("token")
+      ?? value("tokenFile").flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?
       .trimmingCharacters(in: .whitespacesAndNewlines)
     return APIServer(server: url, token: token)
   }
@@ -61,7 +62,8 @@ public struct APIServer: Sendable {
     let data: Data
     let response: URLResponse
     do { (data, response) = try await URLSession.shared.data(for: request) } catch {
-      throw .apiServer("\(request.httpMethod ?? "GET") \(request.url?.absoluteString ?? ""): \(error.localizedDescription)")
+      throw .apiServer(
+        "\(request.httpMethod ?? "GET") \(request.url?.absoluteString ?? ""): \(error.localizedDescription)")
     }
     let status = (response as? HTTPURLResponse)?.statusCode ?? 0
     guard (200..<300).contains(status) else {
@@ -79,7 +81,9 @@ public struct APIServer: Sendable {
       body: Data(sortedJSON(slice).utf8), contentType: "application/apply-patch+yaml")
     request.url = request.url.flatMap { url in
       var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
-      components?.queryItems = [URLQueryItem(name: "fieldManager", value: "swift-vfio"), URLQueryItem(name: "force", value: "true")]
+      components?.queryItems = [
+        URLQueryItem(name: "fieldManager", value: "swift-vfio"), URLQueryItem(name: "force", value: "true"),
+      ]
       return components?.url
     }
     return request

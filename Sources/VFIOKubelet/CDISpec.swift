@@ -105,7 +105,8 @@ public struct CDIWriter: Sendable {
 
 /// `PCI_RESOURCE_<NAME>` as KubeVirt derives it: upper case, `/` and `.` to `_`.
 public func environmentVariable(_ resourceName: String) -> String {
-  "PCI_RESOURCE_" + resourceName.uppercased().replacingOccurrences(of: "/", with: "_")
+  "PCI_RESOURCE_"
+    + resourceName.uppercased().replacingOccurrences(of: "/", with: "_")
     .replacingOccurrences(of: ".", with: "_")
 }
 

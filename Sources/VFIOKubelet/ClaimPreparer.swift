@@ -70,7 +70,9 @@ public final class ClaimPreparer: @unchecked Sendable {
           throw .noSuchDevice(claim: claim.uid, device: result.device, published: catalog.published.map(\.name))
         }
         if let holder = taken[device.group] { throw .taken(claim: claim.uid, group: device.group, by: holder) }
-        if let index = chosen.firstIndex(where: { $0.0 == device }) { chosen[index].1.append(result) } else {
+        if let index = chosen.firstIndex(where: { $0.0 == device }) {
+          chosen[index].1.append(result)
+        } else {
           chosen.append((device, [result]))
         }
       }
@@ -79,7 +81,8 @@ public final class ClaimPreparer: @unchecked Sendable {
       }
       for (device, _) in chosen {
         do throws(ManagerError) {
-          _ = try manager.detach(.group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
+          _ = try manager.detach(
+            .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
         } catch {
           throw .manager(claim: claim.uid, error)
         }
@@ -87,7 +90,8 @@ public final class ClaimPreparer: @unchecked Sendable {
       var groups: [ClaimCheckpoint.Group] = []
       for (device, _) in chosen {
         do throws(ManagerError) {
-          let report = try manager.detach(.group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
+          let report = try manager.detach(
+            .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
           groups.append(.init(group: device.group, detached: report.outcome == .done))
           logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
         } catch {

@@ -54,7 +54,8 @@ public struct DRAPlugin: Sendable {
   /// Serves until cancelled: the DRA socket first, then the registration socket, so the
   /// kubelet never finds a plugin whose endpoint is not listening yet.
   public func run(onListening: @Sendable () async -> Void = {}) async throws {
-    let dra = try UnixServer(path: paths.draSocket(driver: driver), services: [V1Service(plugin: self), V1beta1Service(plugin: self)])
+    let dra = try UnixServer(
+      path: paths.draSocket(driver: driver), services: [V1Service(plugin: self), V1beta1Service(plugin: self)])
     let registration = try UnixServer(
       path: paths.registrationSocket(driver: driver),
       services: [RegistrationService(info: pluginInfo, logger: logger)])
@@ -69,7 +70,9 @@ public struct DRAPlugin: Sendable {
   }
 
   /// One claim of NodePrepareResources: its devices, or the error the kubelet shows.
-  func prepareClaim(_ claim: K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim) async -> K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodePrepareResourceResponse {
+  func prepareClaim(_ claim: K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim) async
+    -> K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodePrepareResourceResponse
+  {
     var answer = K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodePrepareResourceResponse()
     let reference = ClaimReference(namespace: claim.namespace, uid: claim.uid, name: claim.name)
     do {
@@ -95,7 +98,9 @@ public struct DRAPlugin: Sendable {
     return answer
   }
 
-  func unprepareClaim(_ claim: K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim) -> K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodeUnprepareResourceResponse {
+  func unprepareClaim(_ claim: K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim)
+    -> K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodeUnprepareResourceResponse
+  {
     var answer = K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodeUnprepareResourceResponse()
     let reference = ClaimReference(namespace: claim.namespace, uid: claim.uid, name: claim.name)
     do { try preparer.unprepare(reference) } catch {
@@ -151,7 +156,6 @@ struct V1beta1Service: DRAv1beta1.SimpleServiceProtocol {
     try twin(plugin.unprepare(try twin(request)))
   }
 }
-
 
 struct RegistrationService: Pluginregistration_Registration.SimpleServiceProtocol {
   let info: Pluginregistration_PluginInfo

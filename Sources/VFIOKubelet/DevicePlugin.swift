@@ -93,7 +93,9 @@ public struct DevicePlugin: Sendable {
 struct DevicePluginService: V1beta1_DevicePlugin.SimpleServiceProtocol {
   let plugin: DevicePlugin
 
-  func getDevicePluginOptions(request: V1beta1_Empty, context: ServerContext) async throws -> V1beta1_DevicePluginOptions {
+  func getDevicePluginOptions(request: V1beta1_Empty, context: ServerContext) async throws
+    -> V1beta1_DevicePluginOptions
+  {
     var options = V1beta1_DevicePluginOptions()
     options.getPreferredAllocationAvailable = true
     return options
@@ -141,5 +143,6 @@ struct FileIdentity: Equatable, Sendable {
 func fileIdentity(_ path: String) -> FileIdentity? {
   var info = stat()
   guard stat(path, &info) == 0 else { return nil }
-  return FileIdentity(inode: UInt64(info.st_ino), changed: info.st_ctim.tv_sec, changedNanoseconds: info.st_ctim.tv_nsec)
+  return FileIdentity(
+    inode: UInt64(info.st_ino), changed: info.st_ctim.tv_sec, changedNanoseconds: info.st_ctim.tv_nsec)
 }

@@ -58,7 +58,8 @@ public struct DevicePluginCore: Sendable {
     return response
   }
 
-  public func preferredAllocation(_ request: V1beta1_PreferredAllocationRequest) -> V1beta1_PreferredAllocationResponse {
+  public func preferredAllocation(_ request: V1beta1_PreferredAllocationRequest) -> V1beta1_PreferredAllocationResponse
+  {
     var response = V1beta1_PreferredAllocationResponse()
     response.containerResponses = request.containerRequests.map { container in
       var answer = V1beta1_ContainerPreferredAllocationResponse()
@@ -80,7 +81,9 @@ public struct DevicePluginCore: Sendable {
     guard chosen.count < size else { return chosen }
     let numaOf = { (id: String) in catalog.device(pluginID: id)?.numaNode ?? -1 }
     let counts = Dictionary(grouping: known, by: { $0.numaNode ?? -1 }).mapValues(\.count)
-    let node = chosen.first.map(numaOf) ?? counts.max { a, b in a.value != b.value ? a.value < b.value : a.key > b.key }?.key ?? -1
+    let node =
+      chosen.first.map(numaOf) ?? counts.max { a, b in a.value != b.value ? a.value < b.value : a.key > b.key }?.key
+      ?? -1
     let cardsChosen = Set(chosen.compactMap { catalog.device(pluginID: $0)?.card })
     let cards = Dictionary(grouping: known.filter { !chosen.contains($0.pluginID) }, by: \.card)
     // Cards already started first, then the node's cards, bigger cards (more groups) first.
@@ -94,7 +97,9 @@ public struct DevicePluginCore: Sendable {
       chosen += groups.map(\.pluginID)
     }
     for (_, groups) in ordered {
-      for group in groups where chosen.count < size && !chosen.contains(group.pluginID) { chosen.append(group.pluginID) }
+      for group in groups where chosen.count < size && !chosen.contains(group.pluginID) {
+        chosen.append(group.pluginID)
+      }
     }
     return chosen
   }

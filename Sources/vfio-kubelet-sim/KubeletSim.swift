@@ -24,7 +24,8 @@ func emit(_ message: some SwiftProtobuf.Message) throws { print(try message.json
 
 /// The plugin watcher's handshake: GetInfo, then NotifyRegistrationStatus(registered).
 struct Info: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(abstract: "GetInfo and NotifyRegistrationStatus on a registration socket.")
+  static let configuration = CommandConfiguration(
+    abstract: "GetInfo and NotifyRegistrationStatus on a registration socket.")
   @Option(help: "The plugin's registration socket (plugins_registry/<driver>-reg.sock).")
   var socket: String
 
@@ -59,7 +60,6 @@ struct ClaimOptions: ParsableArguments {
   }
 }
 
-
 struct Prepare: AsyncParsableCommand {
   static let configuration = CommandConfiguration(abstract: "NodePrepareResources for one claim.")
   @OptionGroup var options: ClaimOptions
@@ -73,7 +73,8 @@ struct Prepare: AsyncParsableCommand {
           .nodePrepareResources(try twin(request) as K8s_Io_Kubelet_Pkg_Apis_Dra_V1beta1_NodePrepareResourcesRequest)
         try emit(response)
       } else {
-        try emit(try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Client(wrapping: client).nodePrepareResources(request))
+        try emit(
+          try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Client(wrapping: client).nodePrepareResources(request))
       }
     }
   }
@@ -89,10 +90,12 @@ struct Unprepare: AsyncParsableCommand {
     try await withGRPCClient(transport: try unixTransport(options.socket)) { client in
       if options.v1beta1 {
         let response = try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1beta1_DRAPlugin.Client(wrapping: client)
-          .nodeUnprepareResources(try twin(request) as K8s_Io_Kubelet_Pkg_Apis_Dra_V1beta1_NodeUnprepareResourcesRequest)
+          .nodeUnprepareResources(
+            try twin(request) as K8s_Io_Kubelet_Pkg_Apis_Dra_V1beta1_NodeUnprepareResourcesRequest)
         try emit(response)
       } else {
-        try emit(try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Client(wrapping: client).nodeUnprepareResources(request))
+        try emit(
+          try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Client(wrapping: client).nodeUnprepareResources(request))
       }
     }
   }

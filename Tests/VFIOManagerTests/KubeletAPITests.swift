@@ -7,7 +7,9 @@ import XCTest
 /// encoding a message with only that field set and reading its tag (field << 3 | wire type).
 final class KubeletAPITests: XCTestCase {
   /// Wire types: 0 varint, 2 length-delimited.
-  func assertTag(_ message: some SwiftProtobuf.Message, field: Int, wire: Int = 2, file: StaticString = #filePath, line: UInt = #line) throws {
+  func assertTag(
+    _ message: some SwiftProtobuf.Message, field: Int, wire: Int = 2, file: StaticString = #filePath, line: UInt = #line
+  ) throws {
     let bytes: [UInt8] = try message.serializedBytes()
     XCTAssertEqual(bytes.first.map(Int.init), field << 3 | wire, "\(type(of: message))", file: file, line: line)
   }
@@ -16,16 +18,20 @@ final class KubeletAPITests: XCTestCase {
     var info = Pluginregistration_PluginInfo()
     info.type = "DRAPlugin"
     try assertTag(info, field: 1)
-    info = .init(); info.name = "x"
+    info = .init()
+    info.name = "x"
     try assertTag(info, field: 2)
-    info = .init(); info.endpoint = "x"
+    info = .init()
+    info.endpoint = "x"
     try assertTag(info, field: 3)
-    info = .init(); info.supportedVersions = ["v1.DRAPlugin"]
+    info = .init()
+    info.supportedVersions = ["v1.DRAPlugin"]
     try assertTag(info, field: 4)
     var status = Pluginregistration_RegistrationStatus()
     status.pluginRegistered = true
     try assertTag(status, field: 1, wire: 0)
-    status = .init(); status.error = "x"
+    status = .init()
+    status.error = "x"
     try assertTag(status, field: 2)
     XCTAssertEqual(Pluginregistration_Registration.descriptor.fullyQualifiedService, "pluginregistration.Registration")
     XCTAssertEqual(Pluginregistration_Registration.Method.GetInfo.descriptor.method, "GetInfo")
@@ -34,13 +40,17 @@ final class KubeletAPITests: XCTestCase {
   }
 
   func testDRAv1AndV1beta1() throws {
-    XCTAssertEqual(K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.descriptor.fullyQualifiedService, "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin")
+    XCTAssertEqual(
+      K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.descriptor.fullyQualifiedService,
+      "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin")
     XCTAssertEqual(
       K8s_Io_Kubelet_Pkg_Apis_Dra_V1beta1_DRAPlugin.descriptor.fullyQualifiedService,
       "k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin")
-    XCTAssertEqual(K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Method.NodePrepareResources.descriptor.method, "NodePrepareResources")
     XCTAssertEqual(
-      K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Method.NodeUnprepareResources.descriptor.method, "NodeUnprepareResources")
+      K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Method.NodePrepareResources.descriptor.method, "NodePrepareResources")
+    XCTAssertEqual(
+      K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Method.NodeUnprepareResources.descriptor.method, "NodeUnprepareResources"
+    )
     try pinDRA(
       K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim.self, K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Device.self,
       K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodePrepareResourceResponse.self)
@@ -101,23 +111,29 @@ final class KubeletAPITests: XCTestCase {
     var register = V1beta1_RegisterRequest()
     register.version = "v1beta1"
     try assertTag(register, field: 1)
-    register = .init(); register.endpoint = "x"
+    register = .init()
+    register.endpoint = "x"
     try assertTag(register, field: 2)
-    register = .init(); register.resourceName = "x"
+    register = .init()
+    register.resourceName = "x"
     try assertTag(register, field: 3)
-    register = .init(); register.options = .init()
+    register = .init()
+    register.options = .init()
     try assertTag(register, field: 4)
     var options = V1beta1_DevicePluginOptions()
     options.preStartRequired = true
     try assertTag(options, field: 1, wire: 0)
-    options = .init(); options.getPreferredAllocationAvailable = true
+    options = .init()
+    options.getPreferredAllocationAvailable = true
     try assertTag(options, field: 2, wire: 0)
     var device = V1beta1_Device()
     device.id = "4"
     try assertTag(device, field: 1)
-    device = .init(); device.health = "Healthy"
+    device = .init()
+    device.health = "Healthy"
     try assertTag(device, field: 2)
-    device = .init(); device.topology = .init()
+    device = .init()
+    device.topology = .init()
     try assertTag(device, field: 3)
     var numa = V1beta1_NUMANode()
     numa.id = 1
@@ -125,13 +141,17 @@ final class KubeletAPITests: XCTestCase {
     var allocation = V1beta1_ContainerAllocateResponse()
     allocation.envs = ["A": "b"]
     try assertTag(allocation, field: 1)
-    allocation = .init(); allocation.mounts = [.init()]
+    allocation = .init()
+    allocation.mounts = [.init()]
     try assertTag(allocation, field: 2)
-    allocation = .init(); allocation.devices = [.init()]
+    allocation = .init()
+    allocation.devices = [.init()]
     try assertTag(allocation, field: 3)
-    allocation = .init(); allocation.annotations = ["a": "b"]
+    allocation = .init()
+    allocation.annotations = ["a": "b"]
     try assertTag(allocation, field: 4)
-    allocation = .init(); allocation.cdiDevices = [.init()]
+    allocation = .init()
+    allocation.cdiDevices = [.init()]
     try assertTag(allocation, field: 5)
     for (field, set) in [(1, \V1beta1_DeviceSpec.containerPath), (2, \.hostPath), (3, \.permissions)] {
       var spec = V1beta1_DeviceSpec()
@@ -141,9 +161,11 @@ final class KubeletAPITests: XCTestCase {
     var preferred = V1beta1_ContainerPreferredAllocationRequest()
     preferred.availableDeviceIds = ["1"]
     try assertTag(preferred, field: 1)
-    preferred = .init(); preferred.mustIncludeDeviceIds = ["1"]
+    preferred = .init()
+    preferred.mustIncludeDeviceIds = ["1"]
     try assertTag(preferred, field: 2)
-    preferred = .init(); preferred.allocationSize = 1
+    preferred = .init()
+    preferred.allocationSize = 1
     try assertTag(preferred, field: 3, wire: 0)
     var ids = V1beta1_ContainerAllocateRequest()
     ids.devicesIds = ["1"]

@@ -4,11 +4,11 @@ import GRPCNIOTransportHTTP2Posix
 import KubeletAPI
 import Logging
 import VFIOHost
-@testable import VFIOKubelet
 import VFIOPolicy
 import VFIOTestSupport
 import XCTest
 
+@testable import VFIOKubelet
 @testable import VFIOManager
 
 /// Slices and CDI specs from every captured tree, the DRA prepare/unprepare against the
@@ -33,14 +33,19 @@ final class KubeletPluginTests: ManagerTestCase {
         let group = try XCTUnwrap(device.attributes["iommuGroup"]?.int)
         let endpoints = try XCTUnwrap(inventory.group(group)).devices.compactMap(inventory.device).filter(\.isEndpoint)
         // The whole group, companions included; never a bridge, never a device the host uses.
-        XCTAssertEqual(device.attributes["functions"]?.string, endpoints.map(\.address.description).joined(separator: ","))
+        XCTAssertEqual(
+          device.attributes["functions"]?.string, endpoints.map(\.address.description).joined(separator: ","))
         XCTAssertEqual(device.attributes["functionCount"]?.int, endpoints.count)
         XCTAssertEqual(device.attributes["resource.kubernetes.io/pciBusID"]?.string, endpoints[0].address.description)
         XCTAssertTrue(endpoints.allSatisfy { inventory.uses(of: $0.address).allSatisfy { !$0.active } }, fixture)
-        if let numa = device.attributes["resource.kubernetes.io/numaNode"] { XCTAssertGreaterThanOrEqual(try XCTUnwrap(numa.int), 0) }
+        if let numa = device.attributes["resource.kubernetes.io/numaNode"] {
+          XCTAssertGreaterThanOrEqual(try XCTUnwrap(numa.int), 0)
+        }
         XCTAssertLessThanOrEqual(device.attributes.count, 32, "the API allows 32 attributes")
         for (name, value) in device.attributes {
-          XCTAssertEqual([value.int != nil, value.string != nil, value.bool != nil, value.version != nil].filter { $0 }.count, 1, name)
+          XCTAssertEqual(
+            [value.int != nil, value.string != nil, value.bool != nil, value.version != nil].filter { $0 }.count, 1,
+            name)
           XCTAssertLessThanOrEqual(name.split(separator: "/").last?.count ?? 0, 32, name)
         }
       }
@@ -74,7 +79,8 @@ final class KubeletPluginTests: ManagerTestCase {
     }
     let slices = SliceBuilder(driver: driver, nodeName: "n").slices(DeviceCatalog(devices: [], published: many))
     XCTAssertEqual(slices.map(\.spec.devices.count), [128, 128, 44])
-    XCTAssertEqual(slices.map(\.metadata.name), ["n-vfio.swift-vfio.io-0", "n-vfio.swift-vfio.io-1", "n-vfio.swift-vfio.io-2"])
+    XCTAssertEqual(
+      slices.map(\.metadata.name), ["n-vfio.swift-vfio.io-0", "n-vfio.swift-vfio.io-1", "n-vfio.swift-vfio.io-2"])
   }
 
   func testCDISpecsFromEveryFixtureKeepToCDI050() throws {
@@ -88,7 +94,8 @@ final class KubeletPluginTests: ManagerTestCase {
       XCTAssertEqual(spec.cdiVersion, "0.5.0")
       for (device, published) in zip(spec.devices, catalog.published) {
         XCTAssertEqual(device.name, "0c6f8f0e-1b2c-4d3e-8f90-123456789abc-\(published.name)")
-        XCTAssertEqual(device.containerEdits.deviceNodes.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/\(published.group)"])
+        XCTAssertEqual(
+          device.containerEdits.deviceNodes.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/\(published.group)"])
         XCTAssertEqual(device.containerEdits.env, ["PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=\(published.busIDs)"])
         XCTAssertEqual(spec.qualifiedName(device), "vfio.swift-vfio.io/pci=\(device.name)")
       }
@@ -126,8 +133,13 @@ final class KubeletPluginTests: ManagerTestCase {
 
   func claimJSON(_ devices: [String], parameters: String? = nil) -> Data {
     let results = devices.map { #"{"request":"vfio","driver":"\#(driver)","pool":"node1","device":"\#($0)"}"# }
-    let config = parameters.map { #","config":[{"source":"FromClaim","requests":["vfio"],"opaque":{"driver":"\#(driver)","parameters":\#($0)}}]"# } ?? ""
-    return Data(#"{"metadata":{"name":"c","uid":"u1"},"status":{"allocation":{"devices":{"results":[\#(results.joined(separator: ","))]\#(config)}}}}"#.utf8)
+    let config =
+      parameters.map {
+        #","config":[{"source":"FromClaim","requests":["vfio"],"opaque":{"driver":"\#(driver)","parameters":\#($0)}}]"#
+      } ?? ""
+    return Data(
+      #"{"metadata":{"name":"c","uid":"u1"},"status":{"allocation":{"devices":{"results":[\#(results.joined(separator: ","))]\#(config)}}}}"#
+        .utf8)
   }
 
   let claim = ClaimReference(namespace: "default", uid: "u1", name: "c")
@@ -139,12 +151,18 @@ final class KubeletPluginTests: ManagerTestCase {
     let allocation = try ClaimAllocation.parse(claimJSON(["group-2"]), driver: driver, claim: "u1")
     let explained = try XCTUnwrap(Assessor(inventory: Fixtures.inventory("q35-vtd")).assess(group: 2).plan)
     let devices = try dra.prepare(claim, allocation)
-    XCTAssertEqual(devices, [PreparedDevice(requestNames: ["vfio"], pool: "node1", device: "group-2", cdiDeviceIDs: ["vfio.swift-vfio.io/pci=u1-group-2"])])
+    XCTAssertEqual(
+      devices,
+      [
+        PreparedDevice(
+          requestNames: ["vfio"], pool: "node1", device: "group-2", cdiDeviceIDs: ["vfio.swift-vfio.io/pci=u1-group-2"])
+      ])
     // The plan explain prints, nothing else.
     XCTAssertEqual(kernel.writes.count, explained.detach.count)
     XCTAssertEqual(binding("0000:00:02.0")?.driver, "vfio-pci")
     let specPath = scratch.path + "/cdi/swift-vfio-u1.json"
-    let spec = try JSONDecoder().decode(CDISpec.self, from: try XCTUnwrap(FileManager.default.contents(atPath: specPath)))
+    let spec = try JSONDecoder().decode(
+      CDISpec.self, from: try XCTUnwrap(FileManager.default.contents(atPath: specPath)))
     XCTAssertEqual(spec.devices.first?.containerEdits.deviceNodes.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/2"])
     XCTAssertEqual(spec.devices.first?.containerEdits.env, ["PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:00:02.0"])
 
@@ -209,7 +227,9 @@ final class KubeletPluginTests: ManagerTestCase {
     let dra = preparer(cdi: scratch)
     _ = try dra.prepare(claim, try ClaimAllocation.parse(claimJSON(["group-2"]), driver: driver, claim: "u1"))
     let other = ClaimReference(namespace: "default", uid: "u2", name: "d")
-    XCTAssertThrowsError(try dra.prepare(other, try ClaimAllocation.parse(claimJSON(["group-2"]), driver: driver, claim: "u2"))) {
+    XCTAssertThrowsError(
+      try dra.prepare(other, try ClaimAllocation.parse(claimJSON(["group-2"]), driver: driver, claim: "u2"))
+    ) {
       XCTAssertEqual($0 as? KubeletError, .taken(claim: "u2", group: 2, by: "u1"))
     }
   }
@@ -217,7 +237,8 @@ final class KubeletPluginTests: ManagerTestCase {
   // MARK: device plugin answers
 
   func testAllocateAndPreferredAllocationKeepCardsTogether() throws {
-    let core = DevicePluginCore(resourceName: "vfio.swift-vfio.io/pci", catalog: DeviceCatalog(inventory: try Fixtures.inventory("q35-vtd")))
+    let core = DevicePluginCore(
+      resourceName: "vfio.swift-vfio.io/pci", catalog: DeviceCatalog(inventory: try Fixtures.inventory("q35-vtd")))
     XCTAssertEqual(core.devices.map(\.id), ["2", "4", "5", "6", "10"])
     // The capture has 01:01.0, 01:02.0 and 00:05.1 on vfio-pci already.
     XCTAssertEqual(core.devices.map(\.health), ["Unhealthy", "Healthy", "Unhealthy", "Healthy", "Unhealthy"])
