@@ -12,12 +12,19 @@ let package = Package(
     .library(name: "VFIO", targets: ["VFIO"]),
     .library(name: "VFIOManager", targets: ["VFIOManager"]),
     .library(name: "VFIOBroker", targets: ["VFIOBroker"]),
+    .library(name: "VFIOKubelet", targets: ["VFIOKubelet"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    // The kubelet plugins (VFIOKubelet): gRPC over Unix sockets. Only the Posix HTTP/2
+    // transport is used; its code is generated once by scripts/generate-protos and committed.
+    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
     // Kernel uAPI structures, request numbers and an errno-returning ioctl.
@@ -42,11 +49,29 @@ let package = Package(
       dependencies: [
         "CVFIO", "VFIO", "VFIOHost", "VFIOPolicy", "VFIOManager", .product(name: "Logging", package: "swift-log"),
       ]),
+    // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
+    // messages and stubs generated from Protos/ by scripts/generate-protos, nothing else.
+    .target(
+      name: "KubeletAPI",
+      dependencies: [
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]),
+    // Kubernetes node agent: DRA kubelet plugin, classic device plugin, ResourceSlices, CDI specs.
+    .target(
+      name: "VFIOKubelet",
+      dependencies: [
+        "KubeletAPI", "VFIOHost", "VFIOPolicy", "VFIOManager",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOKubelet",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -55,6 +80,15 @@ let package = Package(
       name: "vfio-bench",
       dependencies: [
         "VFIOHost", "VFIOPolicy", "VFIOCommands",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
+    // Plays kubelet against the plugins over their Unix sockets (tests and Tests/Integration).
+    .executableTarget(
+      name: "vfio-kubelet-sim",
+      dependencies: [
+        "KubeletAPI",
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
@@ -84,8 +118,11 @@ let package = Package(
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [
-        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO",
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO", "VFIOKubelet", "KubeletAPI",
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "GRPCCore", package: "grpc-swift-2"),
+        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]),
   ]
 )

@@ -1,3 +1,3 @@
 import VFIOCommands
 
-VFIOCtl.main()
+await VFIOCtl.runMain()

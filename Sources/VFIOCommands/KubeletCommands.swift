@@ -1,0 +1,176 @@
+import ArgumentParser
+import Foundation
+import Logging
+import VFIOHost
+import VFIOKubelet
+import VFIOManager
+
+/// `vfioctl kubelet-plugin`: the node agent of a Kubernetes cluster.
+struct KubeletPluginCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "kubelet-plugin",
+    abstract: "Serve the kubelet: a DRA driver or a classic device plugin handing out whole IOMMU groups.",
+    subcommands: [KubeletDRACommand.self, KubeletDevicePluginCommand.self])
+}
+
+extension VFIOInterface: ExpressibleByArgument {}
+
+/// Where the kubelet keeps its plugin sockets.
+struct KubeletOptions: ParsableArguments {
+  @Option(help: "The kubelet's root directory (plugin sockets go below it).")
+  var kubeletDir: String = "/var/lib/kubelet"
+
+  var paths: KubeletPaths { KubeletPaths(directory: kubeletDir) }
+}
+
+/// swift-log on stderr, once per process.
+func bootstrapLogging() {
+  LoggingSystem.bootstrap { label in
+    var handler = StreamLogHandler.standardError(label: label)
+    handler.logLevel = .info
+    return handler
+  }
+}
+
+/// Runs `body`, printing a `KubeletError` with what to do and exiting with its code.
+func reportingKubeletErrors(_ body: () async throws -> Void) async throws {
+  do { try await body() } catch let error as KubeletError {
+    printError(error.description)
+    throw ExitCode(error.exitCode)
+  } catch let error as CLIError {
+    printError(error.description)
+    throw ExitCode(error.exitCode)
+  }
+}
+
+struct KubeletDRACommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "dra",
+    abstract: "Run the DRA kubelet plugin, or print the ResourceSlices this node publishes.",
+    discussion: """
+      Publishes one device per assignable IOMMU group (named group-N, companions included) with the \
+      attributes resource.kubernetes.io/pciBusID, pcieRoot and numaNode and its own (iommuGroup, vendor, \
+      device, class, functions, verdict, resetMethod, sriov). NodePrepareResources detaches each \
+      allocated group through the assignment manager (owned as the claim's opaque parameters \
+      owner and mode ask) and writes a CDI spec naming the claim; NodeUnprepareResources attaches \
+      it back and removes the spec. A claim's allocation is read from the API server (in-cluster or \
+      the kubeconfig option) or from a directory of ResourceClaim files (the claims option).
+      """)
+
+  @Option(help: "The DRA driver name (a DNS subdomain).")
+  var driver: String = "vfio.swift-vfio.io"
+
+  @Option(help: "The node name (default: $NODE_NAME, else the host name).")
+  var nodeName: String?
+
+  @OptionGroup var kubelet: KubeletOptions
+
+  @Option(help: "Where CDI specs are written (the container runtime reads them there).")
+  var cdiDir: String = "/var/run/cdi"
+
+  @Option(help: "The VFIO nodes a container gets: legacy (/dev/vfio/vfio and /dev/vfio/N) or iommufd.")
+  var interface: VFIOInterface = .legacy
+
+  @Option(help: "Read each claim's allocation from DIR/UID.json (a ResourceClaim) instead of the API server.")
+  var claims: String?
+
+  @Option(help: "A kubeconfig with a bearer token (default: in-cluster service account).")
+  var kubeconfig: String?
+
+  @Flag(help: "Publish and prepare groups without a reset method too (userspace drivers that need none).")
+  var allowNoReset = false
+
+  @Flag(help: "Print the ResourceSlices as a JSON List and exit (works on a capture with the root option).")
+  var printSlices = false
+
+  @OptionGroup var stateOptions: StateOptions
+  @OptionGroup var host: HostOptions
+
+  var node: String {
+    nodeName ?? ProcessInfo.processInfo.environment["NODE_NAME"] ?? ProcessInfo.processInfo.hostName
+  }
+
+  func run() async throws {
+    try await reportingKubeletErrors {
+      let inventory: HostInventory
+      do { inventory = try HostInventory.read(host.sysfs) } catch {
+        throw CLIError.unavailable("\(error)")
+      }
+      let slices = SliceBuilder(driver: driver, nodeName: node).slices(
+        DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset))
+      if printSlices {
+        print(sortedJSON(SliceList(items: slices)))
+        return
+      }
+      bootstrapLogging()
+      let logger = Logger(label: "vfio.dra")
+      let api =
+        try kubeconfig.map { path throws(KubeletError) in
+          guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw KubeletError.usage("--kubeconfig \(path): cannot read it")
+          }
+          return try APIServer.kubeconfig(text)
+        } ?? APIServer.inCluster()
+      let source: any ClaimSource
+      if let claims {
+        source = ClaimDirectory(path: claims)
+      } else if let api {
+        source = APIServerClaims(api: api)
+      } else {
+        throw KubeletError.usage("no API server (not in a cluster): give --kubeconfig FILE or --claims DIR")
+      }
+      if let api {
+        do { try await api.apply(slices) } catch { logger.error("publishing ResourceSlices: \(error)") }
+      }
+      let manager = stateOptions.manager(host: host)
+      let cdi = CDIWriter(
+        directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
+      let preparer = ClaimPreparer(
+        manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, logger: logger)
+      try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger)
+        .run()
+    }
+  }
+}
+
+/// `{"apiVersion": "v1", "kind": "List", "items": [...]}`: what `kubectl apply -f` takes.
+struct SliceList: Encodable {
+  var apiVersion = "v1"
+  var kind = "List"
+  let items: [ResourceSlice]
+}
+
+/// The CDI kind of a driver's specs: `<driver>/pci`.
+func cdiKind(_ driver: String) -> String { driver + "/pci" }
+
+struct KubeletDevicePluginCommand: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "device-plugin",
+    abstract: "Run the classic (v1beta1) device plugin: one device per IOMMU group, for KubeVirt and older clusters.",
+    discussion: """
+      Registers the resource with the kubelet and serves ListAndWatch (a group is Healthy once every \
+      endpoint is on vfio-pci: detach it first with vfioctl detach or persist), GetPreferredAllocation \
+      (groups of one card together, one NUMA node) and Allocate (/dev/vfio/vfio and /dev/vfio/N with \
+      mrw, and PCI_RESOURCE_<NAME> with the functions). Registers again whenever the kubelet restarts.
+      """)
+
+  @Option(help: "The extended resource name the groups are advertised as.")
+  var resourceName: String = "vfio.swift-vfio.io/pci"
+
+  @OptionGroup var kubelet: KubeletOptions
+
+  @Option(help: "Seconds between looks at the groups and at the kubelet's socket.")
+  var poll: Double = 5
+
+  @OptionGroup var host: HostOptions
+
+  func run() async throws {
+    try await reportingKubeletErrors {
+      bootstrapLogging()
+      let plugin = DevicePlugin(
+        resourceName: resourceName, paths: kubelet.paths, sysfs: host.sysfs, pollInterval: poll,
+        logger: Logger(label: "vfio.device-plugin"))
+      try await plugin.run()
+    }
+  }
+}

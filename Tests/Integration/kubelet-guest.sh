@@ -1,0 +1,151 @@
+#!/bin/sh
+# Runs inside a lab guest (busybox sh, as root), driven by Tests/Integration/kubelet.sh:
+# vfioctl's kubelet plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
+# judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
+# line per check in /out/checks, "done" last; figures in /out/kubelet-timings.
+TOPOLOGY=$1
+S=/tmp/vfio-state
+K=/tmp/kubelet
+CDI=/tmp/cdi
+CLAIMS=/tmp/claims
+DRIVER=vfio.swift-vfio.io
+REG=$K/plugins_registry/$DRIVER-reg.sock
+DRA=$K/plugins/$DRIVER/dra.sock
+: > /out/checks
+: > /out/kubelet-timings
+drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
+pass() { echo "PASS $*" >> /out/checks; }
+fail() { echo "FAIL $*" >> /out/checks; }
+run() { _name=$1; shift; "$@" > "/out/$_name.txt" 2> "/out/$_name.err"; rc=$?; echo "$rc" > "/out/$_name.rc"; }
+expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt" "/out/$3.err")"; fi; }
+expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
+expect_no_text() { if grep -q -- "$2" "/out/$3.txt"; then fail "$1: '$2' in $(head -c 400 "/out/$3.txt")"; else pass "$1"; fi; }
+both_on() {
+    a=$(drv 0000:01:01.0); b=$(drv 0000:01:02.0)
+    if [ "$a" = "$2" ] && [ "$b" = "$2" ]; then pass "$1"; else fail "$1: 01:01.0 on $a, 01:02.0 on $b, expected $2"; fi
+}
+# Milliseconds since boot, from /proc/uptime (busybox date has no %N).
+now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
+claim() {  # claim UID DEVICE: a ResourceClaim allocated to DEVICE of this driver
+    cat > "$CLAIMS/$1.json" <<JSON
+{"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"vm-$1","namespace":"default","uid":"$1"},
+ "status":{"allocation":{"devices":{"results":[{"request":"vfio","driver":"$DRIVER","pool":"lab","device":"$2"}]}}}}
+JSON
+}
+start_dra() {
+    vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir $CDI --claims $CLAIMS --node-name lab \
+        > /out/dra-plugin.log 2>&1 &
+    DRA_PID=$!
+    # A plugin that was killed leaves its socket files: wait until the new one answers.
+    i=0
+    until vfio-kubelet-sim info --socket "$REG" > /dev/null 2>&1; do
+        i=$((i + 1)); [ $i -lt 150 ] || return 1; sleep 0.2
+    done
+}
+
+# The two e1000 behind the PCIe-to-PCI bridge on their host driver (the lab binds them to
+# vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.
+[ -f /lab/e1000.ko ] && insmod /lab/e1000.ko
+for f in 0000:01:01.0 0000:01:02.0; do
+    echo > /sys/bus/pci/devices/$f/driver_override
+    echo $f > /sys/bus/pci/devices/$f/driver/unbind
+    echo $f > /sys/bus/pci/drivers/e1000/bind
+done
+both_on "setup: both e1000 on their host driver" e1000
+G=$(basename "$(readlink /sys/bus/pci/devices/0000:01:02.0/iommu_group)")
+mkdir -p $CLAIMS
+
+# --- DRA ---------------------------------------------------------------------------------------
+run slices vfioctl kubelet-plugin dra --print-slices --node-name lab
+expect_rc "print-slices" 0 slices
+expect_text "the bridge group is one device" "\"group-$G\"" slices
+expect_text "with both functions" '"0000:01:01.0,0000:01:02.0"' slices
+expect_no_text "numaNode is never -1" '"int" : -1' slices
+
+if start_dra; then pass "the DRA plugin serves its registration socket"; else fail "no $REG after 30 s: $(tail -c 400 /out/dra-plugin.log)"; fi
+run info vfio-kubelet-sim info --socket "$REG"
+expect_rc "GetInfo + NotifyRegistrationStatus" 0 info
+expect_text "GetInfo: a DRAPlugin" '"type":"DRAPlugin"' info
+expect_text "GetInfo: v1 and v1beta1" '"supportedVersions":\["v1.DRAPlugin","v1beta1.DRAPlugin"\]' info
+expect_text "GetInfo: the endpoint" "\"endpoint\":\"$DRA\"" info
+
+claim bad group-999
+run bad vfio-kubelet-sim prepare --socket "$DRA" --uid bad
+expect_rc "a bad claim is answered (not a gRPC failure)" 0 bad
+expect_text "with an error naming the device" 'group-999' bad
+both_on "a bad claim detaches nothing" e1000
+
+claim u1 "group-$G"
+t0=$(now_ms)
+run prepare vfio-kubelet-sim prepare --socket "$DRA" --uid u1
+t1=$(now_ms)
+expect_rc "NodePrepareResources" 0 prepare
+expect_no_text "no error" '"error"' prepare
+expect_text "the CDI device of the claim" "\"cdiDeviceIds\":\[\"$DRIVER/pci=u1-group-$G\"\]" prepare
+both_on "prepare detached the whole group: both e1000 on vfio-pci" vfio-pci
+[ -c /dev/vfio/$G ] && pass "/dev/vfio/$G exists" || fail "no /dev/vfio/$G"
+SPEC=$CDI/swift-vfio-u1.json
+cp "$SPEC" /out/cdi-spec.json 2>/dev/null
+if grep -q "\"/dev/vfio/$G\"" "$SPEC" && grep -q '"/dev/vfio/vfio"' "$SPEC" && grep -q '"cdiVersion" : "0.5.0"' "$SPEC"; then
+    pass "the CDI spec names /dev/vfio/vfio and /dev/vfio/$G (CDI 0.5.0)"
+else fail "CDI spec: $(head -c 600 "$SPEC" 2>&1)"; fi
+grep -q 'PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:01:01.0,0000:01:02.0' "$SPEC" && pass "the spec sets PCI_RESOURCE_… to both functions" || fail "no PCI_RESOURCE in the spec"
+# CDI_HOOK: a container runtime consumes the spec here, e.g.
+#   podman --cdi-spec-dir $CDI run --rootfs DIR --network none --device $DRIVER/pci=u1-group-$G ...
+run prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
+cmp -s /out/prepare.txt /out/prepare-again.txt && pass "prepare is idempotent (the same answer)" || fail "second prepare: $(head -c 400 /out/prepare-again.txt)"
+
+claim u2 "group-$G"
+run taken vfio-kubelet-sim prepare --socket "$DRA" --uid u2
+expect_text "another claim for the same group is refused" "prepared for claim u1" taken
+
+# A plugin restart: the prepared claim is still prepared (checkpoint), unprepare still works.
+kill $DRA_PID; wait $DRA_PID 2>/dev/null
+start_dra && pass "the DRA plugin came back" || fail "the DRA plugin did not come back"
+run prepare-restarted vfio-kubelet-sim prepare --socket "$DRA" --uid u1 --v1beta1
+expect_text "after a plugin restart, v1beta1 prepare answers from the checkpoint" "u1-group-$G" prepare-restarted
+
+t2=$(now_ms)
+run unprepare vfio-kubelet-sim unprepare --socket "$DRA" --uid u1
+t3=$(now_ms)
+expect_rc "NodeUnprepareResources" 0 unprepare
+expect_no_text "unprepare: no error" '"error"' unprepare
+both_on "unprepare gave both back to e1000" e1000
+[ ! -e "$SPEC" ] && pass "unprepare removed the CDI spec" || fail "the CDI spec is still there"
+run unprepare-again vfio-kubelet-sim unprepare --socket "$DRA" --uid u1 --v1beta1
+expect_no_text "unprepare again (v1beta1): no error" '"error"' unprepare-again
+echo "DRA prepare (bridge group, 2 functions): $((t1 - t0)) ms" >> /out/kubelet-timings
+echo "DRA unprepare: $((t3 - t2)) ms" >> /out/kubelet-timings
+# Five more rounds for the latency figure.
+total=0
+for i in 1 2 3 4 5; do
+    claim "r$i" "group-$G"
+    a=$(now_ms)
+    vfio-kubelet-sim prepare --socket "$DRA" --uid "r$i" > /dev/null 2>&1
+    vfio-kubelet-sim unprepare --socket "$DRA" --uid "r$i" > /dev/null 2>&1
+    b=$(now_ms)
+    total=$((total + b - a))
+done
+echo "DRA prepare+unprepare per claim (mean of 5, incl. two sim process starts): $((total / 5)) ms" >> /out/kubelet-timings
+both_on "after five more rounds: both on e1000" e1000
+kill $DRA_PID; wait $DRA_PID 2>/dev/null
+
+# --- device plugin ------------------------------------------------------------------------------
+vfioctl detach "$G" --state "$S" > /out/dp-detach.txt 2>&1 && pass "detach $G for the device plugin" || fail "detach $G: $(head -c 300 /out/dp-detach.txt)"
+mkdir -p $K/device-plugins
+vfio-kubelet-sim device-plugin-kubelet --dir $K/device-plugins --allocate "$G" --restarts 1 > /out/dp.txt 2> /out/dp.err &
+SIM_PID=$!
+sleep 0.5
+vfioctl kubelet-plugin device-plugin --kubelet-dir $K --poll 0.2 > /out/dp-plugin.log 2>&1 &
+DP_PID=$!
+wait $SIM_PID; rc=$?
+expect_rc "the test kubelet saw the device plugin twice" 0 dp
+[ "$(grep -c '"resourceName":"vfio.swift-vfio.io/pci"' /out/dp.txt)" = 2 ] && pass "Register, and again after the kubelet restarted" || fail "registrations: $(grep -c resourceName /out/dp.txt): $(head -c 400 /out/dp.err)"
+expect_text "ListAndWatch: the group is Healthy" "{\"ID\":\"$G\",\"health\":\"Healthy\"" dp
+expect_text "Allocate: /dev/vfio/$G with mrw" "\"hostPath\":\"/dev/vfio/$G\",\"permissions\":\"mrw\"" dp
+expect_text "Allocate: /dev/vfio/vfio" '"hostPath":"/dev/vfio/vfio"' dp
+expect_text "Allocate: PCI_RESOURCE_… names both functions" '"PCI_RESOURCE_VFIO_SWIFT-VFIO_IO_PCI":"0000:01:01.0,0000:01:02.0"' dp
+kill $DP_PID; wait $DP_PID 2>/dev/null
+vfioctl attach "$G" --state "$S" > /out/dp-attach.txt 2>&1
+both_on "attach after the device plugin: both on e1000" e1000
+echo done >> /out/checks

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The kubelet plugins against the real kernel (checks in Tests/Integration/kubelet-guest.sh,
+# run in the guest as root), with vfio-kubelet-sim playing the kubelet over the real sockets:
+#   - DRA: GetInfo/NotifyRegistrationStatus on plugins_registry/<driver>-reg.sock; the slices
+#     publish the bridge group (00:04.0 01:01.0 01:02.0) as one device; NodePrepareResources for
+#     it detaches both e1000 to vfio-pci and writes a CDI spec naming /dev/vfio/N, again is
+#     idempotent, a bad claim is answered with an error and detaches nothing; v1beta1 too;
+#     NodeUnprepareResources puts both back on e1000 and removes the spec; a plugin restart
+#     keeps a prepared claim prepared; prepare+unprepare latency per claim (/out/kubelet-timings);
+#   - device plugin: Register on kubelet.sock, ListAndWatch (the group Healthy once detached),
+#     GetPreferredAllocation, Allocate (/dev/vfio/vfio + /dev/vfio/N, mrw, PCI_RESOURCE_…), and
+#     after a kubelet restart (sockets removed, kubelet.sock made anew) a second Register.
+# The CDI spec is left for a container runtime (podman 4.3) to consume: CDI_HOOK below.
+# usage: Tests/Integration/kubelet.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
+# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+. "$(dirname "$0")/lib.sh"
+usage_and_args "$@"
+case $TOPOLOGY in
+    q35-vtd | q35-iommufd) ;;
+    *) skip "no kubelet scenario for $TOPOLOGY" ;;
+esac
+require_lab
+build_edu
+build_vfioctl
+if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else
+    if ! swift build -c release --static-swift-stdlib --product vfio-kubelet-sim \
+        --scratch-path .build-lab >"$RESULTS/build-sim.log" 2>&1; then
+        fail "vfio-kubelet-sim does not build (log: $RESULTS/build-sim.log)"
+        finish
+    fi
+    SIM_BIN=$REPO/.build-lab/release/vfio-kubelet-sim
+fi
+# vfioctl (about 200 MB static), the simulator and vfio-edu unpack into the guest's RAM.
+export LAB_MEMORY=${LAB_MEMORY:-2048}
+files=(--file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh")
+if [ "$TOPOLOGY" = q35-vtd ]; then
+    # Debian's 6.1 has e1000 as a module; the iommufd kernel has it built in.
+    e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
+    [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
+    files+=(--file "$e1000:/lab/e1000.ko")
+fi
+guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" "${files[@]}" --timeout 600
+guest_checks kubelet
+[ -f "$RESULTS/kubelet/kubelet-timings" ] && sed 's/^/  /' "$RESULTS/kubelet/kubelet-timings"
+finish
