@@ -90,8 +90,6 @@ if grep -q "\"/dev/vfio/$G\"" "$SPEC" && grep -q '"/dev/vfio/vfio"' "$SPEC" && g
     pass "the CDI spec names /dev/vfio/vfio and /dev/vfio/$G (CDI 0.5.0)"
 else fail "CDI spec: $(head -c 600 "$SPEC" 2>&1)"; fi
 grep -q 'PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:01:01.0,0000:01:02.0' "$SPEC" && pass "the spec sets PCI_RESOURCE_… to both functions" || fail "no PCI_RESOURCE in the spec"
-# CDI_HOOK: a container runtime consumes the spec here, e.g.
-#   podman --cdi-spec-dir $CDI run --rootfs DIR --network none --device $DRIVER/pci=u1-group-$G ...
 run prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 cmp -s /out/prepare.txt /out/prepare-again.txt && pass "prepare is idempotent (the same answer)" || fail "second prepare: $(head -c 400 /out/prepare-again.txt)"
 
@@ -148,4 +146,37 @@ expect_text "Allocate: PCI_RESOURCE_… names both functions" '"PCI_RESOURCE_VFI
 kill $DP_PID; wait $DP_PID 2>/dev/null
 vfioctl attach "$G" --state "$S" > /out/dp-attach.txt 2>&1
 both_on "attach after the device plugin: both on e1000" e1000
+
+# --- a real consumer of the CDI spec: podman 4.3 runs vfio-edu on the claim's device -------------
+# The edu device (group of 00:03.0) has no reset method: published only with --allow-no-reset.
+. /lab/podman-guest-lib.sh
+if podman_prepare_guest > /out/podman-prepare.txt 2>&1; then pass "podman 4.3 ready in the guest"; else fail "podman_prepare_guest: $(tail -c 300 /out/podman-prepare.txt)"; fi
+EDU=0000:00:03.0
+echo > /sys/bus/pci/devices/$EDU/driver_override
+[ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
+GE=$(basename "$(readlink /sys/bus/pci/devices/$EDU/iommu_group)")
+vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir /var/run/cdi --claims $CLAIMS --node-name lab \
+    --allow-no-reset > /out/dra-plugin-edu.log 2>&1 &
+DRA_PID=$!
+i=0; until vfio-kubelet-sim info --socket "$REG" > /dev/null 2>&1; do i=$((i + 1)); [ $i -lt 150 ] || break; sleep 0.2; done
+claim e1 "group-$GE"
+run prepare-edu vfio-kubelet-sim prepare --socket "$DRA" --uid e1
+expect_no_text "prepare of the edu claim: no error" '"error"' prepare-edu
+[ "$(drv $EDU)" = vfio-pci ] && pass "the claim put $EDU on vfio-pci" || fail "$EDU is on $(drv $EDU)"
+# The address comes from the spec's PCI_RESOURCE_… variable (its name has KubeVirt's dashes,
+# so no shell expansion: read it from the environment).
+run podman-edu podman_run_cdi "$DRIVER/pci=e1-group-$GE" /bin/busybox sh -c \
+    'a=$(env | sed -n "s/^PCI_RESOURCE_[^=]*=//p" | head -n 1); echo "address from the spec: $a"; exec vfio-edu run "$a" --backend legacy --json'
+expect_text "the spec's PCI_RESOURCE_… reached the container" "address from the spec: $EDU" podman-edu
+if grep -q '"passed":true' /out/podman-edu.txt; then
+    pass "podman 4.3 with --device $DRIVER/pci=e1-group-$GE from the plugin's spec: vfio-edu passes DMA + MSI in the container"
+else
+    fail "podman with the plugin's spec: $(head -c 600 /out/podman-edu.txt) $(head -c 300 /var/run/cdi/*e1*.json)"
+fi
+run podman-bare podman_run /bin/busybox sh -c "ls /dev/vfio/$GE"
+[ "$rc" != 0 ] && pass "without the device the container has no /dev/vfio/$GE" || fail "the container saw /dev/vfio/$GE without the device"
+run unprepare-edu vfio-kubelet-sim unprepare --socket "$DRA" --uid e1
+expect_no_text "unprepare of the edu claim: no error" '"error"' unprepare-edu
+ls /var/run/cdi/*e1* > /dev/null 2>&1 && fail "the edu claim's spec is still there" || pass "unprepare removed the edu claim's spec"
+kill $DRA_PID; wait $DRA_PID 2>/dev/null
 echo done >> /out/checks

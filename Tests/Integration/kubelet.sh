@@ -10,7 +10,8 @@
 #   - device plugin: Register on kubelet.sock, ListAndWatch (the group Healthy once detached),
 #     GetPreferredAllocation, Allocate (/dev/vfio/vfio + /dev/vfio/N, mrw, PCI_RESOURCE_…), and
 #     after a kubelet restart (sockets removed, kubelet.sock made anew) a second Register.
-# The CDI spec is left for a container runtime (podman 4.3) to consume: CDI_HOOK below.
+#   - podman 4.3 (Debian's) runs vfio-edu in a container with the device of a claim for the edu
+#     group from the spec the DRA plugin wrote (--allow-no-reset): DMA + MSI pass inside.
 # usage: Tests/Integration/kubelet.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
 # Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
@@ -39,7 +40,10 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
     files+=(--file "$e1000:/lab/e1000.ko")
 fi
-guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" "${files[@]}" --timeout 600
+# podman 4.3 consumes the DRA plugin's CDI spec: it runs vfio-edu in a container.
+podman_guest_args "$EDU"
+guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" "${files[@]}" \
+    "${PODMAN_GUEST_ARGS[@]}" --timeout 600
 guest_checks kubelet
 [ -f "$RESULTS/kubelet/kubelet-timings" ] && sed 's/^/  /' "$RESULTS/kubelet/kubelet-timings"
 finish
