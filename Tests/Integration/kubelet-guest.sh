@@ -163,10 +163,10 @@ claim e1 "group-$GE"
 run prepare-edu vfio-kubelet-sim prepare --socket "$DRA" --uid e1
 expect_no_text "prepare of the edu claim: no error" '"error"' prepare-edu
 [ "$(drv $EDU)" = vfio-pci ] && pass "the claim put $EDU on vfio-pci" || fail "$EDU is on $(drv $EDU)"
-# The address comes from the spec's PCI_RESOURCE_… variable (its name has KubeVirt's dashes,
-# so no shell expansion: read it from the environment).
+# The address comes from the spec's PCI_RESOURCE_… variable. Its name keeps KubeVirt's dashes,
+# which a shell neither expands nor passes on to its children: read the shell's own environ.
 run podman-edu podman_run_cdi "$DRIVER/pci=e1-group-$GE" /bin/busybox sh -c \
-    'a=$(env | sed -n "s/^PCI_RESOURCE_[^=]*=//p" | head -n 1); echo "address from the spec: $a"; exec vfio-edu run "$a" --backend legacy --json'
+    'a=$(tr "\000" "\n" < /proc/$$/environ | sed -n "s/^PCI_RESOURCE_[^=]*=//p" | head -n 1); echo "address from the spec: $a"; exec vfio-edu run "$a" --backend legacy --json'
 expect_text "the spec's PCI_RESOURCE_… reached the container" "address from the spec: $EDU" podman-edu
 if grep -q '"passed":true' /out/podman-edu.txt; then
     pass "podman 4.3 with --device $DRIVER/pci=e1-group-$GE from the plugin's spec: vfio-edu passes DMA + MSI in the container"
