@@ -163,6 +163,13 @@ build_initramfs() {
     # LAB_INITRD_GZIP=1 compresses it.
     local pack=cat; [ -n "${LAB_INITRD_GZIP:-}" ] && pack="gzip -1"
     (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null | $pack > "$RUN_DIR/initrd.img")
+    # The kernel holds the image and its unpacked copy at once ("Initramfs unpacking failed:
+    # write error" otherwise): at least twice its size plus room for the guest's own work.
+    local need=$(( $(stat -c %s "$RUN_DIR/initrd.img") * 2 / 1048576 + 320 ))
+    if [ "$MEMORY" -lt "$need" ]; then
+        log "$TOPO: ${MEMORY} MiB of guest RAM cannot unpack a $(( $(stat -c %s "$RUN_DIR/initrd.img") / 1048576 )) MiB initramfs; using $need MiB"
+        MEMORY=$need
+    fi
 }
 
 # Common QEMU arguments; the topology adds machine and devices.
