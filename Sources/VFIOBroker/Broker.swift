@@ -362,7 +362,7 @@ public final class Broker: @unchecked Sendable {
       forced: false)
     notify(lease, .deviceRequest, "the administrator asks for group \(group) back within \(Int(wait)) s")
     lease.ending = true
-    pendingHistory.append(history(lease.record, "revoke", "asked pid \(lease.record.pid) to release within \(wait) s"))
+    pendingHistory.append(Broker.historyEntry(lease.record, "revoke", "asked pid \(lease.record.pid) to release within \(wait) s"))
   }
 
   private func resolveTarget(_ text: String?) throws(BrokerError) -> (group: Int, devices: [PCIAddress]?) {
@@ -411,7 +411,7 @@ public final class Broker: @unchecked Sendable {
   private func commit() {
     guard !pendingGrants.isEmpty || !pendingHistory.isEmpty else { return }
     let grants = pendingGrants
-    let entries = pendingHistory + grants.map { history($0.lease, "granted", "\($0.lease.backend): \($0.opened.descriptors.count) descriptors") }
+    let entries = pendingHistory + grants.map { Broker.historyEntry($0.lease, "granted", "\($0.lease.backend): \($0.opened.descriptors.count) descriptors") }
     pendingGrants = []
     pendingHistory = []
     do {
@@ -507,7 +507,7 @@ public final class Broker: @unchecked Sendable {
         revocations[group]?.deadline = now + 10
         let pids = Set([lease.record.pid] + (source.holders(of: [group: []])[group] ?? []).compactMap(\.pid))
         for pid in pids where pid > 1 { source.terminate(pid: pid) }
-        pendingHistory.append(history(lease.record, "revoke", "forced: killed \(pids.sorted())"))
+        pendingHistory.append(Broker.historyEntry(lease.record, "revoke", "forced: killed \(pids.sorted())"))
       } else {
         answer(&revocations, group, .revoked, outcome: "timeout")
         leases[group]?.ending = leases[group]?.connection == nil
@@ -557,8 +557,7 @@ public final class Broker: @unchecked Sendable {
       } catch {
         outcomes += ended.map { .held($0.group) }
       }
-      finished.withLock { $0.append(contentsOf: outcomes) }
-      finished.withLock { $0.append(.pass) }
+      finished.withLock { $0.append(contentsOf: outcomes + [.pass]) }
       var one: UInt64 = 1
       _ = Glibc.write(wake.fd, &one, 8)
     }
@@ -683,10 +682,6 @@ public final class Broker: @unchecked Sendable {
   private func command(of pid: Int) -> String {
     String(((try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? "?").prefix(64))
       .trimmingCharacters(in: .whitespacesAndNewlines)
-  }
-
-  private func history(_ lease: LedgerLease, _ result: String, _ detail: String) -> HistoryEntry {
-    Broker.historyEntry(lease, result, detail)
   }
 
   /// Reasons from the manager span lines; a log line and a history detail take one.

@@ -41,6 +41,14 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
 public enum UnixSocket {
   public static let maximumDescriptors = 16
 
+  /// Thousands of connections need thousands of descriptors: the soft RLIMIT_NOFILE up to the hard one.
+  public static func raiseDescriptorLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    limit.rlim_cur = limit.rlim_max
+    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+  }
+
   public static func listen(path: String, backlog: Int32 = 1024, replace: Bool = true) throws(SocketError) -> Int32 {
     let fd = cvfio_unix_listen(path, backlog, 1, replace ? 1 : 0)
     guard fd >= 0 else { throw SocketError("listen on \(path)", errno: -fd) }

@@ -58,7 +58,7 @@ struct ServeCommand: ParsableCommand {
         return handler
       }
       let logger = Logger(label: "swift-vfio.broker")
-      raiseDescriptorLimit()
+      UnixSocket.raiseDescriptorLimit()
       signal(SIGPIPE, SIG_IGN)
       guard let ledger = try Ledger.open(directory: stateOptions.state, create: true) else {
         throw ManagerError.ledger(path: stateOptions.state, "could not be created")
@@ -98,14 +98,6 @@ struct ServeCommand: ParsableCommand {
       withExtendedLifetime(signals) {}
       if let ownSocket { unlink(ownSocket) }
     }
-  }
-
-  /// Thousands of clients need thousands of descriptors: up to the hard limit.
-  private func raiseDescriptorLimit() {
-    var limit = rlimit()
-    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
-    limit.rlim_cur = limit.rlim_max
-    _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
   }
 
   /// sd_listen_fds(3): LISTEN_PID is this process and LISTEN_FDS counts descriptors from 3;
@@ -205,8 +197,15 @@ struct OpenCommand: ParsableCommand {
 /// A command line and environment with a grant's descriptor numbers in them.
 struct Launch {
   let grant: Grant
+  /// `{device}` and the others, to descriptor numbers.
+  let substitutions: [String: String]
 
-  var substitutions: [String: String] {
+  init(grant: Grant) {
+    self.grant = grant
+    self.substitutions = Launch.placeholders(grant)
+  }
+
+  private static func placeholders(_ grant: Grant) -> [String: String] {
     var values: [String: String] = [:]
     let devices = grant.descriptors.filter { $0.0.kind == .device }
     values["{device}"] = devices.first.map { String($0.1) }

@@ -189,10 +189,7 @@ let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("vfi
 try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
 defer { try? FileManager.default.removeItem(atPath: scratch) }
 let socketPath = scratch + "/broker.sock"
-var limit = rlimit()
-getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
-limit.rlim_cur = limit.rlim_max
-setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+UnixSocket.raiseDescriptorLimit()
 
 let ledger = try preparedLedger(scratch, groups: load.clients)
 var logger = Logger(label: "bench.broker")

@@ -11,12 +11,13 @@ EDU=0000:00:03.0
 NIC=0000:00:02.0
 
 nap() { usleep 100000 2>/dev/null || sleep 1; }
+# wait_socket PATH: up to 10 s for a listener to create PATH.
+wait_socket() { i=0; while [ ! -S "$1" ] && [ $i -lt 100 ]; do nap; i=$((i + 1)); done; [ -S "$1" ]; }
 start_broker() {
     rm -f "$SOCK"
     vfioctl serve --state "$S" --socket "$SOCK" > "/out/broker-$1.txt" 2>&1 &
     BROKER=$!
-    i=0; while [ ! -S "$SOCK" ] && [ $i -lt 100 ]; do nap; i=$((i + 1)); done
-    [ -S "$SOCK" ] && pass "broker $1 listens on $SOCK ($(perm "$SOCK"))" || fail "broker $1 did not start: $(tail -c 400 "/out/broker-$1.txt")"
+    wait_socket "$SOCK" && pass "broker $1 listens on $SOCK ($(perm "$SOCK"))" || fail "broker $1 did not start: $(tail -c 400 "/out/broker-$1.txt")"
 }
 # Sets $brc to the broker's exit status (in this shell: only the parent can wait for it).
 stop_broker() { kill -TERM "$BROKER"; wait "$BROKER"; brc=$?; }
@@ -181,7 +182,7 @@ expect_text "the broker logs its grants (swift-log)" "granted" broker-first
 ACT=/run/swift-vfio/activated.sock
 systemd-socket-activate -l "$ACT" vfioctl serve --state "$S" > /out/activated.txt 2>&1 &
 A=$!
-i=0; while [ ! -S "$ACT" ] && [ $i -lt 100 ]; do nap; i=$((i + 1)); done
+wait_socket "$ACT" || fail "systemd-socket-activate did not create $ACT: $(head -c 300 /out/activated.txt)"
 # What SocketMode=0666 does in deploy/systemd/swift-vfio-broker.socket.
 chmod 0666 "$ACT"
 run edu-activated as_user 1000 vfio-edu run $EDU --broker "$ACT" --backend legacy --json

@@ -32,9 +32,11 @@ claim() {  # claim UID DEVICE: a ResourceClaim allocated to DEVICE of this drive
  "status":{"allocation":{"devices":{"results":[{"request":"vfio","driver":"$DRIVER","pool":"lab","device":"$2"}]}}}}
 JSON
 }
+# start_dra [LOG [OPTION...]]: the DRA plugin with its specs in ${DRA_CDI:-$CDI}, output in /out/LOG.log.
 start_dra() {
-    vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir $CDI --claims $CLAIMS --node-name lab \
-        > /out/dra-plugin.log 2>&1 &
+    _log=${1:-dra-plugin}; [ $# -gt 0 ] && shift
+    vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir "${DRA_CDI:-$CDI}" --claims $CLAIMS --node-name lab \
+        "$@" > "/out/$_log.log" 2>&1 &
     DRA_PID=$!
     # A plugin that was killed leaves its socket files: wait until the new one answers.
     i=0
@@ -155,10 +157,8 @@ EDU=0000:00:03.0
 echo > /sys/bus/pci/devices/$EDU/driver_override
 [ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
 GE=$(basename "$(readlink /sys/bus/pci/devices/$EDU/iommu_group)")
-vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir /var/run/cdi --claims $CLAIMS --node-name lab \
-    --allow-no-reset > /out/dra-plugin-edu.log 2>&1 &
-DRA_PID=$!
-i=0; until vfio-kubelet-sim info --socket "$REG" > /dev/null 2>&1; do i=$((i + 1)); [ $i -lt 150 ] || break; sleep 0.2; done
+DRA_CDI=/var/run/cdi
+start_dra dra-plugin-edu --allow-no-reset || fail "the DRA plugin with --allow-no-reset did not come up: $(tail -c 300 /out/dra-plugin-edu.log)"
 claim e1 "group-$GE"
 run prepare-edu vfio-kubelet-sim prepare --socket "$DRA" --uid e1
 expect_no_text "prepare of the edu claim: no error" '"error"' prepare-edu
