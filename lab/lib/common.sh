@@ -16,6 +16,11 @@ now_ms() { date +%s%3N; }
 # "12.3s" from two now_ms values.
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fs", (b - a) / 1000 }'; }
 
+# `lab/vm fetch --dry-run` sets LAB_DRY_RUN: the fetch paths run, but every step that would
+# install, download, update or unpack is only logged (see cmd_fetch in lib/fetch.sh).
+dry_run() { [ -n "${LAB_DRY_RUN:-}" ]; }
+would() { log "would $*"; }
+
 # Installs Debian packages only when missing, so repeated runs neither touch apt nor need
 # the network. apt-get update runs at most once per process.
 ensure_packages() {
@@ -24,6 +29,12 @@ ensure_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
+    if dry_run; then
+        # resolve_package is lib/fetch.sh's: a dry run is always lab/vm fetch's.
+        for p in "${missing[@]}"; do resolve_package "$p" >/dev/null || return 1; done
+        would "apt-get install ${missing[*]}"
+        return 0
+    fi
     log "installing ${missing[*]}"
     if [ -z "${LAB_APT_UPDATED:-}" ]; then
         apt-get update -qq >&2 || die "apt-get update failed"

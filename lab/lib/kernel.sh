@@ -11,7 +11,7 @@ cmd_build_kernel() {
     ensure_packages build-essential flex bison libelf-dev bc libssl-dev xz-utils
 
     local deb ver key out src build
-    deb=$(download_deb linux-source-6.12)
+    deb=$(fetch_kernel_source)
     ver=$(dpkg-deb -f "$deb" Version)
     key=$( { cat "$fragment"; echo "$ver"; } | sha256sum | cut -c1-16)
     out=$KERNELS_DIR/$flavour-$key
