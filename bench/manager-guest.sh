@@ -39,6 +39,7 @@ one() {  # one GROUP-LABEL KIND
     t1=$(ms)
     if [ "$2" = bare ]; then echo "bare $1 $((t1 - t0))"; else
         # sum the ledger and step times of detach + attach
+        # shellcheck disable=SC2046 # two numbers, two arguments
         set -- $(sed -n 's/.*steps \([0-9.]*\) ms, ledger \([0-9.]*\) ms/\1 \2/p' /tmp/t | awk '{s+=$1; l+=$2} END {print l, s}')
         echo "vfioctl $label $((t1 - t0)) $1 $2"
     fi

@@ -70,6 +70,9 @@ public final class Broker: @unchecked Sendable {
   private var records: [Int: (group: LedgerGroup, members: [LedgerMember])] = [:]
   private var recordsVersion: Int?
   private var pendingHistory: [HistoryEntry] = []
+  /// Refusals of `open`, answered after the pass's commit like grants: a client that was told
+  /// no finds its refusal in the history.
+  private var pendingRefusals: [(connection: UInt64, response: BrokerResponse)] = []
   private var lastReap = 0.0
   private var reapInFlight = false
   private var reapSoon = false
@@ -280,7 +283,11 @@ public final class Broker: @unchecked Sendable {
         try revoke(request, for: connection)
       }
     } catch let error as BrokerError {
-      send(.failure(error, id: request.id), to: connection)
+      if request.type == .open {
+        pendingRefusals.append((connection.id, .failure(error, id: request.id)))
+      } else {
+        send(.failure(error, id: request.id), to: connection)
+      }
     } catch {
       send(.failure(BrokerError(.internalError, "\(error)"), id: request.id), to: connection)
     }
@@ -409,6 +416,7 @@ public final class Broker: @unchecked Sendable {
   /// Records this pass's grants and history in one transaction, then sends the grants. A
   /// grant whose record did not commit is never sent.
   private func commit() {
+    defer { answerRefusals() }
     guard !pendingGrants.isEmpty || !pendingHistory.isEmpty else { return }
     let grants = pendingGrants
     let entries = pendingHistory + grants.map { Broker.historyEntry($0.lease, "granted", "\($0.lease.backend): \($0.opened.descriptors.count) descriptors") }
@@ -454,6 +462,14 @@ public final class Broker: @unchecked Sendable {
           "group": "\(grant.lease.groupID)", "uid": "\(grant.lease.uid)", "pid": "\(grant.lease.pid)",
           "backend": "\(grant.lease.backend)",
         ])
+    }
+  }
+
+  private func answerRefusals() {
+    let refusals = pendingRefusals
+    pendingRefusals = []
+    for (id, response) in refusals {
+      if let connection = connections[id] { send(response, to: connection) }
     }
   }
 

@@ -5,6 +5,7 @@
 # real clients: vfio-edu's DMA + MSI checks through BrokerClient, and QEMU 10 realizing the
 # edu device from the broker's iommufd descriptors. $1 is the topology.
 TOPOLOGY=$1
+# shellcheck source=guest-lib.sh
 . /lab/guest-lib.sh
 SOCK=/run/swift-vfio/broker.sock
 EDU=0000:00:03.0
@@ -82,7 +83,7 @@ case " $BACKENDS " in *" iommufd "*)
     qemu_args="-nodefaults -display none -machine q35 -accel tcg -m 128 -S -monitor stdio"
     printf 'info pci\nquit\n' > /tmp/monitor
     run qemu10-1000 as_user 1000 vfioctl open $EDU --socket "$SOCK" --backend iommufd --exec -- \
-        qemu-system-x86_64 $qemu_args -object iommufd,id=iommufd0,fd={iommufd} -device vfio-pci,iommufd=iommufd0,fd={device} < /tmp/monitor
+        qemu-system-x86_64 $qemu_args -object iommufd,id=iommufd0,fd='{iommufd}' -device vfio-pci,iommufd=iommufd0,fd='{device}' < /tmp/monitor
     if [ "$rc" = 0 ] && grep -q '1234:11e8' /out/qemu10-1000.txt; then
         pass "QEMU $(qemu-system-x86_64 --version | head -n 1 | awk '{print $4}') as uid 1000 realizes the edu device from the broker's descriptors"
     else
@@ -90,7 +91,7 @@ case " $BACKENDS " in *" iommufd "*)
     fi
     wait_lease "$G" gone && pass "the lease ended with QEMU" || fail "lease of group $G still there after QEMU"
     run qemu10-1001 as_user 1001 vfioctl open $EDU --socket "$SOCK" --backend iommufd --exec -- \
-        qemu-system-x86_64 $qemu_args -object iommufd,id=iommufd0,fd={iommufd} -device vfio-pci,iommufd=iommufd0,fd={device} < /tmp/monitor
+        qemu-system-x86_64 $qemu_args -object iommufd,id=iommufd0,fd='{iommufd}' -device vfio-pci,iommufd=iommufd0,fd='{device}' < /tmp/monitor
     expect_rc "uid 1001's VMM is refused by the broker" 1 qemu10-1001
     expect_text "the refusal says why" "is not yours" qemu10-1001
     ;;
@@ -129,6 +130,7 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     expect_rc "a grant of another device of the held group is refused" 75 second-open
 
     kill -9 "$H"
+    # shellcheck disable=SC2046 # one argument per pid
     pkill -9 -f 'sleep 600' 2>/dev/null || kill -9 $(pidof sleep) 2>/dev/null
     wait "$H" 2>/dev/null
     if wait_lease "$B" gone; then pass "killing the client ends the lease"; else fail "lease still there after the holder died"; fi
@@ -192,4 +194,4 @@ else
     fail "socket activation: rc $rc $(head -c 300 /out/edu-activated.txt) $(head -c 300 /out/activated.txt)"
 fi
 kill -TERM $A; wait $A
-echo done >> /out/checks
+echo 'done' >> /out/checks

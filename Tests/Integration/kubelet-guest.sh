@@ -3,7 +3,6 @@
 # vfioctl's kubelet plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
 # judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
 # line per check in /out/checks, "done" last; figures in /out/kubelet-timings.
-TOPOLOGY=$1
 S=/tmp/vfio-state
 K=/tmp/kubelet
 CDI=/tmp/cdi
@@ -151,6 +150,7 @@ both_on "attach after the device plugin: both on e1000" e1000
 
 # --- a real consumer of the CDI spec: podman 4.3 runs vfio-edu on the claim's device -------------
 # The edu device (group of 00:03.0) has no reset method: published only with --allow-no-reset.
+# shellcheck source=podman-guest-lib.sh
 . /lab/podman-guest-lib.sh
 if podman_prepare_guest > /out/podman-prepare.txt 2>&1; then pass "podman 4.3 ready in the guest"; else fail "podman_prepare_guest: $(tail -c 300 /out/podman-prepare.txt)"; fi
 EDU=0000:00:03.0
@@ -179,4 +179,4 @@ run unprepare-edu vfio-kubelet-sim unprepare --socket "$DRA" --uid e1
 expect_no_text "unprepare of the edu claim: no error" '"error"' unprepare-edu
 ls /var/run/cdi/*e1* > /dev/null 2>&1 && fail "the edu claim's spec is still there" || pass "unprepare removed the edu claim's spec"
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
-echo done >> /out/checks
+echo 'done' >> /out/checks

@@ -3,7 +3,7 @@
 # kernel, judged by what sysfs shows afterwards. Writes one "PASS name" or "FAIL name: why"
 # line per check to /out/checks and each command's output under /out. Driven by
 # Tests/Integration/manager.sh, which passes the topology name as $1.
-TOPOLOGY=$1
+# shellcheck source=guest-lib.sh
 . /lab/guest-lib.sh
 ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
 # expect NAME DEVICE DRIVER OVERRIDE: the kernel shows DEVICE on DRIVER with driver_override OVERRIDE.
@@ -39,7 +39,7 @@ expect_text "explain of a detached group says so" "detached by swift-vfio" expla
 run attach-e1000e v attach 2
 expect_rc "attach 2" 0 attach-e1000e
 expect "attach 2: back on e1000e, no override" 0000:00:02.0 e1000e "(null)"
-ls /sys/bus/pci/devices/0000:00:02.0/net/ 2>/dev/null | grep -q eth && pass "attach 2: its network interface is back" \
+ls -d /sys/bus/pci/devices/0000:00:02.0/net/eth* >/dev/null 2>&1 && pass "attach 2: its network interface is back" \
     || fail "attach 2: no network interface under 0000:00:02.0/net"
 
 # --- e1000e pair 00:05.0 (group 5) / 00:05.1 (group 6, vfio-pci) -----------------------------
@@ -175,7 +175,7 @@ if command -v dpdk-testpmd >/dev/null; then
     fi
     run dpdk-attach v attach 2
     expect "dpdk: after attach 00:02.0 is back on e1000e" 0000:00:02.0 e1000e "(null)"
-    ls /sys/bus/pci/devices/0000:00:02.0/net/ 2>/dev/null | grep -q eth && pass "dpdk: after attach the host has its interface again" \
+    ls -d /sys/bus/pci/devices/0000:00:02.0/net/eth* >/dev/null 2>&1 && pass "dpdk: after attach the host has its interface again" \
         || fail "dpdk: no network interface after attach"
 else
     fail "dpdk-testpmd is not in the guest"
@@ -210,4 +210,4 @@ run final-status v status --json
 grep -q '"groups": *\[\]' /out/final-status.txt && pass "the ledger ends with every group on the host" \
     || fail "final status: $(head -c 600 /out/final-status.txt)"
 v history > /out/history.txt 2>&1
-echo done >> /out/checks
+echo 'done' >> /out/checks

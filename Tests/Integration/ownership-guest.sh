@@ -5,6 +5,7 @@
 # $1 is the topology. One "PASS name" / "FAIL name: why" / "SKIP ..." line per check in
 # /out/checks, "done" last.
 TOPOLOGY=$1
+# shellcheck source=guest-lib.sh
 . /lab/guest-lib.sh
 # Hot-unplug and replug the e1000e as the kernel sees it, with udev's current rules.
 replug_e1000e() {
@@ -45,7 +46,7 @@ if [ "$TOPOLOGY" = q35-sriov ]; then
     [ "$(cat /sys/bus/pci/devices/$pf/sriov_numvfs)" = 0 ] && pass "the kernel shows 0 VFs again" || fail "sriov_numvfs is $(cat /sys/bus/pci/devices/$pf/sriov_numvfs)"
     run vfs-status v status --json
     grep -q '"groups": *\[\]' /out/vfs-status.txt && pass "the ledger agrees: nothing detached" || fail "status after cleanup: $(head -c 400 /out/vfs-status.txt)"
-    echo done >> /out/checks
+    echo 'done' >> /out/checks
     exit 0
 fi
 
@@ -147,4 +148,4 @@ if [ -x /lib/systemd/systemd-udevd ]; then
 else
     fail "systemd-udevd is not in the guest"
 fi
-echo done >> /out/checks
+echo 'done' >> /out/checks

@@ -6,10 +6,10 @@
 # cdiVersions and fields podman's CDI library takes. $1 is the topology, BACKENDS the VFIO
 # paths to try (legacy; iommufd too on q35-iommufd). One "PASS name" / "FAIL name: why" line
 # per check in /out/checks, "done" last; /out/podman-timings has the podman run times.
-TOPOLOGY=$1
 BDF=0000:00:03.0
 KIND=swift-vfio.dev/group
 SPEC=/var/run/cdi/swift-vfio-test.json
+# shellcheck source=podman-guest-lib.sh
 . /lab/podman-guest-lib.sh
 : > /out/checks
 : > /out/podman-timings
@@ -157,4 +157,4 @@ rm -f /var/run/cdi/claim-b.json
 echo '{"cdiVersion": "0.5.0", "kind": "other.vendor/x", "devices": [' > /var/run/cdi/broken.json
 variant "beside a spec that does not parse" 0.5.0 dev "" accepted
 rm -f /var/run/cdi/v.json /var/run/cdi/broken.json
-echo done >> /out/checks
+echo 'done' >> /out/checks

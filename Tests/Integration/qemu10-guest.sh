@@ -99,4 +99,4 @@ exec 4<&-
 run fresh sh -c "exec 4<>/dev/vfio/devices/$cdev; exec qemu-system-x86_64 -nodefaults -display none -machine q35 -accel tcg -m 128 -S -object iommufd,id=iommufd0,fd=3 -device vfio-pci,iommufd=iommufd0,fd=4 -monitor stdio"
 expect_edu fresh "old iommufd descriptor, cdev opened afresh after the bound one was closed"
 exec 3<&-
-echo done >> /out/checks
+echo 'done' >> /out/checks

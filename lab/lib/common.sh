@@ -4,6 +4,7 @@
 # cache, outside the repository, so a clone stays small and rebuilds are cheap.
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck disable=SC2034 # read by the scripts that source this file
 REPO_DIR=$(cd "$LAB_DIR/.." && pwd)
 CACHE=${VFIO_LAB_CACHE:-$HOME/.cache/swift-vfio-lab}
 mkdir -p "$CACHE"

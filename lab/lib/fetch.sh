@@ -61,7 +61,7 @@ cmd_fetch() {
         ppc64el) fetch_ppc64el ;;
         qemu10) fetch_qemu10 >/dev/null ;;
         x86_64) fetch_x86_64 ;;
-        all) fetch_x86_64 && fetch_ppc64el && fetch_qemu10 >/dev/null && fetch_kernel_source >/dev/null ;;
+        all) fetch_x86_64; fetch_ppc64el; fetch_qemu10 >/dev/null; fetch_kernel_source >/dev/null ;;
         *) die "usage: lab/vm fetch [--dry-run] [x86_64|ppc64el|qemu10|all]" ;;
     esac
 }
