@@ -11,6 +11,8 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
+#include <linux/netlink.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -277,4 +279,80 @@ int cvfio_is_unix_listener(int fd) {
 int cvfio_epoll_want_write(int epfd, int fd, uint64_t token, int writable) {
   struct epoll_event event = {.events = EPOLLIN | (writable ? EPOLLOUT : 0), .data.u64 = token};
   return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) < 0 ? -errno : 0;
+}
+
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83
+#endif
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+int cvfio_refuse_rights(int socket) {
+  int off = 0;
+  return setsockopt(socket, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof(off)) < 0 ? -errno : 0;
+}
+
+long cvfio_receive_all_fds(int socket, void *bytes, unsigned long length, int *fds, int *received) {
+  *received = 0;
+  struct iovec iov = {.iov_base = bytes, .iov_len = length};
+  union {
+    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_SCM_MAX_FD)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr message = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
+  ssize_t got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
+  if (got < 0) return -errno;
+  for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+    int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    int *arrived = (int *)CMSG_DATA(header);
+    for (int i = 0; i < n && *received < CVFIO_SCM_MAX_FD; i++) fds[(*received)++] = arrived[i];
+  }
+  return got;
+}
+
+int cvfio_abort_on_close(int socket) {
+  struct linger now = {.l_onoff = 1, .l_linger = 0};
+  return setsockopt(socket, SOL_SOCKET, SO_LINGER, &now, sizeof(now)) < 0 ? -errno : 0;
+}
+
+int cvfio_peer_pidfd(int socket) {
+  int pidfd = -1;
+  socklen_t size = sizeof(pidfd);
+  if (getsockopt(socket, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &size) < 0) return -errno;
+  return pidfd;
+}
+
+int cvfio_pidfd_open(int pid) {
+  long fd = syscall(SYS_pidfd_open, pid, 0);
+  return fd < 0 ? -errno : (int)fd;
+}
+
+int cvfio_pidfd_send_signal(int pidfd, int signal) {
+  return syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0) < 0 ? -errno : 0;
+}
+
+int cvfio_epoll_interest(int epfd, int fd, uint64_t token, int readable, int writable) {
+  struct epoll_event event = {.events = (readable ? EPOLLIN : 0) | (writable ? EPOLLOUT : 0), .data.u64 = token};
+  return epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &event) < 0 ? -errno : 0;
+}
+
+int cvfio_uevent_socket(void) {
+  int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_KOBJECT_UEVENT);
+  if (fd < 0) return -errno;
+  struct sockaddr_nl address = {.nl_family = AF_NETLINK, .nl_pid = 0, .nl_groups = 1};
+  if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0) {
+    int error = errno;
+    close(fd);
+    return -error;
+  }
+  return fd;
 }

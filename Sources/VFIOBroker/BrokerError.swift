@@ -18,6 +18,8 @@ public struct BrokerError: Error, Codable, Sendable, Equatable, CustomStringConv
     case reserved
     /// Someone holds the group now.
     case leased
+    /// The administrator is taking the group back to the host.
+    case closing
     /// The kernel refused to open what the ledger allows (not viable, no cdev, ...).
     case openFailed = "open-failed"
     /// Only root may do this.

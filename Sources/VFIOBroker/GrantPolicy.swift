@@ -7,7 +7,8 @@ import VFIOManager
 /// guest it is reserved for), and only while nobody holds it.
 public enum GrantPolicy {
   public static func decide(
-    caller: PeerCredentials, group id: Int, record: LedgerGroup?, lease: LedgerLease?, guest: String?
+    caller: PeerCredentials, group id: Int, record: LedgerGroup?, lease: LedgerLease?, pending: Bool = false,
+    guest: String?
   ) throws(BrokerError) {
     guard let record, record.state == .detached else {
       throw BrokerError(
@@ -26,6 +27,15 @@ public enum GrantPolicy {
         guest.map { "IOMMU group \(id) is reserved for another guest than \($0)" }
           ?? "IOMMU group \(id) is reserved for a guest; say which one you run",
         next: "open it with the guest's name (`--guest NAME`)")
+    }
+    // An administrator is taking it back (attach under the group's lock): no grant may slip in.
+    if record.closing {
+      throw BrokerError(
+        .closing, "IOMMU group \(id) is being given back to the host by the administrator",
+        next: "ask the administrator; `vfioctl status \(id)` shows it")
+    }
+    if pending {
+      throw BrokerError(.leased, "IOMMU group \(id) is being granted to another request right now", next: "try again later")
     }
     if let lease {
       throw BrokerError(

@@ -65,10 +65,14 @@ public protocol GrantSource: Sendable {
   func reset(group: Int) -> LeaseReset
   /// RLIMIT_MEMLOCK of `pid` in bytes, nil when unlimited.
   func memlockLimit(pid: Int) -> UInt64?
-  /// The groups as the foundation assesses them now, for `list`.
-  func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])]
-  /// Ends a holder that did not release when revoked with force.
-  func terminate(pid: Int)
+  /// The groups (with their devices) as the foundation assesses them now, for `list`.
+  func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment]
+  /// Who `pid` is (with its start time) and its command name, for the lease.
+  func identify(pid: Int) -> (identity: ProcessIdentity?, command: String)
+  /// Ends a holder that did not release when revoked with force: exactly that process, or
+  /// none (false) when it is gone or its pid now names another. `pidfd`, when the broker has
+  /// one for it (the connection's SO_PEERPIDFD), is what the signal goes through.
+  func terminate(_ process: ProcessIdentity, pidfd: Int32?) -> Bool
 }
 
 /// The host: the VFIO library opens, the manager resets, /proc tells holders and limits.
@@ -187,16 +191,26 @@ public struct LiveGrantSource: GrantSource {
     return nil
   }
 
-  public func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])] {
+  public func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment] {
     guard let inventory = try? HostInventory.read(sysfs) else { return [:] }
     let assessor = Assessor(inventory: inventory)
-    var result: [Int: (verdict: String, reasons: [String])] = [:]
-    for group in groups {
+    var result: [Int: GroupAssessment] = [:]
+    for (group, devices) in groups {
       let assessment = assessor.assess(group: group)
-      result[group] = (assessment.verdict.rawValue, assessment.reasons.map(\.message))
+      result[group] = GroupAssessment(
+        verdict: assessment.verdict.rawValue, reasons: assessment.reasons.map(\.message),
+        backends: [Backend.legacy, .iommufd].filter { resolve($0, devices: devices) == $0 }.map(\.rawValue))
     }
     return result
   }
 
-  public func terminate(pid: Int) { kill(pid_t(pid), SIGKILL) }
+  public func identify(pid: Int) -> (identity: ProcessIdentity?, command: String) {
+    let command = sysfs.readString("/proc/\(pid)/comm").map { String($0.prefix(64)) } ?? "?"
+    return (ProcessIdentity.current(pid: pid, sysfs: sysfs), command)
+  }
+
+  public func terminate(_ process: ProcessIdentity, pidfd: Int32?) -> Bool {
+    if let pidfd { return cvfio_pidfd_send_signal(pidfd, SIGKILL) == 0 }
+    return process.signal(SIGKILL, sysfs: sysfs)
+  }
 }

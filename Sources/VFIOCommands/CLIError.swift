@@ -22,7 +22,7 @@ public enum CLIError: Error, Equatable, CustomStringConvertible {
     case .broker(let error):
       switch error.code {
       case .notOwner, .notDetached, .reserved, .notPermitted, .openFailed: 1
-      case .leased, .busy: 75
+      case .leased, .busy, .closing: 75
       case .ledger: 65
       case .invalidTarget, .malformed, .oversized, .version: 64
       case .internalError: 69

@@ -49,10 +49,10 @@ public enum ManagerRenderer {
           "  unfinished \(op.kind.rawValue) by pid \(op.pid) since \(op.started): \(op.stepsDone) of \(op.steps) steps done; the next vfioctl on this group (or `vfioctl recover`) puts it right\n"
       }
       if let lease = group.lease {
-        out += "  leased by the broker to uid \(lease.uid), pid \(lease.pid) (\(lease.command)), \(lease.backend)"
-        out += (lease.guest.map { " for \($0)" } ?? "") + " since \(lease.since)\n"
+        out += "  leased by the broker to uid \(lease.uid), pid \(lease.pid) (\(printable(lease.command))), \(lease.backend)"
+        out += (lease.guest.map { " for \(printable($0))" } ?? "") + " since \(lease.since)\n"
       }
-      for holder in group.holders { out += "  open: \(holder)\n" }
+      for holder in group.holders { out += "  open: \(printable(holder.description))\n" }
       if !group.members.isEmpty {
         var table = TextTable(header: ["  ADDRESS", "CARD", "ORIGINAL", "NOW"])
         for member in group.members {

@@ -1,10 +1,13 @@
-/// A plain left-aligned text table; the last column is never padded.
+import VFIOHost
+
+/// A plain left-aligned text table; the last column is never padded. Cells are made
+/// printable: several carry text from others (process names, guest names, details).
 struct TextTable {
   var header: [String]
   var rows: [[String]] = []
 
   func render() -> String {
-    let all = [header] + rows
+    let all = ([header] + rows).map { $0.map(printable) }
     var widths = [Int](repeating: 0, count: header.count)
     for row in all {
       for (i, cell) in row.enumerated() where i < widths.count { widths[i] = max(widths[i], cell.count) }

@@ -43,6 +43,10 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
   /// The owner reaches the group only through descriptors the broker grants: the nodes stay
   /// root's, mode 0600, whatever `ownership` says.
   public var brokerOnly: Bool = false
+  /// An administrator is taking the group back (`attach` while the broker has it leased):
+  /// set under the group's lock before the holder is asked to let go, so no new grant can
+  /// slip in between the revoke and the attach.
+  public var closing: Bool = false
 
   /// The group's row, changed by `change`; a new row (state host) when there is none yet, so
   /// that what other commands recorded (owner, reservation) is never lost by a rewrite.
@@ -89,10 +93,13 @@ public struct LedgerLease: Codable, Sendable, Equatable, FetchableRecord, Persis
   public var guest: String?
   public var started: Date
   public var bootID: String?
+  /// The holder's start time (`/proc/PID/stat` field 22, clock ticks since boot): with the
+  /// boot, what tells the process from a later one that got the same pid.
+  public var pidStart: Int64? = nil
 
   public init(
     groupID: Int, uid: Int, gid: Int, pid: Int, command: String, backend: String, device: String, guest: String?,
-    started: Date = Date(), bootID: String?
+    started: Date = Date(), bootID: String?, pidStart: Int64? = nil
   ) {
     self.groupID = groupID
     self.uid = uid
@@ -104,6 +111,7 @@ public struct LedgerLease: Codable, Sendable, Equatable, FetchableRecord, Persis
     self.guest = guest
     self.started = started
     self.bootID = bootID
+    self.pidStart = pidStart
   }
 }
 
@@ -216,9 +224,9 @@ public struct HistoryEntry: Codable, Sendable, Equatable, FetchableRecord, Mutab
     self.uid = uid
     self.pid = pid
     self.groupID = groupID
-    self.command = command
+    self.command = HistoryEntry.bounded(command)
     self.result = result
-    self.detail = detail
+    self.detail = HistoryEntry.bounded(detail)
   }
 
   public mutating func didInsert(_ inserted: InsertionSuccess) { id = inserted.rowID }
@@ -288,7 +296,7 @@ public final class Ledger: Sendable {
   }
 
   /// `PRAGMA user_version` once every migration below has run.
-  static let schemaVersion = 3
+  static let schemaVersion = 4
 
   /// Versioned from the first schema; a migration once shipped is never edited, only followed.
   static var migrator: DatabaseMigrator {
@@ -376,6 +384,35 @@ public final class Ledger: Sendable {
         t.column("bootID", .text)
       }
       try db.execute(sql: "PRAGMA user_version = 3")
+    }
+    // Bounded state and atomic revocation: refusals counted per caller, group and reason
+    // instead of a row each; the history pruned by a retention policy, and only inside a
+    // prune window (the trigger still refuses every other delete); the closing mark; the
+    // lease holder's start time.
+    migrator.registerMigration("v4") { db in
+      try db.alter(table: "iommu_group") { t in
+        t.add(column: "closing", .boolean).notNull().defaults(to: false)
+      }
+      try db.alter(table: "lease") { t in t.add(column: "pidStart", .integer) }
+      try db.create(table: "refusal") { t in
+        t.column("uid", .integer).notNull()
+        t.column("groupID", .integer).notNull()
+        t.column("code", .text).notNull()
+        t.column("count", .integer).notNull()
+        t.column("first", .datetime).notNull()
+        t.column("last", .datetime).notNull()
+        t.column("detail", .text).notNull()
+        t.primaryKey(["uid", "groupID", "code"])
+      }
+      try db.create(table: "history_prune") { t in t.column("upTo", .integer).notNull() }
+      try db.execute(
+        sql: """
+          DROP TRIGGER history_no_delete;
+          CREATE TRIGGER history_no_delete BEFORE DELETE ON history
+            WHEN NOT EXISTS (SELECT 1 FROM history_prune WHERE OLD.id <= upTo)
+            BEGIN SELECT RAISE(ABORT, 'the history is append-only (vfioctl history --prune applies the retention policy)'); END;
+          PRAGMA user_version = 4;
+          """)
     }
     return migrator
   }

@@ -18,14 +18,16 @@ final class RunningBroker {
   let socket: String
   let thread: Thread
 
-  init(source: RecordingGrantSource, stateDirectory: String, socket: String) throws {
+  init(
+    source: RecordingGrantSource, stateDirectory: String, socket: String,
+    configure: (inout Broker.Configuration) -> Void = { _ in }
+  ) throws {
     guard let ledger = try Ledger.open(directory: stateDirectory, create: true) else { throw BrokerError(.ledger, "no ledger") }
     var logger = Logger(label: "test.broker")
     logger.logLevel = .critical
-    broker = try Broker(
-      source: source, ledger: ledger,
-      configuration: .init(stateDirectory: stateDirectory, stalledAfter: 0.5, reapInterval: 0.02), logger: logger,
-      bootID: "test")
+    var configuration = Broker.Configuration(stateDirectory: stateDirectory, stalledAfter: 0.5, reapInterval: 0.02)
+    configure(&configuration)
+    broker = try Broker(source: source, ledger: ledger, configuration: configuration, logger: logger, bootID: "test")
     self.socket = socket
     broker.serve(listener: try UnixSocket.listen(path: socket))
     let broker = self.broker
@@ -52,12 +54,14 @@ final class BrokerTests: ManagerTestCase {
   }
 
   /// q35-vtd with the e1000e's group (2) detached and given to `owner`, through the broker only.
-  func startBroker(owner: Int? = nil, reservedFor: String? = nil) throws {
+  func startBroker(
+    owner: Int? = nil, reservedFor: String? = nil, configure: (inout Broker.Configuration) -> Void = { _ in }
+  ) throws {
     try setUpTree("q35-vtd")
     _ = try manager().detach(.group(2), owner: Ownership(uid: owner ?? me.uid, gid: me.gid), brokerOnly: true)
     if let reservedFor { _ = try manager().reserve(.group(2), for: reservedFor, owner: nil) }
     source = RecordingGrantSource()
-    running = try RunningBroker(source: source, stateDirectory: state.path, socket: socketPath)
+    running = try RunningBroker(source: source, stateDirectory: state.path, socket: socketPath, configure: configure)
   }
 
   func waitUntil(_ what: String, timeout: Double = 5, _ condition: () throws -> Bool) rethrows {
@@ -121,7 +125,16 @@ final class BrokerTests: ManagerTestCase {
     }
     XCTAssertTrue(source.state.withLock { $0.opens.isEmpty })
     XCTAssertNil(try ledger().lease(group: 2))
-    XCTAssertTrue(try ledger().history(group: 2).contains { $0.result == "refused" && $0.detail.contains("not-owner") })
+    // Counted, not a row each: the answer came after the count committed.
+    XCTAssertEqual(try ledger().refusals(group: 2).map { [$0.uid, $0.count] }, [[me.uid, 1]])
+    XCTAssertEqual(try ledger().refusals(group: 2).first?.code, "not-owner")
+    let rows = try ledger().history().count
+    for _ in 0..<50 { XCTAssertThrowsError(try client.open("2")) }
+    XCTAssertEqual(try ledger().refusals(group: 2).first?.count, 51)
+    XCTAssertEqual(try ledger().history().count, rows, "refusals add no history rows")
+    // A group the ledger never had is not recorded at all.
+    XCTAssertThrowsError(try client.open("9")) { XCTAssertEqual(($0 as? BrokerError)?.code, .notDetached) }
+    XCTAssertEqual(try ledger().refusals().map(\.groupID), [2])
     XCTAssertEqual(try client.list().groups.count, me.uid == 0 ? 1 : 0, "list shows only the caller's groups (root sees all)")
   }
 
@@ -292,12 +305,17 @@ final class BrokerTests: ManagerTestCase {
     XCTAssertEqual(recv(stalled, &byte, 1, 0), 0, "a stalled client is dropped")
     close(stalled)
 
-    // A client that sends descriptors: they are closed, not kept.
+    // A client that sends descriptors: the kernel refuses them (SO_PASSRIGHTS, Linux 6.16+),
+    // or the broker takes them off the loop to be closed and drops the sender; never kept.
     var pair: [Int32] = [0, 0]
     XCTAssertEqual(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair), 0)
     let sender = try UnixSocket.connect(path: socketPath)
-    try UnixSocket.sendAll(sender, try Wire.encode(BrokerRequest(.hello, id: 1)), descriptors: [pair[0], pair[1]])
-    XCTAssertEqual(try readResponse(sender)?.id, 1)
+    do {
+      try UnixSocket.sendAll(sender, try Wire.encode(BrokerRequest(.hello, id: 1)), descriptors: [pair[0], pair[1]])
+      XCTAssertNil(try? readResponse(sender), "a sender of descriptors gets no answer")
+    } catch let error as SocketError {
+      XCTAssertEqual(error.errno, EPERM, "the kernel refused the descriptors")
+    }
     close(sender)
     close(pair[0])
     close(pair[1])

@@ -247,12 +247,29 @@ final class ManagerTests: ManagerTestCase {
     _ = try manager().detach(.group(2))
     mkdir(tree.path + "/proc/4242", 0o755)
     mkdir(tree.path + "/proc/4242/fd", 0o755)
-    symlink("/dev/vfio/2", tree.path + "/proc/4242/fd/7")
+    // The descriptor's file is the group node itself (the simulated kernel's node in the tree).
+    symlink(tree.path + "/dev/vfio/2", tree.path + "/proc/4242/fd/7")
     try tree.write(tree.path + "/proc/4242/comm", text: "qemu-system-x86\n")
     let writes = kernel.writes.count
     try assertRefused({ _ = try manager().attach(.group(2)) }, code: "open", mentions: "pid 4242 (qemu-system-x86) has /dev/vfio/2 open")
     XCTAssertEqual(kernel.writes.count, writes)
     XCTAssertEqual(try ledger().group(2)?.state, .detached)
+  }
+
+  /// A file that only has the node's name (in the kernel: a plain file at /dev/vfio/2 in a
+  /// private mount namespace, whose fd link reads "/dev/vfio/2") is not the node.
+  func testAFileNamedLikeTheGroupNodeIsNoHolder() throws {
+    try setUpTree()
+    _ = try manager().detach(.group(2))
+    mkdir(tree.path + "/elsewhere", 0o755)
+    mkdir(tree.path + "/elsewhere/vfio", 0o755)
+    try tree.write(tree.path + "/elsewhere/vfio/2", text: "not a device\n")
+    mkdir(tree.path + "/proc/202", 0o755)
+    mkdir(tree.path + "/proc/202/fd", 0o755)
+    symlink(tree.path + "/elsewhere/vfio/2", tree.path + "/proc/202/fd/3")
+    try tree.write(tree.path + "/proc/202/comm", text: "sleep\n")
+    XCTAssertEqual(OpenHolderScanner(sysfs: Sysfs(root: tree.path)).holders(group: 2, devices: [address("00:02.0")]), [])
+    XCTAssertNoThrow(try manager().attach(.group(2)))
   }
 
   func testADifferentCardInTheSlotIsReportedAndLeftAlone() throws {
@@ -308,7 +325,9 @@ final class ManagerTests: ManagerTestCase {
     try setUpTree()
     mkdir(tree.path + "/proc/77", 0o755)
     mkdir(tree.path + "/proc/77/fd", 0o755)
-    symlink("/dev/vfio/10", tree.path + "/proc/77/fd/3")
+    // A node the kernel would have made for the group (its devices are opened through it).
+    try tree.write(tree.path + "/dev/vfio/10", text: "")
+    symlink(tree.path + "/dev/vfio/10", tree.path + "/proc/77/fd/3")
     try assertRefused({ _ = try manager().reset(.device(address("02:00.0"))) }, code: "open", mentions: "pid 77")
     XCTAssertNoThrow(try manager().reset(.device(address("00:02.0"))))
   }

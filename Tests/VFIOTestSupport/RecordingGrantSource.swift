@@ -18,6 +18,8 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     public var resets: [Int] = []
     public var held: [Int: [OpenHolder]] = [:]
     public var terminated: [Int] = []
+    /// How often the host was assessed for `list`.
+    public var assessments = 0
   }
   public let backend: Backend
 
@@ -47,14 +49,21 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
   }
 
   public func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
-  public func assess(groups: [Int]) -> [Int: (verdict: String, reasons: [String])] {
-    Dictionary(uniqueKeysWithValues: groups.map { ($0, ("assignable", [])) })
+  public func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment] {
+    state.withLock { $0.assessments += 1 }
+    return groups.mapValues { _ in GroupAssessment(verdict: "assignable", reasons: [], backends: [backend.rawValue]) }
   }
-  public func terminate(pid: Int) { state.withLock { $0.terminated.append(pid) } }
+  public func identify(pid: Int) -> (identity: ProcessIdentity?, command: String) {
+    (ProcessIdentity(pid: pid, startTime: 1), "test")
+  }
+  public func terminate(_ process: ProcessIdentity, pidfd: Int32?) -> Bool {
+    state.withLock { $0.terminated.append(process.pid) }
+    return true
+  }
 
   public func hold(_ group: Int, _ held: Bool) {
     state.withLock {
-      $0.held[group] = held ? [OpenHolder(pid: 4242, command: "qemu", node: "/dev/vfio/\(group)")] : nil
+      $0.held[group] = held ? [OpenHolder(pid: 4242, command: "qemu", node: "/dev/vfio/\(group)", startTime: 7)] : nil
     }
   }
 }

@@ -220,4 +220,38 @@ extern const unsigned long cvfio_IOMMU_IOAS_MAP;
 extern const unsigned long cvfio_IOMMU_IOAS_UNMAP;
 extern const unsigned long cvfio_IOMMU_OPTION;
 
+
+// What the broker needs so that no client can make its loop wait: descriptors refused by the
+// kernel (or taken off the loop to be closed), peers known by pidfds, uevents as they happen.
+
+/// SO_PASSRIGHTS off (Linux 6.16+): a peer's SCM_RIGHTS then fails in its own sendmsg with
+/// EPERM and no descriptor ever reaches this socket. 0, or -errno (-ENOPROTOOPT before 6.16).
+int cvfio_refuse_rights(int socket);
+
+/// The most descriptors one message can carry (the kernel's SCM_MAX_FD).
+#define CVFIO_SCM_MAX_FD 253
+
+/// recvmsg(2) with room for every descriptor a message can carry (CVFIO_SCM_MAX_FD, close-on-exec):
+/// none is left for the kernel to close in this thread (a close can block: a socket that
+/// lingers). `fds` has room for CVFIO_SCM_MAX_FD; `*received` says how many arrived.
+long cvfio_receive_all_fds(int socket, void *bytes, unsigned long length, int *fds, int *received);
+
+/// SO_LINGER {on, 0}: closing the socket resets it at once instead of waiting to send.
+int cvfio_abort_on_close(int socket);
+
+/// SO_PEERPIDFD (Linux 6.5+): a pidfd of the process that connected; the descriptor or -errno.
+int cvfio_peer_pidfd(int socket);
+
+/// pidfd_open(2); the descriptor or -errno.
+int cvfio_pidfd_open(int pid);
+
+/// pidfd_send_signal(2); 0 or -errno.
+int cvfio_pidfd_send_signal(int pidfd, int signal);
+
+/// epoll_ctl(MOD) waiting for readability and/or writability (neither: errors and hang-ups only).
+int cvfio_epoll_interest(int epfd, int fd, uint64_t token, int readable, int writable);
+
+/// A non-blocking NETLINK_KOBJECT_UEVENT socket joined to the kernel's group; the descriptor or -errno.
+int cvfio_uevent_socket(void);
+
 #endif

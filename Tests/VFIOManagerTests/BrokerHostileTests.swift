@@ -1,0 +1,145 @@
+import Foundation
+import VFIOManager
+import VFIOTestSupport
+import XCTest
+
+@testable import VFIOBroker
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Clients that try to stall the broker, starve others or grow its state (issue: trust). The
+/// harness in `Tests/BrokerSiege` runs the same attacks as other uids against `vfioctl serve`.
+extension BrokerTests {
+  /// An honest round trip must come back quickly whatever the others do.
+  func assertServedPromptly(_ what: String, within limit: Double = 1.0, file: StaticString = #filePath, line: UInt = #line) {
+    let start = Date()
+    do {
+      let client = try BrokerClient(socketPath: socketPath)
+      _ = try client.hello()
+      _ = try client.list()
+    } catch {
+      return XCTFail("\(what): \(error)", file: file, line: line)
+    }
+    let took = Date().timeIntervalSince(start)
+    XCTAssertLessThan(took, limit, "\(what): an honest hello + list took \(took) s", file: file, line: line)
+  }
+
+  /// A TCP connection to a listener that never reads, lingering 30 s with unsent data: its last
+  /// close blocks (what froze the broker's loop when a client passed one over SCM_RIGHTS).
+  func lingeringSocket() throws -> (socket: Int32, listener: Int32) {
+    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var size = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) } }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &size) } }
+    XCTAssertEqual(listen(listener, 1), 0)
+    let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let connected = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    XCTAssertEqual(connected, 0)
+    var linger = Glibc.linger(l_onoff: 1, l_linger: 30)
+    setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+    _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+    let chunk = [UInt8](repeating: 0x55, count: 65536)
+    while chunk.withUnsafeBytes({ send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
+    return (client, listener)
+  }
+
+  func testADescriptorWhoseCloseBlocksNeverStallsTheLoop() throws {
+    // The kernel's refusal (SO_PASSRIGHTS) off: the fallback older kernels take.
+    try startBroker { $0.refuseDescriptors = false }
+    let (tcp, listener) = try lingeringSocket()
+    defer { close(listener) }
+    let sender = try UnixSocket.connect(path: socketPath)
+    try UnixSocket.sendAll(sender, try Wire.encode(BrokerRequest(.hello, id: 1)), descriptors: [tcp])
+    close(tcp)
+    assertServedPromptly("after a lingering socket was passed to the broker")
+    var byte: UInt8 = 0
+    XCTAssertEqual(recv(sender, &byte, 1, 0), 0, "the sender of descriptors is dropped unanswered")
+    close(sender)
+    try waitUntil("the descriptor to be closed off the loop") { running.broker.stats.descriptorsQuarantined == 1 }
+  }
+
+  func testTheKernelRefusesDescriptorsWhereItCan() throws {
+    try startBroker()
+    let (tcp, listener) = try lingeringSocket()
+    defer { close(listener) }
+    let sender = try UnixSocket.connect(path: socketPath)
+    do {
+      try UnixSocket.sendAll(sender, try Wire.encode(BrokerRequest(.hello, id: 1)), descriptors: [tcp])
+      // Before Linux 6.16 the broker receives it, hands it to the closer and drops the sender.
+      try waitUntil("the descriptor to be closed off the loop") { running.broker.stats.descriptorsQuarantined == 1 }
+    } catch let error as SocketError {
+      XCTAssertEqual(error.errno, EPERM, "SO_PASSRIGHTS: the sender's own sendmsg fails")
+    }
+    close(tcp)
+    close(sender)
+    assertServedPromptly("after descriptors were sent")
+  }
+
+  func testAClientThatPipelinesAndNeverReadsStarvesNobody() throws {
+    try startBroker()
+    var greedy: [Int32] = []
+    for _ in 0..<8 {
+      let socket = try UnixSocket.connect(path: socketPath)
+      _ = fcntl(socket, F_SETFL, fcntl(socket, F_GETFL) | O_NONBLOCK)
+      let request = try Wire.encode(BrokerRequest(.list, id: 1))
+      let burst = Array((0..<2000).map { _ in request }.joined())
+      _ = burst.withUnsafeBytes { send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+      greedy.append(socket)
+    }
+    for round in 0..<5 { assertServedPromptly("round \(round) beside 8 pipelining clients") }
+    XCTAssertLessThanOrEqual(source.state.withLock { $0.assessments }, 3, "list answers share one assessment of the host")
+    greedy.forEach { close($0) }
+  }
+
+  func testIdleConnectionsAreClosedAndHoldersAreNot() throws {
+    try startBroker { $0.idleTimeout = 0.3 }
+    let idle = try UnixSocket.connect(path: socketPath)
+    let holder = try BrokerClient(socketPath: socketPath)
+    let grant = try holder.open("2")
+    grant.close()
+    usleep(700_000)
+    var byte: UInt8 = 0
+    XCTAssertEqual(recv(idle, &byte, 1, 0), 0, "an idle connection is closed")
+    close(idle)
+    XCTAssertEqual(running.broker.leasedGroups, [2], "a connection with a lease is not idle")
+    XCTAssertEqual(try holder.release(group: 2), "released")
+  }
+
+  func testConnectionSlotsPerUserAndForRoot() {
+    let limits = BrokerTransport.Limits(
+      maxConnections: 10, maxConnectionsPerUser: 3, reservedForRoot: 2, requestsPerPass: 4, idleTimeout: 60,
+      stalledAfter: 10, maxQueuedOutput: 1 << 16, refuseDescriptors: true)
+    XCTAssertNil(BrokerTransport.admission(uid: 1000, connections: 5, ofUser: 2, limits: limits))
+    XCTAssertEqual(BrokerTransport.admission(uid: 1000, connections: 5, ofUser: 3, limits: limits)?.code, .busy)
+    XCTAssertEqual(BrokerTransport.admission(uid: 1001, connections: 8, ofUser: 0, limits: limits)?.code, .busy)
+    XCTAssertNil(BrokerTransport.admission(uid: 0, connections: 9, ofUser: 9, limits: limits), "root has the reserved slots")
+    XCTAssertEqual(BrokerTransport.admission(uid: 0, connections: 10, ofUser: 0, limits: limits)?.code, .busy)
+  }
+
+  func testALeaseOfAnEarlierBootIsDroppedAtStart() throws {
+    try setUpTree("q35-vtd")
+    _ = try manager().detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    try XCTUnwrap(try Ledger.open(directory: state.path, create: true)).recordBroker({
+      var records = BrokerRecords()
+      records.grants = [
+        LedgerLease(
+          groupID: 2, uid: me.uid, gid: me.gid, pid: 1, command: "old", backend: "legacy", device: "0000:00:02.0",
+          guest: nil, bootID: "an-earlier-boot", pidStart: 5)
+      ]
+      return records
+    }())
+    source = RecordingGrantSource()
+    running = try RunningBroker(source: source, stateDirectory: state.path, socket: socketPath)
+    XCTAssertEqual(running.broker.leasedGroups, [])
+    XCTAssertNil(try ledger().lease(group: 2))
+    XCTAssertTrue(try ledger().history(group: 2).contains { $0.result == "lease-dropped" })
+    XCTAssertEqual(source.state.withLock { $0.terminated }, [], "nobody is signalled for a lease of another boot")
+  }
+}
