@@ -223,7 +223,7 @@ public final class Broker: @unchecked Sendable {
       for token in tokens.prefix(Int(max(n, 0))) {
         switch Token(raw: token) {
         case .wake: drainWake()
-        case .listener(let index): transport.accept(from: transport.listener(index), now: now)
+        case .listener(let index): transport.accept(listener: index, now: now)
         case .connection(let id): transport.service(id, now: now)
         case .request(let group): relayRequest(group)
         case .uevent: drainUevents()
@@ -448,7 +448,7 @@ public final class Broker: @unchecked Sendable {
       onLoop { [self] in
         switch outcome {
         case .failure(let error):
-          book.abandonGrant(group: group)
+          perform(book.abandonGrant(group: group))
           if let connection = transport.connections[connectionID] {
             refuse(group: group, known: true, caller: caller, error, connection: connection, requestID: requestID)
           }
@@ -473,7 +473,7 @@ public final class Broker: @unchecked Sendable {
   ) {
     let now = monotonicSeconds()
     guard committed else {
-      book.abandonGrant(group: lease.groupID)
+      perform(book.abandonGrant(group: lease.groupID))
       if let connection = transport.connections[id] {
         transport.reply(.failure(BrokerError(.ledger, "the grant could not be recorded"), id: requestID), to: connection, now: now)
       }
@@ -666,9 +666,11 @@ public final class Broker: @unchecked Sendable {
         of: candidates.mapValues { lease in (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress) })
       var ended: [(group: Int, reset: LeaseReset?)] = []
       for (group, _) in candidates where (held[group] ?? []).isEmpty && !alive.contains(group) {
-        // Reset only what is still ours: an attach may have given the group back meanwhile.
-        let detached = (try? ledger.group(group))?.state == .detached
-        ended.append((group, detached ? source.reset(group: group) : nil))
+        // Reset only what is still ours: an attach may have given the group back meanwhile, or
+        // be doing so now (closing: it holds the group's lock and resets the group itself).
+        let record = try? ledger.group(group)
+        let ours = record?.state == .detached && record?.closing == false
+        ended.append((group, ours ? source.reset(group: group) : nil))
       }
       let finished = ended
       onLoop { [self] in

@@ -73,15 +73,21 @@ final class BrokerTransport {
 
   func addListener(_ fd: Int32) {
     _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    // Set on the listener, the refusal is the accepted sockets' from their first byte: a
+    // client that sends descriptors before the broker accepted it is refused too.
+    let refused = limits.refuseDescriptors && cvfio_refuse_rights(fd) == 0
     listeners.append(Descriptor(fd))
+    refusesRights.append(refused)
     _ = cvfio_epoll_add(epoll, fd, Token.listener(listeners.count - 1).raw)
   }
 
-  func listener(_ index: Int) -> Int32 { listeners[index].fd }
+  /// Per listener: whether the kernel refuses descriptors on its connections.
+  private var refusesRights: [Bool] = []
 
   // MARK: Accepting
 
-  func accept(from listener: Int32, now: Double) {
+  func accept(listener index: Int, now: Double) {
+    let listener = listeners[index].fd
     // A bounded number per wakeup: a connect storm cannot keep the loop here.
     for _ in 0..<256 {
       let fd = cvfio_accept(listener)
@@ -97,7 +103,7 @@ final class BrokerTransport {
         refuse(fd, refusal)
         continue
       }
-      let rightsRefused = limits.refuseDescriptors && cvfio_refuse_rights(fd) == 0
+      let rightsRefused = refusesRights[index]
       let pidfd = cvfio_peer_pidfd(fd)
       let id = nextID
       nextID += 1
@@ -150,36 +156,25 @@ final class BrokerTransport {
       return
     }
     var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-    let got: Int
-    if connection.rightsRefused {
-      do {
-        got = try UnixSocket.receive(connection.socket, into: &buffer, maxDescriptors: 0).count
-      } catch {
-        if error.wouldBlock || error.errno == EINTR { return }
-        drop(id, why: "receive failed: \(error)")
-        return
+    // Room for every descriptor a message can carry, whatever the kernel was told: none may be
+    // left for the kernel to close in this thread. Any that come go to the closer, and their
+    // sender is dropped: a client has no business sending descriptors.
+    var fds = [Int32](repeating: -1, count: Int(CVFIO_SCM_MAX_FD))
+    var received: Int32 = 0
+    let got = buffer.withUnsafeMutableBytes { raw in
+      fds.withUnsafeMutableBufferPointer {
+        cvfio_receive_all_fds(connection.socket, raw.baseAddress, UInt(raw.count), $0.baseAddress, &received)
       }
-    } else {
-      // The kernel may hand us descriptors: take them all (so none is closed in this thread)
-      // and give them to the closer. A client has no business sending any: it is dropped.
-      var fds = [Int32](repeating: -1, count: Int(CVFIO_SCM_MAX_FD))
-      var received: Int32 = 0
-      let n = buffer.withUnsafeMutableBytes { raw in
-        fds.withUnsafeMutableBufferPointer {
-          cvfio_receive_all_fds(connection.socket, raw.baseAddress, UInt(raw.count), $0.baseAddress, &received)
-        }
-      }
-      if n < 0 {
-        if -n == EAGAIN || -n == EINTR { return }
-        drop(id, why: "receive failed: \(String(cString: strerror(Int32(-n))))")
-        return
-      }
-      if received > 0 {
-        quarantine(Array(fds.prefix(Int(received))))
-        drop(id, why: "sent \(received) descriptors")
-        return
-      }
-      got = n
+    }
+    if got < 0 {
+      if -got == EAGAIN || -got == EINTR { return }
+      drop(id, why: "receive failed: \(String(cString: strerror(Int32(-got))))")
+      return
+    }
+    if received > 0 {
+      quarantine(Array(fds.prefix(Int(received))))
+      drop(id, why: "sent \(received) descriptors")
+      return
     }
     if got == 0 {
       drop(id, why: connection.decoder.pending > 0 ? "ended mid-message" : nil)
@@ -187,7 +182,7 @@ final class BrokerTransport {
     }
     connection.lastActivity = now
     do {
-      connection.backlog += try connection.decoder.feed(buffer[0..<got])
+      connection.backlog += try connection.decoder.feed(buffer[0..<Int(got)])
     } catch {
       // The stream's framing is lost: answer once, then hang up.
       connection.closeAfterFlush = true

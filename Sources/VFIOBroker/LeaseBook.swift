@@ -63,15 +63,36 @@ struct LeaseBook {
 
   mutating func beginGrant(group: Int, connection: UInt64) { pending[group] = connection }
 
-  /// The grant could not be opened or recorded: the group is free again.
-  mutating func abandonGrant(group: Int) { pending[group] = nil }
+  /// The grant could not be opened or recorded: the group is free again (and a revoke that
+  /// waited for it has nothing to take back).
+  mutating func abandonGrant(group: Int) -> [Effect] {
+    pending[group] = nil
+    guard leases[group] == nil, let revocation = revocations.removeValue(forKey: group) else { return [] }
+    return [
+      .answer(connection: revocation.connection, requestID: revocation.requestID, kind: .revoked, group: group, outcome: "none", detail: nil)
+    ]
+  }
 
   /// The grant's lease is durable. With `connection` nil the client left before its answer:
   /// the lease ends like any other.
   mutating func granted(_ record: LedgerLease, connection: UInt64?) -> [Effect] {
-    pending[record.groupID] = nil
-    leases[record.groupID] = Lease(record: record, connection: connection, ending: connection == nil)
-    return connection == nil ? [.history(record, result: "lease-ending", detail: "client gone before the grant was sent"), .reap] : []
+    let group = record.groupID
+    pending[group] = nil
+    leases[group] = Lease(record: record, connection: connection, ending: connection == nil)
+    var effects: [Effect] =
+      connection == nil ? [.history(record, result: "lease-ending", detail: "client gone before the grant was sent"), .reap] : []
+    // A revoke that came while this grant was being made: the new holder is asked at once.
+    if revocations[group] != nil {
+      leases[group]?.ending = true
+      effects += [
+        .notify(
+          group: group, event: .deviceRequest, detail: "the administrator asks for group \(group) back",
+          holder: connection, uid: record.uid),
+        .history(record, result: "revoke", detail: "asked pid \(record.pid) to release (revoked while being granted)"),
+        .reap,
+      ]
+    }
+    return effects
   }
 
   /// The holder gives the group back; answered once the group is free (or after `releaseWait`).
@@ -100,6 +121,11 @@ struct LeaseBook {
     -> [Effect]
   {
     guard var lease = leases[group] else {
+      if pending[group] != nil {
+        // Being granted right now: the revoke waits for the lease, then takes it back.
+        revocations[group] = Waiter(connection: connection, requestID: requestID, deadline: now + wait, force: force, forced: false)
+        return []
+      }
       return [.answer(connection: connection, requestID: requestID, kind: .revoked, group: group, outcome: "none", detail: nil)]
     }
     revocations[group] = Waiter(connection: connection, requestID: requestID, deadline: now + wait, force: force, forced: false)

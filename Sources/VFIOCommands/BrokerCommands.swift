@@ -79,6 +79,12 @@ struct ServeCommand: ParsableCommand {
         if !directory.isEmpty, let code = makeDirectories(directory, mode: 0o755) {
           throw CLIError.usage("cannot create \(directory) for the socket: \(String(cString: strerror(code)))")
         }
+        // Only a socket (a stale one of an earlier broker) is ever replaced: a typo that names
+        // a file must not delete it.
+        var info = stat()
+        if lstat(path, &info) == 0 && info.st_mode & S_IFMT != S_IFSOCK {
+          throw CLIError.usage("--socket \(path) exists and is not a socket; refusing to replace it")
+        }
         let fd = try brokerCall { () throws(SocketError) in try UnixSocket.listen(path: path) }
         // Anyone may connect: the socket grants nothing, the ledger decides.
         chmod(path, 0o666)
@@ -166,13 +172,15 @@ struct OpenCommand: ParsableCommand {
       let child = try launch.spawn(command)
       // Only the command holds the descriptors now: when it ends, nothing does.
       grant.close()
-      let status = supervise(child, client: client)
+      let status = supervise(child, client: client, group: grant.group)
       throw ExitCode(status)
     }
   }
 
-  /// Waits for the child, relaying device requests to it; its exit status (128+N for signal N).
-  private func supervise(_ child: pid_t, client: BrokerClient) -> Int32 {
+  /// Waits for the child, relaying device requests for its own group to it (a watch also
+  /// hears of the caller's other groups, which are not this command's business); its exit
+  /// status (128+N for signal N).
+  private func supervise(_ child: pid_t, client: BrokerClient, group: Int) -> Int32 {
     _ = try? client.watch()
     var signalled = false
     while true {
@@ -183,7 +191,7 @@ struct OpenCommand: ParsableCommand {
         return code == 0 ? (status >> 8) & 0xff : 128 + code
       }
       if done < 0 && errno != EINTR { return 70 }
-      if let event = try? client.nextEvent(timeout: 0.2), event.event == .deviceRequest {
+      if let event = try? client.nextEvent(timeout: 0.2), event.event == .deviceRequest, event.group == group {
         printError("device request: \(event.detail ?? "")")
         if onRequest == "term" && !signalled {
           kill(child, SIGTERM)

@@ -125,21 +125,30 @@ struct AttachCommand: ParsableCommand {
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
-      if let wait = revokeAfter, !options.dryRun, let lease = try manager.lease(options.target) {
-        let outcome = try brokerCall {
-          try BrokerClient(socketPath: socketOptions.socket).revoke(group: lease.groupID, wait: wait, force: revokeForce)
-        }
-        if outcome == "timeout" {
-          throw CLIError.broker(
-            BrokerError(
-              .leased, "pid \(lease.pid) (uid \(lease.uid)) did not release group \(lease.groupID) in \(Int(wait)) s",
-              next: "wait longer, or add --revoke-force to end it"))
-        }
-        printError("group \(lease.groupID): lease \(outcome) (pid \(lease.pid))")
-      }
-      let report = try manager.attach(options.target, release: release, dryRun: options.dryRun)
+      // Called by the manager with the group's lock held and the group marked closing, so the
+      // broker grants it to nobody between the revoke and the attach.
+      var revoke: ((LedgerLease) throws(ManagerError) -> String)?
+      if let wait = revokeAfter { revoke = Revoker(socket: socketOptions.socket, wait: wait, force: revokeForce).revoke }
+      let report = try manager.attach(options.target, release: release, dryRun: options.dryRun, revoke: revoke)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
+    }
+  }
+}
+
+/// Asks the broker for a leased group back, for `attach --revoke-after`.
+struct Revoker {
+  let socket: String
+  let wait: Double
+  let force: Bool
+
+  func revoke(_ lease: LedgerLease) throws(ManagerError) -> String {
+    do {
+      let outcome = try BrokerClient(socketPath: socket).revoke(group: lease.groupID, wait: wait, force: force)
+      printError("group \(lease.groupID): lease \(outcome) (pid \(lease.pid))")
+      return outcome
+    } catch {
+      throw .unavailable("the broker (\(socket)) could not revoke the lease of group \(lease.groupID): \(error)")
     }
   }
 }

@@ -17,17 +17,22 @@ public final class AssignmentManager {
     public var faultAfterStep: Int?
     public var command: String
     public var pageSize: UInt64?
+    /// The vfioctl the generated boot unit runs (its path on the host); nil: the first of
+    /// /usr/local/bin, /usr/bin, /usr/sbin that is root's and not writable by others.
+    public var installedVfioctl: String?
 
     public init(
       stateDirectory: String = Ledger.defaultDirectory, lockTimeout: Double = 10,
       faultAfterStep: Int? = ProcessInfo.processInfo.environment["SWIFT_VFIO_FAULT_AFTER_STEP"].flatMap { Int($0) },
-      command: String = CommandLine.arguments.joined(separator: " "), pageSize: UInt64? = nil
+      command: String = CommandLine.arguments.joined(separator: " "), pageSize: UInt64? = nil,
+      installedVfioctl: String? = nil
     ) {
       self.stateDirectory = stateDirectory
       self.lockTimeout = lockTimeout
       self.faultAfterStep = faultAfterStep
       self.command = command
       self.pageSize = pageSize
+      self.installedVfioctl = installedVfioctl
     }
   }
 
@@ -124,6 +129,7 @@ public final class AssignmentManager {
     // The kernel made the nodes anew (root, 0600): what the ledger says of their owner holds.
     let notes = try applyOwnership(
         group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
+      + refreshPersistence(ledger: ledger)
     return report(.detach, group, .done, steps, recovered, inventory, planned.notes + notes, planned.addresses)
   }
 
@@ -188,9 +194,10 @@ public final class AssignmentManager {
   /// Gives a group detached by swift-vfio back to the host: reset, then every endpoint on
   /// exactly the driver and driver_override the ledger recorded.
   /// A group reserved for a guest stays detached unless `release` ends the reservation.
-  public func attach(_ target: Selector, release: Bool = false, dryRun: Bool = false) throws(ManagerError)
-    -> ChangeReport
-  {
+  public func attach(
+    _ target: Selector, release: Bool = false, dryRun: Bool = false,
+    revoke: ((LedgerLease) throws(ManagerError) -> String)? = nil
+  ) throws(ManagerError) -> ChangeReport {
     let group = try lockingGroup(target)
     if dryRun {
       let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
@@ -214,6 +221,10 @@ public final class AssignmentManager {
             code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved): it stays detached while that guest is stopped",
             remedy: "`vfioctl attach \(group) --release` ends the reservation and gives the group back")
         ])
+    }
+    var notes = planned.notes
+    if let lease = try ledger.lease(group: group) {
+      notes.append(try takeBack(lease, group: group, ledger: ledger, revoke: revoke))
     }
     let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: planned.addresses)
     guard holders.isEmpty else {
@@ -242,17 +253,54 @@ public final class AssignmentManager {
         why: failure.why + " (the group was put back on \(assigned.driver ?? "vfio-pci"): still detached)",
         restored: rollback.isEmpty, rollbackErrors: rollback)
     }
+    // Back with the host: the owner's claim, the reservation and persistence end with it.
     try finish(ledger, &operation, status: .done, groupState: .host, detail: nil)
-    if release {
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.reservedFor = nil
-          $0.reservedSince = nil
-        }
-      }
-    }
     try history(ledger, group, "ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", "))
-    return report(.attach, group, .done, planned.steps, recovered, inventory, planned.notes, planned.addresses)
+    if let owner = record?.ownership { notes.append("uid \(owner.uid) no longer owns IOMMU group \(group)") }
+    notes += try refreshPersistence(ledger: ledger)
+    return report(.attach, group, .done, planned.steps, recovered, inventory, notes, planned.addresses)
+  }
+
+  /// The broker has the group leased: under the group's lock the group is marked closing (so
+  /// no grant can slip in between), then `revoke` asks the holder to let go and waits. The
+  /// lease must be gone from the ledger afterwards; otherwise the attach is refused and the
+  /// mark cleared. Without `revoke` the attach is refused outright, naming the holder.
+  func takeBack(
+    _ lease: LedgerLease, group: Int, ledger: Ledger, revoke: ((LedgerLease) throws(ManagerError) -> String)?
+  ) throws(ManagerError) -> String {
+    guard let revoke else {
+      throw .refused(
+        group: group,
+        [
+          .init(
+            code: "leased",
+            message: "the broker has IOMMU group \(group) leased to pid \(lease.pid) (uid \(lease.uid), \(printable(lease.command)))",
+            remedy: "`vfioctl attach \(group) --revoke-after SECONDS` asks it back first")
+        ])
+    }
+    try setClosing(group, true, ledger: ledger)
+    let outcome: String
+    do {
+      outcome = try revoke(lease)
+    } catch {
+      try setClosing(group, false, ledger: ledger)
+      throw error
+    }
+    guard try ledger.lease(group: group) == nil else {
+      try setClosing(group, false, ledger: ledger)
+      throw .refused(
+        group: group,
+        [
+          .init(
+            code: "leased", message: "pid \(lease.pid) (uid \(lease.uid)) still holds IOMMU group \(group) (revoke: \(outcome))",
+            remedy: "wait longer (--revoke-after), or add --revoke-force to end it")
+        ])
+    }
+    return "the broker's lease (pid \(lease.pid)) was revoked: \(outcome)"
+  }
+
+  func setClosing(_ group: Int, _ closing: Bool, ledger: Ledger) throws(ManagerError) {
+    try ledger.write { db in try LedgerGroup.update(db, group: group) { $0.closing = closing } }
   }
 
   struct AttachPlan {
@@ -594,7 +642,13 @@ public final class AssignmentManager {
       throw .ledger(path: configuration.stateDirectory, "could not be created")
     }
     let lock = try lock(group: group)
-    let recovered = try recoverIfNeeded(group: group, ledger: ledger)
+    var recovered = try recoverIfNeeded(group: group, ledger: ledger)
+    // With the lock held, a closing mark is an attach that died between marking and finishing.
+    if try ledger.group(group)?.closing == true {
+      try setClosing(group, false, ledger: ledger)
+      try history(ledger, group, "recovered", "the closing mark of an interrupted attach was cleared")
+      recovered = (recovered.map { $0 + "; " } ?? "") + "IOMMU group \(group): cleared the closing mark of an interrupted attach"
+    }
     return (lock, ledger, recovered)
   }
 
@@ -631,10 +685,14 @@ public final class AssignmentManager {
     try ledger.write { db in
       try done.update(db)
       guard let groupState, var record = try LedgerGroup.fetchOne(db, key: done.groupID) else { return }
-      record.state = groupState
-      record.since = Date()
+      if groupState == .host {
+        record.returnToHost()
+        try LedgerMember.filter(Column("groupID") == done.groupID).deleteAll(db)
+      } else {
+        record.state = groupState
+        record.since = Date()
+      }
       try record.update(db)
-      if groupState == .host { try LedgerMember.filter(Column("groupID") == done.groupID).deleteAll(db) }
     }
   }
 

@@ -67,9 +67,20 @@ public struct OwnerReport: Codable, Sendable, Equatable {
 }
 
 extension AssignmentManager {
-  /// The VFIO nodes of a group: the group node and each device's cdev, where they exist.
+  /// The VFIO nodes of a group: the group node and each device's cdev, where they exist. The
+  /// group node is the one of the group the kernel has the devices in now: an owner is bound to
+  /// the devices, and the number the ledger knows the group by may have been given to other
+  /// devices since (a reboot, a hot-plug). Devices split over several groups get no node.
   func nodes(group: Int, devices: [PCIAddress]) -> [String] {
-    (["/dev/vfio/\(group)"] + OpenHolderScanner(sysfs: sysfs).cdevNodes(of: devices)).filter(sysfs.exists)
+    let cdevs = OpenHolderScanner(sysfs: sysfs).cdevNodes(of: devices)
+    guard let current = currentGroup(of: devices) else { return cdevs.filter(sysfs.exists) }
+    return (["/dev/vfio/\(current)"] + cdevs).filter(sysfs.exists)
+  }
+
+  /// The IOMMU group the kernel has all of `devices` in now, if they share one.
+  func currentGroup(of devices: [PCIAddress]) -> Int? {
+    let groups = Set(devices.compactMap { sysfs.linkName("/sys/bus/pci/devices/\($0)/iommu_group").flatMap { Int($0) } })
+    return groups.count == 1 ? groups.first : nil
   }
 
   /// Records `setting` (when given) and applies the ledger's ownership of `group` to its nodes,
@@ -223,6 +234,7 @@ extension AssignmentManager {
     let (lock, ledger, _) = try begin(group: group)
     defer { withExtendedLifetime(lock) {} }
     try change(ledger, group, try ledger.group(group))
+    _ = try refreshPersistence(ledger: ledger)
     guard let record = try ledger.group(group) else { throw .noSuchGroup(group) }
     return try ownerReports([record], ledger: ledger)[0]
   }

@@ -58,6 +58,23 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
     try record.save(db)
   }
 
+  /// The group is the host's again: nothing of a user's stays with it. Ownership, reservation,
+  /// persistence and the broker-only mark end with the detachment; a later detach starts from
+  /// a host-owned group.
+  mutating func returnToHost() {
+    state = .host
+    since = Date()
+    ownerUID = nil
+    ownerGID = nil
+    mode = nil
+    ownedSince = nil
+    reservedFor = nil
+    reservedSince = nil
+    persisted = false
+    brokerOnly = false
+    closing = false
+  }
+
   /// nil without an owner, and for values no uid, gid or mode can have (a tampered ledger
   /// must not reach chown with them).
   public var ownership: Ownership? {
@@ -417,9 +434,26 @@ public final class Ledger: Sendable {
     return migrator
   }
 
-  private static func makeStateDirectory(_ directory: String) throws(ManagerError) {
+  /// Creates the state directory 0700 and refuses one that is not safe: a symbolic link, not a
+  /// directory, owned by someone else than this user or root, or writable by group or others
+  /// (whoever can write there can plant a ledger that gives devices away).
+  static func makeStateDirectory(_ directory: String) throws(ManagerError) {
     if let code = makeDirectories(directory, mode: 0o700) ?? (access(directory, W_OK) == 0 ? nil : errno) {
       throw .stateDirectory(path: directory, errno: code)
+    }
+    var info = stat()
+    guard lstat(directory, &info) == 0 else { throw .stateDirectory(path: directory, errno: errno) }
+    switch info.st_mode & S_IFMT {
+    case S_IFDIR: break
+    case S_IFLNK: throw .unsafeStateDirectory(path: directory, why: "it is a symbolic link")
+    default: throw .unsafeStateDirectory(path: directory, why: "it is not a directory")
+    }
+    guard info.st_uid == geteuid() || info.st_uid == 0 else {
+      throw .unsafeStateDirectory(path: directory, why: "it belongs to uid \(info.st_uid)")
+    }
+    guard info.st_mode & 0o022 == 0 else {
+      throw .unsafeStateDirectory(
+        path: directory, why: "group or others may write it (mode 0\(String(info.st_mode & 0o7777, radix: 8)))")
     }
   }
 

@@ -20,6 +20,8 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
   case ledger(path: String, String)
   case ledgerTooNew(path: String, unknown: [String])
   case stateDirectory(path: String, errno: Int32)
+  /// The state directory is not safe to keep the ledger in (others may write it, or it is a link).
+  case unsafeStateDirectory(path: String, why: String)
   case usage(String)
 
   /// One reason a command was refused, with the next step.
@@ -45,7 +47,7 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
     case .ledger, .ledgerTooNew: 65
     case .noSuchDevice, .noSuchGroup: 66
     case .unavailable: 69
-    case .stateDirectory: 73
+    case .stateDirectory, .unsafeStateDirectory: 73
     case .stepFailed: 74
     case .busy: 75
     }
@@ -85,6 +87,9 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
     case .stateDirectory(let path, let code):
       return
         "cannot use the state directory \(path): \(String(cString: strerror(code))); run as root or pass --state DIR"
+    case .unsafeStateDirectory(let path, let why):
+      return
+        "refusing the state directory \(path): \(why); the ledger decides who gets devices, so only its owner may write there: `chmod 0700 \(path)` (and chown it to root), or pass --state DIR"
     case .usage(let why):
       return why
     }

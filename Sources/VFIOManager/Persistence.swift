@@ -32,23 +32,31 @@ public struct PersistenceFiles: Sendable, Equatable {
       let list = group.members.map { "\($0.address) \($0.identity)" }
       out += "\n# IOMMU group \(group.id) on \(group.driver): \(list.joined(separator: ", "))\n"
       for member in group.members {
-        let vendor = "0x" + hex(UInt16(truncatingIfNeeded: member.vendorID), width: 4)
-        let device = "0x" + hex(UInt16(truncatingIfNeeded: member.deviceID), width: 4)
+        let vendor = vendorHex(member)
+        let device = deviceHex(member)
         // The card's IDs are matched too: another card in the slot keeps its host driver.
         out +=
           "ACTION==\"add\", SUBSYSTEM==\"pci\", KERNEL==\"\(member.address)\", ATTR{vendor}==\"\(vendor)\", ATTR{device}==\"\(device)\", ATTR{driver_override}=\"\(group.driver)\", RUN+=\"/bin/sh -c 'd=/sys%p; if [ -e $$d/driver ] && [ $$(basename $$(readlink $$d/driver)) != \(group.driver) ]; then echo %k > $$d/driver/unbind; fi; echo %k > /sys/bus/pci/drivers_probe'\"\n"
       }
       if let owner = group.ownership {
         let mode = "0" + String(owner.mode, radix: 8)
-        out += "SUBSYSTEM==\"vfio\", KERNEL==\"\(group.id)\", OWNER=\"\(owner.uid)\", GROUP=\"\(owner.gid)\", MODE=\"\(mode)\"\n"
         for member in group.members {
+          let card = "ATTR{vendor}==\"\(vendorHex(member))\", ATTR{device}==\"\(deviceHex(member))\""
+          // The group node by the member it belongs to, never by its number: the kernel may
+          // number the groups otherwise after a reboot or a hot-plug. When the member binds to
+          // the VFIO driver, its group's node (made in that probe) gets the owner.
           out +=
-            "SUBSYSTEM==\"vfio-dev\", KERNELS==\"\(member.address)\", OWNER=\"\(owner.uid)\", GROUP=\"\(owner.gid)\", MODE=\"\(mode)\"\n"
+            "ACTION==\"bind\", SUBSYSTEM==\"pci\", KERNEL==\"\(member.address)\", \(card), DRIVER==\"\(group.driver)\", RUN+=\"/bin/sh -c 'g=$$(basename $$(readlink /sys%p/iommu_group)); chown \(owner.uid):\(owner.gid) /dev/vfio/$$g && chmod \(mode) /dev/vfio/$$g'\"\n"
+          out +=
+            "SUBSYSTEM==\"vfio-dev\", KERNELS==\"\(member.address)\", ATTRS{vendor}==\"\(vendorHex(member))\", ATTRS{device}==\"\(deviceHex(member))\", OWNER=\"\(owner.uid)\", GROUP=\"\(owner.gid)\", MODE=\"\(mode)\"\n"
         }
       }
     }
     return out
   }
+
+  static func vendorHex(_ member: LedgerMember) -> String { "0x" + hex(UInt16(truncatingIfNeeded: member.vendorID), width: 4) }
+  static func deviceHex(_ member: LedgerMember) -> String { "0x" + hex(UInt16(truncatingIfNeeded: member.deviceID), width: 4) }
 
   /// The boot-time unit: after udev has seen the devices, before VMs start.
   public static func unit(vfioctl: String, stateDirectory: String) -> String {
@@ -108,6 +116,19 @@ extension AssignmentManager {
     return written
   }
 
+  /// Regenerates the rules and the unit where `persist` keeps them, when they exist: called
+  /// after every change of state or ownership, so that a disowned or attached group's old owner
+  /// never comes back at the next hot-plug or boot. A failure is a note, not a failed command
+  /// (the change itself is done and recorded).
+  func refreshPersistence(ledger: Ledger) throws(ManagerError) -> [String] {
+    guard access(sysfs.path("/etc/udev/rules.d") + "/" + PersistenceFiles.rulesName, F_OK) == 0 else { return [] }
+    do {
+      return try writePersistenceFiles(ledger: ledger, paths: .init()).map { "persistence: \($0)" }
+    } catch {
+      return ["persistence files not regenerated: \(error.description)"]
+    }
+  }
+
   /// Rewrites the rules file (and the unit) from every persisted group in the ledger;
   /// removes both when none is left. Returns the files written or removed.
   func writePersistenceFiles(ledger: Ledger, paths: PersistencePaths) throws(ManagerError) -> [String] {
@@ -128,13 +149,29 @@ extension AssignmentManager {
       return ["removed \(rules)", "removed \(unit)"]
     }
     try writeAtomically(rules, PersistenceFiles.rules(groups, ledger: ledger.path))
-    let vfioctl = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "/usr/local/bin/vfioctl"
-    try writeAtomically(unit, PersistenceFiles.unit(vfioctl: vfioctl, stateDirectory: configuration.stateDirectory))
+    try writeAtomically(unit, PersistenceFiles.unit(vfioctl: try installedVfioctl(), stateDirectory: configuration.stateDirectory))
     // What `systemctl enable` does, without needing a running systemd.
     mkdir(unitDirectory + "/multi-user.target.wants", 0o755)
     unlink(wants)
     symlink("../" + PersistenceFiles.unitName, wants)
     return ["wrote \(rules)", "wrote \(unit) (enabled)"]
+  }
+
+  /// The vfioctl the boot unit runs: an installed one, root's and not writable by others, in
+  /// a system directory; never whatever binary ran `persist` (a build directory, a user's
+  /// home), which would run as root at every boot.
+  func installedVfioctl() throws(ManagerError) -> String {
+    let candidates = [configuration.installedVfioctl].compactMap { $0 } + ["/usr/local/bin/vfioctl", "/usr/bin/vfioctl", "/usr/sbin/vfioctl"]
+    for path in candidates where path.hasPrefix("/") {
+      var info = stat()
+      if lstat(sysfs.path(path), &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == 0 || info.st_uid == geteuid(), info.st_mode & 0o022 == 0,
+        info.st_mode & 0o111 != 0
+      {
+        return path
+      }
+    }
+    throw .usage(
+      "persist needs vfioctl installed where the boot unit can trust it: `install -o root -m 0755 vfioctl /usr/local/bin/` (root's, not writable by others), then persist again")
   }
 
   func writeAtomically(_ path: String, _ text: String) throws(ManagerError) {
@@ -169,10 +206,7 @@ extension AssignmentManager {
       }
       if !record.persisted, let bootID, record.bootID != nil, record.bootID != bootID {
         try ledger.write { db in
-          try LedgerGroup.update(db, group: id) {
-            $0.state = .host
-            $0.since = Date()
-          }
+          try LedgerGroup.update(db, group: id) { $0.returnToHost() }
           try LedgerMember.filter(Column("groupID") == id).deleteAll(db)
         }
         try history(ledger, id, "ok", "the detachment ended with the reboot (not persisted)")

@@ -195,7 +195,7 @@ let ledger = try preparedLedger(scratch, groups: load.clients)
 var logger = Logger(label: "bench.broker")
 logger.logLevel = .error
 let broker = try Broker(
-  source: RecordingGrantSource(), ledger: ledger, configuration: .init(stateDirectory: scratch), logger: logger,
+  source: RecordingGrantSource(), ledger: ledger, configuration: .init(stateDirectory: scratch, maxConnectionsPerUser: 4096), logger: logger,
   bootID: nil)
 broker.serve(listener: try UnixSocket.listen(path: socketPath))
 let brokerThread = Thread { broker.run() }

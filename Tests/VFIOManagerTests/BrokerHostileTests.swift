@@ -143,3 +143,58 @@ extension BrokerTests {
     XCTAssertEqual(source.state.withLock { $0.terminated }, [], "nobody is signalled for a lease of another boot")
   }
 }
+
+/// Revocation is atomic: the group is marked closing under its lock before the holder is asked,
+/// and no grant slips in between the revoke and the attach.
+extension BrokerTests {
+  func testAttachRefusesALeasedGroupUnlessItRevokes() throws {
+    try startBroker()
+    let holder = try BrokerClient(socketPath: socketPath)
+    try holder.open("2").close()
+    try assertRefused({ _ = try manager().attach(.group(2)) }, code: "leased", mentions: "--revoke-after")
+    XCTAssertEqual(try ledger().group(2)?.state, .detached)
+  }
+
+  func testRevokeUnderTheLockLetsNoReopenSlipIn() throws {
+    try startBroker()
+    let holder = try BrokerClient(socketPath: socketPath)
+    try holder.open("2").close()
+    var racer: BrokerError?
+    let report = try manager().attach(.group(2)) { lease throws(ManagerError) -> String in
+      XCTAssertEqual(lease.groupID, 2)
+      XCTAssertEqual(try? self.ledger().group(2)?.closing, true, "marked closing before the holder is asked")
+      // The holder lets go; a second process of the same owner tries to take the group at once.
+      XCTAssertEqual(try? holder.release(group: 2), "released")
+      do {
+        _ = try BrokerClient(socketPath: self.socketPath).open("2")
+      } catch {
+        racer = error as? BrokerError
+      }
+      return "released"
+    }
+    XCTAssertEqual(racer?.code, .closing, "a reopen between the revoke and the attach is refused")
+    XCTAssertEqual(report.outcome, .done)
+    XCTAssertEqual(try ledger().group(2)?.state, .host)
+    XCTAssertEqual(try ledger().group(2)?.closing, false)
+    XCTAssertTrue(report.notes.contains { $0.contains("was revoked: released") }, "\(report.notes)")
+  }
+
+  func testARevokeThatDoesNotFreeTheGroupRefusesTheAttachAndClearsTheMark() throws {
+    try startBroker()
+    let holder = try BrokerClient(socketPath: socketPath)
+    try holder.open("2").close()
+    try assertRefused({ _ = try manager().attach(.group(2)) { _ throws(ManagerError) in "timeout" } }, code: "leased", mentions: "still holds")
+    XCTAssertEqual(try ledger().group(2)?.closing, false)
+    XCTAssertEqual(try ledger().group(2)?.state, .detached)
+  }
+
+  func testAClosingMarkLeftByAKilledAttachIsClearedByTheNextCommand() throws {
+    try setUpTree("q35-vtd")
+    _ = try manager().detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    let writable = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
+    try writable.write { db in try db.execute(sql: "UPDATE iommu_group SET closing = 1 WHERE id = 2") }
+    _ = try manager().own(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    XCTAssertEqual(try ledger().group(2)?.closing, false)
+    XCTAssertTrue(try ledger().history(group: 2).contains { $0.detail.contains("closing mark") })
+  }
+}

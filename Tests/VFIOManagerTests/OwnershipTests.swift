@@ -26,7 +26,7 @@ final class OwnershipTests: ManagerTestCase {
     }
   }
 
-  func testDetachWithAnOwnerGivesTheGroupNodeAndCdevAndKeepsItAcrossACycle() throws {
+  func testDetachWithAnOwnerGivesTheGroupNodeAndCdevAndAttachEndsTheClaim() throws {
     try setUpTree("q35-iommufd")
     let me = Ownership(uid: 1000, gid: 1000)
     _ = try manager().detach(.group(2), owner: me)
@@ -36,14 +36,17 @@ final class OwnershipTests: ManagerTestCase {
     _ = try manager().detach(.group(3), allowNoReset: true, owner: me)
     XCTAssertEqual(owner("/dev/vfio/3")?.gid, 1000)
     XCTAssertTrue(kernel.writes.contains("/dev/vfio/devices/vfio0 <- owner 1000:1000 mode 0660"), "\(kernel.writes)")
-    // Attach: the kernel drops the node. Detach again without --owner: the ledger's owner holds.
-    _ = try manager().attach(.group(2))
+    // Attach: the group is the host's again, and the owner's claim ends with it (the node is
+    // gone too). A later plain detach is the host's: root's node, no owner.
+    let attached = try manager().attach(.group(2))
+    XCTAssertTrue(attached.notes.contains("uid 1000 no longer owns IOMMU group 2"), "\(attached.notes)")
     XCTAssertNil(owner("/dev/vfio/2"))
+    XCTAssertNil(try ledger().group(2)?.ownerUID)
     _ = try manager().detach(.group(2))
-    XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
+    XCTAssertNotEqual(owner("/dev/vfio/2")?.uid, 1000, "a group given back to the host is not given to its old owner again")
     let owners = try manager().owners()
     XCTAssertEqual(owners.map(\.group), [2, 3])
-    XCTAssertEqual(owners.first?.owner, me)
+    XCTAssertEqual(owners.map(\.owner), [nil, me])
   }
 
   func testOwnAndDisown() throws {
@@ -85,22 +88,48 @@ final class OwnershipTests: ManagerTestCase {
     XCTAssertNil(try ledger().group(2)?.reservedFor)
   }
 
+  /// A vfioctl where the boot unit may run it from: /usr/local/bin, not writable by others.
+  func installVfioctl() throws {
+    try FileManager.default.createDirectory(atPath: tree.path + "/usr/local/bin", withIntermediateDirectories: true)
+    try tree.write(tree.path + "/usr/local/bin/vfioctl", text: "#!/bin/sh\n")
+    chmod(tree.path + "/usr/local/bin/vfioctl", 0o755)
+  }
+
   func testPersistWritesRulesAndAnEnabledUnitAndRemovesThem() throws {
     try setUpTree()
     _ = try manager().detach(.group(4), owner: Ownership(uid: 1000, gid: 100))
     XCTAssertThrowsError(try manager().persist(.group(2)))  // not detached
+    // The unit runs vfioctl as root at every boot: never a binary others can write.
+    XCTAssertThrowsError(try manager().persist(.group(4))) { XCTAssertTrue("\($0)".contains("install -o root"), "\($0)") }
+    try installVfioctl()
+    chmod(tree.path + "/usr/local/bin/vfioctl", 0o777)
+    XCTAssertThrowsError(try manager().persist(.group(4)))
+    chmod(tree.path + "/usr/local/bin/vfioctl", 0o755)
     _ = try manager().persist(.group(4))
     let rules = try String(contentsOfFile: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules", encoding: .utf8)
     XCTAssertTrue(
       rules.contains(
         #"ACTION=="add", SUBSYSTEM=="pci", KERNEL=="0000:01:01.0", ATTR{vendor}=="0x8086", ATTR{device}=="0x100e", ATTR{driver_override}="vfio-pci", RUN+="/bin/sh -c 'd=/sys%p; if [ -e $$d/driver ] && [ $$(basename $$(readlink $$d/driver)) != vfio-pci ]; then echo %k > $$d/driver/unbind; fi; echo %k > /sys/bus/pci/drivers_probe'""#
       ), rules)
-    XCTAssertTrue(rules.contains(#"SUBSYSTEM=="vfio", KERNEL=="4", OWNER="1000", GROUP="100", MODE="0660""#), rules)
-    XCTAssertTrue(rules.contains(#"SUBSYSTEM=="vfio-dev", KERNELS=="0000:01:02.0", OWNER="1000", GROUP="100", MODE="0660""#))
+    // The group node by its member, never by the number the kernel may give others.
+    XCTAssertFalse(rules.contains(#"KERNEL=="4""#), rules)
+    XCTAssertTrue(
+      rules.contains(
+        #"ACTION=="bind", SUBSYSTEM=="pci", KERNEL=="0000:01:02.0", ATTR{vendor}=="0x8086", ATTR{device}=="0x100e", DRIVER=="vfio-pci", RUN+="/bin/sh -c 'g=$$(basename $$(readlink /sys%p/iommu_group)); chown 1000:100 /dev/vfio/$$g && chmod 0660 /dev/vfio/$$g'""#
+      ), rules)
+    XCTAssertTrue(
+      rules.contains(
+        #"SUBSYSTEM=="vfio-dev", KERNELS=="0000:01:02.0", ATTRS{vendor}=="0x8086", ATTRS{device}=="0x100e", OWNER="1000", GROUP="100", MODE="0660""#
+      ), rules)
     XCTAssertFalse(rules.contains("00:04.0"), "the bridge stays with the host")
     let unit = try String(contentsOfFile: tree.path + "/etc/systemd/system/swift-vfio-reconcile.service", encoding: .utf8)
     XCTAssertTrue(unit.contains("Type=oneshot"))
-    XCTAssertTrue(unit.contains(" reconcile --state \(state.path)\n"), unit)
+    XCTAssertTrue(unit.contains("ExecStart=/usr/local/bin/vfioctl reconcile --state \(state.path)\n"), unit)
+    // Disowning regenerates the rules: the old owner does not come back at the next hot-plug.
+    _ = try manager().disown(.group(4))
+    let disowned = try String(contentsOfFile: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules", encoding: .utf8)
+    XCTAssertFalse(disowned.contains("1000"), disowned)
+    XCTAssertTrue(disowned.contains(#"ATTR{driver_override}="vfio-pci""#), "still persisted, now the host's")
     XCTAssertEqual(
       try FileManager.default.destinationOfSymbolicLink(
         atPath: tree.path + "/etc/systemd/system/multi-user.target.wants/swift-vfio-reconcile.service"),
@@ -112,6 +141,7 @@ final class OwnershipTests: ManagerTestCase {
 
   func testReconcileFinishesWhatShouldBeAndReportsWhatCannot() throws {
     try setUpTree()
+    try installVfioctl()
     _ = try manager().detach(.group(2), owner: Ownership(uid: 1000, gid: 1000))
     _ = try manager().persist(.group(2))
     _ = try manager().detach(.group(10))
