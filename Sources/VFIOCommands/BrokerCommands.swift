@@ -37,8 +37,17 @@ struct ServeCommand: ParsableCommand {
   @OptionGroup var stateOptions: StateOptions
   @OptionGroup var host: HostOptions
 
-  @Option(help: "The most clients served at once.")
+  @Option(help: "The most clients served at once (the last --reserved-for-root of them only for root).")
   var maxConnections: Int = 8192
+
+  @Option(help: "The most connections one non-root user may have at once.")
+  var maxConnectionsPerUser: Int = 64
+
+  @Option(help: "Connection slots kept for root, so an administrator always gets in.")
+  var reservedForRoot: Int = 32
+
+  @Option(help: "Seconds after which a connection that holds no lease and watches nothing is closed.")
+  var idleTimeout: Double = 60
 
   @Option(help: "Log level: trace, debug, info, notice, warning, error or critical.")
   var logLevel: String = "info"
@@ -48,6 +57,13 @@ struct ServeCommand: ParsableCommand {
       throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
     }
     guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1...1000000") }
+    guard (1...maxConnections).contains(maxConnectionsPerUser) else {
+      throw ValidationError("--max-connections-per-user must be 1...--max-connections")
+    }
+    guard (0..<maxConnections).contains(reservedForRoot) else {
+      throw ValidationError("--reserved-for-root must be 0...--max-connections - 1")
+    }
+    guard (1...86_400).contains(idleTimeout) else { throw ValidationError("--idle-timeout must be 1...86400 seconds") }
   }
 
   func run() throws {
@@ -68,7 +84,9 @@ struct ServeCommand: ParsableCommand {
         try Broker(
           source: LiveGrantSource(sysfs: sysfs, stateDirectory: stateOptions.state), ledger: ledger,
           configuration: .init(
-            stateDirectory: stateOptions.state, maxConnections: maxConnections, server: "vfioctl \(VFIOCtl.version)"),
+            stateDirectory: stateOptions.state, maxConnections: maxConnections,
+            maxConnectionsPerUser: maxConnectionsPerUser, reservedForRoot: reservedForRoot, idleTimeout: idleTimeout,
+            server: "vfioctl \(VFIOCtl.version)"),
           logger: logger, bootID: sysfs.readString("/proc/sys/kernel/random/boot_id"))
       }
       let activated = systemdListeners()

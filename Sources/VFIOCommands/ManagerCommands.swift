@@ -219,9 +219,37 @@ struct HistoryCommand: ParsableCommand {
 
   @OptionGroup var options: LedgerOptions
 
+  @Flag(help: "Apply the retention policy now: remove the entries older than the days kept and the oldest beyond the entries kept.")
+  var prune = false
+
+  @Option(help: "The days of history a prune keeps.")
+  var keepDays: Int = Int(HistoryRetention.standard.maxAge / 86_400)
+
+  @Option(help: "The most entries a prune keeps.")
+  var keepEntries: Int = HistoryRetention.standard.maxEntries
+
+  @Flag(help: "The broker's refusals instead: how often each user was refused each group, and why.")
+  var refusals = false
+
+  func validate() throws {
+    guard (1...36_500).contains(keepDays) else { throw ValidationError("--keep-days must be 1...36500") }
+    guard (1...100_000_000).contains(keepEntries) else { throw ValidationError("--keep-entries must be 1...100000000") }
+    if prune && (target != nil || refusals) { throw ValidationError("--prune applies to the whole history; give no target") }
+  }
+
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      try options.output.emit(try options.manager().history(target), human: ManagerRenderer.history)
+      let manager = options.manager()
+      if prune {
+        let report = try manager.pruneHistory(HistoryRetention(maxAge: Double(keepDays) * 86_400, maxEntries: keepEntries))
+        try options.output.emit(report) {
+          "removed \($0.historyRemoved) history entries and \($0.refusalsRemoved) refusal counts; \($0.historyKept) entries kept\n"
+        }
+      } else if refusals {
+        try options.output.emit(try manager.refusals(target), human: ManagerRenderer.refusals)
+      } else {
+        try options.output.emit(try manager.history(target), human: ManagerRenderer.history)
+      }
     }
   }
 }

@@ -99,6 +99,18 @@ public enum ManagerRenderer {
     return out
   }
 
+  public static func refusals(_ refusals: [LedgerRefusal]) -> String {
+    guard !refusals.isEmpty else { return "No refusals counted.\n" }
+    var table = TextTable(header: ["GROUP", "UID", "CODE", "COUNT", "FIRST", "LAST", "LAST DETAIL"])
+    for refusal in refusals {
+      table.rows.append([
+        "\(refusal.groupID)", "\(refusal.uid)", refusal.code, "\(refusal.count)", timestamp(refusal.first),
+        timestamp(refusal.last), refusal.detail,
+      ])
+    }
+    return table.render()
+  }
+
   public static func history(_ entries: [HistoryLine]) -> String {
     guard !entries.isEmpty else { return "No history.\n" }
     var table = TextTable(header: ["WHEN", "UID", "GROUP", "RESULT", "COMMAND", "DETAIL"])

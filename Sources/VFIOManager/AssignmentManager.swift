@@ -543,6 +543,19 @@ public final class AssignmentManager {
     return StatusReport(ledger: ledger?.path, groups: groups)
   }
 
+  /// Applies a retention policy to the history now (the broker applies the standard one on its
+  /// own, hourly and as the history grows).
+  public func pruneHistory(_ policy: HistoryRetention) throws(ManagerError) -> PruneReport {
+    guard let ledger = try recordedLedger() else { return PruneReport(historyRemoved: 0, refusalsRemoved: 0, historyKept: 0) }
+    return try ledger.prune(policy, uid: Int(getuid()), pid: Int(getpid()), command: configuration.command)
+  }
+
+  /// The broker's refusal counts (per caller, group and reason), for `vfioctl history --refusals`.
+  public func refusals(_ target: Selector?) throws(ManagerError) -> [LedgerRefusal] {
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    return try ledger.refusals(group: try target.map(lockingGroup))
+  }
+
   public func history(_ target: Selector?) throws(ManagerError) -> [HistoryLine] {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
     guard let target else { return try ledger.history().map(HistoryLine.init) }
