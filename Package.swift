@@ -110,6 +110,10 @@ let package = Package(
         "CVFIO", "VFIOBroker", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // The hostile-client harness: `vfioctl serve` under attack by other uids (scripts/test).
+    .executableTarget(
+      name: "vfio-broker-siege", dependencies: ["CVFIO", "VFIOBroker", "VFIOHost", "VFIOManager", "VFIOTestSupport"],
+      path: "Tests/BrokerSiege"),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),

@@ -24,6 +24,8 @@ final class BrokerTransport {
     var reservedForRoot: Int
     /// Requests of one connection handled in one pass of the loop before the others' turn.
     var requestsPerPass: Int
+    /// Requests of all of one user's connections handled in one pass.
+    var requestsPerUserPerPass: Int = 16
     /// A connection holding no lease and no watch, with nothing in flight, is closed after
     /// this many seconds without a request.
     var idleTimeout: Double
@@ -89,7 +91,7 @@ final class BrokerTransport {
   func accept(listener index: Int, now: Double) {
     let listener = listeners[index].fd
     // A bounded number per wakeup: a connect storm cannot keep the loop here.
-    for _ in 0..<256 {
+    for _ in 0..<64 {
       let fd = cvfio_accept(listener)
       if fd < 0 {
         if -fd == EMFILE || -fd == ENFILE { logger.warning("out of descriptors; not accepting now") }
@@ -104,12 +106,9 @@ final class BrokerTransport {
         continue
       }
       let rightsRefused = refusesRights[index]
-      let pidfd = cvfio_peer_pidfd(fd)
       let id = nextID
       nextID += 1
-      let connection = Connection(
-        id: id, socket: fd, peer: peer, pidfd: pidfd >= 0 ? Descriptor(pidfd) : nil, rightsRefused: rightsRefused,
-        now: now)
+      let connection = Connection(id: id, socket: fd, peer: peer, rightsRefused: rightsRefused, now: now)
       connections[id] = connection
       perUser[peer.uid, default: 0] += 1
       _ = cvfio_epoll_add(epoll, fd, Token.connection(id).raw)
@@ -198,15 +197,20 @@ final class BrokerTransport {
   func serveReady() -> Bool {
     let turn = ready
     ready = []
+    // Fair between users, not only between connections: one uid's many connections get no
+    // more of a pass than `requestsPerUserPerPass` requests together.
+    var handledOf: [Int: Int] = [:]
     for id in turn {
       guard let connection = connections[id] else { continue }
       var handled = 0
-      while handled < limits.requestsPerPass, !connection.busy, !connection.backlog.isEmpty,
-        connection.output.count < 64, connections[id] != nil
+      while handled < limits.requestsPerPass, handledOf[connection.peer.uid, default: 0] < limits.requestsPerUserPerPass,
+        !connection.busy, !connection.backlog.isEmpty, connection.queued <= limits.maxQueuedOutput / 4,
+        connections[id] != nil
       {
         let body = connection.backlog.removeFirst()
         connection.busy = true
         handled += 1
+        handledOf[connection.peer.uid, default: 0] += 1
         onRequest(connection, body)
       }
       if connections[id] != nil, !connection.backlog.isEmpty, !connection.busy { ready.insert(id) }
@@ -390,9 +394,12 @@ final class Connection {
   /// The socket; closed by the transport only (`drop`).
   let socket: Int32
   let peer: PeerCredentials
-  /// A pidfd of the process that connected (SO_PEERPIDFD): what signals and liveness checks go
-  /// through, never the pid number.
-  let pidfd: Descriptor?
+  /// A pidfd of the process that connected (SO_PEERPIDFD, taken when it is first needed: a
+  /// grant): what signals and liveness checks go through, never the pid number.
+  private(set) lazy var pidfd: Descriptor? = {
+    let fd = cvfio_peer_pidfd(socket)
+    return fd >= 0 ? Descriptor(fd) : nil
+  }()
   /// The kernel refuses descriptors sent to this socket (SO_PASSRIGHTS off).
   let rightsRefused: Bool
   var decoder = FrameDecoder()
@@ -408,11 +415,10 @@ final class Connection {
   var leases: Set<Int> = []
   var lastActivity: Double
 
-  init(id: UInt64, socket: Int32, peer: PeerCredentials, pidfd: Descriptor?, rightsRefused: Bool, now: Double) {
+  init(id: UInt64, socket: Int32, peer: PeerCredentials, rightsRefused: Bool, now: Double) {
     self.id = id
     self.socket = socket
     self.peer = peer
-    self.pidfd = pidfd
     self.rightsRefused = rightsRefused
     self.lastActivity = now
   }

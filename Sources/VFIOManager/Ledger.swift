@@ -279,7 +279,11 @@ public final class Ledger: Sendable {
       // checkpoints only. A killed process loses nothing that committed; a power loss may
       // lose the last transactions, never consistency, and takes sysfs's state with it anyway.
       config.journalMode = .wal
-      config.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
+      // The WAL is reused after each checkpoint; the size limit truncates it back to 1 MiB,
+      // so a burst of writes (a busy broker) does not leave a large file behind.
+      config.prepareDatabase { db in
+        try db.execute(sql: "PRAGMA synchronous = NORMAL; PRAGMA journal_size_limit = 1048576")
+      }
     }
     do {
       let queue = try DatabaseQueue(path: path, configuration: config)

@@ -26,28 +26,8 @@ extension BrokerTests {
     XCTAssertLessThan(took, limit, "\(what): an honest hello + list took \(took) s", file: file, line: line)
   }
 
-  /// A TCP connection to a listener that never reads, lingering 30 s with unsent data: its last
-  /// close blocks (what froze the broker's loop when a client passed one over SCM_RIGHTS).
   func lingeringSocket() throws -> (socket: Int32, listener: Int32) {
-    let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var size = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, size) } }
-    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &size) } }
-    XCTAssertEqual(listen(listener, 1), 0)
-    let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    let connected = withUnsafePointer(to: &address) {
-      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    XCTAssertEqual(connected, 0)
-    var linger = Glibc.linger(l_onoff: 1, l_linger: 30)
-    setsockopt(client, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-    _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
-    let chunk = [UInt8](repeating: 0x55, count: 65536)
-    while chunk.withUnsafeBytes({ send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) > 0 {}
-    return (client, listener)
+    try XCTUnwrap(lingeringTCPSocket(), "a lingering loopback TCP socket")
   }
 
   func testADescriptorWhoseCloseBlocksNeverStallsTheLoop() throws {

@@ -328,7 +328,7 @@ final class BrokerTests: ManagerTestCase {
 
   func testRandomBytesNeverCrashTheBrokerNorGrowItsBuffers() throws {
     try startBroker()
-    var generator = SplitMix(seed: 0x5eed)
+    var generator = SplitMix64(seed: 0x5eed)
     for round in 0..<200 {
       let socket = try UnixSocket.connect(path: socketPath)
       var bytes = (0..<Int(generator.next() % 600)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
@@ -398,15 +398,3 @@ final class BrokerTests: ManagerTestCase {
   }
 }
 
-/// A small fixed-seed generator: the same bytes every run.
-struct SplitMix {
-  var state: UInt64
-  init(seed: UInt64) { state = seed }
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
-}

@@ -7,17 +7,17 @@ import VFIOManager
 /// override's driver (or the one the device had when captured), `drivers/D/bind` refuses a
 /// device whose override names another driver, as `driver_match_device` does. Every write is
 /// recorded. The real kernel plays this part in the integration tests (Tests/Integration).
-final class SimulatedKernel: HostKernel, @unchecked Sendable {
-  let root: String
+public final class SimulatedKernel: HostKernel, @unchecked Sendable {
+  public let root: String
   /// What the kernel would bind without an override: the drivers the capture shows.
-  let nativeDrivers: [String: String]
+  public let nativeDrivers: [String: String]
   private let lock = NSLock()
   private var log: [String] = []
   private var resetLog: [[String]] = []
   /// Return an errno to make a write fail, as the kernel would.
-  var failWrite: (@Sendable (_ path: String, _ value: String) -> Int32?)?
+  public var failWrite: (@Sendable (_ path: String, _ value: String) -> Int32?)?
 
-  init(root: String) {
+  public init(root: String) {
     self.root = root
     var native: [String: String] = [:]
     let sysfs = Sysfs(root: root)
@@ -30,10 +30,10 @@ final class SimulatedKernel: HostKernel, @unchecked Sendable {
   }
 
   /// Every write as `path <- value`, in order.
-  var writes: [String] { lock.withLock { log } }
-  var busResets: [[String]] { lock.withLock { resetLog } }
+  public var writes: [String] { lock.withLock { log } }
+  public var busResets: [[String]] { lock.withLock { resetLog } }
 
-  func write(_ value: String, to hostPath: String) throws(HostChangeError) {
+  public func write(_ value: String, to hostPath: String) throws(HostChangeError) {
     lock.withLock { log.append("\(hostPath) <- \(value)") }
     if let code = failWrite?(hostPath, value) { throw HostChangeError("write '\(value)' to \(hostPath)", errno: code) }
     let parts = hostPath.split(separator: "/").map(String.init)
@@ -108,11 +108,11 @@ final class SimulatedKernel: HostKernel, @unchecked Sendable {
     try writeFile(pfDir + "/sriov_numvfs", String(count))
   }
 
-  func loadModule(_ name: String) throws(HostChangeError) {
+  public func loadModule(_ name: String) throws(HostChangeError) {
     mkdir(root + "/sys/bus/pci/drivers/\(name)", 0o755)
   }
 
-  func setOwner(_ hostPath: String, _ ownership: Ownership) throws(HostChangeError) {
+  public func setOwner(_ hostPath: String, _ ownership: Ownership) throws(HostChangeError) {
     lock.withLock { log.append("\(hostPath) <- owner \(ownership)") }
     let path = root + hostPath
     guard chown(path, uid_t(ownership.uid), gid_t(ownership.gid)) == 0, chmod(path, mode_t(ownership.mode)) == 0 else {
@@ -120,22 +120,22 @@ final class SimulatedKernel: HostKernel, @unchecked Sendable {
     }
   }
 
-  func busReset(_ functions: [PCIAddress]) throws(HostChangeError) {
+  public func busReset(_ functions: [PCIAddress]) throws(HostChangeError) {
     lock.withLock { resetLog.append(functions.map(\.description)) }
   }
 
   // MARK: The tree
 
-  func devicePath(_ address: String) -> String {
+  public func devicePath(_ address: String) -> String {
     let link = root + "/sys/bus/pci/devices/" + address
     return URL(fileURLWithPath: link).resolvingSymlinksInPath().path
   }
 
-  func driver(of address: String) -> String? {
+  public func driver(of address: String) -> String? {
     Sysfs(root: root).linkName("/sys/bus/pci/devices/\(address)/driver")
   }
 
-  func override(of address: String) -> String? {
+  public func override(of address: String) -> String? {
     Sysfs(root: root).readString("/sys/bus/pci/devices/\(address)/driver_override").flatMap { $0 == "(null)" ? nil : $0 }
   }
 
