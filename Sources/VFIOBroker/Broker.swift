@@ -432,6 +432,9 @@ public final class Broker: @unchecked Sendable {
     guard !wanted.isEmpty, wanted.allSatisfy(members.contains) else {
       throw BrokerError(.invalidTarget, "\(request.target ?? "") is not a detached endpoint of group \(group)")
     }
+    // The grantee's pidfd now, while it surely runs: what its lease's liveness and a forced
+    // revoke go through later.
+    _ = connection.pidfd
     book.beginGrant(group: group, connection: connection.id)
     let source = self.source
     let bootID = self.bootID
