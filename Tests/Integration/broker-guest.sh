@@ -73,7 +73,8 @@ grep -o 'grant [0-9.]* ms' /out/grant-time.txt > /out/grant-ms 2>/dev/null
 wait_lease "$G" gone || fail "lease after the timed grant"
 run history-edu v history "$G"
 expect_text "the history has the grant" "granted" history-edu
-expect_text "the history has the refusal" "refused" history-edu
+run refusals-edu v history "$G" --refusals
+expect_text "the refusal is counted (not a history row each)" "not-owner" refusals-edu
 
 case " $BACKENDS " in *" iommufd "*)
     # --- QEMU 10 as the unprivileged VMM: only the broker's descriptors -------------------------------

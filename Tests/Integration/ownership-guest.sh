@@ -80,11 +80,15 @@ done
 run doctor-granted v doctor
 expect_text "doctor: the owner can open what it needs" "uid 1000 (groups 3) can open" doctor-granted
 
-# --- an attach/detach cycle: the kernel recreates the node, the ledger's owner is applied again ---
+# --- an attach/detach cycle: giving the group back to the host ends the owner's claim ------------
 v attach 3 > /out/cycle-attach.txt 2>&1
 [ -e /dev/vfio/3 ] && fail "after attach /dev/vfio/3 still exists" || pass "after attach the kernel removed /dev/vfio/3"
+grep -q "uid 1000 no longer owns IOMMU group 3" /out/cycle-attach.txt && pass "attach says the owner's claim ended" \
+    || fail "attach did not end the claim: $(head -c 400 /out/cycle-attach.txt)"
 run cycle-detach v detach 3 --allow-no-reset
-expect_perm "detach again without --owner" /dev/vfio/3 "1000:1000 660"
+expect_perm "detach again without --owner: root's, not the old owner's" /dev/vfio/3 "0:0 600"
+run cycle-own v own 3 --owner 1000:1000
+expect_perm "own gives it to uid 1000 again" /dev/vfio/3 "1000:1000 660"
 
 # --- QEMU, a VMM nobody here wrote, as uid 1000 and as uid 1001 ----------------------------------
 if command -v qemu-system-x86_64 >/dev/null; then
@@ -134,6 +138,15 @@ if [ -x /lib/systemd/systemd-udevd ]; then
     [ "$(drv 0000:00:02.0)" = vfio-pci ] && pass "persisted e1000e: after remove + rescan it is on vfio-pci" \
         || fail "persisted e1000e after rescan is on $(drv 0000:00:02.0)"
     expect_perm "persisted: after rescan udev gave the node its owner" /dev/vfio/2 "1000:1000 660"
+    # Disowned: the rules are regenerated, so the next hot-plug gives the node to nobody.
+    run disown-persisted v disown 2
+    expect_rc "disown 2" 0 disown-persisted
+    grep -q "chown 1000" /etc/udev/rules.d/70-swift-vfio.rules && fail "the rules still name uid 1000 after disown" \
+        || pass "disown regenerated the rules: uid 1000 is gone from them"
+    replug_e1000e
+    [ "$(drv 0000:00:02.0)" = vfio-pci ] && pass "still persisted after disown: on vfio-pci after remove + rescan" \
+        || fail "after disown + rescan the e1000e is on $(drv 0000:00:02.0)"
+    expect_perm "after disown + rescan the node is root's, not the old owner's" /dev/vfio/2 "0:0 600"
     run reconcile v reconcile
     expect_rc "reconcile finds the ledger and sysfs agreeing" 0 reconcile
     run unpersist v persist 2 --remove
