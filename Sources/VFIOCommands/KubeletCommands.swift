@@ -92,12 +92,14 @@ struct KubeletDRACommand: AsyncParsableCommand {
 
   func run() async throws {
     try await reportingKubeletErrors {
-      let inventory: HostInventory
-      do { inventory = try HostInventory.read(host.sysfs) } catch {
-        throw CLIError.unavailable("\(error)")
-      }
+      let manager = stateOptions.manager(host: host)
+      let cdi = CDIWriter(
+        directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
+      let preparer = ClaimPreparer(
+        manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, view: host.kubeletView,
+        logger: Logger(label: "vfio.dra"))
       let slices = SliceBuilder(driver: driver, nodeName: node).slices(
-        DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset))
+        try preparer.catalog(prepared: try preparer.preparedGroups()))
       if printSlices {
         print(sortedJSON(SliceList(items: slices)))
         return
@@ -122,11 +124,6 @@ struct KubeletDRACommand: AsyncParsableCommand {
       if let api {
         do { try await api.apply(slices) } catch { logger.error("publishing ResourceSlices: \(error)") }
       }
-      let manager = stateOptions.manager(host: host)
-      let cdi = CDIWriter(
-        directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
-      let preparer = ClaimPreparer(
-        manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, logger: logger)
       try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger)
         .run()
     }
@@ -162,14 +159,16 @@ struct KubeletDevicePluginCommand: AsyncParsableCommand {
   @Option(help: "Seconds between looks at the groups and at the kubelet's socket.")
   var poll: Double = 5
 
+  @OptionGroup var stateOptions: StateOptions
   @OptionGroup var host: HostOptions
 
   func run() async throws {
     try await reportingKubeletErrors {
       bootstrapLogging()
       let plugin = DevicePlugin(
-        resourceName: resourceName, paths: kubelet.paths, sysfs: host.sysfs, pollInterval: poll,
-        logger: Logger(label: "vfio.device-plugin"))
+        resourceName: resourceName, paths: kubelet.paths,
+        catalog: NodeCatalog(sysfs: host.sysfs, stateDirectory: stateOptions.state, view: host.kubeletView),
+        pollInterval: poll, logger: Logger(label: "vfio.device-plugin"))
       try await plugin.run()
     }
   }

@@ -65,7 +65,9 @@ public struct HostInventory: Sendable {
   public var iommuEnabled: Bool { !groups.isEmpty }
 
   /// Reads the host (or a captured tree) rooted at `sysfs`.
-  public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil) throws(InventoryError) -> HostInventory {
+  public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil, view: HostView = .caller) throws(InventoryError)
+    -> HostInventory
+  {
     guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
     let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
     guard isValidPageSize(pageSize) else { throw .badPageSize(pageSize) }
@@ -99,7 +101,7 @@ public struct HostInventory: Sendable {
       for i in devices.indices where devices[i].kernelResetMethods == nil { devices[i].kernelResetMethods = [] }
     }
     resolveVirtualFunctionIDs(&devices, sysfs)
-    var hostUse = HostUseScanner(sysfs: sysfs).scan()
+    var hostUse = HostUseScanner(sysfs: sysfs, view: view).scan()
     for device in devices where device.bootVGA {
       hostUse[device.address, default: []].append(
         HostUse(

@@ -3,10 +3,11 @@
 /// devices themselves.
 struct HostUseScanner {
   let sysfs: Sysfs
+  var view: HostView = .caller
 
   func scan() -> [PCIAddress: [HostUse]] {
     var uses: [PCIAddress: [HostUse]] = [:]
-    let mounts = MountTable(sysfs: sysfs)
+    let mounts = MountTable(sysfs: sysfs, view: view)
     for (address, use) in blockUses(mounts: mounts) + networkUses() + displayUses() {
       uses[address, default: []].append(use)
     }
@@ -77,18 +78,20 @@ struct HostUseScanner {
   // MARK: Network
 
   private func networkUses() -> [(PCIAddress, HostUse)] {
-    let interfaces = sysfs.list("/sys/class/net")
+    let classNet = view.classNet
+    let interfaces = sysfs.list(classNet)
     guard !interfaces.isEmpty else { return [] }
+    let procNet = view.procNet
     let net = NetworkFacts(
-      fibTrie: sysfs.readString("/proc/net/fib_trie"), route: sysfs.readString("/proc/net/route"),
-      ifInet6: sysfs.readString("/proc/net/if_inet6"), ipv6Route: sysfs.readString("/proc/net/ipv6_route"))
+      fibTrie: sysfs.readString(procNet + "/fib_trie"), route: sysfs.readString(procNet + "/route"),
+      ifInet6: sysfs.readString(procNet + "/if_inet6"), ipv6Route: sysfs.readString(procNet + "/ipv6_route"))
     var result: [(PCIAddress, HostUse)] = []
     for interface in interfaces {
-      guard let target = sysfs.readLink("/sys/class/net/\(interface)"),
-        let owner = owningFunction(resolve(link: target, in: "/sys/class/net"))
+      guard let target = sysfs.readLink("\(classNet)/\(interface)"),
+        let owner = owningFunction(resolve(link: target, in: classNet))
       else { continue }
-      let flags = sysfs.readInteger("/sys/class/net/\(interface)/flags") ?? 0
-      let state = sysfs.readString("/sys/class/net/\(interface)/operstate") ?? "unknown"
+      let flags = sysfs.readInteger("\(classNet)/\(interface)/flags") ?? 0
+      let state = sysfs.readString("\(classNet)/\(interface)/operstate") ?? "unknown"
       let up = flags & 1 != 0  // IFF_UP
       let addresses = net.addresses[interface] ?? []
       let all = addresses + (net.linkLocal[interface] ?? [])
@@ -189,9 +192,9 @@ struct MountTable {
   var byName: [String: [String]] = [:]
   var swaps: Set<String> = []
 
-  init(sysfs: Sysfs) {
+  init(sysfs: Sysfs, view: HostView = .caller) {
     // mountinfo: id parent major:minor root mountpoint options... - fstype source superoptions
-    if let text = sysfs.readString("/proc/self/mountinfo") {
+    if let text = sysfs.readString(view.mountinfo) {
       for line in text.split(separator: "\n") {
         let f = line.split(separator: " ")
         guard f.count > 4 else { continue }
@@ -239,4 +242,31 @@ private func unescapeMountPath(_ text: String) -> String {
     }
   }
   return String(decoding: out, as: UTF8.self)
+}
+
+/// Whose network and mounts decide what the host uses: the calling process's (a command run on
+/// the host), or those of process 1 (the host's init), for a caller that may run in its own
+/// network and mount namespaces, as the kubelet plugins do in a pod: there its own view hides
+/// the node's uplink and the disks mounted outside the pod, and it would publish them.
+public struct HostView: Sendable, Equatable {
+  /// The process's network facts (`route`, `fib_trie`, `if_inet6`, `ipv6_route`).
+  public let procNet: String
+  /// Its mount table.
+  public let mountinfo: String
+  /// The network class directory as that process sees it (sysfs lists a netns's own devices).
+  public let classNet: String
+
+  public static let caller = HostView(procNet: "/proc/net", mountinfo: "/proc/self/mountinfo", classNet: "/sys/class/net")
+  /// The host's init (needs the host's PID namespace: `hostPID: true` in a pod).
+  public static let hostInit = HostView(
+    procNet: "/proc/1/net", mountinfo: "/proc/1/mountinfo", classNet: "/proc/1/root/sys/class/net")
+
+  /// What of this view cannot be read under `sysfs` (empty when all of it can).
+  public func unreadable(_ sysfs: Sysfs) -> [String] {
+    var missing: [String] = []
+    if !sysfs.isDirectory(procNet) { missing.append(procNet) }
+    if sysfs.readString(mountinfo) == nil { missing.append(mountinfo) }
+    if !sysfs.isDirectory(classNet) { missing.append(classNet) }
+    return missing
+  }
 }

@@ -26,7 +26,8 @@ public struct ClaimAllocation: Sendable, Equatable {
   }
 
   public let results: [Result]
-  /// From `{"owner": "USER[:GROUP]", "mode": "0660"}` in the opaque parameters.
+  /// From `{"owner": "USER[:GROUP]", "mode": "0660"}` in the opaque parameters of the
+  /// DeviceClass's config (`source: FromClass`); a claim's own config may not set them.
   public let ownership: Ownership?
 
   /// Parses a `resource.k8s.io/v1` ResourceClaim (as the API server returns it, or as
@@ -45,6 +46,12 @@ public struct ClaimAllocation: Sendable, Equatable {
     var ownership: Ownership?
     for config in devices.config ?? [] where config.opaque?.driver == driver {
       guard let parameters = config.opaque?.parameters else { continue }
+      // Who owns a claim's nodes is the administrator's to say (the DeviceClass), never the
+      // claim author's: a pod author could otherwise pick any uid on the node.
+      if config.source != "FromClass" && (parameters.owner != nil || parameters.mode != nil) {
+        throw .badConfiguration(
+          claim: claim, why: "owner and mode come from the DeviceClass's config, not from the claim's")
+      }
       if let unknown = parameters.unknown.first {
         throw .badConfiguration(claim: claim, why: "unknown parameter '\(unknown)' (this driver takes owner and mode)")
       }
@@ -93,7 +100,11 @@ struct ResourceClaimJSON: Decodable {
     let pool: String
     let device: String
   }
-  struct Config: Decodable { let opaque: Opaque? }
+  struct Config: Decodable {
+    /// `FromClass` (the DeviceClass, the administrator's) or `FromClaim` (the claim author's).
+    let source: String?
+    let opaque: Opaque?
+  }
   struct Opaque: Decodable {
     let driver: String
     let parameters: Parameters?

@@ -19,6 +19,11 @@ struct ClaimCheckpoint: Codable, Equatable {
   /// (detached by an administrator): unprepare leaves it there.
   let groups: [Group]
   let devices: [PreparedDevice]
+  /// Written before the first detach and replaced once the claim is prepared: a plugin killed
+  /// in between leaves this, and the retry (or the unprepare) knows every group to put right.
+  var pending: Bool? = nil
+
+  var isPending: Bool { pending == true }
 
   struct Group: Codable, Equatable {
     let group: Int
@@ -38,15 +43,18 @@ public final class ClaimPreparer: @unchecked Sendable {
   public let checkpointDirectory: String
   /// Publish and prepare groups without a reset method (`--allow-no-reset`).
   public let allowNoReset: Bool
+  /// Whose network and mounts say what the host uses (the host's init, from a pod).
+  public let view: HostView
   let logger: Logger
   private let lock = NSLock()
 
   public init(
-    manager: AssignmentManager, cdi: CDIWriter, driver: String, allowNoReset: Bool = false,
+    manager: AssignmentManager, cdi: CDIWriter, driver: String, allowNoReset: Bool = false, view: HostView = .hostInit,
     logger: Logger = Logger(label: "vfio.dra")
   ) {
     self.manager = manager
     self.allowNoReset = allowNoReset
+    self.view = view
     self.cdi = cdi
     self.driver = driver
     self.checkpointDirectory = manager.configuration.stateDirectory + "/kubelet-claims"
@@ -57,13 +65,10 @@ public final class ClaimPreparer: @unchecked Sendable {
   /// before the first is made: a bad claim is refused with nothing detached.
   public func prepare(_ claim: ClaimReference, _ allocation: ClaimAllocation) throws(KubeletError) -> [PreparedDevice] {
     try locked { () throws(KubeletError) -> [PreparedDevice] in
-      if let done = try checkpoint(claim.uid) { return done.devices }
-      let inventory: HostInventory
-      do throws(InventoryError) { inventory = try HostInventory.read(manager.sysfs) } catch {
-        throw .manager(claim: claim.uid, .unavailable(error.description))
-      }
-      let catalog = DeviceCatalog(inventory: inventory, allowNoReset: allowNoReset)
-      let taken = try heldGroups()
+      let earlier = try checkpoint(claim.uid)
+      if let earlier, !earlier.isPending { return earlier.devices }
+      let taken = try heldGroups(excepting: claim.uid)
+      let catalog = try catalog(prepared: Set(try heldGroups().keys))
       var chosen: [(PublishedDevice, [ClaimAllocation.Result])] = []
       for result in allocation.results {
         guard let device = catalog.device(named: result.device) else {
@@ -87,16 +92,25 @@ public final class ClaimPreparer: @unchecked Sendable {
           throw .manager(claim: claim.uid, error)
         }
       }
-      var groups: [ClaimCheckpoint.Group] = []
+      // Which groups this claim detaches (and gives back at unprepare): those not on VFIO by an
+      // administrator's hand already; an earlier, interrupted try of this claim knows its own.
+      let detachedByOthers = try detachedGroups()
+      let groups = chosen.map { device, _ -> ClaimCheckpoint.Group in
+        let ours = earlier?.groups.first { $0.group == device.group }?.detached ?? !detachedByOthers.contains(device.group)
+        return ClaimCheckpoint.Group(group: device.group, detached: ours)
+      }
+      // Recorded before the first detach: killed at any step from here, the plugin leaves a
+      // checkpoint naming every group it may have taken.
+      try save(ClaimCheckpoint(claim: claim, groups: groups, devices: [], pending: true))
       for (device, _) in chosen {
         do throws(ManagerError) {
           let report = try manager.detach(
             .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
-          groups.append(.init(group: device.group, detached: report.outcome == .done))
           logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
         } catch {
-          // What this claim detached so far goes back: a claim is prepared whole or not at all.
+          // What this claim detached goes back: a claim is prepared whole or not at all.
           _ = attach(groups)
+          removeCheckpoint(claim.uid)
           throw .manager(claim: claim.uid, error)
         }
       }
@@ -112,6 +126,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       } catch {
         _ = attach(groups)
         try? cdi.remove(claimUID: claim.uid)
+        removeCheckpoint(claim.uid)
         throw error
       }
       return devices
@@ -123,7 +138,12 @@ public final class ClaimPreparer: @unchecked Sendable {
   public func unprepare(_ claim: ClaimReference) throws(KubeletError) {
     try locked { () throws(KubeletError) in
       guard let done = try checkpoint(claim.uid) else { return }
-      if let failure = attach(done.groups).first { throw .manager(claim: claim.uid, failure) }
+      // An interrupted prepare may not have reached every group: one never detached is fine.
+      let failures = attach(done.groups).filter { error in
+        guard done.isPending, case .notDetached = error else { return true }
+        return false
+      }
+      if let failure = failures.first { throw .manager(claim: claim.uid, failure) }
       try cdi.remove(claimUID: claim.uid)
       do { try FileManager.default.removeItem(atPath: checkpointPath(claim.uid)) } catch {
         throw .checkpoint(path: checkpointPath(claim.uid), error.localizedDescription)
@@ -131,6 +151,9 @@ public final class ClaimPreparer: @unchecked Sendable {
       logger.info("unprepared claim \(claim)")
     }
   }
+
+  /// The groups held for claims now, prepared or being prepared.
+  public func preparedGroups() throws(KubeletError) -> Set<Int> { Set(try heldGroups().keys) }
 
   /// The claims prepared now, as their checkpoints say.
   public func preparedClaims() throws(KubeletError) -> [ClaimReference] {
@@ -172,14 +195,33 @@ public final class ClaimPreparer: @unchecked Sendable {
     return all
   }
 
-  /// Group → the claim holding it.
-  private func heldGroups() throws(KubeletError) -> [Int: String] {
+  /// Group → the claim holding it (but `claim`'s own, for a retry).
+  private func heldGroups(excepting claim: String? = nil) throws(KubeletError) -> [Int: String] {
     var held: [Int: String] = [:]
-    for checkpoint in try checkpoints() {
+    for checkpoint in try checkpoints() where checkpoint.claim.uid != claim {
       for group in checkpoint.groups { held[group.group] = checkpoint.claim.uid }
     }
     return held
   }
+
+  /// The publishable groups now, with those this driver holds for claims kept in.
+  public func catalog(prepared: Set<Int>) throws(KubeletError) -> DeviceCatalog {
+    try NodeCatalog(
+      sysfs: manager.sysfs, stateDirectory: manager.configuration.stateDirectory, view: view, allowNoReset: allowNoReset
+    ).read(prepared: prepared)
+  }
+
+  /// The groups the ledger has on VFIO now.
+  private func detachedGroups() throws(KubeletError) -> Set<Int> {
+    do throws(ManagerError) {
+      guard let ledger = try Ledger.open(directory: manager.configuration.stateDirectory, create: false) else { return [] }
+      return Set(try ledger.groups().filter { $0.state == .detached }.map(\.id))
+    } catch {
+      throw .checkpoint(path: manager.configuration.stateDirectory, "the ledger cannot be read: \(error)")
+    }
+  }
+
+  private func removeCheckpoint(_ uid: String) { unlink(checkpointPath(uid)) }
 
   private func save(_ checkpoint: ClaimCheckpoint) throws(KubeletError) {
     let path = checkpointPath(checkpoint.claim.uid)

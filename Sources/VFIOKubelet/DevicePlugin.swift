@@ -11,15 +11,17 @@ import VFIOHost
 public struct DevicePlugin: Sendable {
   public let resourceName: String
   public let paths: KubeletPaths
-  public let sysfs: Sysfs
+  /// What may be published: the host as its init sees it, less what the ledger gives away.
+  public let catalog: NodeCatalog
+  public var sysfs: Sysfs { catalog.sysfs }
   /// How often groups are read again (ListAndWatch) and the kubelet's socket is checked.
   public let pollInterval: Double
   let logger: Logger
 
-  public init(resourceName: String, paths: KubeletPaths, sysfs: Sysfs, pollInterval: Double = 5, logger: Logger) {
+  public init(resourceName: String, paths: KubeletPaths, catalog: NodeCatalog, pollInterval: Double = 5, logger: Logger) {
     self.resourceName = resourceName
     self.paths = paths
-    self.sysfs = sysfs
+    self.catalog = catalog
     self.pollInterval = pollInterval
     self.logger = logger
   }
@@ -30,8 +32,14 @@ public struct DevicePlugin: Sendable {
 
   /// The groups as they are now; a host that cannot be read publishes nothing.
   public func core() -> DevicePluginCore {
-    let catalog = (try? HostInventory.read(sysfs)).map { DeviceCatalog(inventory: $0) } ?? DeviceCatalog.empty
-    return DevicePluginCore(resourceName: resourceName, catalog: catalog)
+    let devices: DeviceCatalog
+    do {
+      devices = try catalog.read()
+    } catch {
+      logger.error("publishing nothing: \(error)")
+      devices = .empty
+    }
+    return DevicePluginCore(resourceName: resourceName, catalog: devices)
   }
 
   /// Serves and registers until cancelled; `onRegistered` is called after each registration.

@@ -19,13 +19,15 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
   case checkpoint(path: String, String)
   case socket(path: String, String)
   case apiServer(String)
+  /// The host's own network or mount view cannot be read: the plugin publishes nothing.
+  case hostViewUnavailable([String])
   case usage(String)
 
   /// sysexits(3), as vfioctl's other errors: 64 usage, 69 unavailable, 73 cannot create.
   public var exitCode: Int32 {
     switch self {
     case .usage: 64
-    case .apiServer, .claimUnknown: 69
+    case .apiServer, .claimUnknown, .hostViewUnavailable: 69
     case .cdi, .checkpoint, .socket: 73
     case .manager(_, let error): error.exitCode
     case .noSuchDevice, .badConfiguration, .taken: 1
@@ -52,6 +54,8 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
       "socket \(path): \(why); check --kubelet-dir and that no other plugin serves there"
     case .apiServer(let why):
       "API server: \(why)"
+    case .hostViewUnavailable(let paths):
+      "the host's network and mounts cannot be read (\(paths.joined(separator: ", "))): nothing is published, since a device the host uses could not be told apart; run the plugin in the host's PID namespace (hostPID: true) as root"
     case .usage(let why): why
     }
   }

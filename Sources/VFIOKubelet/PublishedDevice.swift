@@ -53,10 +53,12 @@ public struct DeviceCatalog: Sendable {
 
   /// With `allowNoReset`, a group whose only blocker is a missing reset is published too
   /// (as `conditional`), for userspace drivers that live without one (QEMU's edu device).
-  public init(inventory: HostInventory, allowNoReset: Bool = false) {
+  /// `withheld`: groups not to publish whatever they are (the ledger gives them to someone).
+  public init(inventory: HostInventory, allowNoReset: Bool = false, withheld: [Int: String] = [:]) {
     self.devices = inventory.devices
     let assessor = Assessor(inventory: inventory)
     published = inventory.groups.compactMap { group -> PublishedDevice? in
+      guard withheld[group.id] == nil else { return nil }
       let assessment = assessor.assess(group: group.id)
       let blockers = assessment.reasons.filter { $0.severity == .blocker }
       let resetOnly = allowNoReset && !blockers.isEmpty && blockers.allSatisfy { $0.code == .noReset }

@@ -131,11 +131,13 @@ final class KubeletPluginTests: ManagerTestCase {
       driver: driver)
   }
 
-  func claimJSON(_ devices: [String], parameters: String? = nil) -> Data {
+  /// A ResourceClaim allocated `devices`; `parameters` as the DeviceClass's config (`FromClass`),
+  /// or the claim's own with `source: "FromClaim"`.
+  func claimJSON(_ devices: [String], parameters: String? = nil, source: String = "FromClass") -> Data {
     let results = devices.map { #"{"request":"vfio","driver":"\#(driver)","pool":"node1","device":"\#($0)"}"# }
     let config =
       parameters.map {
-        #","config":[{"source":"FromClaim","requests":["vfio"],"opaque":{"driver":"\#(driver)","parameters":\#($0)}}]"#
+        #","config":[{"source":"\#(source)","requests":["vfio"],"opaque":{"driver":"\#(driver)","parameters":\#($0)}}]"#
       } ?? ""
     return Data(
       #"{"metadata":{"name":"c","uid":"u1"},"status":{"allocation":{"devices":{"results":[\#(results.joined(separator: ","))]\#(config)}}}}"#
@@ -318,7 +320,8 @@ final class KubeletPluginTests: ManagerTestCase {
     let paths = KubeletPaths(directory: scratch.path)
     try FileManager.default.createDirectory(atPath: paths.devicePlugins, withIntermediateDirectories: true)
     let plugin = DevicePlugin(
-      resourceName: "vfio.swift-vfio.io/pci", paths: paths, sysfs: Fixtures.sysfs("q35-vtd"), pollInterval: 0.05,
+      resourceName: "vfio.swift-vfio.io/pci", paths: paths,
+      catalog: NodeCatalog(sysfs: Fixtures.sysfs("q35-vtd"), stateDirectory: scratch.path, view: .caller), pollInterval: 0.05,
       logger: Logger(label: "test"))
     var kubelet = try await TestKubelet.start(paths.kubeletSocket)
     let serving = Task { try await plugin.run() }

@@ -18,6 +18,7 @@ class ManagerTestCase: XCTestCase {
 
   func setUpTree(_ fixture: String = "q35-vtd") throws {
     tree = try TemporaryTree(copying: Fixtures.root(fixture))
+    tree.exposeHostInit()
     state = try TemporaryTree()
     kernel = SimulatedKernel(root: tree.path)
   }

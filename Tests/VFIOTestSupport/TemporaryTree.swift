@@ -21,6 +21,17 @@ public final class TemporaryTree {
 
   public func write(_ file: String, text: String) throws { try write(file, bytes: Array(text.utf8)) }
 
+  /// Gives a copied capture a `/proc/1` as the host's init shows it (its network facts, mount
+  /// table and root), so code that reads the host through process 1, as the kubelet plugins
+  /// do, reads the capture.
+  public func exposeHostInit() {
+    mkdir(path + "/proc/1", 0o755)
+    mkdir(path + "/proc/net", 0o755)
+    symlink("../net", path + "/proc/1/net")
+    symlink("../self/mountinfo", path + "/proc/1/mountinfo")
+    symlink(path, path + "/proc/1/root")
+  }
+
   deinit { FileTree.remove(path) }
 }
 
