@@ -32,7 +32,7 @@ let package = Package(
     // Read-only model of the host: sysfs, PCI config space, IOMMU groups.
     .target(
       name: "VFIOHost",
-      dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+      dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
     // Assignability verdicts and plans computed from the host model.
     .target(name: "VFIOPolicy", dependencies: ["VFIOHost"]),
     // Userspace VFIO: containers, groups, devices, iommufd, DMA, regions, interrupts.

@@ -356,3 +356,15 @@ int cvfio_uevent_socket(void) {
   }
   return fd;
 }
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+int cvfio_openat2(int dirfd, const char *path, int flags, unsigned int mode, unsigned long long resolve) {
+  struct {
+    unsigned long long flags, mode, resolve;
+  } how = {(unsigned long long)(unsigned int)flags, mode, resolve};
+  long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+  return fd < 0 ? -errno : (int)fd;
+}

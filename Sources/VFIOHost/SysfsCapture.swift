@@ -42,7 +42,13 @@ public struct SysfsCapture {
   /// Writes every access; returns how many entries were written.
   @discardableResult
   public func write(_ accesses: [(access: AccessRecorder.Access, path: String)]) throws(CaptureError) -> Int {
-    try makeDirectories(destination)
+    // The destination itself is the caller's choice; everything below it is made beneath it
+    // (RootedFiles): a link planted in it, or one it copied, never takes a write outside.
+    var current = ""
+    for component in destination.split(separator: "/") {
+      current += "/" + component
+      if mkdir(current, 0o755) != 0 && errno != EEXIST { throw .write(current, errno) }
+    }
     var written = 0
     for (access, path) in accesses {
       switch access {
@@ -51,7 +57,7 @@ public struct SysfsCapture {
       case .presence: written += try copyEntry(path, contentsToo: true) ? 1 : 0
       case .directory:
         guard source.isDirectory(path) else { continue }
-        try makeDirectories(destination + path)
+        try makeDirectories(path)
         written += 1
         // Listings are replayed for what the readers look for in them: links, subdirectories
         // and device nodes. Unread attribute files are left out rather than faked.
@@ -60,7 +66,7 @@ public struct SysfsCapture {
         }
       }
     }
-    try markEmptyDirectories(destination)
+    try markEmptyDirectories("")
     return written
   }
 
@@ -72,16 +78,16 @@ public struct SysfsCapture {
     var text = "captured by vfioctl \(version) as uid \(geteuid())\n"
     if let configSpaceNote { text += "note: \(configSpaceNote)\n" }
     let file = destination + "/" + Self.notesFile
-    let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw .write(file, errno) }
+    let fd = RootedFiles.open(root: destination, "/" + Self.notesFile, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode: 0o644)
+    guard fd >= 0 else { throw .write(file, -fd) }
     defer { close(fd) }
     let written = text.utf8CString.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count - 1) }
     guard written == text.utf8.count else { throw .write(file, errno) }
   }
 
-  /// Puts the keep marker into every empty directory below `path`.
+  /// Puts the keep marker into every empty directory below `path` (within the destination).
   private func markEmptyDirectories(_ path: String) throws(CaptureError) {
-    let entries = directoryEntries(path)
+    let entries = directoryEntries(destination + path)
     if entries.isEmpty { try touch(path + "/" + Sysfs.keepMarker) }
     let names = entries.filter(\.isDirectory).map(\.name)
     for name in names { try markEmptyDirectories(path + "/" + name) }
@@ -89,9 +95,9 @@ public struct SysfsCapture {
 
   private func copyFile(_ path: String) throws(CaptureError) -> Bool {
     guard let bytes = source.readBytes(path, limit: 4 << 20) else { return false }
-    try makeDirectories(parent(destination + path))
-    let fd = open(destination + path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw .write(destination + path, errno) }
+    try makeDirectories(parent(path))
+    let fd = RootedFiles.open(root: destination, path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode: 0o644)
+    guard fd >= 0 else { throw .write(destination + path, -fd) }
     defer { close(fd) }
     let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
     guard written == bytes.count else { throw .write(destination + path, errno) }
@@ -100,14 +106,15 @@ public struct SysfsCapture {
 
   private func copyLink(_ path: String) throws(CaptureError) -> Bool {
     guard let target = source.readLink(path) else { return false }
-    try makeDirectories(parent(destination + path))
+    try makeDirectories(parent(path))
     var existing = stat()
     if lstat(destination + path, &existing) == 0 { return false }
-    guard symlink(target, destination + path) == 0 else { throw .write(destination + path, errno) }
+    let code = RootedFiles.symlink(root: destination, target: target, at: path)
+    guard code == 0 else { throw .write(destination + path, code) }
     // Readers take names from links (driver, iommu_group) and walk others (bus → devices);
     // give the target directory a place so the link is not dangling.
     let resolved = resolve(link: target, in: parent(path))
-    if resolved.hasPrefix("/sys/"), source.isDirectory(resolved) { try makeDirectories(destination + resolved) }
+    if resolved.hasPrefix("/sys/"), source.isDirectory(resolved) { try makeDirectories(resolved) }
     return true
   }
 
@@ -117,7 +124,7 @@ public struct SysfsCapture {
     switch info.st_mode & S_IFMT {
     case S_IFLNK: return try copyLink(path)
     case S_IFDIR:
-      try makeDirectories(destination + path)
+      try makeDirectories(path)
       return true
     case S_IFCHR, S_IFBLK:
       return try placeholder(path)
@@ -130,24 +137,22 @@ public struct SysfsCapture {
   }
 
   private func placeholder(_ path: String) throws(CaptureError) -> Bool {
-    try makeDirectories(parent(destination + path))
-    try touch(destination + path)
+    try makeDirectories(parent(path))
+    try touch(path)
     return true
   }
 
-  /// Creates an empty file (or leaves an existing one as it is).
-  private func touch(_ file: String) throws(CaptureError) {
-    let fd = open(file, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw .write(file, errno) }
+  /// Creates an empty file `path` within the destination (or leaves an existing one as it is).
+  private func touch(_ path: String) throws(CaptureError) {
+    let fd = RootedFiles.open(root: destination, path, O_WRONLY | O_CREAT | O_NOFOLLOW, mode: 0o644)
+    guard fd >= 0 else { throw .write(destination + path, -fd) }
     close(fd)
   }
 
+  /// `mkdir -p` of `path` within the destination, never through a link that leaves it.
   private func makeDirectories(_ path: String) throws(CaptureError) {
-    var current = ""
-    for component in path.split(separator: "/") {
-      current += "/" + component
-      if mkdir(current, 0o755) != 0 && errno != EEXIST { throw .write(current, errno) }
-    }
+    let code = RootedFiles.makeDirectories(root: destination, path)
+    guard code == 0 else { throw .write(destination + path, code) }
   }
 
   private func parent(_ path: String) -> String {

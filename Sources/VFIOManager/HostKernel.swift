@@ -48,10 +48,11 @@ public struct LiveHost: HostKernel {
   }
 
   public func write(_ value: String, to hostPath: String) throws(HostChangeError) {
-    let path = sysfs.path(hostPath)
+    let root = sysfs.root
     let outcome = BoundedCall.run(timeout: writeTimeout) { () -> Int32 in
-      let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW)
-      guard fd >= 0 else { return errno }
+      // Beneath the root: under --root no link (planted or not) takes a write out of the tree.
+      let fd = RootedFiles.open(root: root, hostPath, O_WRONLY | O_NOFOLLOW)
+      guard fd >= 0 else { return -fd }
       defer { close(fd) }
       // A sysfs store takes the whole value in one write; a newline is what echo sends.
       let bytes = Array((value + "\n").utf8)
@@ -91,8 +92,8 @@ public struct LiveHost: HostKernel {
   /// node should be is refused rather than followed; on the live host only character devices.
   public func setOwner(_ hostPath: String, _ ownership: Ownership) throws(HostChangeError) {
     let what = "give \(hostPath) to \(ownership)"
-    let fd = open(sysfs.path(hostPath), cvfio_O_PATH | O_NOFOLLOW | O_CLOEXEC)
-    guard fd >= 0 else { throw HostChangeError(what, errno: errno) }
+    let fd = RootedFiles.open(root: sysfs.root, hostPath, cvfio_O_PATH | O_NOFOLLOW)
+    guard fd >= 0 else { throw HostChangeError(what, errno: -fd) }
     defer { close(fd) }
     var info = stat()
     guard fstat(fd, &info) == 0 else { throw HostChangeError(what, errno: errno) }

@@ -172,6 +172,41 @@ final class InventoryTests: XCTestCase {
     XCTAssertEqual(replayed.devices.map(\.bars), original.devices.map(\.bars))
     XCTAssertEqual(replayed.devices.map(\.driver), original.devices.map(\.driver))
   }
+
+  /// A link planted in the destination (here `sys` pointing at a directory outside it) is never
+  /// written through: the capture fails and nothing appears outside.
+  func testCaptureNeverWritesThroughAPlantedLink() throws {
+    let source = Fixtures.sysfs("q35-vtd")
+    let recorder = AccessRecorder()
+    _ = try HostInventory.read(Sysfs(root: source.root, recorder: recorder), pageSize: 4096)
+    let target = try TemporaryTree()
+    let outside = try TemporaryTree()
+    mkdir(target.path + "/copy", 0o755)
+    symlink(outside.path, target.path + "/copy/sys")
+    XCTAssertThrowsError(try SysfsCapture(source: source, destination: target.path + "/copy").write(recorder.accesses))
+    XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outside.path), [], "nothing written outside")
+    // A relative link that climbs out is refused the same way.
+    unlink(target.path + "/copy/sys")
+    symlink("../../" + outside.path.split(separator: "/").last!, target.path + "/copy/sys")
+    XCTAssertThrowsError(try SysfsCapture(source: source, destination: target.path + "/copy").write(recorder.accesses))
+    XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outside.path), [])
+  }
+
+  func testRootedFilesStayBeneathTheirRoot() throws {
+    let root = try TemporaryTree()
+    let outside = try TemporaryTree()
+    try outside.write(outside.path + "/secret", text: "x\n")
+    mkdir(root.path + "/a", 0o755)
+    symlink("a", root.path + "/inside")
+    symlink(outside.path, root.path + "/out")
+    let inside = RootedFiles.open(root: root.path, "/inside/f", O_WRONLY | O_CREAT, mode: 0o644)
+    XCTAssertGreaterThanOrEqual(inside, 0, "a link that stays inside works")
+    close(inside)
+    XCTAssertTrue(FileManager.default.fileExists(atPath: root.path + "/a/f"))
+    XCTAssertLessThan(RootedFiles.open(root: root.path, "/out/secret", O_WRONLY), 0, "a link out of the root is refused")
+    XCTAssertNotEqual(RootedFiles.makeDirectories(root: root.path, "/out/new"), 0)
+    XCTAssertFalse(FileManager.default.fileExists(atPath: outside.path + "/new"))
+  }
 }
 
 extension String {

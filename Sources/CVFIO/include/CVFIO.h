@@ -254,4 +254,12 @@ int cvfio_epoll_interest(int epfd, int fd, uint64_t token, int readable, int wri
 /// A non-blocking NETLINK_KOBJECT_UEVENT socket joined to the kernel's group; the descriptor or -errno.
 int cvfio_uevent_socket(void);
 
+
+/// openat2(2) (Linux 5.6+): `path` below `dirfd` with `resolve` (RESOLVE_* bits); the
+/// descriptor or -errno.
+int cvfio_openat2(int dirfd, const char *path, int flags, unsigned int mode, unsigned long long resolve);
+#define CVFIO_RESOLVE_NO_MAGICLINKS 0x02
+#define CVFIO_RESOLVE_NO_SYMLINKS 0x04
+#define CVFIO_RESOLVE_BENEATH 0x08
+
 #endif
