@@ -34,6 +34,8 @@ public final class Broker: @unchecked Sendable {
     public var reservedForRoot: Int
     /// Requests of one connection handled per pass of the loop.
     public var requestsPerPass: Int
+    /// New connections per second a non-root user may open (after a burst of half as many).
+    public var connectionsPerSecond: Double = 200
     /// A connection without lease, watch or request in flight is closed after this many idle seconds.
     public var idleTimeout: Double
     /// Bytes of answers queued for a client that does not read before its requests wait (four
@@ -160,7 +162,9 @@ public final class Broker: @unchecked Sendable {
         maxConnections: configuration.maxConnections, maxConnectionsPerUser: configuration.maxConnectionsPerUser,
         reservedForRoot: configuration.reservedForRoot, requestsPerPass: configuration.requestsPerPass,
         idleTimeout: configuration.idleTimeout, stalledAfter: configuration.stalledAfter,
-        maxQueuedOutput: configuration.maxQueuedOutput, refuseDescriptors: configuration.refuseDescriptors),
+        maxQueuedOutput: configuration.maxQueuedOutput, refuseDescriptors: configuration.refuseDescriptors,
+        connectionsPerSecond: configuration.connectionsPerSecond,
+        connectionBurst: max(1, Int(configuration.connectionsPerSecond / 2))),
       epoll: epfd, logger: logger)
     // Uevents invalidate what `list` knows of the host; without them (a test tree, no
     // permission) the assessment only ages out.

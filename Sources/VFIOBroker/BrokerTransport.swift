@@ -37,6 +37,9 @@ final class BrokerTransport {
     /// Ask the kernel to refuse descriptors sent to the broker (SO_PASSRIGHTS, Linux 6.16+).
     /// Tests turn it off to exercise the fallback: descriptors received and closed off the loop.
     var refuseDescriptors: Bool
+    /// New connections a non-root user may open per second, after a burst.
+    var connectionsPerSecond: Double = 200
+    var connectionBurst: Int = 100
   }
 
   let limits: Limits
@@ -101,6 +104,13 @@ final class BrokerTransport {
         close(fd)
         continue
       }
+      // A user who connects faster than its rate gets the shortest answer there is: closed,
+      // unread (its connections, not the broker's time, are what it spends).
+      if peer.uid != 0 && !takeConnectionToken(uid: peer.uid, now: now) {
+        counters.refusedAtAccept += 1
+        close(fd)
+        continue
+      }
       if let refusal = admission(peer) {
         refuse(fd, refusal)
         continue
@@ -114,6 +124,22 @@ final class BrokerTransport {
       _ = cvfio_epoll_add(epoll, fd, Token.connection(id).raw)
       counters.accepted += 1
     }
+  }
+
+  /// New connections per non-root user: a bucket of `connectionBurst` refilled at
+  /// `connectionsPerSecond`.
+  private var connectionTokens: [Int: (tokens: Double, at: Double)] = [:]
+
+  private func takeConnectionToken(uid: Int, now: Double) -> Bool {
+    var bucket = connectionTokens[uid] ?? (Double(limits.connectionBurst), now)
+    bucket.tokens = min(Double(limits.connectionBurst), bucket.tokens + (now - bucket.at) * limits.connectionsPerSecond)
+    bucket.at = now
+    let granted = bucket.tokens >= 1
+    if granted { bucket.tokens -= 1 }
+    connectionTokens[uid] = bucket
+    // Forgotten once full again, so the table holds only users who connect often.
+    if bucket.tokens >= Double(limits.connectionBurst) - 1 && perUser[uid] == nil { connectionTokens[uid] = nil }
+    return granted
   }
 
   /// Why `peer` may not have another connection now, if it may not.
