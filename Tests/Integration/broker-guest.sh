@@ -153,8 +153,22 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     wait_lease "$N" present || fail "no lease for the attach test"
     run attach-leased v attach $NIC
     expect_rc "attach of a leased, held group is refused without --revoke-after" 1 attach-leased
+    # A racer of the same owner reopens the group over and over while the attach takes it back:
+    # the group is marked closing under its lock before the holder is asked, so none may win.
+    (
+        i=0
+        while [ $i -lt 40 ] && [ ! -e /tmp/race-stop ]; do
+            as_user 1000 vfioctl open $NIC --socket "$SOCK" --backend legacy --exec -- true > /dev/null 2> /tmp/race-err
+            echo "$? $(head -c 120 /tmp/race-err | tr '\n' ' ')" >> /out/racer.txt
+            i=$((i + 1))
+        done
+    ) &
+    R=$!
     run attach-revoke v attach $NIC --revoke-after 20 --socket "$SOCK"
     expect_rc "attach --revoke-after 20 asks the holder and gives the group back" 0 attach-revoke
+    touch /tmp/race-stop; wait $R
+    grep -q '^0 ' /out/racer.txt && fail "a reopen slipped in between the revoke and the attach: $(grep '^0 ' /out/racer.txt | head -n 3)" \
+        || pass "no reopen won the race with the revoke ($(wc -l < /out/racer.txt) tries, $(grep -c closing /out/racer.txt) refused as closing)"
     wait "$H"; hrc=$?
     [ "$hrc" = 143 ] && pass "the holder's command got SIGTERM (exit 143)" || fail "holder exit $hrc"
     expect_text "the holder was told" "device request" holder-2
@@ -179,6 +193,12 @@ fi
 
 stop_broker
 [ "$brc" = 0 ] || fail "broker exit $brc at the end"
+
+# --- a typo must not destroy a file: --socket on a regular file is refused -------------------------
+echo precious > /tmp/precious
+run serve-file v serve --socket /tmp/precious
+expect_rc "serve --socket on a regular file is refused" 64 serve-file
+[ "$(cat /tmp/precious)" = precious ] && pass "the file named by --socket is intact" || fail "--socket replaced the file"
 expect_text "the broker logs its grants (swift-log)" "granted" broker-first
 
 # --- socket activation: systemd's own launcher hands the broker its listening socket ------------

@@ -106,6 +106,21 @@ if [ -n "$cdev" ] && [ -c "/dev/vfio/devices/$cdev" ]; then
     expect_text "the refusal names /dev/vfio/devices/$cdev" "/dev/vfio/devices/$cdev" attach-open-cdev
     kill $holder; wait $holder 2>/dev/null
 fi
+# A fake holder: an unprivileged user, in a mount namespace of its own, holds a plain file named
+# /dev/vfio/3 open. Holders are the kernel's device (st_rdev), not a link's text: no refusal.
+if as_user 1000 unshare -Urm true 2>/dev/null; then
+    as_user 1000 unshare -Urm sh -c 'mount -t tmpfs none /dev/vfio && : > /dev/vfio/3 && exec sleep 30 < /dev/vfio/3' &
+    faker=$!
+    sleep 1
+    [ "$(readlink /proc/$faker/fd/0 2>/dev/null)" = /dev/vfio/3 ] && pass "the fake holder holds a file named /dev/vfio/3" \
+        || fail "the fake holder did not start: $(readlink /proc/$faker/fd/0 2>&1)"
+    run status-fake v status 3
+    grep -q "pid $faker" /out/status-fake.txt && fail "a plain file named /dev/vfio/3 counted as a holder" \
+        || pass "a plain file named /dev/vfio/3 in a private mount namespace is no holder"
+    kill $faker 2>/dev/null; wait $faker 2>/dev/null
+else
+    echo "SKIP fake holder: unprivileged user namespaces are off in this kernel" >> /out/checks
+fi
 run attach-edu v attach 3
 expect_rc "attach edu" 0 attach-edu
 expect "attach edu: back to no driver" 0000:00:03.0 none "(null)"
