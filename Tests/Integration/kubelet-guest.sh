@@ -129,6 +129,70 @@ echo "DRA prepare+unprepare per claim (mean of 5, incl. two sim process starts):
 both_on "after five more rounds: both on e1000" e1000
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
 
+# --- kill -9 at every step of a prepare: the retry finishes the claim, unprepare gives all back ---
+# SWIFT_VFIO_FAULT_AFTER_STEP=N makes the plugin SIGKILL itself right after step N of the
+# group's detach; its checkpoint was written before the first step.
+n=1
+while [ $n -le 8 ]; do
+    claim "k$n" "group-$G"
+    export SWIFT_VFIO_FAULT_AFTER_STEP=$n
+    start_dra "dra-crash-$n" || fail "crash $n: the plugin did not start"
+    unset SWIFT_VFIO_FAULT_AFTER_STEP
+    vfio-kubelet-sim prepare --socket "$DRA" --uid "k$n" > "/out/crash-$n.txt" 2>&1
+    wait $DRA_PID 2>/dev/null; code=$?
+    start_dra "dra-after-crash-$n" || fail "crash $n: the plugin did not come back"
+    run "retry-$n" vfio-kubelet-sim prepare --socket "$DRA" --uid "k$n"
+    if [ "$code" = 137 ]; then
+        expect_no_text "killed after step $n of the detach: the retry prepares the claim" '"error"' "retry-$n"
+        both_on "killed after step $n: both e1000 on vfio-pci after the retry" vfio-pci
+    else
+        # Past the last step: the prepare finished before the fault could fire.
+        expect_no_text "no step $n: the prepare finished (plugin exit $code)" '"error"' "retry-$n"
+    fi
+    run "undo-$n" vfio-kubelet-sim unprepare --socket "$DRA" --uid "k$n"
+    expect_no_text "killed after step $n: unprepare without error" '"error"' "undo-$n"
+    both_on "killed after step $n: unprepare gave both back to e1000" e1000
+    kill $DRA_PID; wait $DRA_PID 2>/dev/null
+    [ "$code" = 137 ] || break
+    n=$((n + 1))
+done
+[ -z "$(ls $S/kubelet-claims/ 2>/dev/null)" ] && pass "no checkpoint is left after the crashes" || fail "checkpoints left: $(ls $S/kubelet-claims/)"
+
+# --- the plugins publish what the host, not their own namespace, says is free ------------------
+NIC=0000:00:02.0
+NG=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
+IF=$(ls /sys/bus/pci/devices/$NIC/net/ 2>/dev/null | head -n 1)
+run slices-idle vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+expect_text "the e1000e, down and unaddressed, is published" "\"group-$NG\"" slices-idle
+if [ -n "$IF" ]; then
+    # The node's uplink: an address and the default route (documentation addresses; the guest
+    # has no network, nothing is sent).
+    ip addr add 192.0.2.15/24 dev "$IF" && ip link set "$IF" up && ip route add default via 192.0.2.1 dev "$IF"
+    run slices-uplink vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    expect_no_text "the node's uplink is withheld" "\"group-$NG\"" slices-uplink
+    # As the shipped DaemonSet runs it: its own network namespace, where no route exists.
+    run slices-netns unshare -n vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    expect_rc "print-slices in a network namespace of its own" 0 slices-netns
+    expect_no_text "in its own network namespace the plugin still withholds the node's uplink" "\"group-$NG\"" slices-netns
+    ip route del default 2>/dev/null; ip addr flush dev "$IF"; ip link set "$IF" down
+else
+    fail "the e1000e has no network interface in this guest"
+fi
+
+# --- a group the ledger gives to a user is never published -------------------------------------
+run detach-owned vfioctl detach $NIC --state "$S" --owner 1000:1000 --broker-only
+expect_rc "detach the e1000e --owner 1000:1000 --broker-only" 0 detach-owned
+run slices-owned vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+expect_no_text "a group owned by uid 1000 is not published" "\"group-$NG\"" slices-owned
+claim owned "group-$NG"
+start_dra dra-owned || fail "the DRA plugin did not start for the owned-group check"
+run prepare-owned vfio-kubelet-sim prepare --socket "$DRA" --uid owned
+expect_text "a claim for the owned group is refused" "does not publish" prepare-owned
+[ "$(drv $NIC)" = vfio-pci ] && pass "the owned group stays with its owner on vfio-pci" || fail "$NIC is on $(drv $NIC)"
+kill $DRA_PID; wait $DRA_PID 2>/dev/null
+vfioctl attach $NIC --state "$S" > /out/attach-owned.txt 2>&1
+[ "$(drv $NIC)" = e1000e ] && pass "attach gave the e1000e back" || fail "after attach $NIC is on $(drv $NIC)"
+
 # --- device plugin ------------------------------------------------------------------------------
 vfioctl detach "$G" --state "$S" > /out/dp-detach.txt 2>&1 && pass "detach $G for the device plugin" || fail "detach $G: $(head -c 300 /out/dp-detach.txt)"
 mkdir -p $K/device-plugins
