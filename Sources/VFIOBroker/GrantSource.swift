@@ -152,6 +152,7 @@ public struct LiveGrantSource: GrantSource {
         throw BrokerError(.openFailed, "open \(cdev): \(String(cString: strerror(errno)))", next: "`vfioctl status` shows who holds it")
       }
       let owned = Descriptor(fd)
+      try verifyCharacterDevice(fd, sysfsDev: "/sys/bus/pci/devices/\(address)/vfio-dev/\(cdev.split(separator: "/").last ?? "")/dev", what: cdev)
       keep.append(owned)
       list.append(
         (
@@ -166,6 +167,20 @@ public struct LiveGrantSource: GrantSource {
 
   public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
     OpenHolderScanner(sysfs: sysfs).holders(of: groups)
+  }
+
+  /// The descriptor is the kernel's node for the device: a character device whose number is the
+  /// one sysfs gives it (`MAJOR:MINOR` in `dev`), whatever a path under /dev names now; a node
+  /// planted or replaced there is never handed over.
+  private func verifyCharacterDevice(_ fd: Int32, sysfsDev: String, what: String) throws(BrokerError) {
+    var info = stat()
+    guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFCHR, let text = sysfs.readString(sysfsDev),
+      let number = DeviceNumber(text), number.rawValue == UInt64(info.st_rdev)
+    else {
+      throw BrokerError(
+        .openFailed, "\(what) is not the kernel's node for the device (its device number is not the one sysfs gives)",
+        next: "check /dev/vfio/devices: udev (or devtmpfs) makes these nodes")
+    }
   }
 
   public func reset(group: Int) -> LeaseReset {
@@ -212,5 +227,23 @@ public struct LiveGrantSource: GrantSource {
   public func terminate(_ process: ProcessIdentity, pidfd: Int32?) -> Bool {
     if let pidfd { return cvfio_pidfd_send_signal(pidfd, SIGKILL) == 0 }
     return process.signal(SIGKILL, sysfs: sysfs)
+  }
+}
+
+/// A device number as sysfs writes it (`MAJOR:MINOR` in a device's `dev`), encoded as glibc's
+/// `makedev` encodes `st_rdev`.
+struct DeviceNumber: Equatable {
+  let major: UInt64
+  let minor: UInt64
+
+  init?(_ text: String) {
+    let parts = text.split(separator: ":")
+    guard parts.count == 2, let major = UInt64(parts[0]), let minor = UInt64(parts[1]) else { return nil }
+    self.major = major
+    self.minor = minor
+  }
+
+  var rawValue: UInt64 {
+    (major & 0xffff_f000) << 32 | (major & 0x0000_0fff) << 8 | (minor & 0xffff_ff00) << 12 | (minor & 0x0000_00ff)
   }
 }

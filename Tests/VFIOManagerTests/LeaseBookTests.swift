@@ -101,3 +101,20 @@ final class LeaseBookTests: XCTestCase {
     XCTAssertEqual(book.leasedGroups, [3])
   }
 }
+
+/// `MAJOR:MINOR` from sysfs against `st_rdev`: what a granted cdev is checked by.
+final class DeviceNumberTests: XCTestCase {
+  func testEncodesAsStatDoes() {
+    // /dev/null 1:3, /dev/zero 1:5, /dev/tty 5:0 on every Linux.
+    for (path, text) in [("/dev/null", "1:3"), ("/dev/zero", "1:5"), ("/dev/tty", "5:0")] {
+      var info = stat()
+      XCTAssertEqual(stat(path, &info), 0)
+      XCTAssertEqual(DeviceNumber(text)?.rawValue, UInt64(info.st_rdev), path)
+    }
+    // Majors and minors past 8 bits are split as glibc splits them.
+    XCTAssertEqual(DeviceNumber("4095:1048575")?.rawValue, 0xffff_ffff)
+    XCTAssertEqual(DeviceNumber("4096:256")?.rawValue, 0x1000_0010_0000)
+    XCTAssertNil(DeviceNumber("1"))
+    XCTAssertNil(DeviceNumber("a:b"))
+  }
+}
