@@ -74,7 +74,7 @@ PY
         case $m in *.so) for lib in $(ldd "$m" | grep -o '/[^ ]*'); do files+=(--file "$(readlink -f "$lib"):$lib"); done ;; esac
     done
 fi
-guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" \
+guest manager "BACKENDS='$backends' sh /lab/manager-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin /usr/bin/setpriv \
     "${dpdk_bins[@]}" "${files[@]}" --timeout 600
 guest_checks manager
 finish
