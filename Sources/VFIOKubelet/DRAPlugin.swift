@@ -78,7 +78,7 @@ public struct DRAPlugin: Sendable {
     do {
       // A prepared claim is answered from its checkpoint, without asking for the allocation.
       let devices: [PreparedDevice]
-      if let done = try preparer.checkpoint(claim.uid) {
+      if let done = try preparer.checkpoint(claim.uid), !done.isPending {
         devices = done.devices
       } else {
         devices = try preparer.prepare(reference, try await claims.allocation(of: reference, driver: driver))

@@ -1,4 +1,6 @@
 import Foundation
+import KubeletAPI
+import Logging
 import VFIOHost
 import VFIOPolicy
 import VFIOTestSupport
@@ -95,5 +97,30 @@ extension KubeletPluginTests {
     try Data(sortedJSON(pending).utf8).write(to: URL(fileURLWithPath: dra.checkpointPath("u1")))
     XCTAssertNoThrow(try dra.unprepare(claim))
     XCTAssertEqual(try dra.preparedClaims(), [])
+  }
+
+  /// The gRPC side answers a prepared claim from its checkpoint; a pending one (a plugin killed
+  /// mid-prepare) is no answer: the prepare runs again.
+  func testThePluginPreparesAgainOverAPendingCheckpoint() async throws {
+    try setUpTree()
+    let scratch = try TemporaryTree()
+    let dra = preparer(cdi: scratch)
+    let pending = ClaimCheckpoint(claim: claim, groups: [.init(group: 2, detached: true)], devices: [], pending: true)
+    try FileManager.default.createDirectory(atPath: dra.checkpointDirectory, withIntermediateDirectories: true)
+    try Data(sortedJSON(pending).utf8).write(to: URL(fileURLWithPath: dra.checkpointPath("u1")))
+    try claimJSON(["group-2"]).write(to: URL(fileURLWithPath: scratch.path + "/u1.json"))
+    let plugin = DRAPlugin(
+      driver: driver, paths: KubeletPaths(directory: scratch.path), preparer: dra,
+      claims: ClaimDirectory(path: scratch.path), logger: Logger(label: "test"))
+    var request = K8s_Io_Kubelet_Pkg_Apis_Dra_V1_NodePrepareResourcesRequest()
+    var reference = K8s_Io_Kubelet_Pkg_Apis_Dra_V1_Claim()
+    reference.uid = "u1"
+    reference.name = "c"
+    reference.namespace = "default"
+    request.claims = [reference]
+    let response = await plugin.prepare(request)
+    XCTAssertEqual(response.claims["u1"]?.error, "")
+    XCTAssertEqual(response.claims["u1"]?.devices.map(\.deviceName), ["group-2"])
+    XCTAssertEqual(binding("0000:00:02.0")?.driver, "vfio-pci")
   }
 }
