@@ -170,7 +170,9 @@ NG=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
 IF=$(ls /sys/bus/pci/devices/$NIC/net/ 2>/dev/null | head -n 1)
 run slices-idle vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_text "the e1000e, down and unaddressed, is published" "\"group-$NG\"" slices-idle
-if [ -n "$IF" ]; then
+if [ ! -e /proc/net/route ]; then
+    echo "SKIP uplink: this kernel has no IPv4 (the uplink checks run on Debian's 6.1)" >> /out/checks
+elif [ -n "$IF" ]; then
     # The node's uplink: an address and the default route (documentation addresses; the guest
     # has no network, nothing is sent).
     ip addr add 192.0.2.15/24 dev "$IF" && ip link set "$IF" up && ip route add default via 192.0.2.1 dev "$IF"

@@ -112,9 +112,9 @@ if [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo 1)" !
     && [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 0)" -gt 0 ]; then
     as_user 1000 unshare -Urm sh -c 'mount -t tmpfs none /dev/vfio && : > /dev/vfio/3 && exec sleep 30 < /dev/vfio/3' &
     faker=$!
-    sleep 1
+    i=0; while [ "$(readlink /proc/$faker/fd/0 2>/dev/null)" != /dev/vfio/3 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
     [ "$(readlink /proc/$faker/fd/0 2>/dev/null)" = /dev/vfio/3 ] && pass "the fake holder holds a file named /dev/vfio/3" \
-        || fail "the fake holder did not start: $(readlink /proc/$faker/fd/0 2>&1)"
+        || fail "the fake holder did not start: fd 0 is $(readlink /proc/$faker/fd/0 2>&1)"
     run status-fake v status 3
     grep -q "pid $faker" /out/status-fake.txt && fail "a plain file named /dev/vfio/3 counted as a holder" \
         || pass "a plain file named /dev/vfio/3 in a private mount namespace is no holder"
