@@ -177,19 +177,19 @@ long cvfio_send_with_fds(int socket, const void *bytes, unsigned long length, co
   return sent < 0 ? -errno : sent;
 }
 
-long cvfio_receive_with_fds(
-    int socket, void *bytes, unsigned long length, int *fds, int max, int *received, int *truncated) {
+/// recvmsg(2) with room for `room` descriptors (close-on-exec), each stored in `fds` while
+/// fewer than `max` arrived and closed past that; shared by the two receive calls below.
+static long cvfio_receive(
+    int socket, void *bytes, unsigned long length, int *fds, int max, int room, int *received, int *truncated) {
   *received = 0;
   *truncated = 0;
-  if (max < 0) max = 0;
-  if (max > CVFIO_MAX_FDS) max = CVFIO_MAX_FDS;
   struct iovec iov = {.iov_base = bytes, .iov_len = length};
   union {
-    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_MAX_FDS)];
+    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_SCM_MAX_FD)];
     struct cmsghdr align;
   } control;
   struct msghdr message = {
-      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = CMSG_SPACE(sizeof(int) * room)};
   ssize_t got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
   if (got < 0) return -errno;
   if (message.msg_flags & MSG_CTRUNC) *truncated = 1;
@@ -207,6 +207,13 @@ long cvfio_receive_with_fds(
     }
   }
   return got;
+}
+
+long cvfio_receive_with_fds(
+    int socket, void *bytes, unsigned long length, int *fds, int max, int *received, int *truncated) {
+  if (max < 0) max = 0;
+  if (max > CVFIO_MAX_FDS) max = CVFIO_MAX_FDS;
+  return cvfio_receive(socket, bytes, length, fds, max, CVFIO_MAX_FDS, received, truncated);
 }
 
 int cvfio_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid) {
@@ -300,23 +307,8 @@ int cvfio_refuse_rights(int socket) {
 }
 
 long cvfio_receive_all_fds(int socket, void *bytes, unsigned long length, int *fds, int *received) {
-  *received = 0;
-  struct iovec iov = {.iov_base = bytes, .iov_len = length};
-  union {
-    char buffer[CMSG_SPACE(sizeof(int) * CVFIO_SCM_MAX_FD)];
-    struct cmsghdr align;
-  } control;
-  struct msghdr message = {
-      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer, .msg_controllen = sizeof(control.buffer)};
-  ssize_t got = recvmsg(socket, &message, MSG_CMSG_CLOEXEC);
-  if (got < 0) return -errno;
-  for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
-    if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
-    int n = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    int *arrived = (int *)CMSG_DATA(header);
-    for (int i = 0; i < n && *received < CVFIO_SCM_MAX_FD; i++) fds[(*received)++] = arrived[i];
-  }
-  return got;
+  int truncated = 0;
+  return cvfio_receive(socket, bytes, length, fds, CVFIO_SCM_MAX_FD, CVFIO_SCM_MAX_FD, received, &truncated);
 }
 
 int cvfio_abort_on_close(int socket) {
