@@ -110,7 +110,9 @@ fi
 # /dev/vfio/3 open. Holders are the kernel's device (st_rdev), not a link's text: no refusal.
 if [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo 1)" != 0 ] \
     && [ "$(cat /proc/sys/user/max_user_namespaces 2>/dev/null || echo 0)" -gt 0 ]; then
-    as_user 1000 unshare -Urm sh -c 'mount -t tmpfs none /dev/vfio && : > /dev/vfio/3 && exec sleep 30 < /dev/vfio/3' &
+    # setpriv itself in the background (not the as_user function, whose subshell $! would name).
+    /usr/bin/setpriv --reuid 1000 --regid 1000 --clear-groups \
+        unshare -Urm sh -c 'mount -t tmpfs none /dev/vfio && : > /dev/vfio/3 && exec sleep 30 < /dev/vfio/3' &
     faker=$!
     i=0; while [ "$(readlink /proc/$faker/fd/0 2>/dev/null)" != /dev/vfio/3 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
     [ "$(readlink /proc/$faker/fd/0 2>/dev/null)" = /dev/vfio/3 ] && pass "the fake holder holds a file named /dev/vfio/3" \
