@@ -67,8 +67,11 @@ public final class ClaimPreparer: @unchecked Sendable {
     try locked { () throws(KubeletError) -> [PreparedDevice] in
       let earlier = try checkpoint(claim.uid)
       if let earlier, !earlier.isPending { return earlier.devices }
-      let taken = try heldGroups(excepting: claim.uid)
-      let catalog = try catalog(prepared: Set(try heldGroups().keys))
+      // One read of the checkpoints: what every claim holds stays in the catalog, what another
+      // claim holds is refused to this one.
+      let held = try heldGroups()
+      let taken = held.filter { $0.value != claim.uid }
+      let catalog = try catalog(prepared: Set(held.keys))
       var chosen: [(PublishedDevice, [ClaimAllocation.Result])] = []
       for result in allocation.results {
         guard let device = catalog.device(named: result.device) else {
@@ -195,10 +198,10 @@ public final class ClaimPreparer: @unchecked Sendable {
     return all
   }
 
-  /// Group → the claim holding it (but `claim`'s own, for a retry).
-  private func heldGroups(excepting claim: String? = nil) throws(KubeletError) -> [Int: String] {
+  /// Group → the claim holding it.
+  private func heldGroups() throws(KubeletError) -> [Int: String] {
     var held: [Int: String] = [:]
-    for checkpoint in try checkpoints() where checkpoint.claim.uid != claim {
+    for checkpoint in try checkpoints() {
       for group in checkpoint.groups { held[group.group] = checkpoint.claim.uid }
     }
     return held
