@@ -609,10 +609,10 @@ public final class Broker: @unchecked Sendable {
   /// killed, each through a pidfd checked against the process's start time (a pid reused since
   /// is never signalled).
   private func terminateHolders(group: Int, lease: LedgerLease) {
-    let members = (records[group]?.members ?? []).compactMap(\.pciAddress)
     let grantee = grantees[group]
     let source = self.source
     hostWork.async { [self] in
+      let members = ((try? ledger.members(of: group)) ?? []).compactMap(\.pciAddress)
       let holders = source.holders(of: [group: members])[group] ?? []
       var killed: [Int] = []
       for process in holders.compactMap(\.process) where process.pid > 1 && source.terminate(process, pidfd: nil) {
@@ -657,7 +657,6 @@ public final class Broker: @unchecked Sendable {
     let candidates = book.ending
     guard !candidates.isEmpty else { return }
     reapInFlight = true
-    let recorded = records
     // An iommufd grant's cdev is unbound until its user binds it, and an unbound cdev makes no
     // group node busy: one left in flight in a socket of the grantee is seen by no scan. So the
     // lease of such a grant waits for its process to exit, unless that process released it.
@@ -669,13 +668,15 @@ public final class Broker: @unchecked Sendable {
     }.keys
     let source = self.source
     hostWork.async { [self] in
+      // The ledger as it is now, in one read: the loop's copy is refreshed only by requests.
+      let recorded = (try? ledger.groupsWithMembers(Array(candidates.keys))) ?? [:]
       let held = source.holders(
         of: candidates.mapValues { lease in (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress) })
       var ended: [(group: Int, reset: LeaseReset?)] = []
       for (group, _) in candidates where (held[group] ?? []).isEmpty && !alive.contains(group) {
         // Reset only what is still ours: an attach may have given the group back meanwhile, or
         // be doing so now (closing: it holds the group's lock and resets the group itself).
-        let record = try? ledger.group(group)
+        let record = recorded[group]?.group
         let ours = record?.state == .detached && record?.closing == false
         ended.append((group, ours ? source.reset(group: group) : nil))
       }
