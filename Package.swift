@@ -43,6 +43,8 @@ let package = Package(
     .target(
       name: "VFIOManager",
       dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
+    // libvirt's QEMU hook: a domain's PCI host devices get whole groups through the manager.
+    .target(name: "VFIOLibvirt", dependencies: ["VFIOHost", "VFIOManager"]),
     // The broker daemon: owns groups and grants their open descriptors over a Unix socket; and its client.
     .target(
       name: "VFIOBroker",
@@ -71,7 +73,7 @@ let package = Package(
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOKubelet",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOKubelet", "VFIOLibvirt",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -119,6 +121,7 @@ let package = Package(
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
+    .testTarget(name: "VFIOLibvirtTests", dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport"]),
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [

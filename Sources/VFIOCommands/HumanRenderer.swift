@@ -123,10 +123,58 @@ public enum HumanRenderer {
       out += "\(mark) \(finding.check): \(finding.summary)\n"
       if let next = finding.nextStep { out += "        next: \(next)\n" }
     }
+    if let backends = report.backends {
+      out += "\nWays into VFIO for a VMM:\n"
+      for (name, backend) in [
+        ("legacy container (type1/sPAPR)", backends.container), ("iommufd", backends.iommufd),
+        ("VFIO device cdevs", backends.deviceCdev),
+      ] {
+        let offered = backend.offered.map { $0 ? "yes    " : "no     " } ?? "unknown"
+        out += "  \(offered) \(name): \(backend.evidence)\n"
+      }
+      if backends.iommufd.offered == true && backends.deviceCdev.offered == false {
+        out += "  (iommufd needs the device cdevs: without CONFIG_VFIO_DEVICE_CDEV a VMM can only use the legacy container)\n"
+      }
+    }
+    if let memlock = report.memlock { out += "\n" + Self.memlock(memlock) }
     out +=
       report.ok
       ? "\nThis host can assign devices.\n" : "\nThis host cannot assign devices until the problems above are fixed.\n"
     return out
+  }
+
+  /// `doctor --vm`: the number, why, and the lines that set it.
+  static func memlock(_ report: MemlockReport) -> String {
+    let budget = report.budget
+    let ram = byteCount(budget.guestRAM)
+    let devices = "\(budget.devices) device\(budget.devices == 1 ? "" : "s")"
+    var out = "A VMM with \(ram) of guest RAM and \(devices)\(budget.viommu ? " behind a vIOMMU" : ""):\n"
+    let pinned =
+      budget.copies == 1
+      ? "the RAM pinned once (one container or IOAS serves every device)"
+      : "the RAM pinned \(budget.copies) times (a vIOMMU gives each device its own address space)"
+    out += "  locked memory: \(byteCount(report.bytes)) = \(pinned) + 1 GiB for ROMs and MMIO, as libvirt counts\n"
+    out += "  type1: per process\n"
+    out += "  iommufd: per process only with IOMMU_OPTION_RLIMIT_MODE=1; by default it charges the user, so\n"
+    out += "    every VMM of one uid needs a limit that covers all of them together\n"
+    out += "  not charged at all with CAP_IPC_LOCK (libvirt raises the limit of its QEMU itself)\n"
+    out += "  systemd unit: \(report.systemd)\n"
+    out += "  shell:        \(report.ulimit)\n"
+    if let current = report.current {
+      let now = current == Int.max ? "unlimited" : byteCount(UInt64(current))
+      let enough = current == Int.max || UInt64(current) >= report.bytes
+      out += "  this shell's limit: \(now)\(enough ? " (enough)" : " (too low for that VMM)")\n"
+    }
+    return out
+  }
+
+  /// 4 GiB, 1.5 GiB, 512 MiB, 8 KiB.
+  static func byteCount(_ bytes: UInt64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] as [(String, UInt64)] where bytes >= 1 << shift {
+      let value = Double(bytes) / Double(UInt64(1) << shift)
+      return value == value.rounded() ? "\(UInt64(value)) \(unit)" : String(format: "%.1f %@", value, unit)
+    }
+    return "\(bytes) bytes"
   }
 
   // MARK: Pieces

@@ -69,14 +69,15 @@ public struct ReportBuilder: Sendable {
       reasons: assessment.reasons, members: assessment.members, plan: plan, ledger: record)
   }
 
-  public func doctor() -> DoctorReport {
+  public func doctor(memlock budget: MemlockBudget? = nil) -> DoctorReport {
     let owners = ledger.compactMap { group, record in
       record.owner.map { Doctor.GroupOwner(group: group, uid: $0.uid, gid: $0.gid) }
     }.sorted { $0.group < $1.group }
     let findings = Doctor(inventory: inventory, owners: owners).run()
     return DoctorReport(
       kernelRelease: inventory.kernelRelease, ok: !findings.contains { $0.status == .problem },
-      findings: findings)
+      findings: findings, backends: VFIOBackends.read(inventory.sysfs),
+      memlock: budget.map { MemlockReport($0, current: inventory.readEnvironment().memlockLimit) })
   }
 
   public func verdict(of device: PCIDevice) -> Verdict {

@@ -164,6 +164,30 @@ public struct DoctorReport: Codable, Sendable {
   public var kernelRelease: String?
   public var ok: Bool
   public var findings: [Finding]
+  /// The ways into VFIO this kernel offers a VMM.
+  public var backends: VFIOBackends?
+  /// With `--vm`: the locked memory that VMM needs.
+  public var memlock: MemlockReport?
+}
+
+/// `doctor --vm RAM [--devices N] [--viommu]`: the limit, and how to set it.
+public struct MemlockReport: Codable, Sendable {
+  public var budget: MemlockBudget
+  public var bytes: UInt64
+  /// `LimitMEMLOCK=…` for a systemd unit.
+  public var systemd: String
+  /// `ulimit -l …` (KiB) for a shell that starts the VMM.
+  public var ulimit: String
+  /// The current process's limit, to compare.
+  public var current: Int?
+
+  public init(_ budget: MemlockBudget, current: Int?) {
+    self.budget = budget
+    bytes = budget.bytes
+    systemd = "LimitMEMLOCK=\(budget.systemdLimit)"
+    ulimit = "ulimit -l \(budget.ulimitKiB)"
+    self.current = current
+  }
 }
 
 /// What `detach`, `attach`, `reset`, `recover`, `status` and `history` print with `--json`
@@ -181,6 +205,7 @@ public struct ErrorReport: Codable, Sendable {
   public init(_ error: ManagerError) {
     var refusals: [ManagerError.Refusal]?
     if case .refused(_, let reasons) = error { refusals = reasons }
+    if case .refusedGroups(let groups) = error { refusals = groups.keys.sorted().flatMap { groups[$0] ?? [] } }
     self.error = Body(exitCode: error.exitCode, message: error.description, refusals: refusals)
   }
 }

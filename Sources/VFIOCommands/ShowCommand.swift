@@ -1,5 +1,6 @@
 import ArgumentParser
 import VFIOHost
+import VFIOPolicy
 
 /// A device or group, and where and how to read and print it: what `show` and `explain` take.
 struct TargetOptions: ParsableArguments {
@@ -49,15 +50,37 @@ struct DoctorCommand: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "doctor",
     abstract: "Check the host for device assignment: IOMMU, interrupt remapping, modules, /dev/vfio, memlock.",
-    discussion: "Exits 1 when a problem stops assignment.")
+    discussion: """
+      Also says which ways into VFIO this kernel offers a VMM (legacy container, iommufd, device \
+      cdevs). With --vm, the locked memory (RLIMIT_MEMLOCK) a VMM with that much guest RAM needs, \
+      and the LimitMEMLOCK= and ulimit -l lines that give it. Exits 1 when a problem stops assignment.
+      """)
 
   @OptionGroup var host: HostOptions
   @OptionGroup var state: StateOptions
   @OptionGroup var output: OutputOptions
 
+  @Option(help: "A VMM's guest RAM (4G, 512M, 1T; a plain number is MiB, as QEMU's -m): print the memlock it needs.")
+  var vm: String?
+
+  @Option(help: "With --vm, how many devices the VMM is given.")
+  var devices: Int = 1
+
+  @Flag(help: "With --vm, the guest has a vIOMMU (each device its own address space).")
+  var viommu = false
+
+  func validate() throws {
+    if vm == nil && (devices != 1 || viommu) { throw ValidationError("--devices and --viommu go with --vm") }
+    guard (1...4096).contains(devices) else { throw ValidationError("--devices must be 1...4096") }
+    if let vm, MemlockBudget.parseSize(vm) == nil {
+      throw ValidationError("--vm '\(vm)': expected a size such as 4G, 512M or 4096 (MiB)")
+    }
+  }
+
   func run() throws {
     try reportingErrors {
-      let report = try host.builder(state: state).doctor()
+      let budget = vm.flatMap(MemlockBudget.parseSize).map { MemlockBudget(guestRAM: $0, devices: devices, viommu: viommu) }
+      let report = try host.builder(state: state).doctor(memlock: budget)
       try output.emit(report, human: HumanRenderer.doctor)
       if !report.ok { throw ExitCode(1) }
     }

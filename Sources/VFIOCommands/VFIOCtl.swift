@@ -19,7 +19,7 @@ public struct VFIOCtl: AsyncParsableCommand {
       DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
       HistoryCommand.self, OwnCommand.self, DisownCommand.self, ReserveCommand.self, UnreserveCommand.self,
       OwnersCommand.self, PersistCommand.self, ReconcileCommand.self, VFsCommand.self, ServeCommand.self,
-      OpenCommand.self, KubeletPluginCommand.self,
+      OpenCommand.self, LibvirtHookCommand.self, KubeletPluginCommand.self,
     ])
 
   /// The release, printed by `vfioctl --version` and recorded in captures.

@@ -166,9 +166,7 @@ extension AssignmentManager {
 
   /// Keeps a detached group for a guest that is not running (`vfioctl reserve`).
   public func reserve(_ target: Selector, for name: String, owner: Ownership?) throws(ManagerError) -> OwnerReport {
-    guard !name.isEmpty, name.count <= 128, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) else {
-      throw .usage("--for '\(name)': a guest name of letters, digits and - _ . @ (at most 128)")
-    }
+    try validateGuestName(name)
     return try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else {
         throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group)` it first, then reserve it")

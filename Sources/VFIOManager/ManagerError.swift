@@ -12,6 +12,8 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
   case unavailable(String)
   /// The host's state does not allow it; nothing was changed.
   case refused(group: Int, [Refusal])
+  /// Several groups asked for at once (a guest's devices), each with its reasons; nothing was changed.
+  case refusedGroups([Int: [Refusal]])
   /// Another process holds the group's lock.
   case busy(group: Int, holder: String, waited: Double)
   /// A step failed; `restored` says whether every device was put back as it was.
@@ -42,7 +44,7 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
   /// unavailable, 73 state directory, 74 a step failed, 75 group busy.
   public var exitCode: Int32 {
     switch self {
-    case .refused, .notDetached, .noGroup: 1
+    case .refused, .refusedGroups, .notDetached, .noGroup: 1
     case .usage: 64
     case .ledger, .ledgerTooNew: 65
     case .noSuchDevice, .noSuchGroup: 66
@@ -65,6 +67,11 @@ public enum ManagerError: Error, Equatable, CustomStringConvertible {
       return why
     case .refused(let group, let refusals):
       return "IOMMU group \(group) was left as it is:\n" + refusals.map { "  - \($0)" }.joined(separator: "\n")
+    case .refusedGroups(let groups):
+      return "nothing was changed:\n"
+        + groups.keys.sorted().map { group in
+          "IOMMU group \(group):\n" + (groups[group] ?? []).map { "  - \($0)" }.joined(separator: "\n")
+        }.joined(separator: "\n")
     case .busy(let group, let holder, let waited):
       return
         "IOMMU group \(group) is being changed by \(holder); gave up after \(formatSeconds(waited)). Wait for it to finish and try again (a crashed holder releases its lock at once)"

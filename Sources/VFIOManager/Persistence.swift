@@ -157,10 +157,10 @@ extension AssignmentManager {
     return ["wrote \(rules)", "wrote \(unit) (enabled)"]
   }
 
-  /// The vfioctl the boot unit runs: an installed one, root's and not writable by others, in
-  /// a system directory; never whatever binary ran `persist` (a build directory, a user's
-  /// home), which would run as root at every boot.
-  func installedVfioctl() throws(ManagerError) -> String {
+  /// The vfioctl the boot unit (or libvirt's hook) runs: an installed one, root's and not
+  /// writable by others, in a system directory; never whatever binary ran `persist` (a build
+  /// directory, a user's home), which would run as root at every boot.
+  public func installedVfioctl(for user: String = "persist", runner: String = "the boot unit") throws(ManagerError) -> String {
     let candidates = [configuration.installedVfioctl].compactMap { $0 } + ["/usr/local/bin/vfioctl", "/usr/bin/vfioctl", "/usr/sbin/vfioctl"]
     for path in candidates where path.hasPrefix("/") {
       var info = stat()
@@ -171,15 +171,16 @@ extension AssignmentManager {
       }
     }
     throw .usage(
-      "persist needs vfioctl installed where the boot unit can trust it: `install -o root -m 0755 vfioctl /usr/local/bin/` (root's, not writable by others), then persist again")
+      "\(user) needs vfioctl installed where \(runner) can trust it: `install -o root -m 0755 vfioctl /usr/local/bin/` (root's, not writable by others), then \(user) again")
   }
 
-  func writeAtomically(_ path: String, _ text: String) throws(ManagerError) {
+  /// Writes `path` whole or not at all (a temporary file renamed over it), with `mode`.
+  public func writeAtomically(_ path: String, _ text: String, mode: Int = 0o644) throws(ManagerError) {
     if let slash = path.lastIndex(of: "/"), let code = makeDirectories(String(path[..<slash]), mode: 0o755) {
       throw .stateDirectory(path: path, errno: code)
     }
     let temporary = path + ".tmp-\(getpid())"
-    guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]),
+    guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: mode]),
       rename(temporary, path) == 0
     else {
       let code = errno

@@ -1,0 +1,189 @@
+import Foundation
+import VFIOHost
+import VFIOPolicy
+
+/// Whole groups for a virtual machine that names only some of their functions (libvirt's
+/// `<hostdev>`): every group is checked before any is touched, so a refusal changes nothing;
+/// what one call detached is given back if a later group fails; each group taken is reserved
+/// for the guest, so no one else gets it while the guest runs, and its release finds it again
+/// by that reservation even if the guest's definition changed meanwhile.
+extension AssignmentManager {
+  /// What one guest call did to one group.
+  public struct GuestGroup: Sendable, Equatable {
+    public let group: Int
+    public let devices: [PCIAddress]
+    public let outcome: String
+  }
+
+  /// Detaches the groups of `devices` (companions included, bridges stay with the host), gives
+  /// their nodes to `owner` and reserves them for `guest`. A group this guest already has is
+  /// left as it is (its owner applied again): a start that is retried, or a daemon restarted.
+  /// A group detached for another use, reserved for another guest, or that a detach would
+  /// refuse, refuses the whole call with every group's reasons, before anything changes.
+  public func assign(
+    _ devices: [PCIAddress], to guest: String, owner: Ownership?, detachedBy: String, allowNoReset: Bool = false
+  ) throws(ManagerError) -> [GuestGroup] {
+    try validateGuestName(guest)
+    let groups = try groupsOf(devices)
+    let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
+    var refusals: [Int: [ManagerError.Refusal]] = [:]
+    var toDetach: [Int] = []
+    for (group, _) in groups {
+      let record = try ledger?.group(group)
+      if let other = record?.reservedFor, other != guest {
+        refusals[group] = [
+          .init(
+            code: "reserved", message: "IOMMU group \(group) is reserved for \(other)",
+            remedy: "stop \(other), or `vfioctl unreserve \(group)` if it no longer needs it")
+        ]
+      } else if record?.state == .detached, record?.reservedFor == nil {
+        refusals[group] = [
+          .init(
+            code: "detached", message: "IOMMU group \(group) is detached by swift-vfio for another use (\(record?.detachedBy ?? "detach")\(record?.ownership.map { ", owned by uid \($0.uid)" } ?? ""))",
+            remedy: "`vfioctl reserve \(group) --for \(guest)` gives it to this guest, or `vfioctl attach \(group)` gives it back first")
+        ]
+      } else if record?.state == .detached {
+        continue
+      } else {
+        do {
+          _ = try detach(.group(group), allowNoReset: allowNoReset, dryRun: true)
+          toDetach.append(group)
+        } catch .refused(_, let reasons) {
+          refusals[group] = reasons
+        }
+      }
+    }
+    guard refusals.isEmpty else { throw .refusedGroups(refusals) }
+    var done: [GuestGroup] = []
+    var detachedHere: [Int] = []
+    do {
+      for (group, members) in groups {
+        var outcome = "already \(guest)'s"
+        if toDetach.contains(group) {
+          _ = try detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy)
+          detachedHere.append(group)
+          outcome = "detached"
+        }
+        _ = try reserve(.group(group), for: guest, owner: owner)
+        done.append(GuestGroup(group: group, devices: members, outcome: outcome))
+      }
+    } catch {
+      // All or nothing: what this call took goes back before the failure is reported.
+      for group in detachedHere.reversed() { _ = try? attach(.group(group), release: true) }
+      throw error
+    }
+    return done
+  }
+
+  /// Ends `guest`'s use of its groups: each group reserved for it, and each group of `devices`
+  /// detached by `detachedBy` without a reservation (a start interrupted before it reserved).
+  /// `keep` (or a reservation made before the guest took the group) keeps it detached and
+  /// reserved, the nodes back to root; otherwise it goes back to the host exactly.
+  public func release(guest: String, devices: [PCIAddress], keep: Bool, detachedBy: String) throws(ManagerError)
+    -> [GuestGroup]
+  {
+    try validateGuestName(guest)
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
+    var wanted = Set(try ledger.groups().filter { $0.reservedFor == guest }.map(\.id))
+    for (group, _) in (try? groupsOf(devices)) ?? [] {
+      if let record = try ledger.group(group), record.state == .detached, record.reservedFor == nil,
+        record.detachedBy == detachedBy
+      {
+        wanted.insert(group)
+      }
+    }
+    var done: [GuestGroup] = []
+    var failures: [String] = []
+    for group in wanted.sorted() {
+      let record = try ledger.group(group)
+      let members = try memberAddresses(group, ledger)
+      do {
+        if keep || record?.detachedBy != detachedBy {
+          _ = try endOwnership(.group(group), keepingReservationFor: guest)
+          done.append(GuestGroup(group: group, devices: members, outcome: "kept for \(guest)"))
+        } else {
+          _ = try attach(.group(group), release: true)
+          done.append(GuestGroup(group: group, devices: members, outcome: "given back"))
+        }
+      } catch {
+        // One group that cannot go back must not keep the others from going.
+        failures.append(error.description)
+      }
+    }
+    guard failures.isEmpty else { throw .unavailable(failures.joined(separator: "\n")) }
+    return done
+  }
+
+  /// The groups of `devices` this guest runs with, as the ledger has them; for a daemon that
+  /// reconnects to a running guest: nothing is detached or given back (the VMM has the
+  /// devices), a detachment this guest started but did not reserve is reserved now.
+  public func confirm(guest: String, devices: [PCIAddress], detachedBy: String) throws(ManagerError) -> [GuestGroup] {
+    try validateGuestName(guest)
+    guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else {
+      return try groupsOf(devices).map { GuestGroup(group: $0.group, devices: $0.devices, outcome: "not detached by swift-vfio") }
+    }
+    var found: [GuestGroup] = []
+    for (group, members) in try groupsOf(devices) {
+      let record = try ledger.group(group)
+      var outcome = "not detached by swift-vfio"
+      if record?.state == .detached, record?.reservedFor == guest {
+        outcome = "\(guest)'s"
+      } else if record?.state == .detached, record?.reservedFor == nil, record?.detachedBy == detachedBy {
+        _ = try reserve(.group(group), for: guest, owner: nil)
+        outcome = "reserved for \(guest) again"
+      } else if let other = record?.reservedFor {
+        outcome = "reserved for \(other), not \(guest)"
+      }
+      found.append(GuestGroup(group: group, devices: members, outcome: outcome))
+    }
+    return found
+  }
+
+  /// The nodes back to root, mode 0600, the owner forgotten, the reservation kept: a guest
+  /// that stopped keeps its groups, and nobody may open them meanwhile.
+  func endOwnership(_ target: Selector, keepingReservationFor guest: String) throws(ManagerError) -> OwnerReport {
+    try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+      guard record?.state == .detached else { throw .notDetached(group: group, why: "is not detached by swift-vfio") }
+      for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
+        try give(node, to: .rootOnly, group: group)
+      }
+      try ledger.write { db in
+        try LedgerGroup.update(db, group: group) {
+          $0.ownerUID = nil
+          $0.ownerGID = nil
+          $0.mode = nil
+          $0.ownedSince = nil
+          $0.brokerOnly = false
+          $0.reservedFor = guest
+        }
+      }
+      try history(ledger, group, "ok", "\(guest) stopped: kept reserved for it, nodes back to root, mode 0600")
+    }
+  }
+
+  /// Each distinct group of `devices` (in the order first named) with the devices named in it.
+  func groupsOf(_ devices: [PCIAddress]) throws(ManagerError) -> [(group: Int, devices: [PCIAddress])] {
+    var groups: [(group: Int, devices: [PCIAddress])] = []
+    for device in devices {
+      let group = try lockingGroup(.device(device))
+      if let index = groups.firstIndex(where: { $0.group == group }) {
+        if !groups[index].devices.contains(device) { groups[index].devices.append(device) }
+      } else {
+        groups.append((group, [device]))
+      }
+    }
+    return groups
+  }
+
+  /// Names a reservation may carry: they are printed in lists and written to udev rules.
+  public static func isGuestName(_ name: String) -> Bool {
+    !name.isEmpty && name.count <= 128
+      && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }
+  }
+
+  func validateGuestName(_ name: String) throws(ManagerError) {
+    guard Self.isGuestName(name) else {
+      throw .usage("'\(printable(name))': a guest name of letters, digits and - _ . @ (at most 128)")
+    }
+  }
+}
