@@ -144,7 +144,7 @@ public enum HumanRenderer {
   }
 
   /// `doctor --vm`: the number, why, and the lines that set it.
-  static func memlock(_ report: MemlockReport) -> String {
+  public static func memlock(_ report: MemlockReport) -> String {
     let budget = report.budget
     let ram = byteCount(budget.guestRAM)
     let devices = "\(budget.devices) device\(budget.devices == 1 ? "" : "s")"

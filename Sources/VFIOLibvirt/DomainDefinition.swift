@@ -55,7 +55,10 @@ public struct DomainDefinition: Sendable, Equatable {
       let why = parser.parserError.map { ($0 as NSError).localizedDescription } ?? "not well-formed"
       throw .malformed(line: parser.lineNumber, why: why)
     }
-    guard reader.sawDomain else { throw .notADomain(reader.rootElement ?? "nothing") }
+    // libxml2 through XMLParser reports a document cut short as parsed: its root must have ended.
+    guard let root = reader.rootElement else { throw .malformed(line: parser.lineNumber, why: "no element at all") }
+    guard reader.rootEnded else { throw .malformed(line: parser.lineNumber, why: "the document ends before </\(printable(root))>") }
+    guard reader.sawDomain else { throw .notADomain(root) }
     guard let name = reader.name, !name.isEmpty else { throw .missing("<name>") }
     return DomainDefinition(
       name: name, uuid: reader.uuid, hostDevices: reader.devices, keepReserved: reader.keepReserved)
@@ -89,6 +92,7 @@ private final class DomainReader: NSObject, XMLParserDelegate {
   var path: [String] = []
   var rootElement: String?
   var sawDomain = false
+  var rootEnded = false
   var name: String?
   var uuid: String?
   var text = ""
@@ -150,6 +154,7 @@ private final class DomainReader: NSObject, XMLParserDelegate {
       }
     }
     path.removeLast()
+    if path.isEmpty { rootEnded = true }
     text = ""
   }
 

@@ -1,0 +1,152 @@
+#!/bin/sh
+# Runs inside a q35-vtd guest (busybox sh, as root), driven by Tests/Integration/libvirt.sh:
+# what Debian's libvirtd 9.0 does on its own (no hook) with the two e1000 behind the
+# PCIe-to-PCI bridge, which share one IOMMU group. Judged by virsh's exit status and
+# messages, QEMU's qtree, the owner of /dev/vfio/N and the driver links and driver_override
+# sysfs shows. One "PASS name" / "FAIL name: why" line per check in /out/checks, "done" last;
+# every virsh call's output in /out/NAME.out and NAME.err, durations in /out/libvirt-timings.
+A=0000:01:01.0
+B=0000:01:02.0
+QEMU_UID=64055
+QEMU_GID=64055
+# shellcheck source=guest-lib.sh
+. /lab/guest-lib.sh
+# shellcheck source=libvirt-guest-lib.sh
+. /lab/libvirt-guest-lib.sh
+: > /out/libvirt-timings
+ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
+where() { echo "$1 on $(drv "$1"), driver_override $(ovr "$1")"; }
+both() { echo "$(where $A); $(where $B)"; }
+# timed NAME CMD...: CMD's stdout in /out/NAME.out, stderr in /out/NAME.err, its status in $rc,
+# its wall time in $secs and /out/libvirt-timings.
+timed() {
+    _n=$1
+    shift
+    _t0=$(libvirt_centis)
+    "$@" > "/out/$_n.out" 2> "/out/$_n.err"
+    rc=$?
+    _t=$(($(libvirt_centis) - _t0))
+    secs=$((_t / 100)).$(printf %02d $((_t % 100)))
+    echo "$_n ${secs}s" >> /out/libvirt-timings
+}
+why() { echo "exit $rc: $(head -c 300 "/out/$1.out") $(tail -c 600 "/out/$1.err")"; }
+# expect_at NAME DRIVER OVERRIDE: both functions on DRIVER with driver_override OVERRIDE.
+expect_at() {
+    if [ "$(drv $A) $(ovr $A) $(drv $B) $(ovr $B)" = "$2 $3 $2 $3" ]; then pass "$1: $(both)"
+    else fail "$1: $(both), expected $2 / $3"; fi
+}
+# to_vfio / to_host: what a manager does, per function (driver_override + drivers_probe).
+to_vfio() { sh /lab/guest/bind.sh vfio-pci $A $B; }
+to_host() {
+    for _f in $A $B; do
+        echo > "/sys/bus/pci/devices/$_f/driver_override"
+        [ -e "/sys/bus/pci/devices/$_f/driver" ] && echo "$_f" > "/sys/bus/pci/devices/$_f/driver/unbind"
+        echo "$_f" > /sys/bus/pci/drivers_probe
+    done
+}
+# poll FILE: records "driver/override driver/override" of both functions whenever it changes,
+# until /tmp/poll.stop appears.
+poll() {
+    rm -f /tmp/poll.stop
+    _last=""
+    while [ ! -e /tmp/poll.stop ]; do
+        _s="$(drv $A)/$(ovr $A) $(drv $B)/$(ovr $B)"
+        [ "$_s" = "$_last" ] || echo "$_s" >> "$1"
+        _last=$_s
+        sleep 0.05
+    done
+}
+# create_and_inspect NAME MANAGED: a domain with both functions, paused; the qtree, the group
+# node's owner while it runs and after virsh destroy.
+create_and_inspect() {
+    _d=$1
+    libvirt_domain_xml "$_d" "$2" $A $B > "/out/$_d.xml"
+    timed "create-$_d" virsh create --paused "/out/$_d.xml"
+    if [ "$rc" != 0 ]; then fail "managed='$2', both on vfio-pci: virsh create --paused: $(why "create-$_d")"; return; fi
+    pass "managed='$2', both on vfio-pci: virsh create --paused succeeds (${secs}s)"
+    virsh qemu-monitor-command --hmp "$_d" 'info qtree' > "/out/$_d.qtree" 2>&1
+    if grep -q "host = \"$A\"" "/out/$_d.qtree" && grep -q "host = \"$B\"" "/out/$_d.qtree"; then
+        pass "managed='$2': info qtree shows vfio-pci with host = \"$A\" and \"$B\""
+    else fail "managed='$2': no vfio-pci host = $A / $B in info qtree: $(grep -A3 vfio-pci "/out/$_d.qtree" | head -c 400)"; fi
+    echo "running: $(both)" > "/out/$_d.where"
+    ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-running"
+    expect_perm "managed='$2', running: libvirt chowned the group node to libvirt-qemu" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
+    timed "destroy-$_d" virsh destroy "$_d"
+    [ "$rc" = 0 ] && pass "managed='$2': virsh destroy (${secs}s)" || fail "managed='$2': virsh destroy: $(why "destroy-$_d")"
+    ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-destroyed" 2>&1
+    echo "destroyed: $(both)" >> "/out/$_d.where"
+    expect_perm "managed='$2', after destroy: the group node is root's again" "/dev/vfio/$group" "0:0 600"
+}
+
+# --- setup: both e1000 on their host driver (the lab binds them to vfio-pci at boot) ----------
+insmod /lab/e1000.ko
+to_host
+expect_at "setup: both e1000 on their host driver" e1000 "(null)"
+group=$(basename "$(readlink /sys/bus/pci/devices/$A/iommu_group)")
+members=$(ls "/sys/kernel/iommu_groups/$group/devices" | tr '\n' ' ')
+echo "group $group: $members" > /out/group.txt
+if [ "$(basename "$(readlink /sys/bus/pci/devices/$B/iommu_group)")" = "$group" ]; then
+    pass "setup: $A and $B share IOMMU group $group ($members)"
+else fail "setup: $A is in group $group ($members), $B is not"; fi
+
+# --- a: libvirtd comes up ---------------------------------------------------------------------
+timed prepare libvirt_prepare_guest
+if [ "$rc" != 0 ]; then
+    fail "libvirtd comes up: $(why prepare) $(tail -c 600 /out/libvirtd.log)"
+    echo 'done' >> /out/checks
+    exit 0
+fi
+echo "libvirtd-answers ${LIBVIRT_START_SECONDS}s" >> /out/libvirt-timings
+pass "libvirtd comes up: virsh version answers after ${LIBVIRT_START_SECONDS}s ($(grep -i 'running hypervisor\|using library' /out/libvirt-version.txt | tr -s ' ' | tr '\n' ' '))"
+
+# --- b: managed='no' while the function is on its host driver ---------------------------------
+libvirt_domain_xml nohook-unmanaged no $A > /out/nohook-unmanaged.xml
+timed nohook-unmanaged virsh create --paused /out/nohook-unmanaged.xml
+if [ "$rc" != 0 ] && grep -q "Unmanaged PCI device $A must be manually detached from the host" /out/nohook-unmanaged.err; then
+    pass "managed='no', $A on e1000: virsh create fails (${secs}s): \"$(grep -o 'error: [^:]*: Unmanaged.*' /out/nohook-unmanaged.err)\""
+else fail "managed='no', $A on e1000: $(why nohook-unmanaged)"; fi
+expect_at "managed='no' refused: libvirt left both on e1000" e1000 "(null)"
+
+# --- c: managed='yes' naming one function of a two-function group -------------------------------
+poll /out/nohook-managed.states &
+poller=$!
+libvirt_domain_xml nohook-managed yes $A > /out/nohook-managed.xml
+timed nohook-managed virsh create --paused /out/nohook-managed.xml
+touch /tmp/poll.stop
+wait "$poller"
+if [ "$rc" != 0 ] && grep -q "group $group is not viable" /out/nohook-managed.err; then
+    pass "managed='yes' naming $A only: QEMU fails (${secs}s): \"$(grep -o "[^:]*: group $group is not viable.*" /out/nohook-managed.err)\""
+else fail "managed='yes' naming $A only: $(why nohook-managed)"; fi
+# Seen while virsh ran: the function libvirt moved, and that the sibling never moved.
+if grep -q "^vfio-pci/vfio-pci e1000/(null)$" /out/nohook-managed.states && ! grep -q " vfio-pci" /out/nohook-managed.states; then
+    pass "managed='yes' naming $A only: libvirt bound $A to vfio-pci (driver_override vfio-pci), $B stayed on e1000 ($(tr '\n' '>' < /out/nohook-managed.states))"
+else fail "managed='yes' naming $A only: states seen: $(tr '\n' '>' < /out/nohook-managed.states)"; fi
+both > /out/nohook-managed.after
+expect_at "managed='yes' failed: libvirt gave $A back" e1000 "(null)"
+
+# --- d: both on vfio-pci by hand, managed='no' --------------------------------------------------
+to_vfio
+expect_at "d: both bound to vfio-pci by hand" vfio-pci vfio-pci
+echo "before: $(perm "/dev/vfio/$group")" > /out/unmanaged.perm
+create_and_inspect unmanaged no
+expect_at "managed='no': after destroy libvirt left both on vfio-pci" vfio-pci vfio-pci
+to_host
+expect_at "d: both given back to e1000 by hand" e1000 "(null)"
+
+# --- e: both on vfio-pci by hand, managed='yes' -------------------------------------------------
+to_vfio
+expect_at "e: both bound to vfio-pci by hand" vfio-pci vfio-pci
+poll /out/managed.states &
+poller=$!
+create_and_inspect managed yes
+touch /tmp/poll.stop
+wait "$poller"
+both > /out/managed.after
+echo "managed='yes' with both on vfio-pci beforehand: $(both); states: $(tr '\n' '>' < /out/managed.states)" >> /out/libvirt-findings
+expect_at "managed='yes' where both were on vfio-pci beforehand: after destroy" e1000 "(null)"
+to_host
+
+libvirt_stop_guest
+mkdir -p /out/qemu-logs
+cp /var/log/libvirt/qemu/*.log /out/qemu-logs/ 2>/dev/null
+echo 'done' >> /out/checks
