@@ -67,7 +67,9 @@ struct LibvirtHookCommand: ParsableCommand {
     }
     let sysfs = host.sysfs
     let configPath = qemuConf
-    let hook = LibvirtHook(manager: manager) { () throws(LibvirtHookError) -> Ownership? in
+    // libvirtd runs the hook script, which execs vfioctl: the parent is libvirtd.
+    let runner = ProcessIdentity.current(pid: Int(getppid()), sysfs: sysfs)
+    let hook = LibvirtHook(manager: manager, runner: runner) { () throws(LibvirtHookError) -> Ownership? in
       do throws(QEMUDriverConfigError) {
         return try QEMUDriverConfig.read(configPath, sysfs: sysfs).ownership()
       } catch {

@@ -34,9 +34,15 @@ public struct LibvirtHook {
   /// The owner of the nodes while the domain runs: libvirt's QEMU user (qemu.conf), resolved
   /// only when a domain has PCI host devices.
   public let qemuOwner: () throws(LibvirtHookError) -> Ownership?
+  /// The process that called the hook (libvirtd): the groups of a domain not marked to keep
+  /// them are its only while it lives (`vfioctl reconcile` gives them back after it died).
+  public let runner: ProcessIdentity?
 
-  public init(manager: AssignmentManager, qemuOwner: @escaping () throws(LibvirtHookError) -> Ownership?) {
+  public init(
+    manager: AssignmentManager, runner: ProcessIdentity?, qemuOwner: @escaping () throws(LibvirtHookError) -> Ownership?
+  ) {
     self.manager = manager
+    self.runner = runner
     self.qemuOwner = qemuOwner
   }
 
@@ -68,11 +74,16 @@ public struct LibvirtHook {
     let groups: [AssignmentManager.GuestGroup]
     do {
       switch action {
-      case .assign: groups = try manager.assign(devices, to: guest, owner: owner, detachedBy: Self.detachedBy)
+      case .assign:
+        groups = try manager.assign(
+          devices, to: guest, owner: owner, detachedBy: Self.detachedBy,
+          runner: definition.keepReserved ? nil : runner)
       case .release:
         groups = try manager.release(
           guest: guest, devices: devices, keep: definition.keepReserved, detachedBy: Self.detachedBy)
-      case .confirm: groups = try manager.confirm(guest: guest, devices: devices, detachedBy: Self.detachedBy)
+      case .confirm:
+        groups = try manager.confirm(
+          guest: guest, devices: devices, detachedBy: Self.detachedBy, runner: definition.keepReserved ? nil : runner)
       case .none: groups = []
       }
     } catch {

@@ -20,8 +20,12 @@ extension AssignmentManager {
   /// left as it is (its owner applied again): a start that is retried, or a daemon restarted.
   /// A group detached for another use, reserved for another guest, or that a detach would
   /// refuse, refuses the whole call with every group's reasons, before anything changes.
+  /// With `runner` (the process that runs the guest and will call `release`), the groups
+  /// detached here are the guest's only while it lives: `reconcile` gives them back once it is
+  /// gone and nothing holds them. Without, the reservation lasts until `release`.
   public func assign(
-    _ devices: [PCIAddress], to guest: String, owner: Ownership?, detachedBy: String, allowNoReset: Bool = false
+    _ devices: [PCIAddress], to guest: String, owner: Ownership?, detachedBy: String, runner: ProcessIdentity? = nil,
+    allowNoReset: Bool = false
   ) throws(ManagerError) -> [GuestGroup] {
     try validateGuestName(guest)
     let groups = try groupsOf(devices)
@@ -65,6 +69,9 @@ extension AssignmentManager {
           outcome = "detached"
         }
         _ = try reserve(.group(group), for: guest, owner: owner)
+        if try Ledger.open(directory: configuration.stateDirectory, create: false)?.group(group)?.detachedBy == detachedBy {
+          try setRunner(runner, group: group)
+        }
         done.append(GuestGroup(group: group, devices: members, outcome: outcome))
       }
     } catch {
@@ -117,7 +124,9 @@ extension AssignmentManager {
   /// The groups of `devices` this guest runs with, as the ledger has them; for a daemon that
   /// reconnects to a running guest: nothing is detached or given back (the VMM has the
   /// devices), a detachment this guest started but did not reserve is reserved now.
-  public func confirm(guest: String, devices: [PCIAddress], detachedBy: String) throws(ManagerError) -> [GuestGroup] {
+  public func confirm(guest: String, devices: [PCIAddress], detachedBy: String, runner: ProcessIdentity? = nil)
+    throws(ManagerError) -> [GuestGroup]
+  {
     try validateGuestName(guest)
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else {
       return try groupsOf(devices).map { GuestGroup(group: $0.group, devices: $0.devices, outcome: "not detached by swift-vfio") }
@@ -133,6 +142,12 @@ extension AssignmentManager {
         outcome = "reserved for \(guest) again"
       } else if let other = record?.reservedFor {
         outcome = "reserved for \(other), not \(guest)"
+      }
+      // The guest's new runner (a restarted libvirtd) bounds a reservation its old one did.
+      if let runner, record?.state == .detached, record?.detachedBy == detachedBy, record?.runnerPID != nil,
+        record?.reservedFor == guest || record?.reservedFor == nil
+      {
+        try setRunner(runner, group: group)
       }
       found.append(GuestGroup(group: group, devices: members, outcome: outcome))
     }
@@ -155,9 +170,34 @@ extension AssignmentManager {
           $0.ownedSince = nil
           $0.brokerOnly = false
           $0.reservedFor = guest
+          $0.runnerPID = nil
+          $0.runnerStart = nil
         }
       }
       try history(ledger, group, "ok", "\(guest) stopped: kept reserved for it, nodes back to root, mode 0600")
+    }
+  }
+
+  func setRunner(_ runner: ProcessIdentity?, group: Int) throws(ManagerError) {
+    let lock = try lock(group: group)
+    defer { withExtendedLifetime(lock) {} }
+    guard let ledger = try recordedLedger() else { return }
+    try ledger.write { db in
+      try LedgerGroup.update(db, group: group) {
+        $0.runnerPID = runner?.pid
+        $0.runnerStart = runner?.startTime
+      }
+    }
+    if let runner { try history(ledger, group, "ok", "reserved while \(runner) runs its guest") }
+  }
+
+  /// Groups whose runner is gone (no process with its pid and start time) and whose nodes
+  /// nobody holds: a libvirtd killed with its QEMU never called release.
+  func orphanedByRunner(ledger: Ledger) throws(ManagerError) -> [LedgerGroup] {
+    try ledger.groups().filter { record in
+      guard record.state == .detached, let pid = record.runnerPID else { return false }
+      if let now = ProcessIdentity.startTime(pid: pid, sysfs: sysfs), now == record.runnerStart { return false }
+      return true
     }
   }
 

@@ -47,6 +47,12 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
   /// set under the group's lock before the holder is asked to let go, so no new grant can
   /// slip in between the revoke and the attach.
   public var closing: Bool = false
+  /// The process whose life bounds the reservation (libvirtd, for a domain its hook took the
+  /// group for), by pid and start time: when it is gone and nothing holds the group's nodes,
+  /// nobody will give the group back but `reconcile`. nil for a reservation that outlives its
+  /// guest (`reserve`, or a domain marked to keep its groups).
+  public var runnerPID: Int? = nil
+  public var runnerStart: Int64? = nil
 
   /// The group's row, changed by `change`; a new row (state host) when there is none yet, so
   /// that what other commands recorded (owner, reservation) is never lost by a rewrite.
@@ -73,6 +79,8 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
     persisted = false
     brokerOnly = false
     closing = false
+    runnerPID = nil
+    runnerStart = nil
   }
 
   /// nil without an owner, and for values no uid, gid or mode can have (a tampered ledger
@@ -434,6 +442,14 @@ public final class Ledger: Sendable {
             BEGIN SELECT RAISE(ABORT, 'the history is append-only (vfioctl history --prune applies the retention policy)'); END;
           PRAGMA user_version = 4;
           """)
+    }
+    // Reservations bounded by the life of the process that runs the guest (libvirtd).
+    migrator.registerMigration("v5") { db in
+      try db.alter(table: "iommu_group") { t in
+        t.add(column: "runnerPID", .integer)
+        t.add(column: "runnerStart", .integer)
+      }
+      try db.execute(sql: "PRAGMA user_version = 5")
     }
     return migrator
   }

@@ -83,7 +83,8 @@ public struct PersistenceFiles: Sendable, Equatable {
 /// What `reconcile` found for one group and did about it.
 public struct ReconcileReport: Codable, Sendable, Equatable {
   public let group: Int
-  /// `ok` (as the ledger says), `fixed`, `ended` (not persisted, and the host rebooted),
+  /// `ok` (as the ledger says), `fixed`, `ended` (not persisted, and the host rebooted; or
+  /// its guest's runner is gone),
   /// `cannot` (a device in use or replaced: left alone and said why).
   public let outcome: String
   public let notes: [String]
@@ -196,7 +197,8 @@ extension AssignmentManager {
     guard let ledger = try recordedLedger() else { return [] }
     let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
     var reports: [ReconcileReport] = []
-    for id in try ledger.groups().map(\.id) {
+    let orphaned = try orphanedByRunner(ledger: ledger)
+    for id in try ledger.groups().map(\.id) where !orphaned.contains(where: { $0.id == id }) {
       let lock = try lock(group: id)
       defer { withExtendedLifetime(lock) {} }
       var notes: [String] = []
@@ -216,7 +218,18 @@ extension AssignmentManager {
       }
       reports.append(try reconcileDetached(record, ledger: ledger, bootID: bootID, notes: notes))
     }
-    return reports
+    // A guest's runner died without releasing (libvirtd killed with its QEMU): the group goes
+    // back, unless something still holds it (attach refuses then, naming the holder).
+    for record in orphaned {
+      let who = "reserved for \(record.reservedFor ?? "a guest") while pid \(record.runnerPID ?? 0) ran it, and that process is gone"
+      do {
+        let report = try attach(.group(record.id), release: true)
+        reports.append(.init(group: record.id, outcome: "ended", notes: [who + ": given back"] + report.notes))
+      } catch {
+        reports.append(.init(group: record.id, outcome: "cannot", notes: [who + ", but: " + error.description]))
+      }
+    }
+    return reports.sorted { $0.group < $1.group }
   }
 
   private func reconcileDetached(_ record: LedgerGroup, ledger: Ledger, bootID: String?, notes: [String])

@@ -10,8 +10,10 @@
 #                                     <hostdev managed='MANAGED'> per BDF, on stdout
 #   virsh ARGS...                     virsh on qemu:///system
 #   libvirt_stop_guest                stops libvirtd
-# libvirtd's own log (warnings and errors) is /out/libvirtd.log, its stderr
-# /out/libvirtd.stderr; QEMU's output is /var/log/libvirt/qemu/NAME.log.
+# libvirtd's own log (warnings and errors, and whatever LIBVIRT_LOG_FILTERS adds, e.g.
+# "1:util.pci" for the debug lines of its PCI code) is /out/libvirtd.log, its stderr
+# /out/libvirtd.stderr; QEMU's output is /var/log/libvirt/qemu/NAME.log, a running domain's
+# state (with what libvirt will undo) /run/libvirt/qemu/NAME.xml.
 LIBVIRT_URI=qemu:///system
 LIBVIRT_PIDFILE=/run/libvirtd.pid
 # Debian's allocated ids for libvirt-qemu (libvirt-daemon-system's postinst); kvm and
@@ -31,6 +33,10 @@ libvirt_alive() { _st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null); [ -n "$_st" 
 libvirt_add_line() { grep -q "^$2:" "$1" 2>/dev/null || echo "$3" >> "$1"; }
 
 libvirt_prepare_guest() {
+    # libvirtd puts its sockets in /run/libvirt, virsh looks in /var/run/libvirt: Debian has
+    # /var/run -> /run, the initramfs has no /var.
+    mkdir -p /var /run || return 1
+    [ -e /var/run ] || ln -s /run /var/run || return 1
     mkdir -p /etc/libvirt /run/libvirt /var/lib/libvirt/qemu /var/cache/libvirt/qemu \
         /var/log/libvirt/qemu || return 1
     # The QEMU driver resolves its user and group when it loads, even for root's domains
@@ -53,7 +59,9 @@ listen_tcp = 0
 unix_sock_rw_perms = "0700"
 auth_unix_ro = "none"
 auth_unix_rw = "none"
-log_outputs = "3:file:/out/libvirtd.log"
+log_level = 3
+log_filters = "${LIBVIRT_LOG_FILTERS:-}"
+log_outputs = "1:file:/out/libvirtd.log"
 EOF
     # Debian's compiled-in user and group (its qemu.conf has them commented out), so QEMU
     # runs as libvirt-qemu and the DAC driver chowns what it hands to QEMU.
@@ -72,16 +80,15 @@ cgroup_controllers = [ ]
 stdio_handler = "file"
 EOF
     chmod 0600 /etc/libvirt/qemu.conf
-    : > /out/libvirtd.log
     _t0=$(libvirt_centis)
-    libvirtd --pid-file "$LIBVIRT_PIDFILE" > /out/libvirtd.stderr 2>&1 &
+    libvirtd --pid-file "$LIBVIRT_PIDFILE" >> /out/libvirtd.stderr 2>&1 &
     LIBVIRTD_PID=$!
-    # Probing QEMU's capabilities at the first connection takes the longest.
+    # virsh itself takes ~0.5 s to start under TCG: wait for the socket first.
     _i=0
-    until virsh version > /out/libvirt-version.txt 2>&1; do
+    until [ -S /run/libvirt/libvirt-sock ] && virsh version > /out/libvirt-version.txt 2>&1; do
         libvirt_alive "$LIBVIRTD_PID" || { echo "libvirtd exited: $(tail -c 600 /out/libvirtd.stderr)" >&2; return 1; }
         _i=$((_i + 1))
-        [ "$_i" -lt 600 ] || { echo "libvirtd did not answer within 120 s" >&2; return 1; }
+        [ "$_i" -lt 600 ] || { echo "libvirtd did not answer within 120 s: $(tail -c 300 /out/libvirt-version.txt)" >&2; return 1; }
         sleep 0.2
     done
     _t=$(($(libvirt_centis) - _t0))

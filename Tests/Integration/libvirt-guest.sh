@@ -9,6 +9,8 @@ A=0000:01:01.0
 B=0000:01:02.0
 QEMU_UID=64055
 QEMU_GID=64055
+# What libvirt's PCI code decides (bind to the stub or not, unbind from it or not).
+LIBVIRT_LOG_FILTERS="1:util.pci 1:hostdev"
 # shellcheck source=guest-lib.sh
 . /lab/guest-lib.sh
 # shellcheck source=libvirt-guest-lib.sh
@@ -56,26 +58,49 @@ poll() {
         sleep 0.05
     done
 }
-# create_and_inspect NAME MANAGED: a domain with both functions, paused; the qtree, the group
-# node's owner while it runs and after virsh destroy.
+# observe NAME CMD...: runs CMD while poll records the functions' states in /out/NAME.states;
+# libvirt's PCI and hostdev debug lines of that time go to /out/NAME.pci.log.
+observe() {
+    _w=$1
+    shift
+    _from=$(($(wc -l < /out/libvirtd.log) + 1))
+    poll "/out/$_w.states" &
+    _poller=$!
+    "$@"
+    touch /tmp/poll.stop
+    wait "$_poller"
+    tail -n "+$_from" /out/libvirtd.log | grep 'virPCI\|virHostdev' > "/out/$_w.pci.log"
+}
+states() { tr '\n' '>' < "/out/$1.states"; }
+# said NAME PATTERN: how often libvirt's debug lines of NAME match PATTERN.
+said() { grep -c -- "$2" "/out/$1.pci.log"; }
+# create_and_inspect NAME MANAGED WHAT: a domain with both functions, paused; the qtree, the
+# group node's owner while it runs and after virsh destroy. WHAT says where they were before.
 create_and_inspect() {
-    _d=$1
+    _d=$1 _m="managed='$2', $3"
     libvirt_domain_xml "$_d" "$2" $A $B > "/out/$_d.xml"
     timed "create-$_d" virsh create --paused "/out/$_d.xml"
-    if [ "$rc" != 0 ]; then fail "managed='$2', both on vfio-pci: virsh create --paused: $(why "create-$_d")"; return; fi
-    pass "managed='$2', both on vfio-pci: virsh create --paused succeeds (${secs}s)"
+    if [ "$rc" != 0 ]; then fail "$_m: virsh create --paused: $(why "create-$_d")"; return; fi
+    pass "$_m: virsh create --paused succeeds (${secs}s)"
     virsh qemu-monitor-command --hmp "$_d" 'info qtree' > "/out/$_d.qtree" 2>&1
     if grep -q "host = \"$A\"" "/out/$_d.qtree" && grep -q "host = \"$B\"" "/out/$_d.qtree"; then
-        pass "managed='$2': info qtree shows vfio-pci with host = \"$A\" and \"$B\""
-    else fail "managed='$2': no vfio-pci host = $A / $B in info qtree: $(grep -A3 vfio-pci "/out/$_d.qtree" | head -c 400)"; fi
+        pass "$_m: info qtree shows vfio-pci with host = \"$A\" and \"$B\""
+    else fail "$_m: no vfio-pci host = $A / $B in info qtree: $(grep -A3 vfio-pci "/out/$_d.qtree" | head -c 400)"; fi
     echo "running: $(both)" > "/out/$_d.where"
+    # What libvirt will undo at destroy (<origstates>) is in the status XML only.
+    cp "/run/libvirt/qemu/$_d.xml" "/out/$_d.status.xml" 2>/dev/null
     ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-running"
-    expect_perm "managed='$2', running: libvirt chowned the group node to libvirt-qemu" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
+    expect_perm "$_m, running: libvirt chowned the group node to libvirt-qemu" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
     timed "destroy-$_d" virsh destroy "$_d"
-    [ "$rc" = 0 ] && pass "managed='$2': virsh destroy (${secs}s)" || fail "managed='$2': virsh destroy: $(why "destroy-$_d")"
+    [ "$rc" = 0 ] && pass "$_m: virsh destroy (${secs}s)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
     ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-destroyed" 2>&1
     echo "destroyed: $(both)" >> "/out/$_d.where"
-    expect_perm "managed='$2', after destroy: the group node is root's again" "/dev/vfio/$group" "0:0 600"
+    expect_perm "$_m, after destroy: the group node is root's again" "/dev/vfio/$group" "0:0 600"
+}
+# origstates NAME: libvirt's <origstates> flags for the functions in the status XML, or none.
+origstates() {
+    _o=$(sed -n '/<origstates>/,/<\/origstates>/p' "/out/$1.status.xml" 2>/dev/null | tr -d ' \n')
+    echo "${_o:-none}"
 }
 
 # --- setup: both e1000 on their host driver (the lab binds them to vfio-pci at boot) ----------
@@ -108,42 +133,57 @@ else fail "managed='no', $A on e1000: $(why nohook-unmanaged)"; fi
 expect_at "managed='no' refused: libvirt left both on e1000" e1000 "(null)"
 
 # --- c: managed='yes' naming one function of a two-function group -------------------------------
-poll /out/nohook-managed.states &
-poller=$!
 libvirt_domain_xml nohook-managed yes $A > /out/nohook-managed.xml
-timed nohook-managed virsh create --paused /out/nohook-managed.xml
-touch /tmp/poll.stop
-wait "$poller"
+observe nohook-managed timed nohook-managed virsh create --paused /out/nohook-managed.xml
 if [ "$rc" != 0 ] && grep -q "group $group is not viable" /out/nohook-managed.err; then
-    pass "managed='yes' naming $A only: QEMU fails (${secs}s): \"$(grep -o "[^:]*: group $group is not viable.*" /out/nohook-managed.err)\""
+    pass "managed='yes' naming $A only: QEMU fails (${secs}s): \"$(grep -o "vfio $A: group $group is not viable" /out/nohook-managed.err) $(grep -o '^Please ensure.*' /out/nohook-managed.err)\""
 else fail "managed='yes' naming $A only: $(why nohook-managed)"; fi
 # Seen while virsh ran: the function libvirt moved, and that the sibling never moved.
 if grep -q "^vfio-pci/vfio-pci e1000/(null)$" /out/nohook-managed.states && ! grep -q " vfio-pci" /out/nohook-managed.states; then
-    pass "managed='yes' naming $A only: libvirt bound $A to vfio-pci (driver_override vfio-pci), $B stayed on e1000 ($(tr '\n' '>' < /out/nohook-managed.states))"
-else fail "managed='yes' naming $A only: states seen: $(tr '\n' '>' < /out/nohook-managed.states)"; fi
+    pass "managed='yes' naming $A only: libvirt bound $A to vfio-pci (driver_override vfio-pci), $B stayed on e1000 ($(states nohook-managed))"
+else fail "managed='yes' naming $A only: states seen: $(states nohook-managed)"; fi
 both > /out/nohook-managed.after
 expect_at "managed='yes' failed: libvirt gave $A back" e1000 "(null)"
 
 # --- d: both on vfio-pci by hand, managed='no' --------------------------------------------------
 to_vfio
 expect_at "d: both bound to vfio-pci by hand" vfio-pci vfio-pci
-echo "before: $(perm "/dev/vfio/$group")" > /out/unmanaged.perm
-create_and_inspect unmanaged no
+create_and_inspect unmanaged no "both on vfio-pci"
 expect_at "managed='no': after destroy libvirt left both on vfio-pci" vfio-pci vfio-pci
 to_host
 expect_at "d: both given back to e1000 by hand" e1000 "(null)"
 
+# libvirtd keeps the functions of a destroyed managed='no' domain in its in-memory list of
+# detached devices, marked unmanaged, and a later managed='yes' domain then finds them there and
+# does not reattach them. A fresh libvirtd, so that e shows managed='yes' on its own.
+libvirt_stop_guest
+timed restart libvirt_prepare_guest
+[ "$rc" = 0 ] && pass "libvirtd restarted (${LIBVIRT_START_SECONDS}s)" || fail "libvirtd restart: $(why restart)"
+
 # --- e: both on vfio-pci by hand, managed='yes' -------------------------------------------------
 to_vfio
 expect_at "e: both bound to vfio-pci by hand" vfio-pci vfio-pci
-poll /out/managed.states &
-poller=$!
-create_and_inspect managed yes
-touch /tmp/poll.stop
-wait "$poller"
+observe managed create_and_inspect managed yes "both on vfio-pci beforehand"
 both > /out/managed.after
-echo "managed='yes' with both on vfio-pci beforehand: $(both); states: $(tr '\n' '>' < /out/managed.states)" >> /out/libvirt-findings
-expect_at "managed='yes' where both were on vfio-pci beforehand: after destroy" e1000 "(null)"
+echo "managed='yes', both on vfio-pci (driver_override vfio-pci) beforehand: after destroy $(both); states while virsh ran: $(states managed); origstates: $(origstates managed)" >> /out/libvirt-findings
+# libvirt leaves a function it found on the stub driver there (unbind_from_stub stays false)
+# and does not clear a driver_override it did not write.
+expect_at "managed='yes', both on vfio-pci beforehand: after destroy libvirt left both there" vfio-pci vfio-pci
+if [ "$(said managed "Device \($A\|$B\) is already bound to vfio-pci")" = 2 ] \
+    && [ "$(said managed "Unbind from stub skipped for PCI device \($A\|$B\)")" = 2 ]; then
+    pass "managed='yes', both on vfio-pci beforehand: libvirt says \"Device $A is already bound to vfio-pci\" at create and \"Unbind from stub skipped for PCI device $A\" at destroy (both functions; status XML origstates: $(origstates managed))"
+else fail "managed='yes', both on vfio-pci beforehand: libvirt's PCI code said: $(grep -o 'Device [0-9a-f:.]* is already bound.*\|Unbind from stub skipped.*\|Removing PCI device.*\|Not reattaching.*' /out/managed.pci.log | tr '\n' ';')"; fi
+to_host
+expect_at "e: both given back to e1000 by hand" e1000 "(null)"
+
+# --- f: both on e1000, managed='yes': libvirt moves both and gives both back ---------------------
+observe managed-host create_and_inspect managed-host yes "both on e1000 beforehand"
+both > /out/managed-host.after
+echo "managed='yes', both on e1000 beforehand: after destroy $(both); states while virsh ran: $(states managed-host); origstates: $(origstates managed-host)" >> /out/libvirt-findings
+expect_at "managed='yes', both on e1000 beforehand: after destroy libvirt gave both back" e1000 "(null)"
+if grep -q "^vfio-pci/vfio-pci vfio-pci/vfio-pci$" /out/managed-host.states; then
+    pass "managed='yes', both on e1000 beforehand: libvirt bound both to vfio-pci with driver_override ($(states managed-host))"
+else fail "managed='yes', both on e1000 beforehand: states seen: $(states managed-host)"; fi
 to_host
 
 libvirt_stop_guest

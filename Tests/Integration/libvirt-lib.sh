@@ -15,7 +15,7 @@
 # Usage: libvirt_guest_args || fail ...; guest DIR CMD "${LIBVIRT_GUEST_ARGS[@]}" ...
 libvirt_guest_args() {
     ( . lab/lib/common.sh; ensure_packages libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
-        qemu-system-x86 seabios ) || return 1
+        dmidecode qemu-system-x86 seabios ) || return 1
     local multiarch=/usr/lib/x86_64-linux-gnu module lib
     local -A seen=()
     # shellcheck disable=SC2034 # read by the caller
@@ -32,6 +32,8 @@ libvirt_guest_args() {
             LIBVIRT_GUEST_ARGS+=(--file "$lib:$lib")
         done
     done
+    # The QEMU driver reads the host's SMBIOS tables with dmidecode (an error in the log without).
+    LIBVIRT_GUEST_ARGS+=(--file /usr/sbin/dmidecode:/usr/sbin/dmidecode)
     # Debian's QEMU 7.2 looks for firmware in /usr/share/qemu and /usr/share/seabios.
     LIBVIRT_GUEST_ARGS+=(--file /usr/share/seabios/bios-256k.bin:/usr/share/seabios/bios-256k.bin
         --file /usr/share/qemu/kvmvapic.bin:/usr/share/qemu/kvmvapic.bin

@@ -15,6 +15,8 @@ final class LibvirtHookTests: XCTestCase {
   var state: TemporaryTree!
   var kernel: SimulatedKernel!
   let qemu = Ownership(uid: 64055, gid: 64055, mode: 0o600)
+  /// libvirtd, as the hook sees its parent.
+  var runner: ProcessIdentity?
 
   override func setUpWithError() throws {
     tree = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
@@ -31,7 +33,7 @@ final class LibvirtHookTests: XCTestCase {
 
   var hook: LibvirtHook {
     let owner = qemu
-    return LibvirtHook(manager: manager) { () throws(LibvirtHookError) -> Ownership? in owner }
+    return LibvirtHook(manager: manager, runner: runner) { () throws(LibvirtHookError) -> Ownership? in owner }
   }
 
   func ledger() throws -> Ledger? { try Ledger.open(directory: state.path, create: false) }
@@ -180,6 +182,46 @@ final class LibvirtHookTests: XCTestCase {
       XCTAssertEqual((error as? LibvirtHookError)?.exitCode, 66, "\(error)")
     }
     XCTAssertEqual(kernel.writes, [])
+  }
+
+  /// A process in the scratch tree's /proc, with field 22 (start time) of its stat.
+  func fakeProcess(_ pid: Int, start: Int64) throws -> ProcessIdentity {
+    XCTAssertEqual(system("mkdir -p '\(tree.path)/proc/\(pid)'"), 0)
+    let fields = (3...21).map { _ in "0" }.joined(separator: " ")
+    try tree.write(tree.path + "/proc/\(pid)/stat", text: "\(pid) (libvirtd) \(fields) \(start) 0 0\n")
+    return ProcessIdentity(pid: pid, startTime: start)
+  }
+
+  func testAGroupWhoseLibvirtdDiedIsGivenBackByReconcileAndARestartedOneTakesOver() throws {
+    runner = try fakeProcess(777, start: 4242)
+    XCTAssertEqual(ProcessIdentity.current(pid: 777, sysfs: Sysfs(root: tree.path)), runner)
+    let before = snapshot()
+    let domain = xml("vm1", ["0000:01:01.0"])
+    try call("vm1", "prepare", "begin", domain)
+    XCTAssertEqual(try ledger()?.group(4)?.runnerPID, 777)
+    // libvirtd alive: reconcile leaves the domain's group alone.
+    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ok")
+    // libvirtd restarted (a new pid) and reconnected: it now bounds the reservation.
+    runner = try fakeProcess(778, start: 5000)
+    try call("vm1", "reconnect", "begin", domain)
+    XCTAssertEqual(try ledger()?.group(4)?.runnerPID, 778)
+    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ok")
+    // Killed with its QEMU: nobody calls release end; reconcile gives the group back.
+    XCTAssertEqual(system("rm -rf '\(tree.path)/proc/778'"), 0)
+    let reconciled = try XCTUnwrap(try manager.reconcile().first { $0.group == 4 })
+    XCTAssertEqual(reconciled.outcome, "ended", "\(reconciled.notes)")
+    XCTAssertTrue(reconciled.notes[0].contains("reserved for vm1 while pid 778 ran it"), "\(reconciled.notes)")
+    XCTAssertEqual(snapshot(), before)
+    XCTAssertNil(try ledger()?.group(4)?.runnerPID)
+    // A pid reused by another process (another start time) is not the runner either.
+    runner = try fakeProcess(779, start: 1)
+    try call("vm1", "prepare", "begin", domain)
+    _ = try fakeProcess(779, start: 2)
+    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ended")
+    // A domain marked to keep its groups has no runner: they outlive libvirtd.
+    let mark = "<vfio:groups xmlns:vfio='\(DomainDefinition.metadataNamespace)' keep='reserved'/>"
+    try call("vm1", "prepare", "begin", xml("vm1", ["0000:01:01.0"], metadata: mark))
+    XCTAssertNil(try ledger()?.group(4)?.runnerPID)
   }
 
   func testTheInstalledScriptExecsAnInstalledVfioctlAndQuotesWhatItPasses() throws {
