@@ -1,10 +1,15 @@
 #!/bin/sh
 # Runs inside a q35-vtd guest (busybox sh, as root), driven by Tests/Integration/libvirt.sh:
 # what Debian's libvirtd 9.0 does on its own (no hook) with the two e1000 behind the
-# PCIe-to-PCI bridge, which share one IOMMU group. Judged by virsh's exit status and
-# messages, QEMU's qtree, the owner of /dev/vfio/N and the driver links and driver_override
-# sysfs shows. One "PASS name" / "FAIL name: why" line per check in /out/checks, "done" last;
-# every virsh call's output in /out/NAME.out and NAME.err, durations in /out/libvirt-timings.
+# PCIe-to-PCI bridge, which share one IOMMU group: (b) managed='no' on the host driver,
+# (c) managed='yes' naming one of the two, (d) managed='no' and (e) managed='yes' with both
+# bound to vfio-pci by hand, (f) managed='yes' with both on e1000, (g) the same after a
+# managed='no' domain in the same libvirtd. Judged by virsh's exit status and messages, QEMU's
+# qtree, the owner of /dev/vfio/N, the driver links and driver_override sysfs shows (polled
+# while virsh runs) and libvirt's PCI debug lines.
+# One "PASS name" / "FAIL name: why" line per check in /out/checks, "done" last; every virsh
+# call's output in /out/NAME.out and NAME.err, durations in /out/libvirt-timings, where each
+# domain left the functions in /out/libvirt-findings.
 A=0000:01:01.0
 B=0000:01:02.0
 QEMU_UID=64055
@@ -74,11 +79,13 @@ observe() {
 states() { tr '\n' '>' < "/out/$1.states"; }
 # said NAME PATTERN: how often libvirt's debug lines of NAME match PATTERN.
 said() { grep -c -- "$2" "/out/$1.pci.log"; }
-# create_and_inspect NAME MANAGED WHAT: a domain with both functions, paused; the qtree, the
-# group node's owner while it runs and after virsh destroy. WHAT says where they were before.
+# create_and_inspect NAME MANAGED WHAT AFTER: a domain with both functions, paused; the qtree,
+# the group node's owner while it runs and after virsh destroy (expected: AFTER, as perm prints
+# it). WHAT says where the functions were before.
 create_and_inspect() {
     _d=$1 _m="managed='$2', $3"
     libvirt_domain_xml "$_d" "$2" $A $B > "/out/$_d.xml"
+    echo "before: $(both); /dev/vfio/$group $(perm "/dev/vfio/$group")" > "/out/$_d.where"
     timed "create-$_d" virsh create --paused "/out/$_d.xml"
     if [ "$rc" != 0 ]; then fail "$_m: virsh create --paused: $(why "create-$_d")"; return; fi
     pass "$_m: virsh create --paused succeeds (${secs}s)"
@@ -86,16 +93,18 @@ create_and_inspect() {
     if grep -q "host = \"$A\"" "/out/$_d.qtree" && grep -q "host = \"$B\"" "/out/$_d.qtree"; then
         pass "$_m: info qtree shows vfio-pci with host = \"$A\" and \"$B\""
     else fail "$_m: no vfio-pci host = $A / $B in info qtree: $(grep -A3 vfio-pci "/out/$_d.qtree" | head -c 400)"; fi
-    echo "running: $(both)" > "/out/$_d.where"
+    echo "running: $(both)" >> "/out/$_d.where"
     # What libvirt will undo at destroy (<origstates>) is in the status XML only.
     cp "/run/libvirt/qemu/$_d.xml" "/out/$_d.status.xml" 2>/dev/null
-    ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-running"
+    ls -ln /dev/vfio > "/out/$_d.vfio-running"
     expect_perm "$_m, running: libvirt chowned the group node to libvirt-qemu" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
     timed "destroy-$_d" virsh destroy "$_d"
     [ "$rc" = 0 ] && pass "$_m: virsh destroy (${secs}s)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
-    ls -ln "/dev/vfio/$group" > "/out/$_d.vfio-destroyed" 2>&1
+    ls -ln /dev/vfio > "/out/$_d.vfio-destroyed" 2>&1
     echo "destroyed: $(both)" >> "/out/$_d.where"
-    expect_perm "$_m, after destroy: the group node is root's again" "/dev/vfio/$group" "0:0 600"
+    if [ "$4" = absent ]; then
+        expect_perm "$_m, after destroy: the group node is gone (no member on vfio-pci)" "/dev/vfio/$group" absent
+    else expect_perm "$_m, after destroy: the group node is root's again" "/dev/vfio/$group" "$4"; fi
 }
 # origstates NAME: libvirt's <origstates> flags for the functions in the status XML, or none.
 origstates() {
@@ -148,14 +157,16 @@ expect_at "managed='yes' failed: libvirt gave $A back" e1000 "(null)"
 # --- d: both on vfio-pci by hand, managed='no' --------------------------------------------------
 to_vfio
 expect_at "d: both bound to vfio-pci by hand" vfio-pci vfio-pci
-create_and_inspect unmanaged no "both on vfio-pci"
+create_and_inspect unmanaged no "both on vfio-pci" "0:0 600"
 expect_at "managed='no': after destroy libvirt left both on vfio-pci" vfio-pci vfio-pci
 to_host
 expect_at "d: both given back to e1000 by hand" e1000 "(null)"
 
 # libvirtd keeps the functions of a destroyed managed='no' domain in its in-memory list of
-# detached devices, marked unmanaged, and a later managed='yes' domain then finds them there and
-# does not reattach them. A fresh libvirtd, so that e shows managed='yes' on its own.
+# detached devices, marked unmanaged ("Not reattaching unmanaged PCI device" at destroy), and a
+# later managed='yes' domain takes that entry and its flags: it binds functions on e1000 to
+# vfio-pci but does not give them back (g shows it). A fresh libvirtd, so that e and f show
+# managed='yes' on its own.
 libvirt_stop_guest
 timed restart libvirt_prepare_guest
 [ "$rc" = 0 ] && pass "libvirtd restarted (${LIBVIRT_START_SECONDS}s)" || fail "libvirtd restart: $(why restart)"
@@ -163,7 +174,7 @@ timed restart libvirt_prepare_guest
 # --- e: both on vfio-pci by hand, managed='yes' -------------------------------------------------
 to_vfio
 expect_at "e: both bound to vfio-pci by hand" vfio-pci vfio-pci
-observe managed create_and_inspect managed yes "both on vfio-pci beforehand"
+observe managed create_and_inspect managed yes "both on vfio-pci beforehand" "0:0 600"
 both > /out/managed.after
 echo "managed='yes', both on vfio-pci (driver_override vfio-pci) beforehand: after destroy $(both); states while virsh ran: $(states managed); origstates: $(origstates managed)" >> /out/libvirt-findings
 # libvirt leaves a function it found on the stub driver there (unbind_from_stub stays false)
@@ -177,7 +188,7 @@ to_host
 expect_at "e: both given back to e1000 by hand" e1000 "(null)"
 
 # --- f: both on e1000, managed='yes': libvirt moves both and gives both back ---------------------
-observe managed-host create_and_inspect managed-host yes "both on e1000 beforehand"
+observe managed-host create_and_inspect managed-host yes "both on e1000 beforehand" absent
 both > /out/managed-host.after
 echo "managed='yes', both on e1000 beforehand: after destroy $(both); states while virsh ran: $(states managed-host); origstates: $(origstates managed-host)" >> /out/libvirt-findings
 expect_at "managed='yes', both on e1000 beforehand: after destroy libvirt gave both back" e1000 "(null)"
@@ -185,6 +196,23 @@ if grep -q "^vfio-pci/vfio-pci vfio-pci/vfio-pci$" /out/managed-host.states; the
     pass "managed='yes', both on e1000 beforehand: libvirt bound both to vfio-pci with driver_override ($(states managed-host))"
 else fail "managed='yes', both on e1000 beforehand: states seen: $(states managed-host)"; fi
 to_host
+
+# --- g: the same libvirtd after a managed='no' domain: managed='yes' with both on e1000 ---------
+to_vfio
+create_and_inspect unmanaged-again no "both on vfio-pci, again" "0:0 600"
+to_host
+expect_at "g: both given back to e1000 by hand" e1000 "(null)"
+observe stale create_and_inspect stale yes "both on e1000, after a managed='no' domain" "0:0 600"
+both > /out/stale.after
+echo "managed='yes', both on e1000 beforehand, same libvirtd after a managed='no' domain: after destroy $(both); states while virsh ran: $(states stale); origstates: $(origstates stale); libvirt: $(grep -o 'Not reattaching.*\|Reattaching managed.*' /out/stale.pci.log | tr '\n' ';')" >> /out/libvirt-findings
+# libvirt bound both itself, but its stale unmanaged entries decide at destroy.
+expect_at "managed='yes' after a managed='no' domain: after destroy libvirt left both on vfio-pci" vfio-pci vfio-pci
+if grep -q "^vfio-pci/vfio-pci vfio-pci/vfio-pci$" /out/stale.states && grep -q "^e1000/(null) e1000/(null)$" /out/stale.states \
+    && [ "$(said stale "Not reattaching unmanaged PCI device \($A\|$B\)")" = 2 ]; then
+    pass "managed='yes' after a managed='no' domain: libvirt bound both to vfio-pci, and at destroy \"Not reattaching unmanaged PCI device $A\" (both; status XML origstates: $(origstates stale))"
+else fail "managed='yes' after a managed='no' domain: states $(states stale); libvirt: $(grep -o 'Not reattaching.*\|Reattaching managed.*' /out/stale.pci.log | tr '\n' ';')"; fi
+to_host
+expect_at "g: both given back to e1000 by hand at the end" e1000 "(null)"
 
 libvirt_stop_guest
 mkdir -p /out/qemu-logs

@@ -6,9 +6,12 @@
 #   - managed='no' with the function on e1000: refused, "must be manually detached";
 #   - managed='yes' naming one function: libvirt binds only that one to vfio-pci, QEMU fails
 #     with "group N is not viable", libvirt gives the function back;
-#   - both bound to vfio-pci by hand, managed='no' and then managed='yes': the domain starts
-#     paused, QEMU's qtree has both, libvirt chowns /dev/vfio/N to libvirt-qemu while it runs
-#     and back to root after destroy; where each leaves the functions.
+#   - both bound to vfio-pci by hand, managed='no' and then (fresh libvirtd) managed='yes':
+#     the domain starts paused, QEMU's qtree has both, libvirt chowns /dev/vfio/N to
+#     libvirt-qemu while it runs and back to root after destroy; both stay on vfio-pci;
+#   - both on e1000, managed='yes': libvirt moves both and gives both back at destroy; but
+#     after a managed='no' domain on them (same libvirtd) it moves both and leaves them on
+#     vfio-pci ("Not reattaching unmanaged PCI device").
 # usage: Tests/Integration/libvirt.sh TOPOLOGY RESULTS_DIR   (q35-vtd only)
 # Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
