@@ -81,7 +81,8 @@ struct LibvirtHookCommand: ParsableCommand {
         domain: arguments[0], operation: arguments[1], subOperation: arguments[2], xml: try readStandardInput())
       for line in outcome.lines { printError(line) }
     } catch {
-      printError(error.description)
+      // libvirt shows this in its error: say which domain, and what happened to its devices.
+      printError("domain '\(printable(arguments[0]))': " + error.description)
       throw ExitCode(error.exitCode)
     }
   }

@@ -38,7 +38,7 @@ extension AssignmentManager {
         refusals[group] = [
           .init(
             code: "reserved", message: "IOMMU group \(group) is reserved for \(other)",
-            remedy: "stop \(other), or `vfioctl unreserve \(group)` if it no longer needs it")
+            remedy: "`vfioctl attach \(group) --release` once \(other) is stopped, if it no longer needs the group")
         ]
       } else if record?.state == .detached, record?.reservedFor == nil {
         refusals[group] = [

@@ -214,6 +214,124 @@ else fail "managed='yes' after a managed='no' domain: states $(states stale); li
 to_host
 expect_at "g: both given back to e1000 by hand at the end" e1000 "(null)"
 
+# === With swift-vfio's hook =====================================================================
+# `vfioctl libvirt-hook --install` puts /etc/libvirt/hooks/qemu.d/swift-vfio in place; libvirtd
+# finds hooks when it starts. The same domains now start with only one function named, and
+# the hook gives both back when they stop.
+BRIDGE=0000:00:04.0
+bridge_before=$(drv $BRIDGE)
+run install v libvirt-hook --install
+expect_rc "libvirt-hook --install" 0 install
+expect_text "the hook says libvirtd must be restarted" "restart libvirtd" install
+if [ -x /etc/libvirt/hooks/qemu.d/swift-vfio ] && grep -q "exec /usr/bin/vfioctl libvirt-hook --state $S -- \"\$@\"" /etc/libvirt/hooks/qemu.d/swift-vfio; then
+    pass "the hook script execs the installed vfioctl with the state directory: $(grep '^exec' /etc/libvirt/hooks/qemu.d/swift-vfio)"
+else fail "the hook script: $(cat /etc/libvirt/hooks/qemu.d/swift-vfio 2>&1 | tail -n 2)"; fi
+cp /etc/libvirt/hooks/qemu.d/swift-vfio /out/hook-script.txt 2>/dev/null
+libvirt_stop_guest
+timed restart-hooked libvirt_prepare_guest
+[ "$rc" = 0 ] || fail "libvirtd restart with the hook: $(why restart-hooked)"
+to_host
+expect_at "hook: both e1000 on their host driver" e1000 "(null)"
+
+# hooked NAME MANAGED: a domain naming only $A starts with the hook, both functions on
+# vfio-pci, the bridge untouched, QEMU has $A, /dev/vfio/$group is libvirt-qemu's and the
+# ledger says reserved for NAME and owned by it; destroy gives both back to e1000.
+hooked() {
+    _d=$1 _m="hook, managed='$2', $A named"
+    libvirt_domain_xml "$_d" "$2" $A > "/out/$_d.xml"
+    timed "create-$_d" virsh create --paused "/out/$_d.xml"
+    if [ "$rc" != 0 ]; then fail "$_m: virsh create --paused: $(why "create-$_d")"; return; fi
+    pass "$_m: virsh create --paused succeeds (${secs}s)"
+    expect_at "$_m, running: the hook moved both functions of group $group" vfio-pci vfio-pci
+    if [ "$(drv $BRIDGE)" = "$bridge_before" ]; then pass "$_m, running: the bridge $BRIDGE stayed on $bridge_before"
+    else fail "$_m, running: the bridge $BRIDGE is on $(drv $BRIDGE), was $bridge_before"; fi
+    virsh qemu-monitor-command --hmp "$_d" 'info qtree' > "/out/$_d.qtree" 2>&1
+    grep -q "host = \"$A\"" "/out/$_d.qtree" && pass "$_m, running: info qtree shows vfio-pci host = \"$A\"" \
+        || fail "$_m, running: no host = $A in info qtree: $(grep -A3 vfio-pci "/out/$_d.qtree" | head -c 300)"
+    expect_perm "$_m, running: the group node is libvirt-qemu's (the hook's owner and libvirt's label agree)" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
+    run "owners-$_d" v owners
+    expect_text "$_m, running: vfioctl owners says group $group is reserved for $_d and owned by libvirt-qemu" \
+        "^$group  *detached  *$QEMU_UID:$QEMU_GID mode 0600 .* $_d since" "owners-$_d"
+    timed "destroy-$_d" virsh destroy "$_d"
+    [ "$rc" = 0 ] && pass "$_m: virsh destroy (${secs}s)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
+    expect_at "$_m, destroyed: the hook gave both back, no driver_override left" e1000 "(null)"
+    run "status-$_d" v status $group
+    expect_text "$_m, destroyed: the ledger has group $group back with the host" "host" "status-$_d"
+    expect_perm "$_m, destroyed: no group node is left" "/dev/vfio/$group" absent
+}
+hooked hooked no
+hooked hooked-managed yes
+
+# libvirtd restarted while the domain runs: the hook's reconnect changes nothing, and the
+# destroy by the new libvirtd gives the group back.
+libvirt_domain_xml survivor no $A > /out/survivor.xml
+timed create-survivor virsh create --paused /out/survivor.xml
+[ "$rc" = 0 ] || fail "survivor: virsh create --paused: $(why create-survivor)"
+run reconcile-alive v reconcile
+expect_text "while libvirtd runs the domain, reconcile leaves group $group alone" "^IOMMU group $group: ok" reconcile-alive
+libvirt_stop_guest
+timed restart-survivor libvirt_prepare_guest
+virsh list > /out/survivor-list.txt 2>&1
+if grep -q "survivor *paused" /out/survivor-list.txt; then pass "a restarted libvirtd reconnects to the running domain (hook: reconnect begin)"
+else fail "after the restart: $(cat /out/survivor-list.txt)"; fi
+expect_at "after libvirtd's restart both are still on vfio-pci" vfio-pci vfio-pci
+timed destroy-survivor virsh destroy survivor
+expect_at "the restarted libvirtd's destroy gives both back" e1000 "(null)"
+
+# libvirtd killed with its QEMU: no release ever comes; reconcile puts it right.
+libvirt_domain_xml crashy no $A > /out/crashy.xml
+timed create-crashy virsh create --paused /out/crashy.xml
+[ "$rc" = 0 ] || fail "crashy: virsh create --paused: $(why create-crashy)"
+qemu_pid=$(cat /run/libvirt/qemu/crashy.pid 2>/dev/null)
+kill -9 "$LIBVIRTD_PID" "$qemu_pid"
+sleep 1
+LIBVIRTD_PID=""
+expect_at "libvirtd and QEMU killed (kill -9): the group stays detached" vfio-pci vfio-pci
+run reconcile-dead v reconcile
+expect_text "reconcile: the group of a domain whose libvirtd is gone goes back" "^IOMMU group $group: ended" reconcile-dead
+expect_text "reconcile says why" "reserved for crashy while pid [0-9]* ran it, and that process is gone" reconcile-dead
+expect_at "after reconcile both are on e1000" e1000 "(null)"
+timed restart-crashy libvirt_prepare_guest
+virsh list --all > /out/crashy-list.txt 2>&1
+if ! grep -q crashy /out/crashy-list.txt; then pass "a restarted libvirtd forgets the dead domain (its release hook finds nothing to give back)"
+else fail "after the restart: $(cat /out/crashy-list.txt)"; fi
+expect_at "and both stay on e1000" e1000 "(null)"
+
+# A domain marked to keep its groups: stopped, they stay detached and reserved for it, the
+# node root's; another domain cannot have them; attach --release ends it.
+libvirt_domain_xml keeper no $A | sed "s|</name>|</name><metadata><vfio:groups xmlns:vfio='https://swift-vfio.dev/xmlns/libvirt/1' keep='reserved'/></metadata>|" > /out/keeper.xml
+timed create-keeper virsh create --paused /out/keeper.xml
+[ "$rc" = 0 ] || fail "keeper: virsh create --paused: $(why create-keeper)"
+timed destroy-keeper virsh destroy keeper
+expect_at "keep='reserved': after destroy both stay on vfio-pci" vfio-pci vfio-pci
+expect_perm "keep='reserved': the group node is root's again" "/dev/vfio/$group" "0:0 600"
+run owners-keeper v owners
+expect_text "keep='reserved': owners says reserved for keeper, no owner" "^$group  *detached  *-  .*keeper since" owners-keeper
+libvirt_domain_xml intruder no $B > /out/intruder.xml
+timed create-intruder virsh create --paused /out/intruder.xml
+if [ "$rc" != 0 ] && grep -q "reserved for keeper" /out/create-intruder.err; then
+    pass "another domain naming $B is refused: \"$(grep -o 'IOMMU group [0-9]* is reserved for keeper' /out/create-intruder.err | head -n 1)\""
+else fail "another domain naming $B: $(why create-intruder)"; fi
+run release-keeper v attach $group --release
+expect_at "attach --release gives the kept group back" e1000 "(null)"
+
+# A device the host uses: the hook refuses with its reasons in libvirt's error; nothing moves.
+NVME=0000:02:00.0
+if grep -q nvme0n1 /proc/partitions && mkswap /dev/nvme0n1 >/dev/null 2>&1 && swapon /dev/nvme0n1 2>/dev/null; then
+    libvirt_domain_xml swapper no $NVME > /out/swapper.xml
+    timed create-swapper virsh create --paused /out/swapper.xml
+    cp /out/create-swapper.err /out/hook-refusal.txt
+    if [ "$rc" != 0 ] && grep -q "nothing was changed" /out/create-swapper.err && grep -q "swap" /out/create-swapper.err; then
+        pass "a domain asking for the nvme under active swap is refused with the hook's reasons (${secs}s): \"$(grep -o 'active swap[^;]*' /out/create-swapper.err | head -n 1)\""
+    else fail "the nvme under swap: $(why create-swapper)"; fi
+    [ "$(drv $NVME)" = nvme ] && pass "the refused nvme stayed on nvme" || fail "the nvme is on $(drv $NVME)"
+    swapoff /dev/nvme0n1
+else
+    echo "SKIP swap: this kernel cannot swap on nvme0n1" >> /out/checks
+fi
+run uninstall v libvirt-hook --uninstall
+expect_text "libvirt-hook --uninstall removes the script" "removed /etc/libvirt/hooks/qemu.d/swift-vfio" uninstall
+
 libvirt_stop_guest
 mkdir -p /out/qemu-logs
 cp /var/log/libvirt/qemu/*.log /out/qemu-logs/ 2>/dev/null

@@ -19,6 +19,7 @@
 usage_and_args "$@"
 [ "$TOPOLOGY" = q35-vtd ] || skip "no libvirt scenario for $TOPOLOGY (the e1000 pair of q35-vtd on Debian's 6.1)"
 require_lab
+build_vfioctl
 started=$SECONDS
 t0=$(date +%s%3N)
 libvirt_guest_args || { fail "could not install Debian's libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients"; finish; }
@@ -26,9 +27,10 @@ stage_ms=$(($(date +%s%3N) - t0))
 echo "libvirt: $LIBVIRT_VERSION, $(qemu-system-x86_64 --version | head -n 1) (install/cache check $((stage_ms / 1000)).$((stage_ms % 1000 / 100)) s)"
 e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
 [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
-# libvirtd, QEMU and their libraries (~100 MB of initramfs), and the nested VM's 128 MiB.
-export LAB_MEMORY=${LAB_MEMORY:-1536}
-guest libvirt "sh /lab/libvirt-guest.sh" "${LIBVIRT_GUEST_ARGS[@]}" --file "$e1000:/lab/e1000.ko" \
+# libvirtd, QEMU and their libraries (~100 MB of initramfs), vfioctl (~200 MB), and the
+# nested VM's 128 MiB.
+export LAB_MEMORY=${LAB_MEMORY:-2048}
+guest libvirt "sh /lab/libvirt-guest.sh" "${LIBVIRT_GUEST_ARGS[@]}" --bin "$VFIOCTL_BIN" --file "$e1000:/lab/e1000.ko" \
     --file "$REPO/Tests/Integration/libvirt-guest.sh:/lab/libvirt-guest.sh" --timeout 600
 guest_checks libvirt
 if [ -s "$RESULTS/libvirt/libvirt-timings" ]; then

@@ -120,6 +120,25 @@ final class LibvirtHookTests: XCTestCase {
     XCTAssertNil(try ledger()?.group(2))
   }
 
+  func testAGroupThatFailsHalfwayPutsBackTheGroupsTakenBeforeIt() throws {
+    let before = snapshot()
+    // Group 4 (named first) is taken; group 2's bind then fails in the kernel.
+    kernel.failWrite = { path, value in
+      path == "/sys/bus/pci/drivers_probe" && value == "0000:00:02.0" ? EINVAL : nil
+    }
+    XCTAssertThrowsError(try call("vm1", "prepare", "begin", xml("vm1", ["0000:01:01.0", "0000:00:02.0"]))) { error in
+      guard let error = error as? LibvirtHookError, case .manager(.stepFailed(let group, _, _, _, let restored, _)) = error else {
+        return XCTFail("\(error)")
+      }
+      XCTAssertEqual(group, 2)
+      XCTAssertTrue(restored)
+      XCTAssertEqual(error.exitCode, 74)
+    }
+    XCTAssertEqual(snapshot(), before)
+    XCTAssertEqual(try ledger()?.group(4)?.state, .host)
+    XCTAssertNil(try ledger()?.group(4)?.reservedFor)
+  }
+
   func testAnotherGuestsGroupOrAGroupDetachedForAnotherUseIsRefused() throws {
     try call("vm1", "prepare", "begin", xml("vm1", ["0000:00:02.0"]))
     XCTAssertThrowsError(try call("vm2", "prepare", "begin", xml("vm2", ["0000:00:02.0"]))) { error in
