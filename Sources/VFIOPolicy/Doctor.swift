@@ -95,7 +95,7 @@ public struct Doctor: Sendable {
           "owner-memlock", .info,
           "uid \(uid) pins every DMA-mapped page of its VMs; its RLIMIT_MEMLOCK is set where it logs in or is started, not here",
           next:
-            "raise it for that user: `\(uid) hard memlock unlimited` in /etc/security/limits.conf, LimitMEMLOCK=infinity in the VMM's unit, or `prlimit --memlock=...`"
+            "raise it for that user to what `vfioctl doctor --vm RAM` says its VMM needs: a `\(uid) hard memlock` line in /etc/security/limits.conf, LimitMEMLOCK= in the VMM's unit, or `prlimit --memlock=...`"
         ))
     }
     return findings
@@ -206,7 +206,7 @@ public struct Doctor: Sendable {
       "memlock", .warning,
       "RLIMIT_MEMLOCK is \(limit >= 1 << 20 ? "\(mib) MiB" : "\(limit / 1024) KiB"): type1 pins every DMA-mapped page, so a guest's RAM must fit under it",
       next:
-        "raise it for the VMM: `ulimit -l unlimited`, LimitMEMLOCK=infinity in its systemd unit, or a memlock line in /etc/security/limits.conf"
+        "raise it for the VMM to what `vfioctl doctor --vm RAM` says it needs (its ulimit -l or LimitMEMLOCK= line), or a memlock line in /etc/security/limits.conf"
     )
   }
 

@@ -322,7 +322,7 @@ if grep -q nvme0n1 /proc/partitions && mkswap /dev/nvme0n1 >/dev/null 2>&1 && sw
     timed create-swapper virsh create --paused /out/swapper.xml
     cp /out/create-swapper.err /out/hook-refusal.txt
     if [ "$rc" != 0 ] && grep -q "nothing was changed" /out/create-swapper.err && grep -q "swap" /out/create-swapper.err; then
-        pass "a domain asking for the nvme under active swap is refused with the hook's reasons (${secs}s): \"$(grep -o 'active swap[^;]*' /out/create-swapper.err | head -n 1)\""
+        pass "a domain asking for the nvme under active swap is refused with the hook's reasons (${secs}s): \"$(grep -o 'nvme0n1 is in use as swap' /out/create-swapper.err | head -n 1)\""
     else fail "the nvme under swap: $(why create-swapper)"; fi
     [ "$(drv $NVME)" = nvme ] && pass "the refused nvme stayed on nvme" || fail "the nvme is on $(drv $NVME)"
     swapoff /dev/nvme0n1
