@@ -47,27 +47,17 @@ public struct QEMUDriverConfig: Sendable, Equatable {
   public func ownership(
     users: (String) -> Int? = Self.passwdEntry, groups: (String) -> Int? = Self.groupEntry
   ) throws(QEMUDriverConfigError) -> Ownership? {
-    let uid: Int
-    if let number = Self.plusNumber(user) {
-      uid = number
-    } else if let entry = users(user) {
-      uid = entry
-    } else if let number = Int(user), number >= 0, number < Int(UInt32.max) {
-      uid = number
-    } else {
-      throw .noSuchUser(user)
-    }
-    let gid: Int
-    if let number = Self.plusNumber(group) {
-      gid = number
-    } else if let entry = groups(group) {
-      gid = entry
-    } else if let number = Int(group), number >= 0, number < Int(UInt32.max) {
-      gid = number
-    } else {
-      throw .noSuchGroup(group)
-    }
+    guard let uid = Self.resolve(user, names: users) else { throw .noSuchUser(user) }
+    guard let gid = Self.resolve(group, names: groups) else { throw .noSuchGroup(group) }
     return uid == 0 && gid == 0 ? nil : Ownership(uid: uid, gid: gid, mode: 0o600)
+  }
+
+  /// `+N` is the number N; otherwise a name first and, when there is no such entry, a number.
+  static func resolve(_ text: String, names: (String) -> Int?) -> Int? {
+    if let number = plusNumber(text) { return number }
+    if let id = names(text) { return id }
+    guard let number = Int(text), number >= 0, number < Int(UInt32.max) else { return nil }
+    return number
   }
 
   static func plusNumber(_ text: String) -> Int? {

@@ -148,19 +148,26 @@ extension AssignmentManager {
           group: group,
           [.init(code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved)", remedy: "`vfioctl unreserve \(group)` first")])
       }
-      for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
-        try give(node, to: .rootOnly, group: group)
-      }
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.ownerUID = nil
-          $0.ownerGID = nil
-          $0.mode = nil
-          $0.ownedSince = nil
-          $0.brokerOnly = false
-        }
-      }
+      try endOwner(group: group, ledger: ledger)
       try history(ledger, group, "ok", "disowned: nodes back to root, mode 0600")
+    }
+  }
+
+  /// The group's nodes back to root, mode 0600, and its owner forgotten; `also` changes more
+  /// of the group's row in the same write.
+  func endOwner(group: Int, ledger: Ledger, also: (inout LedgerGroup) -> Void = { _ in }) throws(ManagerError) {
+    for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
+      try give(node, to: .rootOnly, group: group)
+    }
+    try ledger.write { db in
+      try LedgerGroup.update(db, group: group) {
+        $0.ownerUID = nil
+        $0.ownerGID = nil
+        $0.mode = nil
+        $0.ownedSince = nil
+        $0.brokerOnly = false
+        also(&$0)
+      }
     }
   }
 

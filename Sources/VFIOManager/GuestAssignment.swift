@@ -159,20 +159,10 @@ extension AssignmentManager {
   func endOwnership(_ target: Selector, keepingReservationFor guest: String) throws(ManagerError) -> OwnerReport {
     try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else { throw .notDetached(group: group, why: "is not detached by swift-vfio") }
-      for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
-        try give(node, to: .rootOnly, group: group)
-      }
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.ownerUID = nil
-          $0.ownerGID = nil
-          $0.mode = nil
-          $0.ownedSince = nil
-          $0.brokerOnly = false
-          $0.reservedFor = guest
-          $0.runnerPID = nil
-          $0.runnerStart = nil
-        }
+      try endOwner(group: group, ledger: ledger) {
+        $0.reservedFor = guest
+        $0.runnerPID = nil
+        $0.runnerStart = nil
       }
       try history(ledger, group, "ok", "\(guest) stopped: kept reserved for it, nodes back to root, mode 0600")
     }

@@ -15,3 +15,21 @@ expect_perm() { p=$(perm "$2"); if [ "$p" = "$3" ]; then pass "$1: $2 is $p"; el
 # util-linux setpriv (busybox's has no --reuid), staged from the host.
 as_user() { u=$1; shift; /usr/bin/setpriv --reuid "$u" --regid "$u" --clear-groups "$@"; }
 cdev_of() { ls "/sys/bus/pci/devices/$1/vfio-dev/" 2>/dev/null | head -n 1; }
+# Centiseconds of guest uptime (busybox date has no %N).
+centis() { read -r _up _ < /proc/uptime; echo "${_up%.*}${_up#*.}"; }
+# timed NAME CMD...: CMD's stdout in /out/NAME.out, stderr in /out/NAME.err, its status in $rc
+# and /out/NAME.rc, its wall time in $secs and, as "NAME 1.23s", in the file $TIMINGS.
+TIMINGS=${TIMINGS:-/out/timings}
+timed() {
+    _n=$1
+    shift
+    _t0=$(centis)
+    "$@" > "/out/$_n.out" 2> "/out/$_n.err"
+    rc=$?
+    _t=$(($(centis) - _t0))
+    echo "$rc" > "/out/$_n.rc"
+    secs=$((_t / 100)).$(printf %02d $((_t % 100)))
+    echo "$_n ${secs}s" >> "$TIMINGS"
+}
+# why NAME: a timed command's status, the start of its stdout and the end of its stderr.
+why() { echo "exit $rc: $(head -c 300 "/out/$1.out") $(tail -c 600 "/out/$1.err")"; }

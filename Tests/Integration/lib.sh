@@ -29,6 +29,9 @@ usage_and_args() {
 }
 
 pass() { echo "PASS $SCRIPT $TOPOLOGY: $*"; PASSED=$((PASSED + 1)); }
+# Milliseconds of wall time, and the seconds since such a reading as "1.2".
+millis() { date +%s%3N; }
+seconds_since() { local ms=$(($(millis) - $1)); echo "$((ms / 1000)).$((ms % 1000 / 100))"; }
 fail() { echo "FAIL $SCRIPT $TOPOLOGY: $*"; FAILED=$((FAILED + 1)); }
 
 # The closing line and exit status.

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Debian 12's libvirtd 9.0 with its QEMU driver in a lab guest (busybox sh, root, no systemd,
 # no polkit, no virtlogd, no cgroups, the initramfs as /), sourced by a guest-side script after
-# the host staged it with `libvirt_guest_args` (Tests/Integration/libvirt-lib.sh):
+# /lab/guest-lib.sh, once the host staged it with `libvirt_guest_args` (libvirt-lib.sh):
 #   libvirt_prepare_guest             users, configuration, directories; starts libvirtd and
 #                                     waits for qemu:///system to answer (seconds in
 #                                     $LIBVIRT_START_SECONDS); once per boot
@@ -22,9 +22,6 @@ LIBVIRT_QEMU_UID=64055
 LIBVIRT_QEMU_GID=64055
 
 virsh() { command virsh -c "$LIBVIRT_URI" "$@"; }
-
-# Centiseconds of guest uptime (busybox date has no %N).
-libvirt_centis() { read -r _up _ < /proc/uptime; echo "${_up%.*}${_up#*.}"; }
 
 # libvirt_alive PID: the process exists and is no zombie (kill -0 succeeds on one).
 libvirt_alive() { _st=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null); [ -n "$_st" ] && [ "$_st" != Z ]; }
@@ -80,7 +77,7 @@ cgroup_controllers = [ ]
 stdio_handler = "file"
 EOF
     chmod 0600 /etc/libvirt/qemu.conf
-    _t0=$(libvirt_centis)
+    _t0=$(centis)
     libvirtd --pid-file "$LIBVIRT_PIDFILE" >> /out/libvirtd.stderr 2>&1 &
     LIBVIRTD_PID=$!
     # virsh itself takes ~0.5 s to start under TCG: wait for the socket first.
@@ -91,7 +88,7 @@ EOF
         [ "$_i" -lt 600 ] || { echo "libvirtd did not answer within 120 s: $(tail -c 300 /out/libvirt-version.txt)" >&2; return 1; }
         sleep 0.2
     done
-    _t=$(($(libvirt_centis) - _t0))
+    _t=$(($(centis) - _t0))
     # shellcheck disable=SC2034 # read by the sourcing script
     LIBVIRT_START_SECONDS=$((_t / 100)).$(printf %02d $((_t % 100)))
 }

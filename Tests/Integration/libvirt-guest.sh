@@ -16,27 +16,15 @@ QEMU_UID=64055
 QEMU_GID=64055
 # What libvirt's PCI code decides (bind to the stub or not, unbind from it or not).
 LIBVIRT_LOG_FILTERS="1:util.pci 1:hostdev"
+TIMINGS=/out/libvirt-timings
 # shellcheck source=guest-lib.sh
 . /lab/guest-lib.sh
+: > "$TIMINGS"
 # shellcheck source=libvirt-guest-lib.sh
 . /lab/libvirt-guest-lib.sh
-: > /out/libvirt-timings
 ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
 where() { echo "$1 on $(drv "$1"), driver_override $(ovr "$1")"; }
 both() { echo "$(where $A); $(where $B)"; }
-# timed NAME CMD...: CMD's stdout in /out/NAME.out, stderr in /out/NAME.err, its status in $rc,
-# its wall time in $secs and /out/libvirt-timings.
-timed() {
-    _n=$1
-    shift
-    _t0=$(libvirt_centis)
-    "$@" > "/out/$_n.out" 2> "/out/$_n.err"
-    rc=$?
-    _t=$(($(libvirt_centis) - _t0))
-    secs=$((_t / 100)).$(printf %02d $((_t % 100)))
-    echo "$_n ${secs}s" >> /out/libvirt-timings
-}
-why() { echo "exit $rc: $(head -c 300 "/out/$1.out") $(tail -c 600 "/out/$1.err")"; }
 # expect_at NAME DRIVER OVERRIDE: both functions on DRIVER with driver_override OVERRIDE.
 expect_at() {
     if [ "$(drv $A) $(ovr $A) $(drv $B) $(ovr $B)" = "$2 $3 $2 $3" ]; then pass "$1: $(both)"

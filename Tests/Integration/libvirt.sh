@@ -21,10 +21,9 @@ usage_and_args "$@"
 require_lab
 build_vfioctl
 started=$SECONDS
-t0=$(date +%s%3N)
+t0=$(millis)
 libvirt_guest_args || { fail "could not install Debian's libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients"; finish; }
-stage_ms=$(($(date +%s%3N) - t0))
-echo "libvirt: $LIBVIRT_VERSION, $(qemu-system-x86_64 --version | head -n 1) (install/cache check $((stage_ms / 1000)).$((stage_ms % 1000 / 100)) s)"
+echo "libvirt: $LIBVIRT_VERSION, $(qemu-system-x86_64 --version | head -n 1) (install/cache check $(seconds_since "$t0") s)"
 e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
 [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
 # libvirtd, QEMU and their libraries (~100 MB of initramfs), vfioctl (~200 MB), and the

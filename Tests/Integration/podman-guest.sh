@@ -11,25 +11,10 @@ KIND=swift-vfio.dev/group
 SPEC=/var/run/cdi/swift-vfio-test.json
 # shellcheck source=podman-guest-lib.sh
 . /lab/podman-guest-lib.sh
-: > /out/checks
-: > /out/podman-timings
-pass() { echo "PASS $*" >> /out/checks; }
-fail() { echo "FAIL $*" >> /out/checks; }
-# Centiseconds of guest uptime (busybox date has no %N).
-now() { read -r up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
-# timed NAME CMD...: runs CMD with stdout in /out/NAME.out, stderr in /out/NAME.err, its
-# status in $rc and /out/NAME.rc, and its wall time in /out/podman-timings.
-timed() {
-    _n=$1
-    shift
-    _t0=$(now)
-    "$@" > "/out/$_n.out" 2> "/out/$_n.err"
-    rc=$?
-    _t1=$(now)
-    echo "$rc" > "/out/$_n.rc"
-    echo "$_n $(( (_t1 - _t0) / 100 )).$(printf %02d $(( (_t1 - _t0) % 100 )))s" >> /out/podman-timings
-}
-why() { echo "exit $rc: $(head -c 300 "/out/$1.out") $(tail -c 400 "/out/$1.err")"; }
+TIMINGS=/out/podman-timings
+# shellcheck source=guest-lib.sh
+. /lab/guest-lib.sh
+: > "$TIMINGS"
 
 # write_spec FILE VERSION KIND NAME NODE... [-- EDIT_JSON]: a CDI spec with one device
 # whose deviceNodes are NODE... (host paths; podman fills type, major and minor from the

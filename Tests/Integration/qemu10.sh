@@ -15,10 +15,9 @@ usage_and_args "$@"
 [ "$TOPOLOGY" = q35-iommufd ] || skip "descriptor passing needs /dev/iommu and VFIO cdevs (q35-iommufd)"
 require_lab
 started=$SECONDS
-t0=$(date +%s%3N)
+t0=$(millis)
 qemu10_guest_args || { fail "could not fetch QEMU 10 from bookworm-backports (lab/vm fetch qemu10)"; finish; }
-fetch_ms=$(($(date +%s%3N) - t0))
-echo "QEMU 10: $QEMU10_VERSION (fetch/cache check $((fetch_ms / 1000)).$((fetch_ms % 1000 / 100)) s)"
+echo "QEMU 10: $QEMU10_VERSION (fetch/cache check $(seconds_since "$t0") s)"
 # The initramfs carries QEMU 10 and its libraries (~80 MB) and the nested VM takes 128 MiB.
 export LAB_MEMORY=${LAB_MEMORY:-1024}
 guest qemu10 "sh /lab/qemu10-guest.sh" "${QEMU10_ARGS[@]}" --bin /usr/bin/setpriv \
