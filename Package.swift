@@ -7,6 +7,7 @@ let package = Package(
   products: [
     .executable(name: "vfioctl", targets: ["vfioctl"]),
     .executable(name: "vfio-edu", targets: ["vfio-edu"]),
+    .executable(name: "vfio-kubelet-plugin", targets: ["vfio-kubelet-plugin"]),
     .library(name: "VFIOHost", targets: ["VFIOHost"]),
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
@@ -73,11 +74,20 @@ let package = Package(
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOKubelet", "VFIOLibvirt",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOLibvirt",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
+    // The kubelet plugins' commands: the only ones that link gRPC, NIO and an HTTP client.
+    .target(
+      name: "VFIOKubeletCommands",
+      dependencies: [
+        "VFIOCommands", "VFIOKubelet", "VFIOHost", "VFIOManager",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .product(name: "Logging", package: "swift-log"),
+      ]),
+    .executableTarget(name: "vfio-kubelet-plugin", dependencies: ["VFIOKubeletCommands"]),
     .executableTarget(
       name: "vfio-bench",
       dependencies: [
@@ -99,7 +109,10 @@ let package = Package(
       dependencies: ["VFIO", "VFIOBroker", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets.
     .target(
-      name: "VFIOTestSupport", dependencies: ["VFIOHost", "VFIOManager", "VFIOBroker", "VFIO"],
+      name: "VFIOTestSupport",
+      dependencies: [
+        "VFIOHost", "VFIOManager", "VFIOBroker", "VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
       path: "Tests/VFIOTestSupport"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
     .executableTarget(
@@ -125,7 +138,8 @@ let package = Package(
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [
-        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO", "VFIOKubelet", "KubeletAPI",
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO", "VFIOKubelet", "VFIOKubeletCommands",
+        "KubeletAPI",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),

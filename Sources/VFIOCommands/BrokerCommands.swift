@@ -276,20 +276,17 @@ struct Launch {
     let cArgs = argv.map { strdup($0) } + [nil]
     let cEnv = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
     defer { for p in cArgs + cEnv { free(p) } }
-    // The command starts with no signal blocked and the usual dispositions, whatever this
-    // thread has (a Dispatch worker, under the async root command, blocks SIGTERM: a VMM
-    // spawned from it would never see the device request's SIGTERM).
+    // The command starts with the usual dispositions: a signal this process ignores (SIGPIPE,
+    // for its socket) would stay ignored across exec, and the VMM must see the device
+    // request's SIGTERM. The mask is the main thread's, which blocks nothing.
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
-    var none = sigset_t()
-    sigemptyset(&none)
-    posix_spawnattr_setsigmask(&attributes, &none)
     var defaults = sigset_t()
     sigemptyset(&defaults)
     for number in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGQUIT] { sigaddset(&defaults, number) }
     posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
     var pid: pid_t = 0
     let rc = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, cEnv)
     guard rc == 0 else {

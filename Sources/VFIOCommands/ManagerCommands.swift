@@ -41,7 +41,7 @@ struct LedgerOptions: ParsableArguments {
 }
 
 extension StateOptions {
-  func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
+  public func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
     AssignmentManager(
       sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout))
   }

@@ -17,10 +17,6 @@ public struct HostOptions: ParsableArguments {
 
   public var sysfs: Sysfs { Sysfs(root: root) }
 
-  /// Whose network and mounts the kubelet plugins judge host use by: the host's init on a
-  /// live host (a plugin in a pod sees only its own), the capture's own on a `--root` tree.
-  var kubeletView: HostView { root == "/" ? .hostInit : .caller }
-
   /// Reads the host once and prepares every report from it; `devices` names and judges the
   /// devices for the commands that print them, `state` adds what swift-vfio's ledger holds.
   func builder(devices: DeviceOptions? = nil, recorder: AccessRecorder? = nil, state: StateOptions? = nil)
@@ -123,7 +119,7 @@ func reportingErrors(json: Bool = false, _ body: () throws -> Void) throws {
   }
 }
 
-func printError(_ message: String) {
+public func printError(_ message: String) {
   var line = "vfioctl: \(message)\n"
   line.withUTF8 { bytes in _ = write(2, bytes.baseAddress, bytes.count) }
 }

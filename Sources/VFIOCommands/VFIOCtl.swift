@@ -2,7 +2,7 @@ import ArgumentParser
 
 /// `vfioctl`: inventory, explanation and assignment of PCI devices to VFIO.
 @available(macOS 10.15, *)
-public struct VFIOCtl: AsyncParsableCommand {
+public struct VFIOCtl: ParsableCommand {
   public static let configuration = CommandConfiguration(
     commandName: "vfioctl",
     abstract: "Inspect and assign PCI devices for VFIO: IOMMU groups, verdicts, plans.",
@@ -19,26 +19,11 @@ public struct VFIOCtl: AsyncParsableCommand {
       DetachCommand.self, AttachCommand.self, ResetCommand.self, RecoverCommand.self, StatusCommand.self,
       HistoryCommand.self, OwnCommand.self, DisownCommand.self, ReserveCommand.self, UnreserveCommand.self,
       OwnersCommand.self, PersistCommand.self, ReconcileCommand.self, VFsCommand.self, ServeCommand.self,
-      OpenCommand.self, LibvirtHookCommand.self, KubeletPluginCommand.self,
+      OpenCommand.self, LibvirtHookCommand.self,
     ])
 
   /// The release, printed by `vfioctl --version` and recorded in captures.
   public static let version = "0.3.0"
 
   public init() {}
-}
-
-extension VFIOCtl {
-  /// Parses the command line and runs the command, awaiting the async ones (kubelet plugins).
-  public static func runMain() async {
-    var command: any ParsableCommand
-    do { command = try parseAsRoot() } catch { exit(withError: error) }
-    do {
-      if var asyncCommand = command as? any AsyncParsableCommand {
-        try await asyncCommand.run()
-      } else {
-        try command.run()
-      }
-    } catch { exit(withError: error) }
-  }
 }

@@ -1,3 +1,3 @@
 import VFIOCommands
 
-await VFIOCtl.runMain()
+VFIOCtl.main()

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs inside a lab guest (busybox sh, as root), driven by Tests/Integration/kubelet.sh:
-# vfioctl's kubelet plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
+# vfio-kubelet-plugin's two plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
 # judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
 # line per check in /out/checks, "done" last; figures in /out/kubelet-timings.
 S=/tmp/vfio-state
@@ -34,7 +34,7 @@ JSON
 # start_dra [LOG [OPTION...]]: the DRA plugin with its specs in ${DRA_CDI:-$CDI}, output in /out/LOG.log.
 start_dra() {
     _log=${1:-dra-plugin}; [ $# -gt 0 ] && shift
-    vfioctl kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir "${DRA_CDI:-$CDI}" --claims $CLAIMS --node-name lab \
+    vfio-kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir "${DRA_CDI:-$CDI}" --claims $CLAIMS --node-name lab \
         "$@" > "/out/$_log.log" 2>&1 &
     DRA_PID=$!
     # A plugin that was killed leaves its socket files: wait until the new one answers.
@@ -57,7 +57,7 @@ G=$(basename "$(readlink /sys/bus/pci/devices/0000:01:02.0/iommu_group)")
 mkdir -p $CLAIMS
 
 # --- DRA ---------------------------------------------------------------------------------------
-run slices vfioctl kubelet-plugin dra --print-slices --node-name lab
+run slices vfio-kubelet-plugin dra --print-slices --node-name lab
 expect_rc "print-slices" 0 slices
 expect_text "the bridge group is one device" "\"group-$G\"" slices
 expect_text "with both functions" '"0000:01:01.0,0000:01:02.0"' slices
@@ -168,7 +168,7 @@ done
 NIC=0000:00:02.0
 NG=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
 IF=$(ls /sys/bus/pci/devices/$NIC/net/ 2>/dev/null | head -n 1)
-run slices-idle vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+run slices-idle vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_text "the e1000e, down and unaddressed, is published" "\"group-$NG\"" slices-idle
 if [ ! -e /proc/net/route ]; then
     echo "SKIP uplink: this kernel has no IPv4 (the uplink checks run on Debian's 6.1)" >> /out/checks
@@ -176,10 +176,10 @@ elif [ -n "$IF" ]; then
     # The node's uplink: an address and the default route (documentation addresses; the guest
     # has no network, nothing is sent).
     ip addr add 192.0.2.15/24 dev "$IF" && ip link set "$IF" up && ip route add default via 192.0.2.1 dev "$IF"
-    run slices-uplink vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    run slices-uplink vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
     expect_no_text "the node's uplink is withheld" "\"group-$NG\"" slices-uplink
     # As the shipped DaemonSet runs it: its own network namespace, where no route exists.
-    run slices-netns unshare -n vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    run slices-netns unshare -n vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
     expect_rc "print-slices in a network namespace of its own" 0 slices-netns
     expect_no_text "in its own network namespace the plugin still withholds the node's uplink" "\"group-$NG\"" slices-netns
     ip route del default 2>/dev/null; ip addr flush dev "$IF"; ip link set "$IF" down
@@ -190,7 +190,7 @@ fi
 # --- a group the ledger gives to a user is never published -------------------------------------
 run detach-owned vfioctl detach $NIC --state "$S" --owner 1000:1000 --broker-only
 expect_rc "detach the e1000e --owner 1000:1000 --broker-only" 0 detach-owned
-run slices-owned vfioctl kubelet-plugin dra --print-slices --node-name lab --state "$S"
+run slices-owned vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_no_text "a group owned by uid 1000 is not published" "\"group-$NG\"" slices-owned
 claim owned "group-$NG"
 start_dra dra-owned || fail "the DRA plugin did not start for the owned-group check"
@@ -207,7 +207,7 @@ mkdir -p $K/device-plugins
 vfio-kubelet-sim device-plugin-kubelet --dir $K/device-plugins --allocate "$G" --restarts 1 > /out/dp.txt 2> /out/dp.err &
 SIM_PID=$!
 sleep 0.5
-vfioctl kubelet-plugin device-plugin --kubelet-dir $K --poll 0.2 > /out/dp-plugin.log 2>&1 &
+vfio-kubelet-plugin device-plugin --kubelet-dir $K --poll 0.2 > /out/dp-plugin.log 2>&1 &
 DP_PID=$!
 wait $SIM_PID; rc=$?
 expect_rc "the test kubelet saw the device plugin twice" 0 dp

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kubelet plugins against the real kernel (checks in Tests/Integration/kubelet-guest.sh,
+# The kubelet plugins (vfio-kubelet-plugin) against the real kernel (checks in Tests/Integration/kubelet-guest.sh,
 # run in the guest as root), with vfio-kubelet-sim playing the kubelet over the real sockets:
 #   - DRA: GetInfo/NotifyRegistrationStatus on plugins_registry/<driver>-reg.sock; the slices
 #     publish the bridge group (00:04.0 01:01.0 01:02.0) as one device; NodePrepareResources for
@@ -23,15 +23,12 @@ esac
 require_lab
 build_edu
 build_vfioctl
-if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else
-    if ! swift build -c release --static-swift-stdlib --product vfio-kubelet-sim \
-        --scratch-path .build-lab >"$RESULTS/build-sim.log" 2>&1; then
-        fail "vfio-kubelet-sim does not build (log: $RESULTS/build-sim.log)"
-        finish
-    fi
-    SIM_BIN=$REPO/.build-lab/release/vfio-kubelet-sim
+if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else build_release vfio-kubelet-sim; SIM_BIN=$BIN; fi
+if [ -n "${VFIO_KUBELET_PLUGIN:-}" ]; then PLUGIN_BIN=$VFIO_KUBELET_PLUGIN; else
+    build_release vfio-kubelet-plugin
+    PLUGIN_BIN=$BIN
 fi
-# vfioctl (about 200 MB static), the simulator and vfio-edu unpack into the guest's RAM.
+# vfioctl, the plugin, the simulator and vfio-edu unpack into the guest's RAM.
 export LAB_MEMORY=${LAB_MEMORY:-2048}
 files=(--file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh")
 if [ "$TOPOLOGY" = q35-vtd ]; then
@@ -42,7 +39,7 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
 fi
 # podman 4.3 consumes the DRA plugin's CDI spec: it runs vfio-edu in a container.
 podman_guest_args "$EDU"
-guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$SIM_BIN" "${files[@]}" \
+guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$PLUGIN_BIN" --bin "$SIM_BIN" "${files[@]}" \
     "${PODMAN_GUEST_ARGS[@]}" --timeout 600
 guest_checks kubelet
 [ -f "$RESULTS/kubelet/kubelet-timings" ] && sed 's/^/  /' "$RESULTS/kubelet/kubelet-timings"

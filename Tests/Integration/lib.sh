@@ -129,16 +129,23 @@ expect_grep() {
     fi
 }
 
+# build_release PRODUCT: sets BIN to PRODUCT built from this tree (release, static Swift stdlib,
+# in .build-lab where lab/suite builds too); a product that does not build is a failed check.
+build_release() {
+    if ! swift build -c release --static-swift-stdlib --product "$1" \
+        --scratch-path .build-lab >"$RESULTS/build-$1.log" 2>&1; then
+        fail "$1 does not build (log: $RESULTS/build-$1.log)"
+        finish
+    fi
+    BIN=$REPO/.build-lab/release/$1
+}
+
 # Sets VFIOCTL_BIN to a statically linked vfioctl built from this tree (the one lab/suite
 # builds, when it is there).
 build_vfioctl() {
     if [ -n "${VFIOCTL:-}" ]; then VFIOCTL_BIN=$VFIOCTL; return; fi
-    if ! swift build -c release --static-swift-stdlib --product vfioctl \
-        --scratch-path .build-lab >"$RESULTS/build-vfioctl.log" 2>&1; then
-        fail "vfioctl does not build (log: $RESULTS/build-vfioctl.log)"
-        finish
-    fi
-    VFIOCTL_BIN=$REPO/.build-lab/release/vfioctl
+    build_release vfioctl
+    VFIOCTL_BIN=$BIN
 }
 
 # guest_checks DIR: counts the PASS/FAIL lines a guest-side script wrote to /out/checks

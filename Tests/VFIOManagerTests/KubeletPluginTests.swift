@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2Posix
 import KubeletAPI
 import Logging
 import VFIOHost
+import VFIOKubeletCommands
 import VFIOPolicy
 import VFIOTestSupport
 import XCTest
@@ -14,6 +15,11 @@ import XCTest
 /// Slices and CDI specs from every captured tree, the DRA prepare/unprepare against the
 /// simulated PCI core, and both plugins over real Unix sockets with a test kubelet.
 final class KubeletPluginTests: ManagerTestCase {
+  func testTheManPageNamesEveryCommandAndOption() throws {
+    let page = try XCTUnwrap(Sysfs().readBytes(Fixtures.directory + "/../../docs/vfio-kubelet-plugin.1", limit: 1 << 20))
+    XCTAssertEqual(manPageGaps(String(decoding: page, as: UTF8.self), KubeletPlugin.self), [], "run scripts/man")
+  }
+
   static let fixtures = FileTree.entries(Fixtures.directory).filter(\.isDirectory).map(\.name).sorted()
   let driver = "vfio.swift-vfio.io"
 

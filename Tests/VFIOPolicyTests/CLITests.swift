@@ -73,16 +73,8 @@ final class CLITests: XCTestCase {
 
   /// docs/vfioctl.1 is generated (scripts/man); this catches a command or option added since.
   func testManPageNamesEveryCommandAndOption() throws {
-    let page = try XCTUnwrap(Sysfs().readString(Fixtures.directory + "/../../docs/vfioctl.1"))
-    for command in VFIOCtl.configuration.subcommands {
-      let name = try XCTUnwrap(command.configuration.commandName)
-      XCTAssertTrue(page.contains(".It Em \(name)\n"), "\(name) is missing: run scripts/man")
-      let options = command.helpMessage().split(whereSeparator: { " ,\n[]<>".contains($0) })
-        .filter { $0.hasPrefix("--") && $0.count > 2 }
-      for option in Set(options) {
-        XCTAssertTrue(page.contains("Fl -\(option.dropFirst(2))"), "\(name) \(option) is missing: run scripts/man")
-      }
-    }
+    let page = try XCTUnwrap(Sysfs().readBytes(Fixtures.directory + "/../../docs/vfioctl.1", limit: 1 << 20))
+    XCTAssertEqual(manPageGaps(String(decoding: page, as: UTF8.self), VFIOCtl.self), [], "run scripts/man")
   }
 
   /// A fresh machine has no pci.ids; class names are built in, so the CLASS column is kept.

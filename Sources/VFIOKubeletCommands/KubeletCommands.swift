@@ -1,16 +1,44 @@
 import ArgumentParser
 import Foundation
 import Logging
+import VFIOCommands
 import VFIOHost
 import VFIOKubelet
 import VFIOManager
 
-/// `vfioctl kubelet-plugin`: the node agent of a Kubernetes cluster.
-struct KubeletPluginCommand: AsyncParsableCommand {
-  static let configuration = CommandConfiguration(
-    commandName: "kubelet-plugin",
+/// `vfio-kubelet-plugin`: the node agent of a Kubernetes cluster, an executable of its own so
+/// that `vfioctl` links no gRPC, NIO or HTTP client.
+@available(macOS 10.15, *)
+public struct KubeletPlugin: AsyncParsableCommand {
+  public static let configuration = CommandConfiguration(
+    commandName: "vfio-kubelet-plugin",
     abstract: "Serve the kubelet: a DRA driver or a classic device plugin handing out whole IOMMU groups.",
+    discussion: "Exit codes as vfioctl's; the DaemonSet in deploy/ runs it.",
+    version: VFIOCtl.version,
     subcommands: [KubeletDRACommand.self, KubeletDevicePluginCommand.self])
+
+  public init() {}
+
+  /// Parses the command line and awaits the plugin (ArgumentParser's own async entry point
+  /// wants the command marked for Apple platforms first).
+  public static func runMain() async {
+    do {
+      var command = try parseAsRoot()
+      if var plugin = command as? any AsyncParsableCommand {
+        try await plugin.run()
+      } else {
+        try command.run()
+      }
+    } catch {
+      exit(withError: error)
+    }
+  }
+}
+
+extension HostOptions {
+  /// Whose network and mounts the kubelet plugins judge host use by: the host's init on a
+  /// live host (a plugin in a pod sees only its own), the capture's own on a `--root` tree.
+  var kubeletView: HostView { root == "/" ? .hostInit : .caller }
 }
 
 extension VFIOInterface: ExpressibleByArgument {}

@@ -1,0 +1,3 @@
+import VFIOKubeletCommands
+
+await KubeletPlugin.runMain()
