@@ -145,7 +145,7 @@ public enum HumanRenderer {
 
   /// `doctor --vm`: the number, why, and the lines that set it.
   public static func memlock(_ report: MemlockReport) -> String {
-    let budget = report.budget
+    let budget = report.requirement
     let ram = byteCount(budget.guestRAM)
     let devices = "\(budget.devices) device\(budget.devices == 1 ? "" : "s")"
     var out = "A VMM with \(ram) of guest RAM and \(devices)\(budget.viommu ? " behind a vIOMMU" : ""):\n"

@@ -69,7 +69,7 @@ public struct ReportBuilder: Sendable {
       reasons: assessment.reasons, members: assessment.members, plan: plan, ledger: record)
   }
 
-  public func doctor(memlock budget: MemlockBudget? = nil) -> DoctorReport {
+  public func doctor(memlock requirement: MemlockRequirement? = nil) -> DoctorReport {
     let owners = ledger.compactMap { group, record in
       record.owner.map { Doctor.GroupOwner(group: group, uid: $0.uid, gid: $0.gid) }
     }.sorted { $0.group < $1.group }
@@ -77,7 +77,7 @@ public struct ReportBuilder: Sendable {
     return DoctorReport(
       kernelRelease: inventory.kernelRelease, ok: !findings.contains { $0.status == .problem },
       findings: findings, backends: VFIOBackends.read(inventory.sysfs),
-      memlock: budget.map { MemlockReport($0, current: inventory.readEnvironment().memlockLimit) })
+      memlock: requirement.map { MemlockReport($0, current: inventory.readEnvironment().memlockLimit) })
   }
 
   public func verdict(of device: PCIDevice) -> Verdict {

@@ -172,7 +172,7 @@ public struct DoctorReport: Codable, Sendable {
 
 /// `doctor --vm RAM [--devices N] [--viommu]`: the limit, and how to set it.
 public struct MemlockReport: Codable, Sendable {
-  public var budget: MemlockBudget
+  public var requirement: MemlockRequirement
   public var bytes: UInt64
   /// `LimitMEMLOCK=…` for a systemd unit.
   public var systemd: String
@@ -181,11 +181,11 @@ public struct MemlockReport: Codable, Sendable {
   /// The current process's limit, to compare.
   public var current: Int?
 
-  public init(_ budget: MemlockBudget, current: Int?) {
-    self.budget = budget
-    bytes = budget.bytes
-    systemd = "LimitMEMLOCK=\(budget.systemdLimit)"
-    ulimit = "ulimit -l \(budget.ulimitKiB)"
+  public init(_ requirement: MemlockRequirement, current: Int?) {
+    self.requirement = requirement
+    bytes = requirement.bytes
+    systemd = "LimitMEMLOCK=\(requirement.systemdLimit)"
+    ulimit = "ulimit -l \(requirement.ulimitKiB)"
     self.current = current
   }
 }

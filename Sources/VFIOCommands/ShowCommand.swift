@@ -72,15 +72,15 @@ struct DoctorCommand: ParsableCommand {
   func validate() throws {
     if vm == nil && (devices != 1 || viommu) { throw ValidationError("--devices and --viommu go with --vm") }
     guard (1...4096).contains(devices) else { throw ValidationError("--devices must be 1...4096") }
-    if let vm, MemlockBudget.parseSize(vm) == nil {
+    if let vm, MemlockRequirement.parseSize(vm) == nil {
       throw ValidationError("--vm '\(vm)': expected a size such as 4G, 512M or 4096 (MiB)")
     }
   }
 
   func run() throws {
     try reportingErrors {
-      let budget = vm.flatMap(MemlockBudget.parseSize).map { MemlockBudget(guestRAM: $0, devices: devices, viommu: viommu) }
-      let report = try host.builder(state: state).doctor(memlock: budget)
+      let requirement = vm.flatMap(MemlockRequirement.parseSize).map { MemlockRequirement(guestRAM: $0, devices: devices, viommu: viommu) }
+      let report = try host.builder(state: state).doctor(memlock: requirement)
       try output.emit(report, human: HumanRenderer.doctor)
       if !report.ok { throw ExitCode(1) }
     }

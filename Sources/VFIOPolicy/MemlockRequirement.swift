@@ -10,7 +10,7 @@
 /// - a process with CAP_IPC_LOCK is not charged at all.
 /// On top of the RAM both add what libvirt adds: 1 GiB for ROMs and the emulated devices' RAM
 /// regions (the measured floor is far lower: 512 KiB of BIOS for a 128 MiB q35 guest).
-public struct MemlockBudget: Sendable, Equatable, Codable {
+public struct MemlockRequirement: Sendable, Equatable, Codable {
   public static let margin: UInt64 = 1 << 30
 
   public let guestRAM: UInt64

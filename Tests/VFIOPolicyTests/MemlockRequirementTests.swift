@@ -6,25 +6,25 @@ import VFIOTestSupport
 import XCTest
 
 /// `doctor --vm`: the memlock arithmetic and the backends a kernel offers.
-final class MemlockBudgetTests: XCTestCase {
+final class MemlockRequirementTests: XCTestCase {
   let gib: UInt64 = 1 << 30
 
   func testTheRAMIsPinnedOnceOrOncePerDeviceBehindAVIOMMU() {
     // libvirt's qemuDomainGetMemLockLimitBytes: factor x RAM + 1 GiB.
-    XCTAssertEqual(MemlockBudget(guestRAM: 4 * gib, devices: 1, viommu: false).bytes, 5 * gib)
-    XCTAssertEqual(MemlockBudget(guestRAM: 4 * gib, devices: 3, viommu: false).bytes, 5 * gib)
-    XCTAssertEqual(MemlockBudget(guestRAM: 4 * gib, devices: 3, viommu: true).bytes, 13 * gib)
-    XCTAssertEqual(MemlockBudget(guestRAM: 8 * gib, devices: 2, viommu: true).bytes, 17 * gib)  // KubeVirt #17805's 2 GPUs
-    XCTAssertEqual(MemlockBudget(guestRAM: 4 * gib, devices: 0, viommu: true).copies, 1)
-    XCTAssertEqual(MemlockBudget(guestRAM: .max / 2, devices: 4, viommu: true).bytes, .max)
+    XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 1, viommu: false).bytes, 5 * gib)
+    XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 3, viommu: false).bytes, 5 * gib)
+    XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 3, viommu: true).bytes, 13 * gib)
+    XCTAssertEqual(MemlockRequirement(guestRAM: 8 * gib, devices: 2, viommu: true).bytes, 17 * gib)  // KubeVirt #17805's 2 GPUs
+    XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 0, viommu: true).copies, 1)
+    XCTAssertEqual(MemlockRequirement(guestRAM: .max / 2, devices: 4, viommu: true).bytes, .max)
   }
 
   func testTheLinesThatSetIt() {
-    let budget = MemlockBudget(guestRAM: 128 << 20, devices: 1, viommu: false)
+    let budget = MemlockRequirement(guestRAM: 128 << 20, devices: 1, viommu: false)
     XCTAssertEqual(budget.bytes, (1 << 30) + (128 << 20))
     XCTAssertEqual(budget.systemdLimit, "1152M")
     XCTAssertEqual(budget.ulimitKiB, 1_179_648)
-    XCTAssertEqual(MemlockBudget(guestRAM: 4 * gib, devices: 2, viommu: true).systemdLimit, "9G")
+    XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 2, viommu: true).systemdLimit, "9G")
     let report = MemlockReport(budget, current: 8 << 20)
     XCTAssertEqual(report.systemd, "LimitMEMLOCK=1152M")
     XCTAssertEqual(report.ulimit, "ulimit -l 1179648")
@@ -34,14 +34,14 @@ final class MemlockBudgetTests: XCTestCase {
   }
 
   func testSizesAsQEMUsDashMTakesThem() {
-    XCTAssertEqual(MemlockBudget.parseSize("4G"), 4 * gib)
-    XCTAssertEqual(MemlockBudget.parseSize("4GiB"), 4 * gib)
-    XCTAssertEqual(MemlockBudget.parseSize("512M"), 512 << 20)
-    XCTAssertEqual(MemlockBudget.parseSize("2048"), 2 * gib)
-    XCTAssertEqual(MemlockBudget.parseSize("1t"), 1 << 40)
-    XCTAssertEqual(MemlockBudget.parseSize("64K"), 64 << 10)
+    XCTAssertEqual(MemlockRequirement.parseSize("4G"), 4 * gib)
+    XCTAssertEqual(MemlockRequirement.parseSize("4GiB"), 4 * gib)
+    XCTAssertEqual(MemlockRequirement.parseSize("512M"), 512 << 20)
+    XCTAssertEqual(MemlockRequirement.parseSize("2048"), 2 * gib)
+    XCTAssertEqual(MemlockRequirement.parseSize("1t"), 1 << 40)
+    XCTAssertEqual(MemlockRequirement.parseSize("64K"), 64 << 10)
     for bad in ["", "G", "4X", "-4G", "0", "4.5G", " 4G", "99999999999999T", "４G"] {
-      XCTAssertNil(MemlockBudget.parseSize(bad), bad)
+      XCTAssertNil(MemlockRequirement.parseSize(bad), bad)
     }
   }
 
