@@ -13,6 +13,7 @@ let package = Package(
     .library(name: "VFIO", targets: ["VFIO"]),
     .library(name: "VFIOManager", targets: ["VFIOManager"]),
     .library(name: "VFIOBroker", targets: ["VFIOBroker"]),
+    .library(name: "VFIOBrokerClient", targets: ["VFIOBrokerClient"]),
     .library(name: "VFIOKubelet", targets: ["VFIOKubelet"]),
   ],
   dependencies: [
@@ -46,11 +47,15 @@ let package = Package(
       dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
     // libvirt's QEMU hook: a domain's PCI host devices get whole groups through the manager.
     .target(name: "VFIOLibvirt", dependencies: ["VFIOHost", "VFIOManager"]),
+    // The broker's protocol, its socket code and BrokerClient: what a VMM launcher links (no
+    // GRDB, no manager).
+    .target(name: "VFIOBrokerClient", dependencies: ["CVFIO", "VFIO"]),
     // The broker daemon: owns groups and grants their open descriptors over a Unix socket; and its client.
     .target(
       name: "VFIOBroker",
       dependencies: [
-        "CVFIO", "VFIO", "VFIOHost", "VFIOPolicy", "VFIOManager", .product(name: "Logging", package: "swift-log"),
+        "CVFIO", "VFIO", "VFIOBrokerClient", "VFIOHost", "VFIOPolicy", "VFIOManager",
+        .product(name: "Logging", package: "swift-log"),
       ]),
     // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
     // messages and stubs generated from Protos/ by scripts/generate-protos, nothing else.
@@ -74,7 +79,7 @@ let package = Package(
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIO", "VFIOLibvirt",
+        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOLibvirt",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -106,12 +111,13 @@ let package = Package(
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
     .executableTarget(
       name: "vfio-edu",
-      dependencies: ["VFIO", "VFIOBroker", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+      dependencies: ["VFIO", "VFIOBrokerClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets.
     .target(
       name: "VFIOTestSupport",
       dependencies: [
-        "VFIOHost", "VFIOManager", "VFIOBroker", "VFIO", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        "VFIOHost", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
       path: "Tests/VFIOTestSupport"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
@@ -122,23 +128,26 @@ let package = Package(
     .executableTarget(
       name: "vfio-broker-bench",
       dependencies: [
-        "CVFIO", "VFIOBroker", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ]),
     // The hostile-client harness: `vfioctl serve` under attack by other uids (scripts/test).
     .executableTarget(
-      name: "vfio-broker-siege", dependencies: ["CVFIO", "VFIOBroker", "VFIOHost", "VFIOManager", "VFIOTestSupport"],
+      name: "vfio-broker-siege",
+      dependencies: ["CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOHost", "VFIOManager", "VFIOTestSupport"],
       path: "Tests/BrokerSiege"),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
+    .testTarget(name: "VFIOBrokerClientTests", dependencies: ["VFIOBrokerClient"]),
     .testTarget(name: "VFIOLibvirtTests", dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport"]),
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [
-        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIO", "VFIOKubelet", "VFIOKubeletCommands",
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOKubelet",
+        "VFIOKubeletCommands",
         "KubeletAPI",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),

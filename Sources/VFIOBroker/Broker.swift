@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Synchronization
 import VFIO
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 
@@ -25,7 +26,7 @@ import VFIOManager
 /// eventfd; the loop's state is touched by the loop only.
 public final class Broker: @unchecked Sendable {
   public struct Configuration: Sendable {
-    public static let defaultSocket = "/run/swift-vfio/broker.sock"
+    public static let defaultSocket = Wire.defaultSocket
     public var stateDirectory: String
     public var maxConnections: Int
     /// Connections one non-root user may hold at once.

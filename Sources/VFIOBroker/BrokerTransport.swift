@@ -1,6 +1,7 @@
 import CVFIO
 import Foundation
 import Logging
+import VFIOBrokerClient
 
 #if canImport(Glibc)
   import Glibc

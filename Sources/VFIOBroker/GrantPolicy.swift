@@ -1,4 +1,5 @@
 import Foundation
+import VFIOBrokerClient
 import VFIOManager
 
 /// Who may have a group's descriptors: the one decision the broker makes, from the ledger alone.

@@ -1,6 +1,7 @@
 import CVFIO
 import Foundation
 import VFIO
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 import VFIOPolicy

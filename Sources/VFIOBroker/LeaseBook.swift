@@ -1,3 +1,4 @@
+import VFIOBrokerClient
 import VFIOManager
 
 /// The broker's leases as a pure state machine: grants, releases, revocations, deadlines and

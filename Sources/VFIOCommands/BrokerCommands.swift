@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import VFIO
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOManager
 
 #if canImport(Glibc)

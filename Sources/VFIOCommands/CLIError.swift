@@ -1,4 +1,5 @@
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOHost
 
 /// Failures `vfioctl` reports, each with the exit code of sysexits(3) it maps to.

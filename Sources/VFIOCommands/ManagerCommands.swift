@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 import VFIOPolicy

@@ -11,6 +11,7 @@ import GRDB
 import Logging
 import Synchronization
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOManager
 import VFIOTestSupport
 

@@ -1,6 +1,6 @@
 import ArgumentParser
 import VFIO
-import VFIOBroker
+import VFIOBrokerClient
 
 extension Backend: ExpressibleByArgument {}
 

@@ -1,6 +1,7 @@
 import CVFIO
 import Foundation
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 import VFIOTestSupport

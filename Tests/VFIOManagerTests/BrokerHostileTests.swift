@@ -1,4 +1,5 @@
 import Foundation
+import VFIOBrokerClient
 import VFIOManager
 import VFIOTestSupport
 import XCTest

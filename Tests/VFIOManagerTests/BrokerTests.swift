@@ -3,6 +3,7 @@ import Logging
 import Synchronization
 import VFIO
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 import VFIOTestSupport

@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import VFIO
 import VFIOBroker
+import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
 

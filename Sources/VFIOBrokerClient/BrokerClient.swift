@@ -1,7 +1,6 @@
 import CVFIO
 import Foundation
 import VFIO
-import VFIOManager
 
 #if canImport(Glibc)
   import Glibc
@@ -34,7 +33,7 @@ public final class BrokerClient: @unchecked Sendable {
   private var events: [BrokerResponse] = []
   private var nextID = 1
 
-  public init(socketPath: String = Broker.Configuration.defaultSocket) throws(BrokerError) {
+  public init(socketPath: String = Wire.defaultSocket) throws(BrokerError) {
     self.socketPath = socketPath
     do {
       socket = Descriptor(try UnixSocket.connect(path: socketPath))
@@ -134,15 +133,20 @@ public final class BrokerClient: @unchecked Sendable {
   /// The next event, waiting up to `timeout` seconds; nil when none came.
   public func nextEvent(timeout: Double) throws(BrokerError) -> BrokerResponse? {
     if !events.isEmpty { return events.removeFirst() }
-    let deadline = monotonicSeconds() + timeout
+    let deadline = ContinuousClock.now + .seconds(timeout)
     while events.isEmpty {
-      let left = deadline - monotonicSeconds()
+      let left = secondsLeft(until: deadline)
       guard left > 0, try readMore(timeout: left) else { return nil }
     }
     return events.removeFirst()
   }
 
   // MARK: Transport
+
+  private func secondsLeft(until deadline: ContinuousClock.Instant) -> Double {
+    let left = ContinuousClock.now.duration(to: deadline).components
+    return Double(left.seconds) + Double(left.attoseconds) / 1e18
+  }
 
   private func call(_ request: BrokerRequest, timeout: Double = 60) throws(BrokerError) -> BrokerResponse {
     var request = request
@@ -157,14 +161,14 @@ public final class BrokerClient: @unchecked Sendable {
     } catch {
       throw BrokerError(.internalError, "\(error)")
     }
-    let deadline = monotonicSeconds() + timeout
+    let deadline = ContinuousClock.now + .seconds(timeout)
     while true {
       if let index = pending.firstIndex(where: { $0.id == request.id || ($0.type == .error && $0.id == nil) }) {
         let response = pending.remove(at: index)
         if let error = response.error { throw error }
         return response
       }
-      let left = deadline - monotonicSeconds()
+      let left = secondsLeft(until: deadline)
       guard left > 0 else { throw BrokerError(.internalError, "no answer from the broker in \(Int(timeout)) s") }
       guard try readMore(timeout: left) else { continue }
     }
@@ -197,7 +201,7 @@ public final class BrokerClient: @unchecked Sendable {
 }
 
 /// The wire's names of the IOMMU models, shared by the broker and its client.
-func wireName(_ type: IOMMUType) -> String {
+public func wireName(_ type: IOMMUType) -> String {
   switch type {
   case .type1: "type1"
   case .type1v2: "type1v2"

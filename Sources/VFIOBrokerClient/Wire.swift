@@ -4,6 +4,8 @@ import Foundation
 /// length and that many bytes of one JSON object; descriptors ride along a message as
 /// SCM_RIGHTS, in the order its `descriptors` list names them.
 public enum Wire {
+  /// Where the broker listens unless told otherwise (`vfioctl serve --socket`).
+  public static let defaultSocket = "/run/swift-vfio/broker.sock"
   public static let version = 1
   /// The largest body either side accepts. Checked on the length word, before a byte of the
   /// body is read or a buffer for it allocated.
