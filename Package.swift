@@ -123,14 +123,16 @@ let package = Package(
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
     .executableTarget(
       name: "vfio-fuzz",
-      dependencies: ["VFIOTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+      dependencies: ["VFIOTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "Tests/Fuzz"),
     // The broker under 64 clients against the recording fake, beside a bare SCM_RIGHTS ping-pong.
     .executableTarget(
       name: "vfio-broker-bench",
       dependencies: [
         "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
-      ]),
+      ],
+      path: "Tests/BrokerBench"),
     // The hostile-client harness: `vfioctl serve` under attack by other uids (scripts/test).
     .executableTarget(
       name: "vfio-broker-siege",

@@ -42,9 +42,12 @@ struct LedgerOptions: ParsableArguments {
 }
 
 extension StateOptions {
+  /// The manager a command runs; the crash tests' `SWIFT_VFIO_FAULT_AFTER_STEP=N` is read here,
+  /// by the command line, not by the manager.
   public func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
-    AssignmentManager(
-      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout))
+    let fault = ProcessInfo.processInfo.environment["SWIFT_VFIO_FAULT_AFTER_STEP"].flatMap { Int($0) }
+    return AssignmentManager(
+      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout, faultAfterStep: fault))
   }
 }
 

@@ -12,8 +12,8 @@ public final class AssignmentManager {
     public var stateDirectory: String
     /// How long a command waits for another one's lock on the same group.
     public var lockTimeout: Double
-    /// Test hook (`SWIFT_VFIO_FAULT_AFTER_STEP=N`): SIGKILL right after performing step N
-    /// of a detach, attach or reset, before it is marked done in the ledger.
+    /// Test hook (the CLI's `SWIFT_VFIO_FAULT_AFTER_STEP=N`): SIGKILL right after performing
+    /// step N of a detach, attach or reset, before it is marked done in the ledger.
     public var faultAfterStep: Int?
     public var command: String
     public var pageSize: UInt64?
@@ -23,8 +23,7 @@ public final class AssignmentManager {
 
     public init(
       stateDirectory: String = Ledger.defaultDirectory, lockTimeout: Double = 10,
-      faultAfterStep: Int? = ProcessInfo.processInfo.environment["SWIFT_VFIO_FAULT_AFTER_STEP"].flatMap { Int($0) },
-      command: String = CommandLine.arguments.joined(separator: " "), pageSize: UInt64? = nil,
+      faultAfterStep: Int? = nil, command: String = CommandLine.arguments.joined(separator: " "), pageSize: UInt64? = nil,
       installedVfioctl: String? = nil
     ) {
       self.stateDirectory = stateDirectory
