@@ -112,43 +112,55 @@ let package = Package(
     .executableTarget(
       name: "vfio-edu",
       dependencies: ["VFIO", "VFIOBrokerClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-    // Fixture paths and scratch copies shared by the test targets.
+    // Fixture paths and scratch copies shared by the test targets: the host model only.
+    .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
+    // The manager's and the broker's test doubles (the simulated PCI core, a recording grant
+    // source) and the man page check, for the tests above the host model.
     .target(
-      name: "VFIOTestSupport",
+      name: "VFIOManagerTestSupport",
       dependencies: [
-        "VFIOHost", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO",
+        "VFIOTestSupport", "VFIOHost", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ],
-      path: "Tests/VFIOTestSupport"),
+      path: "Tests/VFIOManagerTestSupport"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
     .executableTarget(
       name: "vfio-fuzz",
-      dependencies: ["VFIOTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+      dependencies: [
+        "VFIOTestSupport", "VFIOManagerTestSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ],
       path: "Tests/Fuzz"),
     // The broker under 64 clients against the recording fake, beside a bare SCM_RIGHTS ping-pong.
     .executableTarget(
       name: "vfio-broker-bench",
       dependencies: [
-        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", "VFIOManagerTestSupport",
+        .product(name: "GRDB", package: "GRDB.swift"),
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Tests/BrokerBench"),
     // The hostile-client harness: `vfioctl serve` under attack by other uids (scripts/test).
     .executableTarget(
       name: "vfio-broker-siege",
-      dependencies: ["CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOHost", "VFIOManager", "VFIOTestSupport"],
+      dependencies: [
+        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOHost", "VFIOManager", "VFIOTestSupport", "VFIOManagerTestSupport",
+      ],
       path: "Tests/BrokerSiege"),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
-    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport"]),
+    .testTarget(
+      name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport", "VFIOManagerTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
     .testTarget(name: "VFIOBrokerClientTests", dependencies: ["VFIOBrokerClient"]),
-    .testTarget(name: "VFIOLibvirtTests", dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport"]),
+    .testTarget(
+      name: "VFIOLibvirtTests",
+      dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport", "VFIOManagerTestSupport"]),
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [
-        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOKubelet",
+        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOManagerTestSupport", "VFIOBroker", "VFIOBrokerClient", "VFIO",
+        "VFIOKubelet",
         "VFIOKubeletCommands",
         "KubeletAPI",
         .product(name: "Logging", package: "swift-log"),

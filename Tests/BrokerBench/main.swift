@@ -13,6 +13,7 @@ import Synchronization
 import VFIOBroker
 import VFIOBrokerClient
 import VFIOManager
+import VFIOManagerTestSupport
 import VFIOTestSupport
 
 #if canImport(Glibc)

@@ -4,6 +4,7 @@ import VFIOBroker
 import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
+import VFIOManagerTestSupport
 import VFIOTestSupport
 
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import Glibc
+import VFIOManagerTestSupport
 import VFIOTestSupport
 
 /// How one run of a command ended.

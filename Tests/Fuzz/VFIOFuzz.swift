@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VFIOManagerTestSupport
 import VFIOTestSupport
 
 /// Mutation fuzzer for vfioctl's read side: corrupts scratch copies of the captured fixtures

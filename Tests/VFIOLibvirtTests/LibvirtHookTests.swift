@@ -2,6 +2,7 @@ import Foundation
 import VFIOHost
 import VFIOManager
 import VFIOPolicy
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

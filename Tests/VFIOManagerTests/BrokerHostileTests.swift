@@ -1,6 +1,7 @@
 import Foundation
 import VFIOBrokerClient
 import VFIOManager
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

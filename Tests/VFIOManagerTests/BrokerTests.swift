@@ -6,6 +6,7 @@ import VFIOBroker
 import VFIOBrokerClient
 import VFIOHost
 import VFIOManager
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

@@ -6,6 +6,7 @@ import Logging
 import VFIOHost
 import VFIOKubeletCommands
 import VFIOPolicy
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

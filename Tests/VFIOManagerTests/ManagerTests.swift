@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import VFIOHost
 import VFIOPolicy
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

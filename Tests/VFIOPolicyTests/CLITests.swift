@@ -3,6 +3,7 @@ import Foundation
 import VFIOCommands
 import VFIOHost
 import VFIOPolicy
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

@@ -2,6 +2,7 @@ import Glibc
 import VFIOCommands
 import VFIOHost
 import VFIOPolicy
+import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
 

@@ -132,6 +132,3 @@ extension TemporaryTree {
   /// Reads the copy as the commands do.
   public func inventory() throws -> HostInventory { try HostInventory.read(Sysfs(root: path), pageSize: 4096) }
 }
-
-/// Seconds on CLOCK_MONOTONIC, for time limits in tests and the fuzzer: the manager's clock.
-@_exported import func VFIOManager.monotonicSeconds

@@ -170,3 +170,6 @@ public final class SimulatedKernel: HostKernel, @unchecked Sendable {
     }
   }
 }
+
+/// Seconds on CLOCK_MONOTONIC, for time limits in tests and the fuzzer: the manager's clock.
+@_exported import func VFIOManager.monotonicSeconds
