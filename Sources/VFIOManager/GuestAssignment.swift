@@ -63,8 +63,11 @@ extension AssignmentManager {
     do {
       for (group, members) in groups {
         var outcome = "already \(guest)'s"
-        if toDetach.contains(group) {
-          _ = try detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy)
+        // Another call (a second domain's hook) may have detached it since the check: then it
+        // is not this call's to give back, and the reservation below settles who has it.
+        if toDetach.contains(group),
+          try detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy).outcome == .done
+        {
           detachedHere.append(group)
           outcome = "detached"
         }
@@ -75,8 +78,13 @@ extension AssignmentManager {
         done.append(GuestGroup(group: group, devices: members, outcome: outcome))
       }
     } catch {
-      // All or nothing: what this call took goes back before the failure is reported.
-      for group in detachedHere.reversed() { _ = try? attach(.group(group), release: true) }
+      // All or nothing: what this call took goes back before the failure is reported, unless
+      // someone else has reserved it meanwhile.
+      let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
+      for group in detachedHere.reversed() {
+        let reserved = (try? ledger?.group(group))??.reservedFor
+        if reserved == nil || reserved == guest { _ = try? attach(.group(group), release: true) }
+      }
       throw error
     }
     return done
