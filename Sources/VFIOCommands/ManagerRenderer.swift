@@ -76,7 +76,10 @@ public enum ManagerRenderer {
     for report in reports {
       table.rows.append([
         "\(report.group)", report.state.rawValue, report.owner?.description ?? "-", report.ownedSince ?? "-",
-        report.reservedFor.map { "\($0) since \(report.reservedSince ?? "?")" } ?? "-", report.persisted ? "yes" : "no",
+        report.reservedFor.map {
+          "\($0) since \(report.reservedSince ?? "?")" + (report.reservedWhileRunning.map { " while pid \($0) runs" } ?? "")
+        } ?? "-",
+        report.persisted ? "yes" : "no",
         report.holders.isEmpty ? "no" : report.holders.map(\.description).joined(separator: "; "),
       ])
     }

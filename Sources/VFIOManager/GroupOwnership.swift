@@ -62,6 +62,9 @@ public struct OwnerReport: Codable, Sendable, Equatable {
   public let ownedSince: String?
   public let reservedFor: String?
   public let reservedSince: String?
+  /// The process the reservation lasts for (libvirtd, for a domain its hook took the group
+  /// for): when it is gone, `reconcile` gives the group back.
+  public let reservedWhileRunning: Int?
   public let persisted: Bool
   public let holders: [OpenHolder]
 }
@@ -223,6 +226,7 @@ extension AssignmentManager {
       OwnerReport(
         group: record.id, state: record.state, owner: record.ownership, ownedSince: record.ownedSince.map(timestamp),
         reservedFor: record.reservedFor, reservedSince: record.reservedSince.map(timestamp),
+        reservedWhileRunning: record.reservedFor == nil ? nil : record.runnerPID,
         persisted: record.persisted, holders: holders[record.id] ?? [])
     }
   }

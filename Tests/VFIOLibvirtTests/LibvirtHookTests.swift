@@ -219,6 +219,7 @@ final class LibvirtHookTests: XCTestCase {
     let domain = xml("vm1", ["0000:01:01.0"])
     try call("vm1", "prepare", "begin", domain)
     XCTAssertEqual(try ledger()?.group(4)?.runnerPID, 777)
+    XCTAssertEqual(try manager.owners().first { $0.group == 4 }?.reservedWhileRunning, 777)
     // libvirtd alive: reconcile leaves the domain's group alone.
     XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ok")
     // libvirtd restarted (a new pid) and reconnected: it now bounds the reservation.
