@@ -189,14 +189,13 @@ extension AssignmentManager {
     if let runner { try history(ledger, group, "ok", "reserved while \(runner) runs its guest") }
   }
 
-  /// Groups whose runner is gone (no process with its pid and start time) and whose nodes
-  /// nobody holds: a libvirtd killed with its QEMU never called release.
-  func orphanedByRunner(ledger: Ledger) throws(ManagerError) -> [LedgerGroup] {
-    try ledger.groups().filter { record in
-      guard record.state == .detached, let pid = record.runnerPID else { return false }
-      if let now = ProcessIdentity.startTime(pid: pid, sysfs: sysfs), now == record.runnerStart { return false }
-      return true
-    }
+  /// A detached group whose runner is gone (no process has its pid and start time now): a
+  /// libvirtd killed with its QEMU never called release. Whether something still holds the
+  /// group's nodes is `attach`'s to say.
+  func runnerIsGone(_ record: LedgerGroup) -> Bool {
+    guard record.state == .detached, let pid = record.runnerPID else { return false }
+    guard let now = ProcessIdentity.startTime(pid: pid, sysfs: sysfs) else { return true }
+    return now != record.runnerStart
   }
 
   /// Each distinct group of `devices` (in the order first named) with the devices named in it.

@@ -197,8 +197,9 @@ extension AssignmentManager {
     guard let ledger = try recordedLedger() else { return [] }
     let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
     var reports: [ReconcileReport] = []
-    let orphaned = try orphanedByRunner(ledger: ledger)
-    for id in try ledger.groups().map(\.id) where !orphaned.contains(where: { $0.id == id }) {
+    let recorded = try ledger.groups()
+    let orphaned = recorded.filter(runnerIsGone)
+    for id in recorded.map(\.id) where !orphaned.contains(where: { $0.id == id }) {
       let lock = try lock(group: id)
       defer { withExtendedLifetime(lock) {} }
       var notes: [String] = []
