@@ -114,15 +114,24 @@ let package = Package(
       dependencies: ["VFIO", "VFIOBrokerClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
     // Fixture paths and scratch copies shared by the test targets: the host model only.
     .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
-    // The manager's and the broker's test doubles (the simulated PCI core, a recording grant
-    // source) and the man page check, for the tests above the host model.
+    // The simulated PCI core (sysfs semantics of bind, unbind, driver_override, reset) the
+    // manager acts on in unit tests, the fuzzer and the broker's harnesses.
     .target(
-      name: "VFIOManagerTestSupport",
-      dependencies: [
-        "VFIOTestSupport", "VFIOHost", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ],
+      name: "VFIOManagerTestSupport", dependencies: ["VFIOTestSupport", "VFIOHost", "VFIOManager"],
       path: "Tests/VFIOManagerTestSupport"),
+    // The broker's grant source that opens nothing and records what it was asked.
+    .target(
+      name: "VFIOBrokerTestSupport", dependencies: ["VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOHost", "VFIO"],
+      path: "Tests/VFIOBrokerTestSupport"),
+    // XCTest's base for tests that run the manager on scratch trees (manager, broker, kubelet, CLI).
+    .target(
+      name: "VFIOManagerTestCase",
+      dependencies: ["VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport"],
+      path: "Tests/VFIOManagerTestCase"),
+    // Checks that a man page documents every option of a command.
+    .target(
+      name: "ManPageCheck", dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+      path: "Tests/ManPageCheck"),
     // Mutation fuzzer: runs vfioctl on corrupted copies of the captured fixtures.
     .executableTarget(
       name: "vfio-fuzz",
@@ -134,8 +143,7 @@ let package = Package(
     .executableTarget(
       name: "vfio-broker-bench",
       dependencies: [
-        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", "VFIOManagerTestSupport",
-        .product(name: "GRDB", package: "GRDB.swift"),
+        "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOTestSupport", "VFIOBrokerTestSupport",
         .product(name: "Logging", package: "swift-log"),
       ],
       path: "Tests/BrokerBench"),
@@ -144,29 +152,45 @@ let package = Package(
       name: "vfio-broker-siege",
       dependencies: [
         "CVFIO", "VFIOBroker", "VFIOBrokerClient", "VFIOHost", "VFIOManager", "VFIOTestSupport", "VFIOManagerTestSupport",
+        "VFIOBrokerTestSupport",
       ],
       path: "Tests/BrokerSiege"),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
-    .testTarget(
-      name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOCommands", "VFIOTestSupport", "VFIOManagerTestSupport"]),
+    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
     .testTarget(name: "VFIOBrokerClientTests", dependencies: ["VFIOBrokerClient"]),
+    .testTarget(
+      name: "VFIOManagerTests",
+      dependencies: [
+        "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport", "VFIOManagerTestCase",
+        .product(name: "GRDB", package: "GRDB.swift"),
+      ]),
     .testTarget(
       name: "VFIOLibvirtTests",
       dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport", "VFIOManagerTestSupport"]),
     .testTarget(
-      name: "VFIOManagerTests",
+      name: "VFIOBrokerTests",
       dependencies: [
-        "VFIOManager", "VFIOCommands", "VFIOTestSupport", "VFIOManagerTestSupport", "VFIOBroker", "VFIOBrokerClient", "VFIO",
-        "VFIOKubelet",
-        "VFIOKubeletCommands",
-        "KubeletAPI",
+        "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOHost", "VFIO", "VFIOTestSupport", "VFIOManagerTestSupport",
+        "VFIOBrokerTestSupport", "VFIOManagerTestCase", .product(name: "Logging", package: "swift-log"),
+      ]),
+    .testTarget(
+      name: "VFIOKubeletTests",
+      dependencies: [
+        "VFIOKubelet", "VFIOKubeletCommands", "KubeletAPI", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport",
+        "VFIOManagerTestSupport", "VFIOManagerTestCase", "ManPageCheck",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+      ]),
+    .testTarget(
+      name: "VFIOCommandsTests",
+      dependencies: [
+        "VFIOCommands", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestCase", "ManPageCheck",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
   ]
 )

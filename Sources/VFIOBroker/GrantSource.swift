@@ -188,7 +188,7 @@ public struct LiveGrantSource: GrantSource {
     let manager = AssignmentManager(
       sysfs: sysfs, configuration: .init(stateDirectory: stateDirectory, command: "vfioctl serve (lease ended)"))
     do {
-      _ = try manager.reset(.group(group))
+      _ = try manager.groups.reset(.group(group))
       return .done
     } catch .refused(_, let refusals) where refusals.allSatisfy({ $0.code == "no-reset" }) {
       return .impossible(refusals.map(\.message).joined(separator: "; "))

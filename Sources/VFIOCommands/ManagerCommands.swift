@@ -47,7 +47,9 @@ extension StateOptions {
   public func manager(host: HostOptions, lockTimeout: Double = 10) -> AssignmentManager {
     let fault = ProcessInfo.processInfo.environment["SWIFT_VFIO_FAULT_AFTER_STEP"].flatMap { Int($0) }
     return AssignmentManager(
-      sysfs: host.sysfs, configuration: .init(stateDirectory: state, lockTimeout: lockTimeout, faultAfterStep: fault))
+      sysfs: host.sysfs, configuration: .init(
+        stateDirectory: state, lockTimeout: lockTimeout, command: CommandLine.arguments.joined(separator: " "),
+        faultAfterStep: fault))
   }
 }
 
@@ -93,7 +95,7 @@ struct DetachCommand: ParsableCommand {
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
-      let report = try manager.detach(
+      let report = try manager.groups.detach(
         options.target, driver: driver, force: force, allowNoReset: allowNoReset, owner: try owner.ownership(),
         brokerOnly: brokerOnly, dryRun: options.dryRun)
       reportTimings(manager)
@@ -133,7 +135,7 @@ struct AttachCommand: ParsableCommand {
       // broker grants it to nobody between the revoke and the attach.
       var revoke: ((LedgerLease) throws(ManagerError) -> String)?
       if let wait = revokeAfter { revoke = Revoker(socket: socketOptions.socket, wait: wait, force: revokeForce).revoke }
-      let report = try manager.attach(options.target, release: release, dryRun: options.dryRun, revoke: revoke)
+      let report = try manager.groups.attach(options.target, release: release, dryRun: options.dryRun, revoke: revoke)
       reportTimings(manager)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
@@ -173,7 +175,7 @@ struct ResetCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      let report = try options.manager().reset(
+      let report = try options.manager().groups.reset(
         options.target, method: method.map(ResetMethod.init(rawValue:)), dryRun: options.dryRun)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
@@ -189,7 +191,7 @@ struct RecoverCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      let reports = try options.manager().recover()
+      let reports = try options.manager().groups.recover()
       try options.output.emit(reports) { reports in
         reports.isEmpty ? "Nothing was left unfinished.\n" : reports.compactMap(\.recovered).joined(separator: "\n") + "\n"
       }
@@ -209,7 +211,7 @@ struct StatusCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      try options.output.emit(try options.manager().status(target), human: ManagerRenderer.status)
+      try options.output.emit(try options.manager().records.status(target), human: ManagerRenderer.status)
     }
   }
 }
@@ -245,14 +247,14 @@ struct HistoryCommand: ParsableCommand {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
       if prune {
-        let report = try manager.pruneHistory(HistoryRetention(maxAge: Double(keepDays) * 86_400, maxEntries: keepEntries))
+        let report = try manager.records.pruneHistory(HistoryRetention(maxAge: Double(keepDays) * 86_400, maxEntries: keepEntries))
         try options.output.emit(report) {
           "removed \($0.historyRemoved) history entries and \($0.refusalsRemoved) refusal counts; \($0.historyKept) entries kept\n"
         }
       } else if refusals {
-        try options.output.emit(try manager.refusals(target), human: ManagerRenderer.refusals)
+        try options.output.emit(try manager.records.refusals(target), human: ManagerRenderer.refusals)
       } else {
-        try options.output.emit(try manager.history(target), human: ManagerRenderer.history)
+        try options.output.emit(try manager.records.history(target), human: ManagerRenderer.history)
       }
     }
   }
@@ -319,7 +321,7 @@ struct OwnCommand: ParsableCommand {
   func run() throws {
     try options.run { manager, target in
       guard let ownership = try owner.ownership() else { throw ManagerError.usage("own needs --owner USER[:GROUP]") }
-      return try manager.own(target, owner: ownership, brokerOnly: brokerOnly)
+      return try manager.access.own(target, owner: ownership, brokerOnly: brokerOnly)
     }
   }
 }
@@ -330,7 +332,7 @@ struct DisownCommand: ParsableCommand {
 
   @OptionGroup var options: OwnershipOptions
 
-  func run() throws { try options.run { manager, target in try manager.disown(target) } }
+  func run() throws { try options.run { manager, target in try manager.access.disown(target) } }
 }
 
 struct ReserveCommand: ParsableCommand {
@@ -346,7 +348,7 @@ struct ReserveCommand: ParsableCommand {
   @OptionGroup var owner: OwnerOptions
 
   func run() throws {
-    try options.run { manager, target in try manager.reserve(target, for: name, owner: try owner.ownership()) }
+    try options.run { manager, target in try manager.access.reserve(target, for: name, owner: try owner.ownership()) }
   }
 }
 
@@ -356,7 +358,7 @@ struct UnreserveCommand: ParsableCommand {
 
   @OptionGroup var options: OwnershipOptions
 
-  func run() throws { try options.run { manager, target in try manager.unreserve(target) } }
+  func run() throws { try options.run { manager, target in try manager.access.unreserve(target) } }
 }
 
 struct OwnersCommand: ParsableCommand {
@@ -368,7 +370,7 @@ struct OwnersCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      try options.output.emit(try options.manager().owners(), human: ManagerRenderer.owners)
+      try options.output.emit(try options.manager().access.owners(), human: ManagerRenderer.owners)
     }
   }
 }
@@ -396,7 +398,7 @@ struct PersistCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.ledger.output.json) {
-      let written = try options.ledger.manager().persist(
+      let written = try options.ledger.manager().persistence.persist(
         options.target, remove: remove, paths: .init(rulesDirectory: rulesDir, unitDirectory: unitDir))
       try options.ledger.output.emit(written) { $0.joined(separator: "\n") + "\n" }
     }
@@ -412,7 +414,7 @@ struct ReconcileCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      let reports = try options.manager().reconcile()
+      let reports = try options.manager().persistence.reconcile()
       try options.output.emit(reports) { reports in
         reports.isEmpty
           ? "Nothing recorded.\n"
@@ -452,7 +454,7 @@ struct VFsCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors(json: options.output.json) {
-      let report = try options.manager().setVirtualFunctions(
+      let report = try options.manager().virtualFunctions.setVirtualFunctions(
         pf, count: count, detach: detach, owner: try owner.ownership(), dryRun: dryRun)
       try options.output.emit(report, human: ManagerRenderer.virtualFunctions)
     }

@@ -89,7 +89,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       }
       for (device, _) in chosen {
         do throws(ManagerError) {
-          _ = try manager.detach(
+          _ = try manager.groups.detach(
             .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
         } catch {
           throw .manager(claim: claim.uid, error)
@@ -107,7 +107,7 @@ public final class ClaimPreparer: @unchecked Sendable {
       try save(ClaimCheckpoint(claim: claim, groups: groups, devices: [], pending: true))
       for (device, _) in chosen {
         do throws(ManagerError) {
-          let report = try manager.detach(
+          let report = try manager.groups.detach(
             .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
           logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
         } catch {
@@ -173,7 +173,7 @@ public final class ClaimPreparer: @unchecked Sendable {
   private func attach(_ groups: [ClaimCheckpoint.Group]) -> [ManagerError] {
     groups.filter(\.detached).compactMap { group -> ManagerError? in
       do throws(ManagerError) {
-        _ = try manager.attach(.group(group.group))
+        _ = try manager.groups.attach(.group(group.group))
         return nil
       } catch { return error }
     }

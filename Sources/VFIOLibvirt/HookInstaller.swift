@@ -37,8 +37,8 @@ public struct HookInstaller {
 
   /// Writes the script (0755) for the vfioctl the manager trusts to run as root.
   public func install(manager: AssignmentManager) throws(ManagerError) -> String {
-    let vfioctl = try manager.installedVfioctl(for: "libvirt-hook --install", runner: "libvirtd")
-    try manager.writeAtomically(scriptPath, script(vfioctl: vfioctl), mode: 0o755)
+    let vfioctl = try manager.persistence.installedVfioctl(for: "libvirt-hook --install", runner: "libvirtd")
+    try manager.persistence.writeAtomically(scriptPath, script(vfioctl: vfioctl), mode: 0o755)
     return "wrote \(scriptPath) (runs \(vfioctl)); restart libvirtd (or virtqemud) so that it finds the hook"
   }
 

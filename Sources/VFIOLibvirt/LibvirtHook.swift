@@ -71,18 +71,18 @@ public struct LibvirtHook {
     let devices = definition.pciAddresses
     if devices.isEmpty && action != .release { return Outcome(action: action, lines: []) }
     let owner = action == .assign ? try qemuOwner() : nil
-    let groups: [AssignmentManager.GuestGroup]
+    let groups: [GuestAssignment.GuestGroup]
     do {
       switch action {
       case .assign:
-        groups = try manager.assign(
+        groups = try manager.guests.assign(
           devices, to: guest, owner: owner, detachedBy: Self.detachedBy,
           runner: definition.keepReserved ? nil : runner)
       case .release:
-        groups = try manager.release(
+        groups = try manager.guests.release(
           guest: guest, devices: devices, keep: definition.keepReserved, detachedBy: Self.detachedBy)
       case .confirm:
-        groups = try manager.confirm(
+        groups = try manager.guests.confirm(
           guest: guest, devices: devices, detachedBy: Self.detachedBy, runner: definition.keepReserved ? nil : runner)
       case .none: groups = []
       }
@@ -100,7 +100,7 @@ extension DomainDefinition {
   /// The name the domain's groups are reserved under: its own when `vfioctl reserve` accepts
   /// it (letters, digits, - _ . @), otherwise `libvirt-UUID`.
   public var reservationName: String {
-    if AssignmentManager.isGuestName(name) { return name }
+    if Reservation.isGuestName(name) { return name }
     return "libvirt-" + (uuid ?? "").lowercased().filter { $0.isHexDigit || $0 == "-" }
   }
 }

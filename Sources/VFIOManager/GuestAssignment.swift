@@ -7,7 +7,9 @@ import VFIOPolicy
 /// what one call detached is given back if a later group fails; each group taken is reserved
 /// for the guest, so no one else gets it while the guest runs, and its release finds it again
 /// by that reservation even if the guest's definition changed meanwhile.
-extension AssignmentManager {
+public struct GuestAssignment: ManagerPart {
+  let manager: AssignmentManager
+
   /// What one guest call did to one group.
   public struct GuestGroup: Sendable, Equatable {
     public let group: Int
@@ -27,7 +29,7 @@ extension AssignmentManager {
     _ devices: [PCIAddress], to guest: String, owner: Ownership?, detachedBy: String, runner: ProcessIdentity? = nil,
     allowNoReset: Bool = false
   ) throws(ManagerError) -> [GuestGroup] {
-    try validateGuestName(guest)
+    try Reservation.validate(guest: guest)
     let groups = try groupsOf(devices)
     let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
     var refusals: [Int: [ManagerError.Refusal]] = [:]
@@ -50,7 +52,7 @@ extension AssignmentManager {
         continue
       } else {
         do {
-          _ = try detach(.group(group), allowNoReset: allowNoReset, dryRun: true)
+          _ = try manager.groups.detach(.group(group), allowNoReset: allowNoReset, dryRun: true)
           toDetach.append(group)
         } catch .refused(_, let reasons) {
           refusals[group] = reasons
@@ -66,12 +68,12 @@ extension AssignmentManager {
         // Another call (a second domain's hook) may have detached it since the check: then it
         // is not this call's to give back, and the reservation below settles who has it.
         if toDetach.contains(group),
-          try detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy).outcome == .done
+          try manager.groups.detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy).outcome == .done
         {
           detachedHere.append(group)
           outcome = "detached"
         }
-        _ = try reserve(.group(group), for: guest, owner: owner)
+        _ = try manager.access.reserve(.group(group), for: guest, owner: owner)
         if try Ledger.open(directory: configuration.stateDirectory, create: false)?.group(group)?.detachedBy == detachedBy {
           try setRunner(runner, group: group)
         }
@@ -83,7 +85,7 @@ extension AssignmentManager {
       let ledger = try? Ledger.open(directory: configuration.stateDirectory, create: false)
       for group in detachedHere.reversed() {
         let reserved = (try? ledger?.group(group))??.reservedFor
-        if reserved == nil || reserved == guest { _ = try? attach(.group(group), release: true) }
+        if reserved == nil || reserved == guest { _ = try? manager.groups.attach(.group(group), release: true) }
       }
       throw error
     }
@@ -97,7 +99,7 @@ extension AssignmentManager {
   public func release(guest: String, devices: [PCIAddress], keep: Bool, detachedBy: String) throws(ManagerError)
     -> [GuestGroup]
   {
-    try validateGuestName(guest)
+    try Reservation.validate(guest: guest)
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else { return [] }
     var wanted = Set(try ledger.groups().filter { $0.reservedFor == guest }.map(\.id))
     for (group, _) in (try? groupsOf(devices)) ?? [] {
@@ -111,13 +113,13 @@ extension AssignmentManager {
     var failures: [String] = []
     for group in wanted.sorted() {
       let record = try ledger.group(group)
-      let members = try memberAddresses(group, ledger)
+      let members = try manager.access.memberAddresses(group, ledger)
       do {
         if keep || record?.detachedBy != detachedBy {
           _ = try endOwnership(.group(group), keepingReservationFor: guest)
           done.append(GuestGroup(group: group, devices: members, outcome: "kept for \(guest)"))
         } else {
-          _ = try attach(.group(group), release: true)
+          _ = try manager.groups.attach(.group(group), release: true)
           done.append(GuestGroup(group: group, devices: members, outcome: "given back"))
         }
       } catch {
@@ -135,7 +137,7 @@ extension AssignmentManager {
   public func confirm(guest: String, devices: [PCIAddress], detachedBy: String, runner: ProcessIdentity? = nil)
     throws(ManagerError) -> [GuestGroup]
   {
-    try validateGuestName(guest)
+    try Reservation.validate(guest: guest)
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false) else {
       return try groupsOf(devices).map { GuestGroup(group: $0.group, devices: $0.devices, outcome: "not detached by swift-vfio") }
     }
@@ -146,7 +148,7 @@ extension AssignmentManager {
       if record?.state == .detached, record?.reservedFor == guest {
         outcome = "\(guest)'s"
       } else if record?.state == .detached, record?.reservedFor == nil, record?.detachedBy == detachedBy {
-        _ = try reserve(.group(group), for: guest, owner: nil)
+        _ = try manager.access.reserve(.group(group), for: guest, owner: nil)
         outcome = "reserved for \(guest) again"
       } else if let other = record?.reservedFor {
         outcome = "reserved for \(other), not \(guest)"
@@ -165,13 +167,10 @@ extension AssignmentManager {
   /// The nodes back to root, mode 0600, the owner forgotten, the reservation kept: a guest
   /// that stopped keeps its groups, and nobody may open them meanwhile.
   func endOwnership(_ target: Selector, keepingReservationFor guest: String) throws(ManagerError) -> OwnerReport {
-    try changeOwnership(target) { ledger, group, record throws(ManagerError) in
+    try manager.access.changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else { throw .notDetached(group: group, why: "is not detached by swift-vfio") }
-      try endOwner(group: group, ledger: ledger) {
-        $0.reservedFor = guest
-        $0.runnerPID = nil
-        $0.runnerStart = nil
-      }
+      let kept = Reservation(guest: guest, since: record?.reservedSince ?? Date())
+      try manager.access.endOwner(group: group, ledger: ledger, keepingReservation: kept)
       try history(ledger, group, "ok", "\(guest) stopped: kept reserved for it, nodes back to root, mode 0600")
     }
   }
@@ -180,12 +179,7 @@ extension AssignmentManager {
     let lock = try lock(group: group)
     defer { withExtendedLifetime(lock) {} }
     guard let ledger = try recordedLedger() else { return }
-    try ledger.write { db in
-      try LedgerGroup.update(db, group: group) {
-        $0.runnerPID = runner?.pid
-        $0.runnerStart = runner?.startTime
-      }
-    }
+    try ledger.setRunner(group: group, runner)
     if let runner { try history(ledger, group, "ok", "reserved while \(runner) runs its guest") }
   }
 
@@ -210,17 +204,5 @@ extension AssignmentManager {
       }
     }
     return groups
-  }
-
-  /// Names a reservation may carry: they are printed in lists and written to udev rules.
-  public static func isGuestName(_ name: String) -> Bool {
-    !name.isEmpty && name.count <= 128
-      && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }
-  }
-
-  func validateGuestName(_ name: String) throws(ManagerError) {
-    guard Self.isGuestName(name) else {
-      throw .usage("'\(printable(name))': a guest name of letters, digits and - _ . @ (at most 128)")
-    }
   }
 }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import VFIOHost
 import VFIOPolicy
 
@@ -90,7 +89,11 @@ public struct ReconcileReport: Codable, Sendable, Equatable {
   public let notes: [String]
 }
 
-extension AssignmentManager {
+/// Detachments kept across boots and hot-plug: generated udev rules and a boot unit, and
+/// `reconcile`, which puts the host back in line with the ledger.
+public struct BootPersistence: ManagerPart {
+  let manager: AssignmentManager
+
   /// Where `persist` writes: the rules and unit directories under the root unless given.
   public struct PersistencePaths: Sendable {
     public var rulesDirectory: String?
@@ -111,7 +114,7 @@ extension AssignmentManager {
     guard let record = try ledger.group(group), remove || record.state == .detached else {
       throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group)` it first, then persist it")
     }
-    try ledger.write { db in try LedgerGroup.update(db, group: group) { $0.persisted = !remove } }
+    try ledger.setPersisted(group: group, !remove)
     let written = try writePersistenceFiles(ledger: ledger, paths: paths)
     try history(ledger, group, "ok", (remove ? "no longer persisted; " : "persisted; ") + written.joined(separator: ", "))
     return written
@@ -198,21 +201,18 @@ extension AssignmentManager {
     let bootID = sysfs.readString("/proc/sys/kernel/random/boot_id")
     var reports: [ReconcileReport] = []
     let recorded = try ledger.groups()
-    let orphaned = recorded.filter(runnerIsGone)
+    let orphaned = recorded.filter(manager.guests.runnerIsGone)
     for id in recorded.map(\.id) where !orphaned.contains(where: { $0.id == id }) {
       let lock = try lock(group: id)
       defer { withExtendedLifetime(lock) {} }
       var notes: [String] = []
-      if let recovered = try recoverIfNeeded(group: id, ledger: ledger) { notes.append(recovered) }
+      if let recovered = try manager.groups.recoverIfNeeded(group: id, ledger: ledger) { notes.append(recovered) }
       guard let record = try ledger.group(id), record.state == .detached else {
         if !notes.isEmpty { reports.append(.init(group: id, outcome: "fixed", notes: notes)) }
         continue
       }
       if !record.persisted, let bootID, record.bootID != nil, record.bootID != bootID {
-        try ledger.write { db in
-          try LedgerGroup.update(db, group: id) { $0.returnToHost() }
-          try LedgerMember.filter(Column("groupID") == id).deleteAll(db)
-        }
+        try ledger.endDetachment(group: id)
         try history(ledger, id, "ok", "the detachment ended with the reboot (not persisted)")
         reports.append(.init(group: id, outcome: "ended", notes: notes + ["not persisted: the host rebooted since the detach"]))
         continue
@@ -224,7 +224,7 @@ extension AssignmentManager {
     for record in orphaned {
       let who = "reserved for \(record.reservedFor ?? "a guest") while pid \(record.runnerPID ?? 0) ran it, and that process is gone"
       do {
-        let report = try attach(.group(record.id), release: true)
+        let report = try manager.groups.attach(.group(record.id), release: true)
         reports.append(.init(group: record.id, outcome: "ended", notes: [who + ": given back"] + report.notes))
       } catch {
         reports.append(.init(group: record.id, outcome: "cannot", notes: [who + ", but: " + error.description]))
@@ -261,13 +261,13 @@ extension AssignmentManager {
       }
       if DriverBinding(device) != assigned { members.append(member); changed = true }
     }
-    let errors = converge(members, to: { _ in assigned })
+    let errors = manager.groups.converge(members, to: { _ in assigned })
     if !errors.isEmpty {
       notes += errors
       blocked = true
     }
-    notes += try applyOwnership(group: record.id, ledger: ledger, setting: nil, devices: try memberAddresses(record.id, ledger))
-    if let bootID { try ledger.write { db in try LedgerGroup.update(db, group: record.id) { $0.bootID = bootID } } }
+    notes += try manager.access.applyOwnership(group: record.id, ledger: ledger, setting: nil, devices: try manager.access.memberAddresses(record.id, ledger))
+    if let bootID { try ledger.recordBoot(group: record.id, bootID: bootID) }
     let outcome = blocked ? "cannot" : changed ? "fixed" : "ok"
     if changed || blocked { try history(ledger, record.id, outcome == "cannot" ? "failed" : "ok", "reconcile: " + notes.joined(separator: "; ")) }
     return ReconcileReport(group: record.id, outcome: outcome, notes: notes)

@@ -14,13 +14,7 @@ struct PlanExecutor: Sendable {
   static func devicePath(_ address: PCIAddress) -> String { "/sys/bus/pci/devices/\(address)" }
 
   /// The device's driver and driver_override now; nil when the device is gone.
-  func binding(of address: PCIAddress) -> DriverBinding? {
-    let path = Self.devicePath(address)
-    var info = stat()
-    guard stat(sysfs.path(path), &info) == 0 else { return nil }
-    let override = sysfs.readString(path + "/driver_override").flatMap { $0 == "(null)" ? nil : $0 }
-    return DriverBinding(driver: sysfs.linkName(path + "/driver"), driverOverride: override)
-  }
+  func binding(of address: PCIAddress) -> DriverBinding? { DriverBinding.current(of: address, sysfs: sysfs) }
 
   func perform(_ step: PlanStep) throws(HostChangeError) {
     let dev = step.device?.description ?? ""
@@ -92,5 +86,16 @@ struct PlanExecutor: Sendable {
     case .loadModule, .reset, .resetNow:
       return nil
     }
+  }
+}
+
+extension DriverBinding {
+  /// What sysfs shows `address` bound to now; nil when the device is gone.
+  public static func current(of address: PCIAddress, sysfs: Sysfs) -> DriverBinding? {
+    let path = PlanExecutor.devicePath(address)
+    var info = stat()
+    guard stat(sysfs.path(path), &info) == 0 else { return nil }
+    let override = sysfs.readString(path + "/driver_override").flatMap { $0 == "(null)" ? nil : $0 }
+    return DriverBinding(driver: sysfs.linkName(path + "/driver"), driverOverride: override)
   }
 }

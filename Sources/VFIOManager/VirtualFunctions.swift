@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 import VFIOHost
 import VFIOPolicy
 
@@ -19,7 +18,10 @@ public struct VirtualFunctionReport: Codable, Sendable, Equatable {
   }
 }
 
-extension AssignmentManager {
+/// SR-IOV: a PF's VF count, with the VFs created detached and given back when it shrinks.
+public struct VirtualFunctions: ManagerPart {
+  let manager: AssignmentManager
+
   /// Sets a PF's SR-IOV VF count. The kernel only changes a non-zero count through 0, which
   /// destroys every VF, so any change is refused while a VF is detached by hand, owned,
   /// reserved or open; VFs this command detached itself are given back first. With `detach`
@@ -86,14 +88,9 @@ extension AssignmentManager {
     let lock = try device.iommuGroup.map { group throws(ManagerError) in try self.lock(group: group) }
     defer { withExtendedLifetime(lock) {} }
     for group in giveBack {
-      let attached = try attach(.group(group))
+      let attached = try manager.groups.attach(.group(group))
       notes.append("gave back VF group \(group) (\(attached.steps.count) steps)")
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.detachedBy = nil
-          $0.persisted = false
-        }
-      }
+      try ledger.forgetDetacher(group: group)
     }
     let autoprobe = sysfs.readString(path + "/sriov_drivers_autoprobe")
     func write(_ value: String, _ attribute: String) throws(ManagerError) {
@@ -111,7 +108,7 @@ extension AssignmentManager {
     let created = try waitForVirtualFunctions(pf, count: count)
     if detach {
       for vf in created {
-        let result = try self.detach(.device(vf), owner: owner, detachedBy: "vfs")
+        let result = try manager.groups.detach(.device(vf), owner: owner, detachedBy: "vfs")
         notes.append("VF \(vf) detached to vfio-pci (group \(result.group))" + (owner.map { ", owner \($0.uid)" } ?? ""))
       }
     }

@@ -7,11 +7,11 @@
 //   swift run -c release vfio-broker-bench [--clients 64] [--seconds 5] [--only broker|bare]
 import CVFIO
 import Foundation
-import GRDB
 import Logging
 import Synchronization
 import VFIOBroker
 import VFIOBrokerClient
+import VFIOBrokerTestSupport
 import VFIOManager
 import VFIOManagerTestSupport
 import VFIOTestSupport
@@ -77,20 +77,21 @@ func onThreads(_ load: Load, _ body: @escaping @Sendable (Int, Double) -> Run) -
 
 // MARK: The broker
 
-/// A ledger with `clients` detached groups owned by this uid, as `detach --broker-only` leaves them.
+/// A ledger with `groups` detached groups owned by this uid, as `detach --broker-only` leaves
+/// them, recorded through the same intents the manager's detach uses (the fake grant source
+/// never touches a device, so the members are made up).
 func preparedLedger(_ directory: String, groups: Int) throws -> Ledger {
   guard let ledger = try Ledger.open(directory: directory, create: true) else { throw BrokerError(.ledger, "no ledger") }
-  try ledger.write { db in
-    for group in 0..<groups {
-      try db.execute(
-        sql: """
-          INSERT INTO iommu_group (id, state, driver, since, uid, ownerUID, ownerGID, mode, brokerOnly)
-          VALUES (?, 'detached', 'vfio-pci', ?, 0, ?, ?, 432, 1)
-          """, arguments: [group, Date(), Int(getuid()), Int(getgid())])
-      try db.execute(
-        sql: "INSERT INTO member (groupID, address, vendorID, deviceID) VALUES (?, ?, 32902, 4307)",
-        arguments: [group, String(format: "0000:%02x:00.0", group + 1)])
-    }
+  let owner = Ownership(uid: Int(getuid()), gid: Int(getgid()), mode: 0o660)
+  for group in 0..<groups {
+    let member = LedgerMember(
+      groupID: group, address: String(format: "0000:%02x:00.0", group + 1), vendorID: 0x8086, deviceID: 0x10D3,
+      originalDriver: nil, originalOverride: nil)
+    var detach = try ledger.beginDetach(
+      LedgerOperation(starting: .detach, group: group, steps: [], command: "vfio-broker-bench"), driver: "vfio-pci",
+      bootID: nil, detachedBy: "detach", originals: [member])
+    try ledger.finish(&detach, .done, groupState: .detached)
+    try ledger.recordOwner(group: group, owner, brokerOnly: true)
   }
   return ledger
 }

@@ -263,11 +263,11 @@ func conduct(_ arguments: [String]) {
     state = try TemporaryTree()
     let manager = AssignmentManager(
       sysfs: Sysfs(root: tree.path), host: SimulatedKernel(root: tree.path),
-      configuration: .init(stateDirectory: state.path, faultAfterStep: nil, command: "siege setup"))
+      configuration: .init(stateDirectory: state.path, command: "siege setup"))
     // --empty-ledger: no group detached (a broker of an older ledger schema can be measured so).
     if !arguments.contains("--empty-ledger") {
-      _ = try manager.detach(.group(2), owner: Ownership(uid: Int(honestUID), gid: Int(honestUID)), brokerOnly: true)
-      _ = try manager.detach(.group(4), owner: Ownership(uid: Int(attackerUID), gid: Int(attackerUID)), brokerOnly: true)
+      _ = try manager.groups.detach(.group(2), owner: Ownership(uid: Int(honestUID), gid: Int(honestUID)), brokerOnly: true)
+      _ = try manager.groups.detach(.group(4), owner: Ownership(uid: Int(attackerUID), gid: Int(attackerUID)), brokerOnly: true)
     }
   } catch {
     fail("setting up the host: \(error)")

@@ -29,7 +29,7 @@ final class LibvirtHookTests: XCTestCase {
   var manager: AssignmentManager {
     AssignmentManager(
       sysfs: Sysfs(root: tree.path), host: kernel,
-      configuration: .init(stateDirectory: state.path, lockTimeout: 0.2, faultAfterStep: nil, command: "test"))
+      configuration: .init(stateDirectory: state.path, lockTimeout: 0.2, command: "test"))
   }
 
   var hook: LibvirtHook {
@@ -145,7 +145,7 @@ final class LibvirtHookTests: XCTestCase {
     XCTAssertThrowsError(try call("vm2", "prepare", "begin", xml("vm2", ["0000:00:02.0"]))) { error in
       XCTAssertTrue("\(error)".contains("reserved for vm1"), "\(error)")
     }
-    _ = try manager.detach(.group(10), owner: Ownership(uid: 1000, gid: 1000))
+    _ = try manager.groups.detach(.group(10), owner: Ownership(uid: 1000, gid: 1000))
     XCTAssertThrowsError(try call("vm2", "prepare", "begin", xml("vm2", ["0000:02:00.0"]))) { error in
       XCTAssertTrue("\(error)".contains("detached by swift-vfio for another use (detach, owned by uid 1000)"), "\(error)")
       XCTAssertTrue("\(error)".contains("vfioctl reserve 10 --for vm2"), "\(error)")
@@ -171,8 +171,8 @@ final class LibvirtHookTests: XCTestCase {
     XCTAssertEqual(try call("gpu-vm", "prepare", "begin", domain).lines, ["swift-vfio: IOMMU group 2 (0000:00:02.0): already gpu-vm's"])
     XCTAssertEqual(try ledger()?.group(2)?.ownership, qemu)
     // A reservation the administrator made beforehand is kept even without the mark.
-    _ = try manager.detach(.group(10))
-    _ = try manager.reserve(.group(10), for: "db-vm", owner: nil)
+    _ = try manager.groups.detach(.group(10))
+    _ = try manager.access.reserve(.group(10), for: "db-vm", owner: nil)
     try call("db-vm", "prepare", "begin", xml("db-vm", ["0000:02:00.0"]))
     XCTAssertEqual(try call("db-vm", "release", "end", xml("db-vm", ["0000:02:00.0"])).lines.first?.hasSuffix("kept for db-vm"), true)
   }
@@ -219,17 +219,17 @@ final class LibvirtHookTests: XCTestCase {
     let domain = xml("vm1", ["0000:01:01.0"])
     try call("vm1", "prepare", "begin", domain)
     XCTAssertEqual(try ledger()?.group(4)?.runnerPID, 777)
-    XCTAssertEqual(try manager.owners().first { $0.group == 4 }?.reservedWhileRunning, 777)
+    XCTAssertEqual(try manager.access.owners().first { $0.group == 4 }?.reservedWhileRunning, 777)
     // libvirtd alive: reconcile leaves the domain's group alone.
-    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ok")
+    XCTAssertEqual(try manager.persistence.reconcile().first { $0.group == 4 }?.outcome, "ok")
     // libvirtd restarted (a new pid) and reconnected: it now bounds the reservation.
     runner = try fakeProcess(778, start: 5000)
     try call("vm1", "reconnect", "begin", domain)
     XCTAssertEqual(try ledger()?.group(4)?.runnerPID, 778)
-    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ok")
+    XCTAssertEqual(try manager.persistence.reconcile().first { $0.group == 4 }?.outcome, "ok")
     // Killed with its QEMU: nobody calls release end; reconcile gives the group back.
     XCTAssertEqual(system("rm -rf '\(tree.path)/proc/778'"), 0)
-    let reconciled = try XCTUnwrap(try manager.reconcile().first { $0.group == 4 })
+    let reconciled = try XCTUnwrap(try manager.persistence.reconcile().first { $0.group == 4 })
     XCTAssertEqual(reconciled.outcome, "ended", "\(reconciled.notes)")
     XCTAssertTrue(reconciled.notes[0].contains("reserved for vm1 while pid 778 ran it"), "\(reconciled.notes)")
     XCTAssertEqual(snapshot(), before)
@@ -238,7 +238,7 @@ final class LibvirtHookTests: XCTestCase {
     runner = try fakeProcess(779, start: 1)
     try call("vm1", "prepare", "begin", domain)
     _ = try fakeProcess(779, start: 2)
-    XCTAssertEqual(try manager.reconcile().first { $0.group == 4 }?.outcome, "ended")
+    XCTAssertEqual(try manager.persistence.reconcile().first { $0.group == 4 }?.outcome, "ended")
     // A domain marked to keep its groups has no runner: they outlive libvirtd.
     let mark = "<vfio:groups xmlns:vfio='\(DomainDefinition.metadataNamespace)' keep='reserved'/>"
     try call("vm1", "prepare", "begin", xml("vm1", ["0000:01:01.0"], metadata: mark))

@@ -1,7 +1,7 @@
 import Foundation
-import VFIOCommands
 import VFIOHost
 import VFIOPolicy
+import VFIOManagerTestCase
 import VFIOTestSupport
 import XCTest
 
@@ -29,36 +29,36 @@ final class OwnershipTests: ManagerTestCase {
   func testDetachWithAnOwnerGivesTheGroupNodeAndCdevAndAttachEndsTheClaim() throws {
     try setUpTree("q35-iommufd")
     let me = Ownership(uid: 1000, gid: 1000)
-    _ = try manager().detach(.group(2), owner: me)
+    _ = try manager().groups.detach(.group(2), owner: me)
     XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
     XCTAssertEqual(owner("/dev/vfio/2")?.mode, 0o660)
     // edu already has a cdev in the capture: it is given too.
-    _ = try manager().detach(.group(3), allowNoReset: true, owner: me)
+    _ = try manager().groups.detach(.group(3), allowNoReset: true, owner: me)
     XCTAssertEqual(owner("/dev/vfio/3")?.gid, 1000)
     XCTAssertTrue(kernel.writes.contains("/dev/vfio/devices/vfio0 <- owner 1000:1000 mode 0660"), "\(kernel.writes)")
     // Attach: the group is the host's again, and the owner's claim ends with it (the node is
     // gone too). A later plain detach is the host's: root's node, no owner.
-    let attached = try manager().attach(.group(2))
+    let attached = try manager().groups.attach(.group(2))
     XCTAssertTrue(attached.notes.contains("uid 1000 no longer owns IOMMU group 2"), "\(attached.notes)")
     XCTAssertNil(owner("/dev/vfio/2"))
     XCTAssertNil(try ledger().group(2)?.ownerUID)
-    _ = try manager().detach(.group(2))
+    _ = try manager().groups.detach(.group(2))
     XCTAssertNotEqual(owner("/dev/vfio/2")?.uid, 1000, "a group given back to the host is not given to its old owner again")
-    let owners = try manager().owners()
+    let owners = try manager().access.owners()
     XCTAssertEqual(owners.map(\.group), [2, 3])
     XCTAssertEqual(owners.map(\.owner), [nil, me])
   }
 
   func testOwnAndDisown() throws {
     try setUpTree()
-    XCTAssertThrowsError(try manager().own(.group(2), owner: Ownership(uid: 1000, gid: 0))) { error in
+    XCTAssertThrowsError(try manager().access.own(.group(2), owner: Ownership(uid: 1000, gid: 0))) { error in
       guard case ManagerError.notDetached = error else { return XCTFail("\(error)") }
     }
-    _ = try manager().detach(.group(2))
-    let report = try manager().own(.group(2), owner: Ownership(uid: 1000, gid: 0, mode: 0o600))
+    _ = try manager().groups.detach(.group(2))
+    let report = try manager().access.own(.group(2), owner: Ownership(uid: 1000, gid: 0, mode: 0o600))
     XCTAssertEqual(report.owner?.mode, 0o600)
     XCTAssertEqual(owner("/dev/vfio/2")?.uid, 1000)
-    _ = try manager().disown(.group(2))
+    _ = try manager().access.disown(.group(2))
     XCTAssertEqual(owner("/dev/vfio/2")?.uid, 0)
     XCTAssertEqual(owner("/dev/vfio/2")?.mode, 0o600)
     XCTAssertNil(try ledger().group(2)?.ownerUID)
@@ -66,12 +66,12 @@ final class OwnershipTests: ManagerTestCase {
 
   func testAReservedGroupStaysDetachedAndIsNotAssignableForOthers() throws {
     try setUpTree()
-    _ = try manager().detach(.group(2))
-    _ = try manager().reserve(.group(2), for: "vm1", owner: Ownership(uid: 1000, gid: 1000))
-    try assertRefused({ _ = try manager().attach(.group(2)) }, code: "reserved", mentions: "reserved for vm1")
-    XCTAssertThrowsError(try manager().disown(.group(2)))
-    XCTAssertThrowsError(try manager().reserve(.group(2), for: "vm2", owner: nil))
-    XCTAssertThrowsError(try manager().reserve(.group(2), for: "bad name!", owner: nil))
+    _ = try manager().groups.detach(.group(2))
+    _ = try manager().access.reserve(.group(2), for: "vm1", owner: Ownership(uid: 1000, gid: 1000))
+    try assertRefused({ _ = try manager().groups.attach(.group(2)) }, code: "reserved", mentions: "reserved for vm1")
+    XCTAssertThrowsError(try manager().access.disown(.group(2)))
+    XCTAssertThrowsError(try manager().access.reserve(.group(2), for: "vm2", owner: nil))
+    XCTAssertThrowsError(try manager().access.reserve(.group(2), for: "bad name!", owner: nil))
 
     let records = try LedgerRecord.all(directory: state.path)
     let inventory = try HostInventory.read(Sysfs(root: tree.path), pageSize: 4096)
@@ -80,10 +80,8 @@ final class OwnershipTests: ManagerTestCase {
     XCTAssertTrue(asRoot.assess(group: 2).reasons.contains { $0.code == .reserved && $0.message.contains("vm1 (owner 1000)") })
     let asOwner = Assessor(inventory: inventory, reservations: LedgerRecord.reservations(records), callerUID: 1000)
     XCTAssertNotEqual(asOwner.assess(group: 2).verdict, .notAssignable)
-    let listed = HumanRenderer.list(ReportBuilder(inventory: inventory, names: nil, ledger: records).list())
-    XCTAssertTrue(listed.contains("reserved for vm1 (owner 1000)"), listed)
 
-    _ = try manager().attach(.group(2), release: true)
+    _ = try manager().groups.attach(.group(2), release: true)
     XCTAssertEqual(binding("0000:00:02.0")?.driver, "e1000e")
     XCTAssertNil(try ledger().group(2)?.reservedFor)
   }
@@ -97,15 +95,15 @@ final class OwnershipTests: ManagerTestCase {
 
   func testPersistWritesRulesAndAnEnabledUnitAndRemovesThem() throws {
     try setUpTree()
-    _ = try manager().detach(.group(4), owner: Ownership(uid: 1000, gid: 100))
-    XCTAssertThrowsError(try manager().persist(.group(2)))  // not detached
+    _ = try manager().groups.detach(.group(4), owner: Ownership(uid: 1000, gid: 100))
+    XCTAssertThrowsError(try manager().persistence.persist(.group(2)))  // not detached
     // The unit runs vfioctl as root at every boot: never a binary others can write.
-    XCTAssertThrowsError(try manager().persist(.group(4))) { XCTAssertTrue("\($0)".contains("install -o root"), "\($0)") }
+    XCTAssertThrowsError(try manager().persistence.persist(.group(4))) { XCTAssertTrue("\($0)".contains("install -o root"), "\($0)") }
     try installVfioctl()
     chmod(tree.path + "/usr/local/bin/vfioctl", 0o777)
-    XCTAssertThrowsError(try manager().persist(.group(4)))
+    XCTAssertThrowsError(try manager().persistence.persist(.group(4)))
     chmod(tree.path + "/usr/local/bin/vfioctl", 0o755)
-    _ = try manager().persist(.group(4))
+    _ = try manager().persistence.persist(.group(4))
     let rules = try String(contentsOfFile: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules", encoding: .utf8)
     XCTAssertTrue(
       rules.contains(
@@ -126,7 +124,7 @@ final class OwnershipTests: ManagerTestCase {
     XCTAssertTrue(unit.contains("Type=oneshot"))
     XCTAssertTrue(unit.contains("ExecStart=/usr/local/bin/vfioctl reconcile --state \(state.path)\n"), unit)
     // Disowning regenerates the rules: the old owner does not come back at the next hot-plug.
-    _ = try manager().disown(.group(4))
+    _ = try manager().access.disown(.group(4))
     let disowned = try String(contentsOfFile: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules", encoding: .utf8)
     XCTAssertFalse(disowned.contains("1000"), disowned)
     XCTAssertTrue(disowned.contains(#"ATTR{driver_override}="vfio-pci""#), "still persisted, now the host's")
@@ -134,7 +132,7 @@ final class OwnershipTests: ManagerTestCase {
       try FileManager.default.destinationOfSymbolicLink(
         atPath: tree.path + "/etc/systemd/system/multi-user.target.wants/swift-vfio-reconcile.service"),
       "../swift-vfio-reconcile.service")
-    _ = try manager().persist(.group(4), remove: true)
+    _ = try manager().persistence.persist(.group(4), remove: true)
     XCTAssertFalse(FileManager.default.fileExists(atPath: tree.path + "/etc/udev/rules.d/70-swift-vfio.rules"))
     XCTAssertFalse(FileManager.default.fileExists(atPath: tree.path + "/etc/systemd/system/swift-vfio-reconcile.service"))
   }
@@ -142,9 +140,9 @@ final class OwnershipTests: ManagerTestCase {
   func testReconcileFinishesWhatShouldBeAndReportsWhatCannot() throws {
     try setUpTree()
     try installVfioctl()
-    _ = try manager().detach(.group(2), owner: Ownership(uid: 1000, gid: 1000))
-    _ = try manager().persist(.group(2))
-    _ = try manager().detach(.group(10))
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: 1000, gid: 1000))
+    _ = try manager().persistence.persist(.group(2))
+    _ = try manager().groups.detach(.group(10))
     // As after a reboot: the e1000e came up on its host driver, the nvme's detach was not
     // persisted and the boot is another one.
     let dir = kernel.devicePath("0000:00:02.0")
@@ -155,8 +153,8 @@ final class OwnershipTests: ManagerTestCase {
     mkdir(tree.path + "/proc/sys/kernel/random", 0o755)
     try tree.write(tree.path + "/proc/sys/kernel/random/boot_id", text: "00000000-0000-4000-8000-000000000001\n")
     let writable = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
-    try writable.write { db in try db.execute(sql: "UPDATE iommu_group SET bootID = 'an-earlier-boot' WHERE id = 10") }
-    let reports = try manager().reconcile()
+    try writable.recordBoot(group: 10, bootID: "an-earlier-boot")
+    let reports = try manager().persistence.reconcile()
     XCTAssertEqual(reports.map(\.group), [2, 10])
     XCTAssertEqual(reports.map(\.outcome), ["fixed", "ended"])
     XCTAssertEqual(binding("0000:00:02.0"), DriverBinding(driver: "vfio-pci", driverOverride: "vfio-pci"))
@@ -168,7 +166,7 @@ final class OwnershipTests: ManagerTestCase {
     var bytes = try XCTUnwrap(FileManager.default.contents(atPath: config).map(Array.init))
     bytes[2] = 0xd4
     try tree.write(config, bytes: bytes)
-    let again = try manager().reconcile()
+    let again = try manager().persistence.reconcile()
     XCTAssertEqual(again.first?.outcome, "cannot")
     XCTAssertTrue(again.first?.notes.contains { $0.contains("not the 8086:10d3") } == true, "\(again)")
   }
@@ -177,16 +175,16 @@ final class OwnershipTests: ManagerTestCase {
     try setUpTree("q35-sriov")
     let pf = address("01:00.0")
     let me = Ownership(uid: 1000, gid: 1000)
-    XCTAssertThrowsError(try manager().setVirtualFunctions(pf, count: 3)) { error in
+    XCTAssertThrowsError(try manager().virtualFunctions.setVirtualFunctions(pf, count: 3)) { error in
       guard case ManagerError.usage(let why) = error else { return XCTFail("\(error)") }
       XCTAssertTrue(why.contains("0 to 2"), why)
     }
-    XCTAssertThrowsError(try manager().setVirtualFunctions(address("00:02.0"), count: 1))
-    _ = try manager().setVirtualFunctions(pf, count: 0)
+    XCTAssertThrowsError(try manager().virtualFunctions.setVirtualFunctions(address("00:02.0"), count: 1))
+    _ = try manager().virtualFunctions.setVirtualFunctions(pf, count: 0)
     XCTAssertEqual(try HostInventory.read(Sysfs(root: tree.path), pageSize: 4096).device(pf)?.sriov?.numVFs, 0)
     // With autoprobe on, the nvme driver would take VF 1 the moment it appears.
     try tree.write(kernel.devicePath("0000:01:00.0") + "/sriov_drivers_autoprobe", text: "1\n")
-    let report = try manager().setVirtualFunctions(pf, count: 2, detach: true, owner: me)
+    let report = try manager().virtualFunctions.setVirtualFunctions(pf, count: 2, detach: true, owner: me)
     XCTAssertEqual(report.after, 2)
     XCTAssertEqual(report.virtualFunctions.map(\.driver), ["vfio-pci", "vfio-pci"])
     XCTAssertEqual(Set(report.virtualFunctions.compactMap(\.group)).count, 2, "each VF in its own group")
@@ -194,9 +192,9 @@ final class OwnershipTests: ManagerTestCase {
     XCTAssertTrue(kernel.writes.contains("/sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe <- 0"))
     XCTAssertEqual(kernel.writes.last { $0.contains("sriov_drivers_autoprobe") }, "/sys/bus/pci/devices/0000:01:00.0/sriov_drivers_autoprobe <- 1")
     let groups = report.virtualFunctions.compactMap(\.group)
-    try assertRefused({ _ = try manager().setVirtualFunctions(pf, count: 0) }, code: "owned", mentions: "is owned by 1000:1000")
-    for group in groups { _ = try manager().disown(.group(group)) }
-    let removed = try manager().setVirtualFunctions(pf, count: 0)
+    try assertRefused({ _ = try manager().virtualFunctions.setVirtualFunctions(pf, count: 0) }, code: "owned", mentions: "is owned by 1000:1000")
+    for group in groups { _ = try manager().access.disown(.group(group)) }
+    let removed = try manager().virtualFunctions.setVirtualFunctions(pf, count: 0)
     XCTAssertEqual(removed.after, 0)
     XCTAssertTrue(removed.notes.contains { $0.hasPrefix("gave back VF group") })
     XCTAssertTrue(try ledger().groups().filter { groups.contains($0.id) }.allSatisfy { $0.state == .host })

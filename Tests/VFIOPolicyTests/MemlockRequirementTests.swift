@@ -1,5 +1,4 @@
 import Foundation
-import VFIOCommands
 import VFIOHost
 import VFIOPolicy
 import VFIOTestSupport
@@ -25,12 +24,6 @@ final class MemlockRequirementTests: XCTestCase {
     XCTAssertEqual(budget.systemdLimit, "1152M")
     XCTAssertEqual(budget.ulimitKiB, 1_179_648)
     XCTAssertEqual(MemlockRequirement(guestRAM: 4 * gib, devices: 2, viommu: true).systemdLimit, "9G")
-    let report = MemlockReport(budget, current: 8 << 20)
-    XCTAssertEqual(report.systemd, "LimitMEMLOCK=1152M")
-    XCTAssertEqual(report.ulimit, "ulimit -l 1179648")
-    let text = HumanRenderer.memlock(report)
-    XCTAssertTrue(text.contains("locked memory: 1.1 GiB = the RAM pinned once"), text)
-    XCTAssertTrue(text.contains("this shell's limit: 8 MiB (too low for that VMM)"), text)
   }
 
   func testSizesAsQEMUsDashMTakesThem() {

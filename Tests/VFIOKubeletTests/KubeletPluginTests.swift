@@ -3,10 +3,12 @@ import GRPCCore
 import GRPCNIOTransportHTTP2Posix
 import KubeletAPI
 import Logging
+import ManPageCheck
 import VFIOHost
 import VFIOKubeletCommands
-import VFIOPolicy
+import VFIOManagerTestCase
 import VFIOManagerTestSupport
+import VFIOPolicy
 import VFIOTestSupport
 import XCTest
 

@@ -1,58 +1,6 @@
 import Foundation
-import GRDB
 import VFIOHost
 import VFIOPolicy
-
-extension Ownership {
-  /// `USER[:GROUP]`, names or numbers, with an octal `mode`. A user alone takes the user's
-  /// primary group, as chown(1) does with `USER:`; a number without a passwd entry keeps gid 0.
-  /// A mode may not give anything to "other": that would hand the group to every user.
-  public static func parse(_ text: String, mode modeText: String? = nil) throws(ManagerError) -> Ownership {
-    let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-    guard let userText = parts.first, !userText.isEmpty, parts.count <= 2 else {
-      throw .usage("--owner '\(text)': expected USER or USER:GROUP (names or numbers)")
-    }
-    let user = try resolveUser(userText)
-    var gid = user.primaryGroup ?? 0
-    if parts.count == 2 {
-      guard !parts[1].isEmpty else { throw .usage("--owner '\(text)': the group after ':' is empty") }
-      gid = try resolveGroup(parts[1])
-    }
-    var mode = defaultMode
-    if let modeText {
-      let digits = modeText.hasPrefix("0o") ? String(modeText.dropFirst(2)) : modeText
-      guard !digits.isEmpty, digits.count <= 4, digits.allSatisfy({ ("0"..."7").contains($0) }),
-        let value = Int(digits, radix: 8), value <= 0o777
-      else { throw .usage("--mode '\(modeText)': expected an octal mode such as 0660") }
-      guard value & 0o007 == 0 else {
-        throw .usage("--mode \(modeText) gives every user the group (the \"other\" bits); use 0600 or 0660 and --owner")
-      }
-      guard value & 0o600 == 0o600 else {
-        throw .usage("--mode \(modeText) does not let the owner read and write the group; use 0600 or 0660")
-      }
-      mode = value
-    }
-    return Ownership(uid: user.uid, gid: gid, mode: mode)
-  }
-
-  private static func resolveUser(_ text: String) throws(ManagerError) -> (uid: Int, primaryGroup: Int?) {
-    if let uid = Int(text), uid >= 0, uid < Int(UInt32.max) {
-      return (uid, getpwuid(uid_t(uid)).map { Int($0.pointee.pw_gid) })
-    }
-    guard let entry = getpwnam(text) else {
-      throw .usage("--owner: no user '\(text)' on this host (getpwnam); give a name from /etc/passwd or a number")
-    }
-    return (Int(entry.pointee.pw_uid), Int(entry.pointee.pw_gid))
-  }
-
-  private static func resolveGroup(_ text: String) throws(ManagerError) -> Int {
-    if let gid = Int(text), gid >= 0, gid < Int(UInt32.max) { return gid }
-    guard let entry = getgrnam(text) else {
-      throw .usage("--owner: no group '\(text)' on this host (getgrnam); give a name from /etc/group or a number")
-    }
-    return Int(entry.pointee.gr_gid)
-  }
-}
 
 /// A group that is not simply the host's: what `vfioctl owners` lists.
 public struct OwnerReport: Codable, Sendable, Equatable {
@@ -69,7 +17,12 @@ public struct OwnerReport: Codable, Sendable, Equatable {
   public let holders: [OpenHolder]
 }
 
-extension AssignmentManager {
+/// Who may open a detached group's nodes, and for which guest it is kept: ownership (`own`,
+/// `disown`) and reservations (`reserve`, `unreserve`), each a ledger fact applied to the
+/// nodes the kernel recreates.
+public struct GroupAccess: ManagerPart {
+  let manager: AssignmentManager
+
   /// The VFIO nodes of a group: the group node and each device's cdev, where they exist. The
   /// group node is the one of the group the kernel has the devices in now: an owner is bound to
   /// the devices, and the number the ledger knows the group by may have been given to other
@@ -96,15 +49,7 @@ extension AssignmentManager {
     group: Int, ledger: Ledger, setting: Ownership?, brokerOnly: Bool = false, devices: [PCIAddress]
   ) throws(ManagerError) -> [String] {
     if let setting {
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.ownerUID = setting.uid
-          $0.ownerGID = setting.gid
-          $0.mode = setting.mode
-          $0.ownedSince = Date()
-          $0.brokerOnly = brokerOnly
-        }
-      }
+      try ledger.recordOwner(group: group, setting, brokerOnly: brokerOnly)
     }
     guard let record = try ledger.group(group), let ownership = record.nodeOwnership else { return [] }
     var notes: [String] = []
@@ -156,27 +101,18 @@ extension AssignmentManager {
     }
   }
 
-  /// The group's nodes back to root, mode 0600, and its owner forgotten; `also` changes more
-  /// of the group's row in the same write.
-  func endOwner(group: Int, ledger: Ledger, also: (inout LedgerGroup) -> Void = { _ in }) throws(ManagerError) {
+  /// The group's nodes back to root, mode 0600, and its owner forgotten; with
+  /// `keepingReservation`, in the same write, the group stays reserved for that guest alone.
+  func endOwner(group: Int, ledger: Ledger, keepingReservation: Reservation? = nil) throws(ManagerError) {
     for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
       try give(node, to: .rootOnly, group: group)
     }
-    try ledger.write { db in
-      try LedgerGroup.update(db, group: group) {
-        $0.ownerUID = nil
-        $0.ownerGID = nil
-        $0.mode = nil
-        $0.ownedSince = nil
-        $0.brokerOnly = false
-        also(&$0)
-      }
-    }
+    try ledger.endOwner(group: group, keepingReservation: keepingReservation)
   }
 
   /// Keeps a detached group for a guest that is not running (`vfioctl reserve`).
   public func reserve(_ target: Selector, for name: String, owner: Ownership?) throws(ManagerError) -> OwnerReport {
-    try validateGuestName(name)
+    try Reservation.validate(guest: name)
     return try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else {
         throw .notDetached(group: group, why: "is not detached by swift-vfio: `vfioctl detach \(group)` it first, then reserve it")
@@ -186,12 +122,7 @@ extension AssignmentManager {
           group: group,
           [.init(code: "reserved", message: "IOMMU group \(group) is already reserved for \(other)", remedy: "`vfioctl unreserve \(group)` first")])
       }
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.reservedFor = name
-          $0.reservedSince = Date()
-        }
-      }
+      try ledger.reserve(group: group, Reservation(guest: name))
       if let owner { try applyOwnership(group: group, ledger: ledger, setting: owner, devices: try memberAddresses(group, ledger)) }
       try history(ledger, group, "ok", "reserved for \(name)")
     }
@@ -200,12 +131,7 @@ extension AssignmentManager {
   public func unreserve(_ target: Selector) throws(ManagerError) -> OwnerReport {
     try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard let name = record?.reservedFor else { throw .notDetached(group: group, why: "is not reserved") }
-      try ledger.write { db in
-        try LedgerGroup.update(db, group: group) {
-          $0.reservedFor = nil
-          $0.reservedSince = nil
-        }
-      }
+      try ledger.reserve(group: group, nil)
       try history(ledger, group, "ok", "no longer reserved for \(name)")
     }
   }
@@ -243,7 +169,7 @@ extension AssignmentManager {
     let (lock, ledger, _) = try begin(group: group)
     defer { withExtendedLifetime(lock) {} }
     try change(ledger, group, try ledger.group(group))
-    _ = try refreshPersistence(ledger: ledger)
+    _ = try manager.persistence.refreshPersistence(ledger: ledger)
     guard let record = try ledger.group(group) else { throw .noSuchGroup(group) }
     return try ownerReports([record], ledger: ledger)[0]
   }

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Foundation
+import ManPageCheck
 import VFIOCommands
 import VFIOHost
-import VFIOPolicy
 import VFIOManagerTestSupport
+import VFIOPolicy
 import VFIOTestSupport
 import XCTest
 

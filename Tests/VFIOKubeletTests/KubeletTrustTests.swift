@@ -44,9 +44,9 @@ extension KubeletPluginTests {
 
   func testGroupsTheLedgerGivesToSomeoneAreNeverPublishedNorPrepared() throws {
     try setUpTree()
-    _ = try manager().detach(.group(2), owner: Ownership(uid: 1000, gid: 1000), brokerOnly: true)
-    _ = try manager().detach(.group(10))
-    _ = try manager().reserve(.group(10), for: "vm1", owner: nil)
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: 1000, gid: 1000), brokerOnly: true)
+    _ = try manager().groups.detach(.group(10))
+    _ = try manager().access.reserve(.group(10), for: "vm1", owner: nil)
     let catalog = try NodeCatalog(sysfs: Sysfs(root: tree.path), stateDirectory: state.path).read()
     XCTAssertFalse(names(catalog).contains("group-2"), "owned by a user: \(names(catalog))")
     XCTAssertFalse(names(catalog).contains("group-10"), "reserved for a guest: \(names(catalog))")
@@ -84,7 +84,7 @@ extension KubeletPluginTests {
     let pending = ClaimCheckpoint(claim: claim, groups: [.init(group: 2, detached: true)], devices: [], pending: true)
     try FileManager.default.createDirectory(atPath: dra.checkpointDirectory, withIntermediateDirectories: true)
     try Data(sortedJSON(pending).utf8).write(to: URL(fileURLWithPath: dra.checkpointPath("u1")))
-    _ = try manager().detach(.group(2), detachedBy: "dra")
+    _ = try manager().groups.detach(.group(2), detachedBy: "dra")
     XCTAssertEqual(try dra.preparedClaims(), [claim])
     // The retry: same claim, the group is its own, the spec is written, the checkpoint final.
     let devices = try dra.prepare(claim, allocation)

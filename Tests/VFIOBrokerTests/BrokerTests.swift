@@ -4,8 +4,10 @@ import Synchronization
 import VFIO
 import VFIOBroker
 import VFIOBrokerClient
+import VFIOBrokerTestSupport
 import VFIOHost
 import VFIOManager
+import VFIOManagerTestCase
 import VFIOManagerTestSupport
 import VFIOTestSupport
 import XCTest
@@ -60,8 +62,8 @@ final class BrokerTests: ManagerTestCase {
     owner: Int? = nil, reservedFor: String? = nil, configure: (inout Broker.Configuration) -> Void = { _ in }
   ) throws {
     try setUpTree("q35-vtd")
-    _ = try manager().detach(.group(2), owner: Ownership(uid: owner ?? me.uid, gid: me.gid), brokerOnly: true)
-    if let reservedFor { _ = try manager().reserve(.group(2), for: reservedFor, owner: nil) }
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: owner ?? me.uid, gid: me.gid), brokerOnly: true)
+    if let reservedFor { _ = try manager().access.reserve(.group(2), for: reservedFor, owner: nil) }
     source = RecordingGrantSource()
     running = try RunningBroker(source: source, stateDirectory: state.path, socket: socketPath, configure: configure)
   }
@@ -160,9 +162,9 @@ final class BrokerTests: ManagerTestCase {
     grant.close()
     XCTAssertEqual(try client.release(group: 2), "released")
     // Another connection (vfioctl disown) commits: the broker's copy of the ledger is stale.
-    _ = try manager().disown(.group(2))
+    _ = try manager().access.disown(.group(2))
     XCTAssertThrowsError(try client.open("2")) { XCTAssertEqual(($0 as? BrokerError)?.code, .notOwner) }
-    _ = try manager().own(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    _ = try manager().access.own(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
     try client.open("2").close()
   }
 

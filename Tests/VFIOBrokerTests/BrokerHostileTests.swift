@@ -1,5 +1,6 @@
 import Foundation
 import VFIOBrokerClient
+import VFIOBrokerTestSupport
 import VFIOManager
 import VFIOManagerTestSupport
 import VFIOTestSupport
@@ -107,7 +108,7 @@ extension BrokerTests {
 
   func testALeaseOfAnEarlierBootIsDroppedAtStart() throws {
     try setUpTree("q35-vtd")
-    _ = try manager().detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
     try XCTUnwrap(try Ledger.open(directory: state.path, create: true)).recordBroker({
       var records = BrokerRecords()
       records.grants = [
@@ -133,7 +134,7 @@ extension BrokerTests {
     try startBroker()
     let holder = try BrokerClient(socketPath: socketPath)
     try holder.open("2").close()
-    try assertRefused({ _ = try manager().attach(.group(2)) }, code: "leased", mentions: "--revoke-after")
+    try assertRefused({ _ = try manager().groups.attach(.group(2)) }, code: "leased", mentions: "--revoke-after")
     XCTAssertEqual(try ledger().group(2)?.state, .detached)
   }
 
@@ -142,7 +143,7 @@ extension BrokerTests {
     let holder = try BrokerClient(socketPath: socketPath)
     try holder.open("2").close()
     var racer: BrokerError?
-    let report = try manager().attach(.group(2)) { lease throws(ManagerError) -> String in
+    let report = try manager().groups.attach(.group(2)) { lease throws(ManagerError) -> String in
       XCTAssertEqual(lease.groupID, 2)
       XCTAssertEqual(try? self.ledger().group(2)?.closing, true, "marked closing before the holder is asked")
       // The holder lets go; a second process of the same owner tries to take the group at once.
@@ -165,17 +166,17 @@ extension BrokerTests {
     try startBroker()
     let holder = try BrokerClient(socketPath: socketPath)
     try holder.open("2").close()
-    try assertRefused({ _ = try manager().attach(.group(2)) { _ throws(ManagerError) in "timeout" } }, code: "leased", mentions: "still holds")
+    try assertRefused({ _ = try manager().groups.attach(.group(2)) { _ throws(ManagerError) in "timeout" } }, code: "leased", mentions: "still holds")
     XCTAssertEqual(try ledger().group(2)?.closing, false)
     XCTAssertEqual(try ledger().group(2)?.state, .detached)
   }
 
   func testAClosingMarkLeftByAKilledAttachIsClearedByTheNextCommand() throws {
     try setUpTree("q35-vtd")
-    _ = try manager().detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
     let writable = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
-    try writable.write { db in try db.execute(sql: "UPDATE iommu_group SET closing = 1 WHERE id = 2") }
-    _ = try manager().own(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    try writable.setClosing(group: 2, true)
+    _ = try manager().access.own(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
     XCTAssertEqual(try ledger().group(2)?.closing, false)
     XCTAssertTrue(try ledger().history(group: 2).contains { $0.detail.contains("closing mark") })
   }
@@ -187,7 +188,7 @@ extension BrokerTests {
 extension BrokerTests {
   func testAnIommufdLeaseOutlivesItsConnectionWhileTheGranteeRuns() throws {
     try setUpTree("q35-vtd")
-    _ = try manager().detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: me.uid, gid: me.gid), brokerOnly: true)
     source = RecordingGrantSource(backend: .iommufd)
     running = try RunningBroker(source: source, stateDirectory: state.path, socket: socketPath)
     var client: BrokerClient? = try BrokerClient(socketPath: socketPath)
