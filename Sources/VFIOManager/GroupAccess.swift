@@ -110,8 +110,18 @@ public struct GroupAccess: ManagerPart {
     try ledger.endOwner(group: group, keepingReservation: keepingReservation)
   }
 
-  /// Keeps a detached group for a guest that is not running (`vfioctl reserve`).
+  /// Keeps a detached group for a guest that is not running (`vfioctl reserve`): until it is
+  /// ended, by nothing else.
   public func reserve(_ target: Selector, for name: String, owner: Ownership?) throws(ManagerError) -> OwnerReport {
+    try reserve(target, for: name, owner: owner, runner: nil)
+  }
+
+  /// `reserve`, bounded by `runner` when the group is one `detachedBy` took (libvirt's hook);
+  /// a group reserved before the hook took it keeps a reservation nothing bounds. The
+  /// reservation, its runner and the owner are recorded under the group's one lock.
+  func reserve(
+    _ target: Selector, for name: String, owner: Ownership?, runner: (ProcessIdentity, detachedBy: String)?
+  ) throws(ManagerError) -> OwnerReport {
     try Reservation.validate(guest: name)
     return try changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else {
@@ -122,9 +132,10 @@ public struct GroupAccess: ManagerPart {
           group: group,
           [.init(code: "reserved", message: "IOMMU group \(group) is already reserved for \(other)", remedy: "`vfioctl unreserve \(group)` first")])
       }
-      try ledger.reserve(group: group, Reservation(guest: name))
+      let bound = runner.flatMap { record?.detachedBy == $0.detachedBy ? $0.0 : nil }
+      try ledger.reserve(group: group, Reservation(guest: name, runner: bound))
       if let owner { try applyOwnership(group: group, ledger: ledger, setting: owner, devices: try memberAddresses(group, ledger)) }
-      try history(ledger, group, "ok", "reserved for \(name)")
+      try history(ledger, group, "ok", "reserved for \(name)" + (bound.map { " while \($0) runs its guest" } ?? ""))
     }
   }
 

@@ -73,10 +73,8 @@ public struct GuestAssignment: ManagerPart {
           detachedHere.append(group)
           outcome = "detached"
         }
-        _ = try manager.access.reserve(.group(group), for: guest, owner: owner)
-        if try Ledger.open(directory: configuration.stateDirectory, create: false)?.group(group)?.detachedBy == detachedBy {
-          try setRunner(runner, group: group)
-        }
+        _ = try manager.access.reserve(
+          .group(group), for: guest, owner: owner, runner: runner.map { ($0, detachedBy: detachedBy) })
         done.append(GuestGroup(group: group, devices: members, outcome: outcome))
       }
     } catch {
