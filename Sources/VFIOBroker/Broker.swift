@@ -17,12 +17,13 @@ import VFIOManager
 /// The intermediary of the VFIO design: owns the groups on their users' behalf and hands each
 /// caller, known by SO_PEERCRED, the open descriptors of exactly the groups the ledger gives it.
 ///
-/// One thread runs the loop: `BrokerTransport` (the connections), `LeaseBook` (the leases, a
-/// pure state machine) and the decisions below, and nothing on it waits for a client, the host
-/// or the disk. Work that reads or changes the host (assessing groups for `list`, opening a
-/// grant's descriptors, finding holders, resetting) runs on worker queues; the ledger is
-/// written on its own queue, one transaction for what a pass decided (group commit), and a
-/// grant's descriptors leave only once its lease is durable. Results come back through a wake
+/// One thread runs the loop: `BrokerTransport` (the connections and their framing), `LeaseBook`
+/// (the leases, a pure state machine), `GrantPolicy` (who may have what), `BrokerJournal` (the
+/// ledger) and the dispatch below, and nothing on it waits for a client, the host or the disk.
+/// Work that reads or changes the host (assessing groups for `list`, opening a grant's
+/// descriptors, finding holders, resetting) runs on worker queues; the journal writes on its
+/// own queue, one transaction for what a pass decided (group commit), and a grant's
+/// descriptors leave only once its lease is durable. Results come back through a wake
 /// eventfd; the loop's state is touched by the loop only.
 public final class Broker: @unchecked Sendable {
   public struct Configuration: Sendable {
@@ -78,7 +79,7 @@ public final class Broker: @unchecked Sendable {
 
   public let configuration: Configuration
   let source: any GrantSource
-  let ledger: Ledger
+  var ledger: Ledger { journal.ledger }
   let logger: Logger
   let bootID: String?
 
@@ -93,10 +94,8 @@ public final class Broker: @unchecked Sendable {
   /// Leases given back by an explicit `release` (not by a closed connection).
   private var releasedExplicitly: Set<Int> = []
 
-  /// The ledger's groups and members as of `recordsVersion`, reread when another process
-  /// (an administrator's vfioctl) has committed since.
-  private var records: [Int: (group: LedgerGroup, members: [LedgerMember])] = [:]
-  private var recordsVersion: Int?
+  /// What the loop records in the ledger, and its copy of the ledger's groups.
+  private var journal: BrokerJournal!
 
   /// The host's view of the detached groups for `list`, computed off the loop, single flight.
   private var assessment: Assessment?
@@ -105,15 +104,6 @@ public final class Broker: @unchecked Sendable {
   private var uevent: Descriptor?
   private var ueventCount = 0
 
-  /// What this pass decided for the ledger, and what waits for it to commit.
-  private var batch = BrokerRecords()
-  private var afterCommit: [(Bool) -> Void] = []
-  private var writeInFlight = false
-  /// What waits for the write in flight.
-  private var committing: [(Bool) -> Void] = []
-  private var historySincePrune = 0
-  private var lastPrune = 0.0
-
   private var lastHousekeeping = 0.0
   private var reapInFlight = false
   private var reapSoon = false
@@ -121,7 +111,6 @@ public final class Broker: @unchecked Sendable {
   private let completions = Mutex<[@Sendable () -> Void]>([])
   private let hostWork = DispatchQueue(label: "swift-vfio broker host work")
   private let grantWork = DispatchQueue(label: "swift-vfio broker grants")
-  private let writer = DispatchQueue(label: "swift-vfio broker ledger")
 
   /// Counters for tests and the benchmark.
   public struct Statistics: Sendable, Equatable {
@@ -147,7 +136,6 @@ public final class Broker: @unchecked Sendable {
     throws(BrokerError)
   {
     self.source = source
-    self.ledger = ledger
     self.configuration = configuration
     self.logger = logger
     self.bootID = bootID
@@ -167,6 +155,9 @@ public final class Broker: @unchecked Sendable {
         connectionsPerSecond: configuration.connectionsPerSecond,
         connectionBurst: max(1, Int(configuration.connectionsPerSecond / 2))),
       epoll: epfd, logger: logger)
+    journal = BrokerJournal(ledger: ledger, logger: logger, retention: configuration.retention) { [unowned self] work in
+      onLoop(work)
+    }
     // Uevents invalidate what `list` knows of the host; without them (a test tree, no
     // permission) the assessment only ages out.
     let ueventFD = cvfio_uevent_socket()
@@ -235,7 +226,7 @@ public final class Broker: @unchecked Sendable {
         }
       }
       more = transport.serveReady()
-      commit()
+      journal.commit()
       housekeeping(now: monotonicSeconds())
       let counters = transport.counters
       statistics.withLock {
@@ -250,8 +241,8 @@ public final class Broker: @unchecked Sendable {
     grantWork.sync {}
     hostWork.sync {}
     drainWake()
-    commit()
-    writer.sync {}
+    journal.commit()
+    journal.drain()
     drainWake()
     logger.info("stopped")
   }
@@ -344,7 +335,7 @@ public final class Broker: @unchecked Sendable {
   }
 
   private func isFresh(_ assessment: Assessment) -> Bool {
-    assessment.ueventCount == ueventCount && assessment.recordsVersion == recordsVersion
+    assessment.ueventCount == ueventCount && assessment.recordsVersion == journal.recordsVersion
       && monotonicSeconds() - assessment.at < configuration.assessmentMaxAge
   }
 
@@ -353,14 +344,14 @@ public final class Broker: @unchecked Sendable {
     guard !assessmentInFlight else { return }
     let groups: [Int: [PCIAddress]]
     do {
-      groups = try currentRecords().filter { $0.value.group.state == .detached }
+      groups = try journal.currentRecords().filter { $0.value.group.state == .detached }
         .mapValues { $0.members.compactMap(\.pciAddress) }
     } catch {
       answerListWaiters(error: error)
       return
     }
     assessmentInFlight = true
-    let stamp = (ueventCount, recordsVersion)
+    let stamp = (ueventCount, journal.recordsVersion)
     let source = self.source
     hostWork.async { [self] in
       let assessed = source.assess(groups: groups)
@@ -389,7 +380,7 @@ public final class Broker: @unchecked Sendable {
     let now = monotonicSeconds()
     let recorded: [Int: (group: LedgerGroup, members: [LedgerMember])]
     do {
-      recorded = try currentRecords()
+      recorded = try journal.currentRecords()
     } catch {
       transport.reply(.failure(error, id: requestID), to: connection, now: now)
       return
@@ -423,7 +414,7 @@ public final class Broker: @unchecked Sendable {
         throw BrokerError(.invalidTarget, "a guest name is letters, digits and - _ . @ (at most 128)")
       }
     }
-    let recorded = try currentRecords()[group]
+    let recorded = try journal.currentRecords()[group]
     do {
       try GrantPolicy.decide(
         caller: caller, group: group, record: recorded?.group, lease: book.holding(group),
@@ -465,9 +456,7 @@ public final class Broker: @unchecked Sendable {
             groupID: group, uid: caller.uid, gid: caller.gid, pid: caller.pid, command: printable(process.command),
             backend: resolved.rawValue, device: wanted[0].description, guest: guest, bootID: bootID,
             pidStart: process.identity?.startTime)
-          batch.grants.append(lease)
-          batch.history.append(Broker.historyEntry(lease, "granted", "\(lease.backend): \(opened.descriptors.count) descriptors"))
-          afterCommit.append { [self] committed in
+          journal.grant(lease, detail: "\(lease.backend): \(opened.descriptors.count) descriptors") { [self] committed in
             granted(lease, opened, committed: committed, connection: connectionID, requestID: requestID, memlock: memlock)
           }
         }
@@ -523,9 +512,9 @@ public final class Broker: @unchecked Sendable {
       transport.reply(.failure(error, id: requestID), to: connection, now: monotonicSeconds())
       return
     }
-    batch.refusals.append(
-      LedgerRefusal(uid: caller.uid, groupID: group, code: error.code.rawValue, detail: "pid \(caller.pid): \(error.message)"))
-    afterCommit.append { [self] _ in
+    let refusal = LedgerRefusal(
+      uid: caller.uid, groupID: group, code: error.code.rawValue, detail: "pid \(caller.pid): \(error.message)")
+    journal.refusal(refusal) { [self] _ in
       guard let connection = transport.connections[id] else { return }
       transport.reply(.failure(error, id: requestID), to: connection, now: monotonicSeconds())
     }
@@ -555,7 +544,7 @@ public final class Broker: @unchecked Sendable {
     switch selector {
     case .group(let id): return (id, nil)
     case .device(let address):
-      guard let group = try currentRecords().values.first(where: { record in
+      guard let group = try journal.currentRecords().values.first(where: { record in
         record.members.contains { $0.address == address.description }
       })?.group.id else {
         throw BrokerError(.notDetached, "\(address) is in no group swift-vfio detached", next: "`vfioctl list` shows its group")
@@ -595,7 +584,7 @@ public final class Broker: @unchecked Sendable {
           transport.queue(message, to: connection, now: now)
         }
       case .history(let lease, let result, let detail):
-        batch.history.append(Broker.historyEntry(lease, result, detail))
+        journal.history(lease, result, detail)
       case .terminateHolders(let group, let lease):
         terminateHolders(group: group, lease: lease)
       case .stopRelaying(let group):
@@ -624,7 +613,7 @@ public final class Broker: @unchecked Sendable {
       }
       let pids = Array(Set(killed)).sorted()
       onLoop { [self] in
-        batch.history.append(Broker.historyEntry(lease, "revoke", "forced: killed \(pids)"))
+        journal.history(lease, "revoke", "forced: killed \(pids)")
         reapSoon = true
       }
     }
@@ -649,7 +638,7 @@ public final class Broker: @unchecked Sendable {
     transport.housekeeping(now: now)
     perform(book.tick(now: now))
     reap()
-    if now - lastPrune > 3600 || historySincePrune > 5_000 { prune(now: now) }
+    journal.pruneIfDue(now: now)
   }
 
   /// Hands the ending leases to a worker: holders, then reset; the ledger records the end.
@@ -686,10 +675,8 @@ public final class Broker: @unchecked Sendable {
         reapInFlight = false
         for (group, reset) in finished {
           guard let lease = candidates[group] else { continue }
-          batch.endedLeases.append(group)
-          batch.history.append(Broker.historyEntry(lease, "lease-ended", "no process holds the group any more"))
-          if let reset { batch.history.append(Broker.historyEntry(lease, reset.history.result, reset.history.detail)) }
-          afterCommit.append { [self] committed in
+          let history = [("lease-ended", "no process holds the group any more")] + (reset.map { [($0.history.result, $0.history.detail)] } ?? [])
+          journal.ended(lease, history: history) { [self] committed in
             guard committed else { return }
             grantees[group] = nil
             releasedExplicitly.remove(group)
@@ -707,88 +694,9 @@ public final class Broker: @unchecked Sendable {
     return Glibc.poll(&poll, 1, 0) == 1
   }
 
-  // MARK: The ledger
-
-  /// Records what the pass decided, on the writer's queue; one write at a time, and whatever
-  /// is decided meanwhile goes with the next.
-  private func commit() {
-    guard !writeInFlight, !batch.isEmpty || !afterCommit.isEmpty else { return }
-    let records = batch
-    let waiting = afterCommit
-    batch = BrokerRecords()
-    afterCommit = []
-    historySincePrune += records.history.count
-    guard !records.isEmpty else {
-      for item in waiting { item(true) }
-      return
-    }
-    writeInFlight = true
-    committing = waiting
-    let ledger = self.ledger
-    let logger = self.logger
-    writer.async { [self] in
-      let committed: Bool
-      do {
-        try ledger.recordBroker(records)
-        committed = true
-      } catch {
-        logger.error("ledger write failed; grants withheld", metadata: ["error": "\(error)"])
-        committed = false
-      }
-      onLoop { [self] in
-        writeInFlight = false
-        let done = committing
-        committing = []
-        for item in done { item(committed) }
-        commit()
-      }
-    }
-  }
-
-  private func prune(now: Double) {
-    lastPrune = now
-    historySincePrune = 0
-    let ledger = self.ledger
-    let policy = configuration.retention
-    let logger = self.logger
-    writer.async {
-      do {
-        let report = try ledger.prune(policy, uid: Int(getuid()), pid: Int(getpid()), command: "broker (retention)")
-        if report.historyRemoved > 0 {
-          logger.info("history pruned", metadata: ["removed": "\(report.historyRemoved)", "kept": "\(report.historyKept)"])
-        }
-      } catch {
-        logger.warning("history prune failed", metadata: ["error": "\(error)"])
-      }
-    }
-  }
-
-  private func currentRecords() throws(BrokerError) -> [Int: (group: LedgerGroup, members: [LedgerMember])] {
-    let version = try ledgerRead(try ledger.dataVersion())
-    if version != recordsVersion {
-      records = try ledgerRead(try ledger.groupsWithMembers())
-      recordsVersion = version
-    }
-    return records
-  }
-
-  private func ledgerRead<T>(_ body: @autoclosure () throws(ManagerError) -> T) throws(BrokerError) -> T {
-    do {
-      return try body()
-    } catch {
-      throw BrokerError(.ledger, "the ledger cannot be read: \(error)", next: "`vfioctl status` as root says more")
-    }
-  }
-
   /// Reasons from the manager span lines; a log line and a history detail take one.
   static func oneLine(_ text: String) -> String {
     text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
-  }
-
-  static func historyEntry(_ lease: LedgerLease, _ result: String, _ detail: String) -> HistoryEntry {
-    HistoryEntry(
-      uid: lease.uid, pid: lease.pid, groupID: lease.groupID, command: "broker \(lease.command)", result: result,
-      detail: detail)
   }
 }
 
