@@ -88,11 +88,11 @@ public final class Broker: @unchecked Sendable {
   private let transport: BrokerTransport
   private var book = LeaseBook()
   /// The kernel's device requests of leased groups (legacy grants), by group.
-  private var relays: [Int: Descriptor] = [:]
+  private var relays: [IOMMUGroupID: Descriptor] = [:]
   /// The process each lease was granted to, by group: a pidfd, while its connection lasted.
-  private var grantees: [Int: Descriptor] = [:]
+  private var grantees: [IOMMUGroupID: Descriptor] = [:]
   /// Leases given back by an explicit `release` (not by a closed connection).
-  private var releasedExplicitly: Set<Int> = []
+  private var releasedExplicitly: Set<IOMMUGroupID> = []
 
   /// What the loop records in the ledger, and its copy of the ledger's groups.
   private var journal: BrokerJournal!
@@ -126,7 +126,7 @@ public final class Broker: @unchecked Sendable {
   public var stats: Statistics { statistics.withLock { $0 } }
 
   struct Assessment {
-    var groups: [Int: GroupAssessment]
+    var groups: [IOMMUGroupID: GroupAssessment]
     var ueventCount: Int
     var recordsVersion: Int?
     var at: Double
@@ -200,7 +200,7 @@ public final class Broker: @unchecked Sendable {
   }
 
   /// The leases now, by group (for tests).
-  public var leasedGroups: [Int] { book.leasedGroups }
+  public var leasedGroups: [IOMMUGroupID] { book.leasedGroups }
 
   // MARK: The loop
 
@@ -307,7 +307,7 @@ public final class Broker: @unchecked Sendable {
       case .open:
         try open(request, for: connection)
       case .release:
-        guard let group = request.group else { throw BrokerError(.invalidTarget, "release needs a group") }
+        guard let group = request.group.map(IOMMUGroupID.init(rawValue:)) else { throw BrokerError(.invalidTarget, "release needs a group") }
         let effects = try book.release(group: group, connection: connection.id, requestID: request.id, now: now)
         connection.leases.remove(group)
         releasedExplicitly.insert(group)
@@ -342,7 +342,7 @@ public final class Broker: @unchecked Sendable {
   /// One assessment of the host at a time, for every `list` waiting.
   private func refreshAssessment() {
     guard !assessmentInFlight else { return }
-    let groups: [Int: [PCIAddress]]
+    let groups: [IOMMUGroupID: [PCIAddress]]
     do {
       groups = try journal.currentRecords().filter { $0.value.group.state == .detached }
         .mapValues { $0.members.compactMap(\.pciAddress) }
@@ -378,7 +378,7 @@ public final class Broker: @unchecked Sendable {
     guard let connection = transport.connections[id] else { return }
     let caller = connection.peer
     let now = monotonicSeconds()
-    let recorded: [Int: (group: LedgerGroup, members: [LedgerMember])]
+    let recorded: [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])]
     do {
       recorded = try journal.currentRecords()
     } catch {
@@ -394,7 +394,7 @@ public final class Broker: @unchecked Sendable {
       let lease = book.holding(record.id)
       groups.append(
         BrokerGroup(
-          group: record.id, devices: members.compactMap(\.pciAddress).map(\.description), owner: record.ownerUID ?? 0,
+          group: record.id.rawValue, devices: members.compactMap(\.pciAddress).map(\.description), owner: record.ownerUID ?? 0,
           reservedFor: record.reservedFor, leasedTo: lease?.pid,
           verdict: lease != nil ? "leased" : record.closing ? "closing" : (view?.verdict ?? "unknown"),
           reasons: view?.reasons ?? [], backends: view?.backends ?? []))
@@ -488,7 +488,7 @@ public final class Broker: @unchecked Sendable {
     if let pidfd = connection.pidfd { grantees[lease.groupID] = pidfd }
     connection.leases.insert(lease.groupID)
     var response = BrokerResponse(.granted, id: requestID)
-    response.group = lease.groupID
+    response.group = lease.groupID.rawValue
     response.backend = lease.backend
     response.descriptors = opened.descriptors.map(\.0)
     response.memlock = MemlockBudget(accounting: opened.memlockAccounting, limit: memlock)
@@ -504,7 +504,7 @@ public final class Broker: @unchecked Sendable {
   /// knows, and answered once that count committed. Groups the ledger never had are not
   /// recorded at all: asking for them costs the ledger nothing.
   private func refuse(
-    group: Int, known: Bool, caller: PeerCredentials, _ error: BrokerError, connection: Connection, requestID: Int?
+    group: IOMMUGroupID, known: Bool, caller: PeerCredentials, _ error: BrokerError, connection: Connection, requestID: Int?
   ) {
     statistics.withLock { $0.refused += 1 }
     let id = connection.id
@@ -524,13 +524,13 @@ public final class Broker: @unchecked Sendable {
     guard connection.peer.uid == 0 else {
       throw BrokerError(.notPermitted, "only root may revoke a lease")
     }
-    guard let group = request.group else { throw BrokerError(.invalidTarget, "revoke needs a group") }
+    guard let group = request.group.map(IOMMUGroupID.init(rawValue:)) else { throw BrokerError(.invalidTarget, "revoke needs a group") }
     let wait = min(max(request.wait ?? 10, 0), 3600)
     perform(
       book.revoke(group: group, connection: connection.id, requestID: request.id, wait: wait, force: request.force ?? false, now: now))
   }
 
-  private func resolveTarget(_ text: String?) throws(BrokerError) -> (group: Int, devices: [PCIAddress]?) {
+  private func resolveTarget(_ text: String?) throws(BrokerError) -> (group: IOMMUGroupID, devices: [PCIAddress]?) {
     guard let text, !text.isEmpty, text.count <= 32 else {
       throw BrokerError(.invalidTarget, "open needs a target: a PCI address or an IOMMU group number")
     }
@@ -570,14 +570,14 @@ public final class Broker: @unchecked Sendable {
       case .answer(let id, let requestID, let kind, let group, let outcome, let detail):
         guard let connection = transport.connections[id] else { continue }
         var response = BrokerResponse(kind, id: requestID)
-        response.group = group
+        response.group = group.rawValue
         response.outcome = outcome
         response.detail = detail
         transport.reply(response, to: connection, now: now)
       case .notify(let group, let event, let detail, let holder, let uid):
         var message = BrokerResponse(.event)
         message.event = event
-        message.group = group
+        message.group = group.rawValue
         message.detail = detail
         for connection in transport.connections.values
         where connection.id == holder || (connection.watching && (connection.peer.uid == uid || connection.peer.uid == 0)) {
@@ -598,7 +598,7 @@ public final class Broker: @unchecked Sendable {
   /// A forced revoke: whoever holds the group now, and the process it was granted to, are
   /// killed, each through a pidfd checked against the process's start time (a pid reused since
   /// is never signalled).
-  private func terminateHolders(group: Int, lease: LedgerLease) {
+  private func terminateHolders(group: IOMMUGroupID, lease: LedgerLease) {
     let grantee = grantees[group]
     let source = self.source
     hostWork.async { [self] in
@@ -619,7 +619,7 @@ public final class Broker: @unchecked Sendable {
     }
   }
 
-  private func relayRequest(_ group: Int) {
+  private func relayRequest(_ group: IOMMUGroupID) {
     guard let event = relays[group] else { return }
     var count: UInt64 = 0
     _ = Glibc.read(event.fd, &count, 8)
@@ -662,7 +662,7 @@ public final class Broker: @unchecked Sendable {
       let recorded = (try? ledger.groupsWithMembers(Array(candidates.keys))) ?? [:]
       let held = source.holders(
         of: candidates.mapValues { lease in (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress) })
-      var ended: [(group: Int, reset: LeaseReset?)] = []
+      var ended: [(group: IOMMUGroupID, reset: LeaseReset?)] = []
       for (group, _) in candidates where (held[group] ?? []).isEmpty && !alive.contains(group) {
         // Reset only what is still ours: an attach may have given the group back meanwhile, or
         // be doing so now (closing: it holds the group's lock and resets the group itself).

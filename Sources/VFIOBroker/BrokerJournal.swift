@@ -30,7 +30,7 @@ final class BrokerJournal: @unchecked Sendable {
   private var lastPrune = 0.0
 
   /// The ledger's groups and members as of `recordsVersion`.
-  private var records: [Int: (group: LedgerGroup, members: [LedgerMember])] = [:]
+  private var records: [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] = [:]
   private(set) var recordsVersion: Int?
 
   init(
@@ -135,7 +135,7 @@ final class BrokerJournal: @unchecked Sendable {
 
   /// The ledger's groups and members, reread when another process (an administrator's
   /// vfioctl) committed since the last read.
-  func currentRecords() throws(BrokerError) -> [Int: (group: LedgerGroup, members: [LedgerMember])] {
+  func currentRecords() throws(BrokerError) -> [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] {
     let version = try read(try ledger.dataVersion())
     if version != recordsVersion {
       records = try read(try ledger.groupsWithMembers())

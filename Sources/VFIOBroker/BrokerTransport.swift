@@ -1,3 +1,4 @@
+import VFIOHost
 import CVFIO
 import Foundation
 import Logging
@@ -376,7 +377,7 @@ enum Token: Equatable {
   case wake
   case listener(Int)
   case connection(UInt64)
-  case request(Int)
+  case request(IOMMUGroupID)
   case uevent
 
   var raw: UInt64 {
@@ -384,7 +385,7 @@ enum Token: Equatable {
     case .wake: 0
     case .listener(let index): 1 << 56 | UInt64(index)
     case .connection(let id): 2 << 56 | id
-    case .request(let group): 3 << 56 | UInt64(group)
+    case .request(let group): 3 << 56 | UInt64(truncatingIfNeeded: group.rawValue)
     case .uevent: 4 << 56
     }
   }
@@ -394,7 +395,7 @@ enum Token: Equatable {
     switch raw >> 56 {
     case 1: self = .listener(Int(id))
     case 2: self = .connection(id)
-    case 3: self = .request(Int(id))
+    case 3: self = .request(IOMMUGroupID(Int(id)))
     case 4: self = .uevent
     default: self = .wake
     }
@@ -439,7 +440,7 @@ final class Connection {
   var interest: (readable: Bool, writable: Bool) = (true, false)
   var closeAfterFlush = false
   var watching = false
-  var leases: Set<Int> = []
+  var leases: Set<IOMMUGroupID> = []
   var lastActivity: Double
 
   init(id: UInt64, socket: Int32, peer: PeerCredentials, rightsRefused: Bool, now: Double) {

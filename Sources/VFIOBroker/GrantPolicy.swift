@@ -1,3 +1,4 @@
+import VFIOHost
 import Foundation
 import VFIOBrokerClient
 import VFIOManager
@@ -8,7 +9,7 @@ import VFIOManager
 /// guest it is reserved for), and only while nobody holds it.
 public enum GrantPolicy {
   public static func decide(
-    caller: PeerCredentials, group id: Int, record: LedgerGroup?, lease: LedgerLease?, pending: Bool = false,
+    caller: PeerCredentials, group id: IOMMUGroupID, record: LedgerGroup?, lease: LedgerLease?, pending: Bool = false,
     guest: String?
   ) throws(BrokerError) {
     guard let record, record.state == .detached else {

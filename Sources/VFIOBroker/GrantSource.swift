@@ -57,17 +57,17 @@ public enum LeaseReset: Sendable, Equatable {
 /// whole broker against a recording fake and the daemon against the host.
 public protocol GrantSource: Sendable {
   /// Opens `devices` (endpoints of `group`) on `backend` (never `.auto` when called).
-  func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant
+  func open(group: IOMMUGroupID, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant
   /// `.iommufd` when the devices have cdevs and the host has /dev/iommu, else `.legacy`.
   func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend
   /// Who has the groups' nodes open (the broker's own process excluded).
-  func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]]
+  func holders(of groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: [OpenHolder]]
   /// Resets the group after a lease.
-  func reset(group: Int) -> LeaseReset
+  func reset(group: IOMMUGroupID) -> LeaseReset
   /// RLIMIT_MEMLOCK of `pid` in bytes, nil when unlimited.
   func memlockLimit(pid: Int) -> UInt64?
   /// The groups (with their devices) as the foundation assesses them now, for `list`.
-  func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment]
+  func assess(groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: GroupAssessment]
   /// Who `pid` is (with its start time) and its command name, for the lease.
   func identify(pid: Int) -> (identity: ProcessIdentity?, command: String)
   /// Ends a holder that did not release when revoked with force: exactly that process, or
@@ -95,7 +95,7 @@ public struct LiveGrantSource: GrantSource {
     return cdevs && sysfs.exists("/dev/iommu") ? .iommufd : .legacy
   }
 
-  public func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
+  public func open(group: IOMMUGroupID, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
     do {
       return backend == .iommufd ? try openIOMMUFD(devices) : try openLegacy(group: group, devices)
     } catch let error as VFIOError {
@@ -107,13 +107,13 @@ public struct LiveGrantSource: GrantSource {
     }
   }
 
-  private func openLegacy(group number: Int, _ devices: [PCIAddress]) throws -> OpenedGrant {
+  private func openLegacy(group number: IOMMUGroupID, _ devices: [PCIAddress]) throws -> OpenedGrant {
     let container = try Container(path: "\(devRoot)/vfio/vfio")
-    let group = try Group(number: number, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+    let group = try Group(number: number.rawValue, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
     try group.attach(to: container)
     var list: [(GrantedDescriptor, Int32)] = [
       (GrantedDescriptor(kind: .container, iommu: container.iommuType.map(wireName)), container.fileDescriptor),
-      (GrantedDescriptor(kind: .group, group: number), group.fileDescriptor),
+      (GrantedDescriptor(kind: .group, group: number.rawValue), group.fileDescriptor),
     ]
     var keep: [AnyObject] = [container, group]
     let request = try EventFD()
@@ -121,7 +121,7 @@ public struct LiveGrantSource: GrantSource {
     for address in devices {
       let device = try group.openDevice(address.description)
       keep.append(device)
-      list.append((GrantedDescriptor(kind: .device, group: number, address: address.description), device.fileDescriptor))
+      list.append((GrantedDescriptor(kind: .device, group: number.rawValue, address: address.description), device.fileDescriptor))
       // One eventfd for every device of the group: any of them asked back is the group asked back.
       if let info = try? device.irqInfo(.req), info.count > 0,
         (try? device.setIRQs(.req, .trigger(eventfds: [request.fileDescriptor]))) != nil
@@ -166,7 +166,7 @@ public struct LiveGrantSource: GrantSource {
       keep: keep)
   }
 
-  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
+  public func holders(of groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: [OpenHolder]] {
     OpenHolderScanner(sysfs: sysfs).holders(of: groups)
   }
 
@@ -184,7 +184,7 @@ public struct LiveGrantSource: GrantSource {
     }
   }
 
-  public func reset(group: Int) -> LeaseReset {
+  public func reset(group: IOMMUGroupID) -> LeaseReset {
     let manager = AssignmentManager(
       sysfs: sysfs, configuration: .init(stateDirectory: stateDirectory, command: "vfioctl serve (lease ended)"))
     do {
@@ -207,10 +207,10 @@ public struct LiveGrantSource: GrantSource {
     return nil
   }
 
-  public func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment] {
+  public func assess(groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: GroupAssessment] {
     guard let inventory = try? HostInventory.read(sysfs) else { return [:] }
     let assessor = Assessor(inventory: inventory)
-    var result: [Int: GroupAssessment] = [:]
+    var result: [IOMMUGroupID: GroupAssessment] = [:]
     for (group, devices) in groups {
       let assessment = assessor.assess(group: group)
       result[group] = GroupAssessment(

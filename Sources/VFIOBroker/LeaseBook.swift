@@ -1,3 +1,4 @@
+import VFIOHost
 import VFIOBrokerClient
 import VFIOManager
 
@@ -26,35 +27,35 @@ struct LeaseBook {
 
   enum Effect: Equatable {
     /// An answer to a `release` or `revoke` request.
-    case answer(connection: UInt64, requestID: Int?, kind: BrokerResponse.Kind, group: Int, outcome: String, detail: String?)
+    case answer(connection: UInt64, requestID: Int?, kind: BrokerResponse.Kind, group: IOMMUGroupID, outcome: String, detail: String?)
     /// An event for the lease's connection and for the watchers of its uid (and root's).
-    case notify(group: Int, event: BrokerResponse.Event, detail: String, holder: UInt64?, uid: Int)
+    case notify(group: IOMMUGroupID, event: BrokerResponse.Event, detail: String, holder: UInt64?, uid: Int)
     case history(LedgerLease, result: String, detail: String)
     /// Kill whoever still holds the group (a forced revoke): found and signalled off the loop.
-    case terminateHolders(group: Int, lease: LedgerLease)
+    case terminateHolders(group: IOMMUGroupID, lease: LedgerLease)
     /// The kernel's device requests for the group are no longer relayed.
-    case stopRelaying(group: Int)
+    case stopRelaying(group: IOMMUGroupID)
     /// Leases are ending: check their holders soon.
     case reap
   }
 
-  private(set) var leases: [Int: Lease] = [:]
+  private(set) var leases: [IOMMUGroupID: Lease] = [:]
   /// Groups whose grant is being opened or recorded, by connection: a second grant of the same
   /// group is refused as if it were leased.
-  private(set) var pending: [Int: UInt64] = [:]
-  private(set) var revocations: [Int: Waiter] = [:]
-  private(set) var releases: [Int: Waiter] = [:]
+  private(set) var pending: [IOMMUGroupID: UInt64] = [:]
+  private(set) var revocations: [IOMMUGroupID: Waiter] = [:]
+  private(set) var releases: [IOMMUGroupID: Waiter] = [:]
 
   /// How long a `release` waits for the group to be free before it is answered "pending".
   static let releaseWait = 10.0
   /// How long a forced revoke waits after the kill.
   static let forcedWait = 10.0
 
-  var leasedGroups: [Int] { leases.keys.sorted() }
+  var leasedGroups: [IOMMUGroupID] { leases.keys.sorted() }
 
   /// The lease (or grant in progress) that makes `group` busy.
-  func holding(_ group: Int) -> LedgerLease? { leases[group]?.record }
-  func isPending(_ group: Int) -> Bool { pending[group] != nil }
+  func holding(_ group: IOMMUGroupID) -> LedgerLease? { leases[group]?.record }
+  func isPending(_ group: IOMMUGroupID) -> Bool { pending[group] != nil }
 
   /// Leases found in the ledger at start-up: their holders have the descriptors still, so they
   /// end once nobody holds the group.
@@ -62,11 +63,11 @@ struct LeaseBook {
     for record in records { leases[record.groupID] = Lease(record: record, connection: nil, ending: true) }
   }
 
-  mutating func beginGrant(group: Int, connection: UInt64) { pending[group] = connection }
+  mutating func beginGrant(group: IOMMUGroupID, connection: UInt64) { pending[group] = connection }
 
   /// The grant could not be opened or recorded: the group is free again (and a revoke that
   /// waited for it has nothing to take back).
-  mutating func abandonGrant(group: Int) -> [Effect] {
+  mutating func abandonGrant(group: IOMMUGroupID) -> [Effect] {
     pending[group] = nil
     guard leases[group] == nil, let revocation = revocations.removeValue(forKey: group) else { return [] }
     return [
@@ -97,7 +98,7 @@ struct LeaseBook {
   }
 
   /// The holder gives the group back; answered once the group is free (or after `releaseWait`).
-  mutating func release(group: Int, connection: UInt64, requestID: Int?, now: Double) throws(BrokerError) -> [Effect] {
+  mutating func release(group: IOMMUGroupID, connection: UInt64, requestID: Int?, now: Double) throws(BrokerError) -> [Effect] {
     guard let lease = leases[group], lease.connection == connection else {
       throw BrokerError(.invalidTarget, "no lease of group \(group) on this connection")
     }
@@ -118,7 +119,7 @@ struct LeaseBook {
 
   /// Root asks for the group back: the holder is told now, and the lease ends when it lets go,
   /// or at `wait` (killed first when `force`).
-  mutating func revoke(group: Int, connection: UInt64, requestID: Int?, wait: Double, force: Bool, now: Double)
+  mutating func revoke(group: IOMMUGroupID, connection: UInt64, requestID: Int?, wait: Double, force: Bool, now: Double)
     -> [Effect]
   {
     guard var lease = leases[group] else {
@@ -142,7 +143,7 @@ struct LeaseBook {
   }
 
   /// The kernel asks for the group (an unbind of a held device): relayed to the holder.
-  func kernelRequest(group: Int) -> [Effect] {
+  func kernelRequest(group: IOMMUGroupID) -> [Effect] {
     guard let lease = leases[group] else { return [] }
     return [
       .notify(
@@ -178,11 +179,11 @@ struct LeaseBook {
   }
 
   /// The leases to check for holders now.
-  var ending: [Int: LedgerLease] { leases.filter { $0.value.ending }.mapValues(\.record) }
+  var ending: [IOMMUGroupID: LedgerLease] { leases.filter { $0.value.ending }.mapValues(\.record) }
 
   /// Nobody holds the group any more: the lease is over. `reset` is nil when the group was no
   /// longer detached (not the broker's to reset).
-  mutating func ended(group: Int, reset: LeaseReset?) -> [Effect] {
+  mutating func ended(group: IOMMUGroupID, reset: LeaseReset?) -> [Effect] {
     guard let lease = leases.removeValue(forKey: group) else { return [] }
     var effects: [Effect] = [
       .stopRelaying(group: group),
@@ -210,7 +211,7 @@ struct LeaseBook {
   }
 
   /// The lease stops belonging to its connection; it ends once nobody holds the group.
-  private mutating func end(_ group: Int) -> [Effect] {
+  private mutating func end(_ group: IOMMUGroupID) -> [Effect] {
     guard var lease = leases[group] else { return [] }
     lease.connection = nil
     lease.ending = true

@@ -5,7 +5,7 @@ import VFIOHost
 /// Failures `vfioctl` reports, each with the exit code of sysexits(3) it maps to.
 public enum CLIError: Error, Equatable, CustomStringConvertible {
   case noSuchDevice(String)
-  case noSuchGroup(Int)
+  case noSuchGroup(IOMMUGroupID)
   case unavailable(String)
   case internalError(String)
   case usage(String)

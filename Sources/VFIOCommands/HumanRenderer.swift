@@ -7,13 +7,13 @@ public enum HumanRenderer {
   public static func list(_ report: ListReport) -> String {
     var out = banner(report)
     var table = TextTable(header: ["GROUP", "ADDRESS", "CLASS", "DEVICE", "DRIVER", "VERDICT"])
-    var lastGroup: Int?? = .none
+    var lastGroup: IOMMUGroupID?? = .none
     let held = Dictionary(report.groups.compactMap { g in g.ledger.map { (g.id, $0) } }, uniquingKeysWith: { a, _ in a })
     for device in sortedByGroup(report.devices) {
       let group = device.iommuGroup
       let record = group.flatMap { held[$0] }.flatMap { r in r.originals.contains { $0.address == device.address } ? r : nil }
       table.rows.append([
-        group != nil && lastGroup == .some(group) ? "" : group.map(String.init) ?? "-",
+        group != nil && lastGroup == .some(group) ? "" : group.map(\.description) ?? "-",
         short(device.address), clip(device.className ?? device.classCode, 22), clip(device.name, 48),
         device.driver ?? "-", record.map(ledgerVerdict) ?? device.verdict.label,
       ])

@@ -29,7 +29,7 @@ public struct HostOptions: ParsableArguments {
       throw .unavailable(error.description)
     }
     if let note = inventory.configSpaceNote { printError("note: \(note)") }
-    var ledger: [Int: LedgerRecord] = [:]
+    var ledger: [IOMMUGroupID: LedgerRecord] = [:]
     if let state {
       // The inventory does not depend on the ledger: a ledger that cannot be read is a warning.
       do { ledger = try LedgerRecord.all(directory: state.state) } catch { printError("warning: \(error)") }

@@ -9,17 +9,17 @@ public struct ReportBuilder: Sendable {
   let assessor: Assessor
   let resets: ResetPlanner
   /// Group verdicts computed once; a device's verdict is its group's unless it is a bridge.
-  let groupAssessments: [Int: Assessment]
+  let groupAssessments: [IOMMUGroupID: Assessment]
   /// Groups swift-vfio holds, from its ledger.
-  public let ledger: [Int: LedgerRecord]
+  public let ledger: [IOMMUGroupID: LedgerRecord]
 
-  public init(inventory: HostInventory, names: PCIIDDatabase?, ledger: [Int: LedgerRecord] = [:]) {
+  public init(inventory: HostInventory, names: PCIIDDatabase?, ledger: [IOMMUGroupID: LedgerRecord] = [:]) {
     self.inventory = inventory
     self.names = names
     self.ledger = ledger
     self.assessor = Assessor(inventory: inventory, reservations: LedgerRecord.reservations(ledger))
     self.resets = ResetPlanner(inventory: inventory)
-    var assessments: [Int: Assessment] = [:]
+    var assessments: [IOMMUGroupID: Assessment] = [:]
     for assessment in assessor.assessAllGroups() {
       if let id = assessment.group { assessments[id] = assessment }
     }

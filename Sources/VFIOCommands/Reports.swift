@@ -25,7 +25,7 @@ public struct DeviceReport: Codable, Sendable, Equatable {
   public var kind: PCIFunctionKind
   public var driver: String?
   public var driverOverride: String?
-  public var iommuGroup: Int?
+  public var iommuGroup: IOMMUGroupID?
   public var numaNode: Int?
   public var headerType: Int
   public var multifunction: Bool
@@ -90,7 +90,7 @@ public struct DeviceSummary: Codable, Sendable, Equatable {
   public var kind: PCIFunctionKind
   public var driver: String?
   public var driverOverride: String?
-  public var iommuGroup: Int?
+  public var iommuGroup: IOMMUGroupID?
   /// The nearest upstream bridge; nil on a root bus.
   public var parent: PCIAddress?
   public var resetMethods: [ResetMethod]
@@ -104,7 +104,7 @@ public struct DeviceSummary: Codable, Sendable, Equatable {
 
 /// One IOMMU group with its verdict.
 public struct GroupReport: Codable, Sendable, Equatable {
-  public var id: Int
+  public var id: IOMMUGroupID
   public var type: String?
   public var devices: [PCIAddress]
   public var endpoints: [PCIAddress]
@@ -149,7 +149,7 @@ public struct ExplainReport: Codable, Sendable {
   public var schemaVersion = Schema.version
   /// The address or group number asked about.
   public var target: String
-  public var group: Int?
+  public var group: IOMMUGroupID?
   public var verdict: Verdict
   public var reasons: [Reason]
   public var members: [Assessment.Member]

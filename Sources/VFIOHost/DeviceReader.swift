@@ -62,7 +62,7 @@ struct DeviceReader {
       isMultifunction: config?.isMultifunction ?? false,
       driver: dir.linkName("driver"),
       driverOverride: override == "(null)" || override == "" ? nil : override,
-      iommuGroup: dir.linkName("iommu_group").flatMap { Int($0) },
+      iommuGroup: dir.linkName("iommu_group").flatMap { IOMMUGroupID($0) },
       numaNode: numa.flatMap { $0 < 0 ? nil : $0 },
       upstreamBridges: Array(bridges), bars: bars, config: config, configError: configError,
       kernelResetMethods: resetMethods, sriov: readSRIOV(dir, config: config, address: address, &warnings),

@@ -27,7 +27,7 @@ public struct HostInventory: Sendable {
   public let unreadable: [(name: String, reason: String)]
 
   private let index: [PCIAddress: Int]
-  private let groupIndex: [Int: Int]
+  private let groupIndex: [IOMMUGroupID: Int]
   /// Where the inventory was read from, for the host-wide facts only `doctor` needs.
   public let sysfs: Sysfs
 
@@ -37,7 +37,7 @@ public struct HostInventory: Sendable {
   public func readEnvironment() -> KernelEnvironment { KernelEnvironment.read(sysfs) }
 
   public func device(_ address: PCIAddress) -> PCIDevice? { index[address].map { devices[$0] } }
-  public func group(_ id: Int) -> IOMMUGroup? { groupIndex[id].map { groups[$0] } }
+  public func group(_ id: IOMMUGroupID) -> IOMMUGroup? { groupIndex[id].map { groups[$0] } }
   public func group(of device: PCIDevice) -> IOMMUGroup? { device.iommuGroup.flatMap(group) }
   public func uses(of address: PCIAddress) -> [HostUse] { hostUse[address] ?? [] }
 
@@ -139,7 +139,7 @@ public struct HostInventory: Sendable {
     var index: [PCIAddress: Int] = [:]
     for (i, device) in devices.enumerated() { index[device.address] = i }
     self.index = index
-    var groupIndex: [Int: Int] = [:]
+    var groupIndex: [IOMMUGroupID: Int] = [:]
     for (i, group) in groups.enumerated() { groupIndex[group.id] = i }
     self.groupIndex = groupIndex
   }
@@ -168,11 +168,11 @@ public struct HostInventory: Sendable {
   /// system calls per group. Only groups no PCI device points at are listed, to name their
   /// non-PCI members.
   private static func readGroups(_ sysfs: Sysfs, devices: [PCIDevice]) -> [IOMMUGroup] {
-    var members: [Int: [PCIAddress]] = [:]
+    var members: [IOMMUGroupID: [PCIAddress]] = [:]
     for device in devices {
       if let group = device.iommuGroup { members[group, default: []].append(device.address) }
     }
-    let ids = sysfs.list("/sys/kernel/iommu_groups").compactMap { Int($0) }
+    let ids = sysfs.list("/sys/kernel/iommu_groups").compactMap { IOMMUGroupID($0) }
     let pciMembers = members
     return readConcurrently(ids) { id -> IOMMUGroup in
       let path = "/sys/kernel/iommu_groups/\(id)"
@@ -195,7 +195,7 @@ public struct HostInventory: Sendable {
       modules: VFIOSupport.relevantModules.filter { sysfs.isDirectory("/sys/module/\($0)") },
       vfioPCIDriver: sysfs.isDirectory("/sys/bus/pci/drivers/vfio-pci"),
       containerNode: sysfs.exists("/dev/vfio/vfio"),
-      groupNodes: sysfs.list("/dev/vfio").compactMap { Int($0) }.sorted(),
+      groupNodes: sysfs.list("/dev/vfio").compactMap { IOMMUGroupID($0) }.sorted(),
       iommufdNode: sysfs.exists("/dev/iommu"),
       deviceNodes: sysfs.list("/dev/vfio/devices"))
   }

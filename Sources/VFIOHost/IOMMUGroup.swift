@@ -1,7 +1,7 @@
 /// An IOMMU group: the smallest set of devices the IOMMU can isolate from the rest, and so the
 /// unit VFIO hands to a user.
 public struct IOMMUGroup: Sendable, Equatable, Codable {
-  public let id: Int
+  public let id: IOMMUGroupID
   /// The default domain type from `type` (`DMA`, `DMA-FQ`, `identity`, `blocked`, `unmanaged`).
   public let type: String?
   /// PCI members, in address order.
@@ -28,7 +28,7 @@ public struct VFIOSupport: Sendable, Equatable, Codable {
   /// `/dev/vfio/vfio`, the legacy container node.
   public let containerNode: Bool
   /// Group numbers with a `/dev/vfio/N` node.
-  public let groupNodes: [Int]
+  public let groupNodes: [IOMMUGroupID]
   /// `/dev/iommu`, the iommufd node.
   public let iommufdNode: Bool
   /// Names under `/dev/vfio/devices` (VFIO device cdevs, `vfio0` …).

@@ -16,7 +16,7 @@ public struct PCIDevice: Sendable {
   public let driver: String?
   /// `driver_override`, nil when unset (the kernel prints "(null)").
   public let driverOverride: String?
-  public let iommuGroup: Int?
+  public let iommuGroup: IOMMUGroupID?
   public let numaNode: Int?
   /// Upstream PCI bridges from the nearest to the root port, taken from the sysfs path.
   public let upstreamBridges: [PCIAddress]

@@ -3,11 +3,11 @@ import VFIOHost
 /// What a command is about: a PCI function or a whole IOMMU group.
 public enum Selector: Sendable, Equatable, CustomStringConvertible {
   case device(PCIAddress)
-  case group(Int)
+  case group(IOMMUGroupID)
 
   /// A decimal number is a group; anything else must be a PCI address.
   public init(parsing text: String) throws(PCIAddressError) {
-    if !text.isEmpty, text.allSatisfy(\.isASCII), text.allSatisfy(\.isNumber), let id = Int(text) {
+    if let id = IOMMUGroupID(text) {
       self = .group(id)
     } else {
       self = .device(try PCIAddress(parsing: text))
@@ -27,7 +27,7 @@ public enum TargetNotFound {
   public static func device(_ address: String) -> String {
     "no PCI device \(address) on this host; run `vfioctl list` to see the devices"
   }
-  public static func group(_ id: Int) -> String {
+  public static func group(_ id: IOMMUGroupID) -> String {
     "no IOMMU group \(id) on this host; run `vfioctl list` to see the groups"
   }
 }

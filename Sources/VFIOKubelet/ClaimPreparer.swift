@@ -26,7 +26,7 @@ struct ClaimCheckpoint: Codable, Equatable {
   var isPending: Bool { pending == true }
 
   struct Group: Codable, Equatable {
-    let group: Int
+    let group: IOMMUGroupID
     let detached: Bool
   }
 }
@@ -156,7 +156,7 @@ public final class ClaimPreparer: @unchecked Sendable {
   }
 
   /// The groups held for claims now, prepared or being prepared.
-  public func preparedGroups() throws(KubeletError) -> Set<Int> { Set(try heldGroups().keys) }
+  public func preparedGroups() throws(KubeletError) -> Set<IOMMUGroupID> { Set(try heldGroups().keys) }
 
   /// The claims prepared now, as their checkpoints say.
   public func preparedClaims() throws(KubeletError) -> [ClaimReference] {
@@ -199,8 +199,8 @@ public final class ClaimPreparer: @unchecked Sendable {
   }
 
   /// Group → the claim holding it.
-  private func heldGroups() throws(KubeletError) -> [Int: String] {
-    var held: [Int: String] = [:]
+  private func heldGroups() throws(KubeletError) -> [IOMMUGroupID: String] {
+    var held: [IOMMUGroupID: String] = [:]
     for checkpoint in try checkpoints() {
       for group in checkpoint.groups { held[group.group] = checkpoint.claim.uid }
     }
@@ -208,14 +208,14 @@ public final class ClaimPreparer: @unchecked Sendable {
   }
 
   /// The publishable groups now, with those this driver holds for claims kept in.
-  public func catalog(prepared: Set<Int>) throws(KubeletError) -> DeviceCatalog {
+  public func catalog(prepared: Set<IOMMUGroupID>) throws(KubeletError) -> DeviceCatalog {
     try NodeCatalog(
       sysfs: manager.sysfs, stateDirectory: manager.configuration.stateDirectory, view: view, allowNoReset: allowNoReset
     ).read(prepared: prepared)
   }
 
   /// The groups the ledger has on VFIO now.
-  private func detachedGroups() throws(KubeletError) -> Set<Int> {
+  private func detachedGroups() throws(KubeletError) -> Set<IOMMUGroupID> {
     do throws(ManagerError) {
       guard let ledger = try Ledger.open(directory: manager.configuration.stateDirectory, create: false) else { return [] }
       return Set(try ledger.groups().filter { $0.state == .detached }.map(\.id))

@@ -1,4 +1,5 @@
 import Foundation
+import VFIOHost
 import VFIOManager
 
 /// Why a kubelet plugin could not do what it was asked; each case says what to do next.
@@ -12,7 +13,7 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
   /// The claim's configuration for this driver is not what we take.
   case badConfiguration(claim: String, why: String)
   /// The group is prepared for another claim.
-  case taken(claim: String, group: Int, by: String)
+  case taken(claim: String, group: IOMMUGroupID, by: String)
   /// The assignment manager refused or failed; nothing of this claim stays detached.
   case manager(claim: String, ManagerError)
   case cdi(path: String, String)

@@ -21,7 +21,7 @@ public struct NodeCatalog: Sendable {
   }
 
   /// The catalog now. `prepared`: groups this driver holds for claims.
-  public func read(prepared: Set<Int> = []) throws(KubeletError) -> DeviceCatalog {
+  public func read(prepared: Set<IOMMUGroupID> = []) throws(KubeletError) -> DeviceCatalog {
     let hidden = view.unreadable(sysfs)
     guard hidden.isEmpty else { throw .hostViewUnavailable(hidden.map(sysfs.path)) }
     let inventory: HostInventory
@@ -32,8 +32,8 @@ public struct NodeCatalog: Sendable {
   }
 
   /// Groups the ledger gives to a user, reserves or has leased, and why, less `prepared`.
-  public func withheld(excepting prepared: Set<Int> = []) throws(KubeletError) -> [Int: String] {
-    var reasons: [Int: String] = [:]
+  public func withheld(excepting prepared: Set<IOMMUGroupID> = []) throws(KubeletError) -> [IOMMUGroupID: String] {
+    var reasons: [IOMMUGroupID: String] = [:]
     do throws(ManagerError) {
       guard let ledger = try Ledger.open(directory: stateDirectory, create: false) else { return [:] }
       for group in try ledger.groups() where !prepared.contains(group.id) {

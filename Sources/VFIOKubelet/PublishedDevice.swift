@@ -5,7 +5,7 @@ import VFIOPolicy
 /// One IOMMU group as the cluster sees it: the unit a claim (DRA) or a container request
 /// (device plugin) gets, never a single function, so companions always go together.
 public struct PublishedDevice: Sendable, Equatable, Codable {
-  public let group: Int
+  public let group: IOMMUGroupID
   /// Every endpoint of the group, in address order; bridges stay with the host.
   public let functions: [PCIAddress]
   public let verdict: Verdict
@@ -27,7 +27,7 @@ public struct PublishedDevice: Sendable, Equatable, Codable {
   /// The DRA device name: a DNS label, stable for as long as the group number is.
   public var name: String { "group-\(group)" }
   /// The device plugin ID: the group number, as KubeVirt's PCI device plugin uses it.
-  public var pluginID: String { String(group) }
+  public var pluginID: String { group.description }
   /// The card of the first function (domain, bus, slot): functions of one card share it.
   public var card: String { cardKey(functions[0]) }
   /// `PCI_RESOURCE_<NAME>`'s value: the functions, comma-separated, as KubeVirt reads it.
@@ -54,7 +54,7 @@ public struct DeviceCatalog: Sendable {
   /// With `allowNoReset`, a group whose only blocker is a missing reset is published too
   /// (as `conditional`), for userspace drivers that live without one (QEMU's edu device).
   /// `withheld`: groups not to publish whatever they are (the ledger gives them to someone).
-  public init(inventory: HostInventory, allowNoReset: Bool = false, withheld: [Int: String] = [:]) {
+  public init(inventory: HostInventory, allowNoReset: Bool = false, withheld: [IOMMUGroupID: String] = [:]) {
     self.devices = inventory.devices
     let assessor = Assessor(inventory: inventory)
     published = inventory.groups.compactMap { group -> PublishedDevice? in

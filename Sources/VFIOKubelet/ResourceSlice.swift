@@ -77,7 +77,7 @@ public struct SliceBuilder: Sendable {
   public func device(_ published: PublishedDevice) -> ResourceSlice.Device {
     var attributes: [String: ResourceSlice.Attribute] = [
       "resource.kubernetes.io/pciBusID": .string(published.functions[0].description),
-      "iommuGroup": .int(published.group),
+      "iommuGroup": .int(published.group.rawValue),
       "vendor": .string(hex(published.vendorID, 4)),
       "device": .string(hex(published.deviceID, 4)),
       "class": .string(hex(published.classCode, 6)),

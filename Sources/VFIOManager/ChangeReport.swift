@@ -12,7 +12,7 @@ public struct ChangeReport: Codable, Sendable, Equatable {
   }
 
   public let action: LedgerOperation.Kind
-  public let group: Int
+  public let group: IOMMUGroupID
   public let outcome: Outcome
   /// Numbered from 1, as `SWIFT_VFIO_FAULT_AFTER_STEP` counts them.
   public let steps: [PlanStep]
@@ -36,7 +36,7 @@ public struct StatusReport: Codable, Sendable, Equatable {
   public let groups: [GroupStatus]
 
   public struct GroupStatus: Codable, Sendable, Equatable {
-    public let group: Int
+    public let group: IOMMUGroupID
     public let state: GroupState
     public let driver: String?
     public let since: String?
@@ -87,7 +87,7 @@ public struct HistoryLine: Codable, Sendable, Equatable {
   public let at: String
   public let uid: Int
   public let pid: Int
-  public let group: Int?
+  public let group: IOMMUGroupID?
   public let command: String
   public let result: String
   public let detail: String

@@ -4,7 +4,7 @@ import VFIOPolicy
 
 /// A group that is not simply the host's: what `vfioctl owners` lists.
 public struct OwnerReport: Codable, Sendable, Equatable {
-  public let group: Int
+  public let group: IOMMUGroupID
   public let state: GroupState
   public let owner: Ownership?
   public let ownedSince: String?
@@ -27,15 +27,15 @@ public struct GroupAccess: ManagerPart {
   /// group node is the one of the group the kernel has the devices in now: an owner is bound to
   /// the devices, and the number the ledger knows the group by may have been given to other
   /// devices since (a reboot, a hot-plug). Devices split over several groups get no node.
-  func nodes(group: Int, devices: [PCIAddress]) -> [String] {
+  func nodes(group: IOMMUGroupID, devices: [PCIAddress]) -> [String] {
     let cdevs = OpenHolderScanner(sysfs: sysfs).cdevNodes(of: devices)
     guard let current = currentGroup(of: devices) else { return cdevs.filter(sysfs.exists) }
     return (["/dev/vfio/\(current)"] + cdevs).filter(sysfs.exists)
   }
 
   /// The IOMMU group the kernel has all of `devices` in now, if they share one.
-  func currentGroup(of devices: [PCIAddress]) -> Int? {
-    let groups = Set(devices.compactMap { sysfs.linkName("/sys/bus/pci/devices/\($0)/iommu_group").flatMap { Int($0) } })
+  func currentGroup(of devices: [PCIAddress]) -> IOMMUGroupID? {
+    let groups = Set(devices.compactMap { sysfs.linkName("/sys/bus/pci/devices/\($0)/iommu_group").flatMap { IOMMUGroupID($0) } })
     return groups.count == 1 ? groups.first : nil
   }
 
@@ -46,7 +46,7 @@ public struct GroupAccess: ManagerPart {
   /// A `brokerOnly` setting keeps the nodes root's, 0600: the owner gets descriptors from the
   /// broker and nothing else.
   func applyOwnership(
-    group: Int, ledger: Ledger, setting: Ownership?, brokerOnly: Bool = false, devices: [PCIAddress]
+    group: IOMMUGroupID, ledger: Ledger, setting: Ownership?, brokerOnly: Bool = false, devices: [PCIAddress]
   ) throws(ManagerError) -> [String] {
     if let setting {
       try ledger.recordOwner(group: group, setting, brokerOnly: brokerOnly)
@@ -63,7 +63,7 @@ public struct GroupAccess: ManagerPart {
     return notes
   }
 
-  func give(_ node: String, to ownership: Ownership, group: Int) throws(ManagerError) {
+  func give(_ node: String, to ownership: Ownership, group: IOMMUGroupID) throws(ManagerError) {
     do {
       try host.setOwner(node, ownership)
     } catch {
@@ -103,7 +103,7 @@ public struct GroupAccess: ManagerPart {
 
   /// The group's nodes back to root, mode 0600, and its owner forgotten; with
   /// `keepingReservation`, in the same write, the group stays reserved for that guest alone.
-  func endOwner(group: Int, ledger: Ledger, keepingReservation: Reservation? = nil) throws(ManagerError) {
+  func endOwner(group: IOMMUGroupID, ledger: Ledger, keepingReservation: Reservation? = nil) throws(ManagerError) {
     for node in nodes(group: group, devices: try memberAddresses(group, ledger)) {
       try give(node, to: .rootOnly, group: group)
     }
@@ -156,7 +156,7 @@ public struct GroupAccess: ManagerPart {
 
   /// The reports of `records`, with who holds each open from one walk of /proc.
   func ownerReports(_ records: [LedgerGroup], ledger: Ledger) throws(ManagerError) -> [OwnerReport] {
-    var devices: [Int: [PCIAddress]] = [:]
+    var devices: [IOMMUGroupID: [PCIAddress]] = [:]
     for record in records { devices[record.id] = try memberAddresses(record.id, ledger) }
     let holders = OpenHolderScanner(sysfs: sysfs).holders(of: devices)
     return records.map { record in
@@ -168,13 +168,13 @@ public struct GroupAccess: ManagerPart {
     }
   }
 
-  func memberAddresses(_ group: Int, _ ledger: Ledger) throws(ManagerError) -> [PCIAddress] {
+  func memberAddresses(_ group: IOMMUGroupID, _ ledger: Ledger) throws(ManagerError) -> [PCIAddress] {
     try ledger.members(of: group).compactMap(\.pciAddress)
   }
 
   /// Takes the group's lock, recovers, runs `change`, and reports the group afterwards.
   func changeOwnership(
-    _ target: Selector, _ change: (Ledger, Int, LedgerGroup?) throws(ManagerError) -> Void
+    _ target: Selector, _ change: (Ledger, IOMMUGroupID, LedgerGroup?) throws(ManagerError) -> Void
   ) throws(ManagerError) -> OwnerReport {
     let group = try lockingGroup(target)
     let (lock, ledger, _) = try begin(group: group)

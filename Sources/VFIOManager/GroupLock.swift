@@ -1,4 +1,5 @@
 import Foundation
+import VFIOHost
 
 /// The right to change one IOMMU group: an exclusive `flock` on `STATE/locks/group-N.lock`.
 ///
@@ -6,11 +7,11 @@ import Foundation
 /// leave a group locked; the holder writes its pid and command into the file so that a
 /// waiting process can say who it is waiting for. Released in deinit (closing the descriptor).
 public final class GroupLock {
-  public let group: Int
+  public let group: IOMMUGroupID
   let fd: Int32
 
   /// Waits up to `timeout` seconds for the lock, polling, then throws `.busy` naming the holder.
-  public init(group: Int, stateDirectory: String, timeout: Double, command: String) throws(ManagerError) {
+  public init(group: IOMMUGroupID, stateDirectory: String, timeout: Double, command: String) throws(ManagerError) {
     self.group = group
     let directory = stateDirectory + "/locks"
     if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw .stateDirectory(path: directory, errno: errno) }

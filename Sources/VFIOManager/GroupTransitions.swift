@@ -76,7 +76,7 @@ public struct GroupTransitions: ManagerPart {
 
   /// The same `AssignmentPlan` `explain` prints, after the checks that refuse it.
   func planDetach(
-    _ target: Selector, group: Int, inventory: HostInventory, ledger: Ledger?, driver: String,
+    _ target: Selector, group: IOMMUGroupID, inventory: HostInventory, ledger: Ledger?, driver: String,
     force: [PCIAddress], allowNoReset: Bool
   ) throws(ManagerError) -> DetachPlan {
     let assessor = Assessor(inventory: inventory)
@@ -195,7 +195,7 @@ public struct GroupTransitions: ManagerPart {
   /// lease must be gone from the ledger afterwards; otherwise the attach is refused and the
   /// mark cleared. Without `revoke` the attach is refused outright, naming the holder.
   func takeBack(
-    _ lease: LedgerLease, group: Int, ledger: Ledger, revoke: ((LedgerLease) throws(ManagerError) -> String)?
+    _ lease: LedgerLease, group: IOMMUGroupID, ledger: Ledger, revoke: ((LedgerLease) throws(ManagerError) -> String)?
   ) throws(ManagerError) -> String {
     guard let revoke else {
       throw .refused(
@@ -235,7 +235,7 @@ public struct GroupTransitions: ManagerPart {
     var addresses: [PCIAddress] { members.compactMap(\.pciAddress) }
   }
 
-  func planAttach(group: Int, inventory: HostInventory, ledger: Ledger?) throws(ManagerError) -> AttachPlan {
+  func planAttach(group: IOMMUGroupID, inventory: HostInventory, ledger: Ledger?) throws(ManagerError) -> AttachPlan {
     guard let ledger, let record = try ledger.group(group), record.state == .detached else {
       let members = inventory.group(group)?.devices.compactMap(inventory.device).filter(\.isEndpoint) ?? []
       let now = members.map { "\($0.address) on \(DriverBinding($0))" }.joined(separator: ", ")
@@ -312,7 +312,7 @@ public struct GroupTransitions: ManagerPart {
     return report(.reset, group, .done, steps, recovered, inventory, [], devices)
   }
 
-  func planReset(_ target: Selector, group: Int, method: ResetMethod?, inventory: HostInventory, ledger: Ledger?)
+  func planReset(_ target: Selector, group: IOMMUGroupID, method: ResetMethod?, inventory: HostInventory, ledger: Ledger?)
     throws(ManagerError) -> [PlanStep]
   {
     let planner = ResetPlanner(inventory: inventory)
@@ -395,7 +395,7 @@ public struct GroupTransitions: ManagerPart {
   /// With the group's lock held (so whoever started it is gone), puts an interrupted
   /// operation right: a detach is rolled back, an attach finished — either way the host gets
   /// its devices back as the ledger recorded them. Returns what was done, or nil.
-  func recoverIfNeeded(group: Int, ledger: Ledger) throws(ManagerError) -> String? {
+  func recoverIfNeeded(group: IOMMUGroupID, ledger: Ledger) throws(ManagerError) -> String? {
     guard var operation = try ledger.unfinishedOperation(group: group) else { return nil }
     let members = try ledger.members(of: group)
     let progress = "\(operation.stepsDone) of \(operation.steps.count) steps were marked done by pid \(operation.pid)"
@@ -474,7 +474,7 @@ public struct GroupTransitions: ManagerPart {
     return errors
   }
 
-  func newOperation(_ kind: LedgerOperation.Kind, group: Int, steps: [PlanStep]) -> LedgerOperation {
+  func newOperation(_ kind: LedgerOperation.Kind, group: IOMMUGroupID, steps: [PlanStep]) -> LedgerOperation {
     LedgerOperation(starting: kind, group: group, steps: steps, command: configuration.command)
   }
 

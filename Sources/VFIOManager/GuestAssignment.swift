@@ -12,7 +12,7 @@ public struct GuestAssignment: ManagerPart {
 
   /// What one guest call did to one group.
   public struct GuestGroup: Sendable, Equatable {
-    public let group: Int
+    public let group: IOMMUGroupID
     public let devices: [PCIAddress]
     public let outcome: String
   }
@@ -32,8 +32,8 @@ public struct GuestAssignment: ManagerPart {
     try Reservation.validate(guest: guest)
     let groups = try groupsOf(devices)
     let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
-    var refusals: [Int: [ManagerError.Refusal]] = [:]
-    var toDetach: [Int] = []
+    var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
+    var toDetach: [IOMMUGroupID] = []
     for (group, _) in groups {
       let record = try ledger?.group(group)
       if let other = record?.reservedFor, other != guest {
@@ -61,7 +61,7 @@ public struct GuestAssignment: ManagerPart {
     }
     guard refusals.isEmpty else { throw .refusedGroups(refusals) }
     var done: [GuestGroup] = []
-    var detachedHere: [Int] = []
+    var detachedHere: [IOMMUGroupID] = []
     do {
       for (group, members) in groups {
         var outcome = "already \(guest)'s"
@@ -173,7 +173,7 @@ public struct GuestAssignment: ManagerPart {
     }
   }
 
-  func setRunner(_ runner: ProcessIdentity?, group: Int) throws(ManagerError) {
+  func setRunner(_ runner: ProcessIdentity?, group: IOMMUGroupID) throws(ManagerError) {
     let lock = try lock(group: group)
     defer { withExtendedLifetime(lock) {} }
     guard let ledger = try recordedLedger() else { return }
@@ -191,8 +191,8 @@ public struct GuestAssignment: ManagerPart {
   }
 
   /// Each distinct group of `devices` (in the order first named) with the devices named in it.
-  func groupsOf(_ devices: [PCIAddress]) throws(ManagerError) -> [(group: Int, devices: [PCIAddress])] {
-    var groups: [(group: Int, devices: [PCIAddress])] = []
+  func groupsOf(_ devices: [PCIAddress]) throws(ManagerError) -> [(group: IOMMUGroupID, devices: [PCIAddress])] {
+    var groups: [(group: IOMMUGroupID, devices: [PCIAddress])] = []
     for device in devices {
       let group = try lockingGroup(.device(device))
       if let index = groups.firstIndex(where: { $0.group == group }) {

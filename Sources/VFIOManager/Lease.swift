@@ -1,4 +1,5 @@
 import Foundation
+import VFIOHost
 import GRDB
 
 /// A grant the broker made: the group's descriptors are in the hands of `pid` (uid `uid`).
@@ -6,7 +7,7 @@ import GRDB
 /// reset and free for its owner again; a broker that restarts finds its leases here.
 public struct LedgerLease: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
   public static let databaseTableName = "lease"
-  public var groupID: Int
+  public var groupID: IOMMUGroupID
   public var uid: Int
   public var gid: Int
   public var pid: Int
@@ -24,7 +25,7 @@ public struct LedgerLease: Codable, Sendable, Equatable, FetchableRecord, Persis
   public var pidStart: Int64? = nil
 
   public init(
-    groupID: Int, uid: Int, gid: Int, pid: Int, command: String, backend: String, device: String, guest: String?,
+    groupID: IOMMUGroupID, uid: Int, gid: Int, pid: Int, command: String, backend: String, device: String, guest: String?,
     started: Date = Date(), bootID: String?, pidStart: Int64? = nil
   ) {
     self.groupID = groupID

@@ -226,7 +226,7 @@ public final class Ledger: Sendable {
 
   // MARK: Reading
 
-  public func group(_ id: Int) throws(ManagerError) -> LedgerGroup? {
+  public func group(_ id: IOMMUGroupID) throws(ManagerError) -> LedgerGroup? {
     try read { db in try LedgerGroup.fetchOne(db, key: id) }
   }
 
@@ -234,14 +234,14 @@ public final class Ledger: Sendable {
     try read { db in try LedgerGroup.order(Column("id")).fetchAll(db) }
   }
 
-  public func members(of group: Int) throws(ManagerError) -> [LedgerMember] {
+  public func members(of group: IOMMUGroupID) throws(ManagerError) -> [LedgerMember] {
     try read { db in
       try LedgerMember.filter(Column("groupID") == group).order(Column("address")).fetchAll(db)
     }
   }
 
   /// The operation on `group` that neither finished nor was undone, if any.
-  public func unfinishedOperation(group: Int) throws(ManagerError) -> LedgerOperation? {
+  public func unfinishedOperation(group: IOMMUGroupID) throws(ManagerError) -> LedgerOperation? {
     try read { db in
       try LedgerOperation.filter(Column("groupID") == group && Column("status") == LedgerOperation.Status.running)
         .order(Column("id").desc).fetchOne(db)
@@ -254,7 +254,7 @@ public final class Ledger: Sendable {
     }
   }
 
-  public func operations(group: Int? = nil) throws(ManagerError) -> [LedgerOperation] {
+  public func operations(group: IOMMUGroupID? = nil) throws(ManagerError) -> [LedgerOperation] {
     try read { db in
       var request = LedgerOperation.order(Column("id"))
       if let group { request = request.filter(Column("groupID") == group) }
@@ -264,7 +264,7 @@ public final class Ledger: Sendable {
 
   /// Groups (all, or those of `ids`) with their members, in one read: the broker reads this
   /// for every grant.
-  public func groupsWithMembers(_ ids: [Int]? = nil) throws(ManagerError) -> [Int: (group: LedgerGroup, members: [LedgerMember])] {
+  public func groupsWithMembers(_ ids: [IOMMUGroupID]? = nil) throws(ManagerError) -> [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] {
     try read { db in
       let groups = try (ids.map { LedgerGroup.filter(keys: $0) } ?? LedgerGroup.all()).fetchAll(db)
       let members = try (ids.map { LedgerMember.filter($0.contains(Column("groupID"))) } ?? LedgerMember.all())
@@ -285,7 +285,7 @@ public final class Ledger: Sendable {
     }
   }
 
-  public func lease(group: Int) throws(ManagerError) -> LedgerLease? {
+  public func lease(group: IOMMUGroupID) throws(ManagerError) -> LedgerLease? {
     try read { db in try LedgerLease.fetchOne(db, key: group) }
   }
 
@@ -293,7 +293,7 @@ public final class Ledger: Sendable {
     try read { db in try LedgerLease.order(Column("groupID")).fetchAll(db) }
   }
 
-  public func history(group: Int? = nil) throws(ManagerError) -> [HistoryEntry] {
+  public func history(group: IOMMUGroupID? = nil) throws(ManagerError) -> [HistoryEntry] {
     try read { db in
       var request = HistoryEntry.order(Column("id"))
       if let group { request = request.filter(Column("groupID") == group) }
@@ -354,7 +354,7 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
   }
 
   /// The reservations, as the assessor weighs them.
-  public static func reservations(_ records: [Int: LedgerRecord]) -> [Int: Assessor.Reservation] {
+  public static func reservations(_ records: [IOMMUGroupID: LedgerRecord]) -> [IOMMUGroupID: Assessor.Reservation] {
     records.compactMapValues { record in
       record.reservedFor.map { Assessor.Reservation(name: $0, ownerUID: record.owner?.uid, since: record.reservedSince ?? record.since) }
     }
@@ -362,9 +362,9 @@ public struct LedgerRecord: Codable, Sendable, Equatable {
 
   /// Every group the ledger in `directory` holds away from the host, owns or reserves; empty
   /// without a ledger.
-  public static func all(directory: String) throws(ManagerError) -> [Int: LedgerRecord] {
+  public static func all(directory: String) throws(ManagerError) -> [IOMMUGroupID: LedgerRecord] {
     guard let ledger = try Ledger.open(directory: directory, create: false) else { return [:] }
-    var records: [Int: LedgerRecord] = [:]
+    var records: [IOMMUGroupID: LedgerRecord] = [:]
     for group in try ledger.groups() where group.state != .host || group.ownerUID != nil || group.reservedFor != nil {
       let originals = try ledger.members(of: group.id).compactMap { member in
         member.pciAddress.map {

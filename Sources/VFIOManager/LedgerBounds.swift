@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import VFIOHost
 
 /// How often one caller was refused one group for one reason: the broker counts refusals
 /// instead of writing a history row for each, so a caller who asks in a loop grows a number,
@@ -7,7 +8,7 @@ import GRDB
 public struct LedgerRefusal: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
   public static let databaseTableName = "refusal"
   public var uid: Int
-  public var groupID: Int
+  public var groupID: IOMMUGroupID
   /// The broker's error code (`not-owner`, `leased`, `reserved`, ...).
   public var code: String
   public var count: Int
@@ -16,7 +17,7 @@ public struct LedgerRefusal: Codable, Sendable, Equatable, FetchableRecord, Pers
   /// The last refusal's message.
   public var detail: String
 
-  public init(uid: Int, groupID: Int, code: String, count: Int = 1, first: Date = Date(), last: Date = Date(), detail: String) {
+  public init(uid: Int, groupID: IOMMUGroupID, code: String, count: Int = 1, first: Date = Date(), last: Date = Date(), detail: String) {
     self.uid = uid
     self.groupID = groupID
     self.code = code
@@ -58,7 +59,7 @@ public struct PruneReport: Codable, Sendable, Equatable {
 public struct BrokerRecords: Sendable {
   public var grants: [LedgerLease] = []
   /// Groups whose lease ended (nobody holds them any more).
-  public var endedLeases: [Int] = []
+  public var endedLeases: [IOMMUGroupID] = []
   public var history: [HistoryEntry] = []
   public var refusals: [LedgerRefusal] = []
 
@@ -99,7 +100,7 @@ extension Ledger {
     }
   }
 
-  public func refusals(group: Int? = nil) throws(ManagerError) -> [LedgerRefusal] {
+  public func refusals(group: IOMMUGroupID? = nil) throws(ManagerError) -> [LedgerRefusal] {
     try read { db in
       var request = LedgerRefusal.order(Column("groupID"), Column("uid"), Column("code"))
       if let group { request = request.filter(Column("groupID") == group) }

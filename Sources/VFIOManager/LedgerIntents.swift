@@ -73,7 +73,7 @@ extension Ledger {
 
   /// A detachment that ended without an operation (it was not persisted and the host
   /// rebooted): the group is the host's again and its members are forgotten.
-  public func endDetachment(group: Int) throws(ManagerError) {
+  public func endDetachment(group: IOMMUGroupID) throws(ManagerError) {
     try write { db in
       try LedgerGroup.update(db, group: group) { $0.returnToHost() }
       try LedgerMember.filter(Column("groupID") == group).deleteAll(db)
@@ -81,19 +81,19 @@ extension Ledger {
   }
 
   /// Marks (or clears) an administrator taking the group back while the broker has it leased.
-  public func setClosing(group: Int, _ closing: Bool) throws(ManagerError) {
+  public func setClosing(group: IOMMUGroupID, _ closing: Bool) throws(ManagerError) {
     try update(group) { $0.closing = closing }
   }
 
   /// The boot a persisted detachment was last put right in.
-  public func recordBoot(group: Int, bootID: String) throws(ManagerError) {
+  public func recordBoot(group: IOMMUGroupID, bootID: String) throws(ManagerError) {
     try update(group) { $0.bootID = bootID }
   }
 
   // MARK: Access
 
   /// Records who may open the group's nodes, from now.
-  public func recordOwner(group: Int, _ owner: Ownership, brokerOnly: Bool) throws(ManagerError) {
+  public func recordOwner(group: IOMMUGroupID, _ owner: Ownership, brokerOnly: Bool) throws(ManagerError) {
     try update(group) {
       $0.ownerUID = owner.uid
       $0.ownerGID = owner.gid
@@ -105,7 +105,7 @@ extension Ledger {
 
   /// Forgets the group's owner; with `keepingReservation`, the group stays reserved for that
   /// reservation's guest alone (no runner bounds it any more).
-  public func endOwner(group: Int, keepingReservation reservation: Reservation? = nil) throws(ManagerError) {
+  public func endOwner(group: IOMMUGroupID, keepingReservation reservation: Reservation? = nil) throws(ManagerError) {
     try update(group) {
       $0.ownerUID = nil
       $0.ownerGID = nil
@@ -117,12 +117,12 @@ extension Ledger {
   }
 
   /// Keeps the group for a guest that is not running, or (nil) ends the reservation.
-  public func reserve(group: Int, _ reservation: Reservation?) throws(ManagerError) {
+  public func reserve(group: IOMMUGroupID, _ reservation: Reservation?) throws(ManagerError) {
     try update(group) { $0.reservation = reservation }
   }
 
   /// Bounds the group's reservation by the life of `runner` (nil: by nothing).
-  public func setRunner(group: Int, _ runner: ProcessIdentity?) throws(ManagerError) {
+  public func setRunner(group: IOMMUGroupID, _ runner: ProcessIdentity?) throws(ManagerError) {
     try update(group) {
       $0.runnerPID = runner?.pid
       $0.runnerStart = runner?.startTime
@@ -132,20 +132,20 @@ extension Ledger {
   // MARK: Persistence and virtual functions
 
   /// Whether udev rules and the boot unit keep the group detached across boots and hot-plug.
-  public func setPersisted(group: Int, _ persisted: Bool) throws(ManagerError) {
+  public func setPersisted(group: IOMMUGroupID, _ persisted: Bool) throws(ManagerError) {
     try update(group) { $0.persisted = persisted }
   }
 
   /// The group is no longer one `vfs` created detached (its VF went back to the host): neither
   /// persisted nor a VF count's to end.
-  public func forgetDetacher(group: Int) throws(ManagerError) {
+  public func forgetDetacher(group: IOMMUGroupID) throws(ManagerError) {
     try update(group) {
       $0.detachedBy = nil
       $0.persisted = false
     }
   }
 
-  private func update(_ group: Int, _ change: @escaping (inout LedgerGroup) -> Void) throws(ManagerError) {
+  private func update(_ group: IOMMUGroupID, _ change: @escaping (inout LedgerGroup) -> Void) throws(ManagerError) {
     try write { db in try LedgerGroup.update(db, group: group, change) }
   }
 }

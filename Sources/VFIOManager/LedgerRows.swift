@@ -16,7 +16,7 @@ public enum GroupState: String, Codable, Sendable, DatabaseValueConvertible {
 /// A group the ledger knows: the unit swift-vfio moves between the host and VFIO.
 public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
   public static let databaseTableName = "iommu_group"
-  public var id: Int
+  public var id: IOMMUGroupID
   public var state: GroupState
   /// The VFIO driver it was detached to.
   public var driver: String?
@@ -55,7 +55,7 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
 
   /// The group's row, changed by `change`; a new row (state host) when there is none yet, so
   /// that what other commands recorded (owner, reservation) is never lost by a rewrite.
-  static func update(_ db: Database, group: Int, _ change: (inout LedgerGroup) -> Void) throws {
+  static func update(_ db: Database, group: IOMMUGroupID, _ change: (inout LedgerGroup) -> Void) throws {
     var record =
       try LedgerGroup.fetchOne(db, key: group)
       ?? LedgerGroup(id: group, state: .host, driver: nil, since: Date(), uid: Int(getuid()))
@@ -102,7 +102,7 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
 /// One endpoint of a detached group and exactly what it had before.
 public struct LedgerMember: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
   public static let databaseTableName = "member"
-  public var groupID: Int
+  public var groupID: IOMMUGroupID
   public var address: String
   /// The card that was in the slot, so a different one in its place is noticed.
   public var vendorID: Int
@@ -111,7 +111,7 @@ public struct LedgerMember: Codable, Sendable, Equatable, FetchableRecord, Persi
   public var originalOverride: String?
 
   public init(
-    groupID: Int, address: String, vendorID: Int, deviceID: Int, originalDriver: String?, originalOverride: String?
+    groupID: IOMMUGroupID, address: String, vendorID: Int, deviceID: Int, originalDriver: String?, originalOverride: String?
   ) {
     self.groupID = groupID
     self.address = address
@@ -164,7 +164,7 @@ public struct LedgerOperation: Codable, Sendable, Equatable, FetchableRecord, Mu
   }
 
   public var id: Int64?
-  public var groupID: Int
+  public var groupID: IOMMUGroupID
   public var kind: Kind
   /// JSON of the `[PlanStep]` executed, numbered from 1 as `detach --dry-run` prints them.
   public var plan: String
@@ -185,7 +185,7 @@ public struct LedgerOperation: Codable, Sendable, Equatable, FetchableRecord, Mu
 
 extension LedgerOperation {
   /// An operation this process starts now with `steps` as its plan, none of them done yet.
-  public init(starting kind: Kind, group: Int, steps: [PlanStep], command: String) {
+  public init(starting kind: Kind, group: IOMMUGroupID, steps: [PlanStep], command: String) {
     let plan = (try? JSONEncoder().encode(steps)).map { String(decoding: $0, as: UTF8.self) } ?? "[]"
     self.init(
       id: nil, groupID: group, kind: kind, plan: plan, stepsDone: 0, status: .running, started: Date(), finished: nil,
@@ -200,13 +200,13 @@ public struct HistoryEntry: Codable, Sendable, Equatable, FetchableRecord, Mutab
   public var at: Date
   public var uid: Int
   public var pid: Int
-  public var groupID: Int?
+  public var groupID: IOMMUGroupID?
   public var command: String
   /// `ok`, `refused`, `failed`, `rolled-back`, `recovered`, `dry-run`.
   public var result: String
   public var detail: String
 
-  public init(at: Date = Date(), uid: Int, pid: Int, groupID: Int?, command: String, result: String, detail: String) {
+  public init(at: Date = Date(), uid: Int, pid: Int, groupID: IOMMUGroupID?, command: String, result: String, detail: String) {
     self.at = at
     self.uid = uid
     self.pid = pid

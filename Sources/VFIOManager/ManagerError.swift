@@ -6,19 +6,19 @@ import VFIOPolicy
 /// what happened to the devices and what to do next, and maps to a sysexits(3) code.
 public enum ManagerError: Error, Equatable, CustomStringConvertible {
   case noSuchDevice(String)
-  case noSuchGroup(Int)
+  case noSuchGroup(IOMMUGroupID)
   /// The device exists but no IOMMU isolates it: there is no group to move.
   case noGroup(String)
   case unavailable(String)
   /// The host's state does not allow it; nothing was changed.
-  case refused(group: Int, [Refusal])
+  case refused(group: IOMMUGroupID, [Refusal])
   /// Several groups asked for at once (a guest's devices), each with its reasons; nothing was changed.
-  case refusedGroups([Int: [Refusal]])
+  case refusedGroups([IOMMUGroupID: [Refusal]])
   /// Another process holds the group's lock.
-  case busy(group: Int, holder: String, waited: Double)
+  case busy(group: IOMMUGroupID, holder: String, waited: Double)
   /// A step failed; `restored` says whether every device was put back as it was.
-  case stepFailed(group: Int, step: Int, description: String, why: String, restored: Bool, rollbackErrors: [String])
-  case notDetached(group: Int, why: String)
+  case stepFailed(group: IOMMUGroupID, step: Int, description: String, why: String, restored: Bool, rollbackErrors: [String])
+  case notDetached(group: IOMMUGroupID, why: String)
   case ledger(path: String, String)
   case ledgerTooNew(path: String, unknown: [String])
   case stateDirectory(path: String, errno: Int32)

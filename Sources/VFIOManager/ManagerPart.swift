@@ -27,12 +27,12 @@ extension ManagerPart {
 
   /// The group whose lock a command takes, from one sysfs link rather than the whole
   /// inventory (read once the lock is held, so that it is the state the command acts on).
-  func lockingGroup(_ target: Selector) throws(ManagerError) -> Int {
+  func lockingGroup(_ target: Selector) throws(ManagerError) -> IOMMUGroupID {
     switch target {
     case .device(let address):
       let path = "/sys/bus/pci/devices/\(address)"
       guard sysfs.exists(path) else { throw .noSuchDevice(address.description) }
-      guard let name = sysfs.linkName(path + "/iommu_group"), let group = Int(name) else {
+      guard let name = sysfs.linkName(path + "/iommu_group"), let group = IOMMUGroupID(name) else {
         throw .noGroup(address.description)
       }
       return group
@@ -44,7 +44,7 @@ extension ManagerPart {
 
   /// Takes the group's lock, opens (or creates) the ledger, and recovers what a crashed
   /// process left unfinished on this group.
-  func begin(group: Int) throws(ManagerError) -> (GroupLock, Ledger, String?) {
+  func begin(group: IOMMUGroupID) throws(ManagerError) -> (GroupLock, Ledger, String?) {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true) else {
       throw .ledger(path: configuration.stateDirectory, "could not be created")
     }
@@ -60,7 +60,7 @@ extension ManagerPart {
   }
 
   /// The group's lock, waiting as configured.
-  func lock(group: Int) throws(ManagerError) -> GroupLock {
+  func lock(group: IOMMUGroupID) throws(ManagerError) -> GroupLock {
     try GroupLock(
       group: group, stateDirectory: configuration.stateDirectory, timeout: configuration.lockTimeout,
       command: configuration.command)
@@ -73,7 +73,7 @@ extension ManagerPart {
     return try Ledger.open(directory: configuration.stateDirectory, create: true)
   }
 
-  func history(_ ledger: Ledger, _ group: Int, _ result: String, _ detail: String) throws(ManagerError) {
+  func history(_ ledger: Ledger, _ group: IOMMUGroupID, _ result: String, _ detail: String) throws(ManagerError) {
     try ledger.record(
       HistoryEntry(
         uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command,
@@ -81,7 +81,7 @@ extension ManagerPart {
   }
 
   func report(
-    _ action: LedgerOperation.Kind, _ group: Int, _ outcome: ChangeReport.Outcome, _ steps: [PlanStep],
+    _ action: LedgerOperation.Kind, _ group: IOMMUGroupID, _ outcome: ChangeReport.Outcome, _ steps: [PlanStep],
     _ recovered: String?, _ inventory: HostInventory, _ notes: [String], _ addresses: [PCIAddress]
   ) -> ChangeReport {
     // `inventory` was read before anything changed; sysfs now shows the result.

@@ -12,12 +12,12 @@ public struct ManagerRecords: ManagerPart {
   public func status(_ target: Selector?) throws(ManagerError) -> StatusReport {
     let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
     let inventory = try readInventory()
-    var wanted: Int?
+    var wanted: IOMMUGroupID?
     if let target { wanted = try lockingGroup(target) }
     let records = try ledger?.groups() ?? []
     var groups: [StatusReport.GroupStatus] = []
     let ids = wanted.map { [$0] } ?? records.filter { $0.state != .host }.map(\.id)
-    var membersOf: [Int: [LedgerMember]] = [:]
+    var membersOf: [IOMMUGroupID: [LedgerMember]] = [:]
     for id in ids { membersOf[id] = try ledger?.members(of: id) ?? [] }
     let holders = OpenHolderScanner(sysfs: sysfs).holders(of: membersOf.mapValues { $0.compactMap(\.pciAddress) })
     for id in ids {

@@ -114,20 +114,20 @@ public struct OpenHolderScanner: Sendable {
     }
   }
 
-  public func holders(group: Int, devices: [PCIAddress]) -> [OpenHolder] {
+  public func holders(group: IOMMUGroupID, devices: [PCIAddress]) -> [OpenHolder] {
     holders(of: [group: devices])[group] ?? []
   }
 
   /// The holders of several groups (each with its devices) from one walk of /proc, which on a
   /// large host has far more descriptors than there are groups to ask about.
-  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
-    var nodes: [NodeIdentity: (group: Int, node: String)] = [:]
+  public func holders(of groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: [OpenHolder]] {
+    var nodes: [NodeIdentity: (group: IOMMUGroupID, node: String)] = [:]
     for (group, devices) in groups {
       for node in ["/dev/vfio/\(group)"] + cdevNodes(of: devices) {
         if let identity = NodeIdentity(path: sysfs.path(node)) { nodes[identity] = (group, node) }
       }
     }
-    var found: [Int: [OpenHolder]] = [:]
+    var found: [IOMMUGroupID: [OpenHolder]] = [:]
     var seen = 0
     let me = Int(getpid())
     if !nodes.isEmpty {
@@ -153,7 +153,7 @@ public struct OpenHolderScanner: Sendable {
   }
 
   /// Opens and closes the group node: EBUSY means a process holds the group (or a device of it).
-  func groupNodeIsBusy(_ group: Int) -> Bool {
+  func groupNodeIsBusy(_ group: IOMMUGroupID) -> Bool {
     let path = sysfs.path("/dev/vfio/\(group)")
     var info = stat()
     guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFCHR else { return false }

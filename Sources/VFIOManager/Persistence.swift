@@ -11,7 +11,7 @@ public struct PersistenceFiles: Sendable, Equatable {
 
   /// One persisted group: its members as recorded, the VFIO driver and the owner.
   public struct Group: Sendable, Equatable {
-    public let id: Int
+    public let id: IOMMUGroupID
     public let driver: String
     public let members: [LedgerMember]
     public let ownership: Ownership?
@@ -81,7 +81,7 @@ public struct PersistenceFiles: Sendable, Equatable {
 
 /// What `reconcile` found for one group and did about it.
 public struct ReconcileReport: Codable, Sendable, Equatable {
-  public let group: Int
+  public let group: IOMMUGroupID
   /// `ok` (as the ledger says), `fixed`, `ended` (not persisted, and the host rebooted; or
   /// its guest's runner is gone),
   /// `cannot` (a device in use or replaced: left alone and said why).

@@ -12,7 +12,7 @@ public struct VirtualFunctionReport: Codable, Sendable, Equatable {
 
   public struct VirtualFunction: Codable, Sendable, Equatable {
     public let address: PCIAddress
-    public let group: Int?
+    public let group: IOMMUGroupID?
     public let driver: String?
     public let owner: Ownership?
   }
@@ -47,9 +47,9 @@ public struct VirtualFunctions: ManagerPart {
     let ledger = try Ledger.open(directory: configuration.stateDirectory, create: !dryRun)
     // Every existing VF disappears when the count changes (through 0).
     let doomed = count == sriov.numVFs ? [] : sriov.virtualFunctions
-    var giveBack: [Int] = []
+    var giveBack: [IOMMUGroupID] = []
     var refusals: [ManagerError.Refusal] = []
-    var vfsOf: [Int: [PCIAddress]] = [:]
+    var vfsOf: [IOMMUGroupID: [PCIAddress]] = [:]
     for vf in doomed { if let group = inventory.device(vf)?.iommuGroup { vfsOf[group, default: []].append(vf) } }
     let holdersOf = OpenHolderScanner(sysfs: sysfs).holders(of: vfsOf)
     for vf in doomed {

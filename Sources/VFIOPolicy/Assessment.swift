@@ -11,7 +11,7 @@ import VFIOHost
 public struct Assessment: Sendable, Codable {
   /// What was asked about: a device or a whole group.
   public let target: Target
-  public let group: Int?
+  public let group: IOMMUGroupID?
   public let verdict: Verdict
   public let reasons: [Reason]
   public let members: [Member]
@@ -20,7 +20,7 @@ public struct Assessment: Sendable, Codable {
 
   public enum Target: Sendable, Codable, Equatable {
     case device(PCIAddress)
-    case group(Int)
+    case group(IOMMUGroupID)
   }
 
   /// A group member and what assignment does with it.
@@ -39,7 +39,7 @@ public struct Assessor: Sendable {
   let resets: ResetPlanner
 
   /// Groups kept for a guest, by group number; the caller's uid decides whose they are.
-  public let reservations: [Int: Reservation]
+  public let reservations: [IOMMUGroupID: Reservation]
   public let callerUID: Int
 
   /// A group kept for a guest that is not running, and the user who owns it.
@@ -54,7 +54,7 @@ public struct Assessor: Sendable {
     }
   }
 
-  public init(inventory: HostInventory, reservations: [Int: Reservation] = [:], callerUID: Int = Int(getuid())) {
+  public init(inventory: HostInventory, reservations: [IOMMUGroupID: Reservation] = [:], callerUID: Int = Int(getuid())) {
     self.inventory = inventory
     self.resets = ResetPlanner(inventory: inventory)
     self.reservations = reservations
@@ -97,7 +97,7 @@ public struct Assessor: Sendable {
       members: groupAssessment.members, plan: verdict == .notAssignable ? nil : groupAssessment.plan)
   }
 
-  public func assess(group id: Int) -> Assessment {
+  public func assess(group id: IOMMUGroupID) -> Assessment {
     guard let group = inventory.group(id) else {
       return Assessment(
         target: .group(id), group: nil, verdict: .notAssignable,
@@ -207,7 +207,7 @@ public struct Assessor: Sendable {
     return reasons
   }
 
-  private func companionReasons(_ endpoints: [PCIDevice], group: Int) -> [Reason] {
+  private func companionReasons(_ endpoints: [PCIDevice], group: IOMMUGroupID) -> [Reason] {
     guard endpoints.count > 1 else { return [] }
     let addresses = endpoints.map(\.address)
     return [

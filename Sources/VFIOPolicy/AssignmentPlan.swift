@@ -26,7 +26,7 @@ public struct DriverBinding: Sendable, Codable, Equatable, CustomStringConvertib
 /// A plan is data: `explain` prints it, `detach --dry-run` prints the same list, the assignment
 /// manager records it in its ledger, executes it step by step and, to undo, runs `restore`.
 public struct AssignmentPlan: Sendable, Codable, Equatable {
-  public let group: Int
+  public let group: IOMMUGroupID
   /// Executed by `vfioctl detach`, in order: bind every endpoint to the VFIO driver, then
   /// reset it (the previous user may have left it in any state).
   public let detach: [PlanStep]
@@ -41,7 +41,7 @@ public struct AssignmentPlan: Sendable, Codable, Equatable {
   ///     record); endpoints not in it are taken as they are now.
   ///   - driver: the VFIO driver to detach to (`vfio-pci`, or `pci-stub` to only park them).
   public init(
-    group: Int, members: [Assessment.Member], inventory: HostInventory,
+    group: IOMMUGroupID, members: [Assessment.Member], inventory: HostInventory,
     originals: [PCIAddress: DriverBinding] = [:], driver target: String = "vfio-pci"
   ) {
     self.group = group

@@ -34,10 +34,10 @@ public struct Doctor: Sendable {
 
   /// A group's owner, as `vfioctl own` recorded it.
   public struct GroupOwner: Sendable, Equatable {
-    public let group: Int
+    public let group: IOMMUGroupID
     public let uid: Int
     public let gid: Int
-    public init(group: Int, uid: Int, gid: Int) {
+    public init(group: IOMMUGroupID, uid: Int, gid: Int) {
       self.group = group
       self.uid = uid
       self.gid = gid
@@ -61,7 +61,7 @@ public struct Doctor: Sendable {
     var findings: [Finding] = []
     for uid in Set(owners.map(\.uid)).sorted() {
       let groups = owners.filter { $0.uid == uid }
-      let list = groups.map { String($0.group) }.joined(separator: ", ")
+      let list = groups.map(\.group.description).joined(separator: ", ")
       func canOpen(_ node: String) -> Bool? {
         guard let p = inventory.sysfs.permissions(node) else { return nil }
         if p.uid == uid { return p.mode & 0o600 == 0o600 }

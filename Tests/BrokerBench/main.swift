@@ -12,6 +12,7 @@ import Synchronization
 import VFIOBroker
 import VFIOBrokerClient
 import VFIOBrokerTestSupport
+import VFIOHost
 import VFIOManager
 import VFIOManagerTestSupport
 import VFIOTestSupport
@@ -83,9 +84,10 @@ func onThreads(_ load: Load, _ body: @escaping @Sendable (Int, Double) -> Run) -
 func preparedLedger(_ directory: String, groups: Int) throws -> Ledger {
   guard let ledger = try Ledger.open(directory: directory, create: true) else { throw BrokerError(.ledger, "no ledger") }
   let owner = Ownership(uid: Int(getuid()), gid: Int(getgid()), mode: 0o660)
-  for group in 0..<groups {
+  for number in 0..<groups {
+    let group = IOMMUGroupID(number)
     let member = LedgerMember(
-      groupID: group, address: String(format: "0000:%02x:00.0", group + 1), vendorID: 0x8086, deviceID: 0x10D3,
+      groupID: group, address: String(format: "0000:%02x:00.0", number + 1), vendorID: 0x8086, deviceID: 0x10D3,
       originalDriver: nil, originalOverride: nil)
     var detach = try ledger.beginDetach(
       LedgerOperation(starting: .detach, group: group, steps: [], command: "vfio-broker-bench"), driver: "vfio-pci",

@@ -15,9 +15,9 @@ import VFIOManager
 public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
   public let state = Mutex(Recorded())
   public struct Recorded {
-    public var opens: [(group: Int, devices: [String], backend: Backend)] = []
-    public var resets: [Int] = []
-    public var held: [Int: [OpenHolder]] = [:]
+    public var opens: [(group: IOMMUGroupID, devices: [String], backend: Backend)] = []
+    public var resets: [IOMMUGroupID] = []
+    public var held: [IOMMUGroupID: [OpenHolder]] = [:]
     public var terminated: [Int] = []
     /// How often the host was assessed for `list`.
     public var assessments = 0
@@ -28,29 +28,29 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
 
   public func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend { backend == .auto ? self.backend : backend }
 
-  public func open(group: Int, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
+  public func open(group: IOMMUGroupID, devices: [PCIAddress], backend: Backend) throws(BrokerError) -> OpenedGrant {
     state.withLock { $0.opens.append((group, devices.map(\.description), backend)) }
     var kinds: [GrantedDescriptor] =
       backend == .iommufd
-      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group)]
-    kinds += devices.map { GrantedDescriptor(kind: .device, group: group, address: $0.description) }
+      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group.rawValue)]
+    kinds += devices.map { GrantedDescriptor(kind: .device, group: group.rawValue, address: $0.description) }
     let fds = kinds.map { _ in Descriptor(Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)) }
     return OpenedGrant(
       backend: backend, descriptors: Array(zip(kinds, fds.map(\.fd))), requestEvent: nil, memlockAccounting: "process",
       keep: fds)
   }
 
-  public func holders(of groups: [Int: [PCIAddress]]) -> [Int: [OpenHolder]] {
+  public func holders(of groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: [OpenHolder]] {
     state.withLock { recorded in recorded.held.filter { groups.keys.contains($0.key) } }
   }
 
-  public func reset(group: Int) -> LeaseReset {
+  public func reset(group: IOMMUGroupID) -> LeaseReset {
     state.withLock { $0.resets.append(group) }
     return .done
   }
 
   public func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
-  public func assess(groups: [Int: [PCIAddress]]) -> [Int: GroupAssessment] {
+  public func assess(groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: GroupAssessment] {
     state.withLock { $0.assessments += 1 }
     return groups.mapValues { _ in GroupAssessment(verdict: "assignable", reasons: [], backends: [backend.rawValue]) }
   }
@@ -62,7 +62,7 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     return true
   }
 
-  public func hold(_ group: Int, _ held: Bool) {
+  public func hold(_ group: IOMMUGroupID, _ held: Bool) {
     state.withLock {
       $0.held[group] = held ? [OpenHolder(pid: 4242, command: "qemu", node: "/dev/vfio/\(group)", startTime: 7)] : nil
     }

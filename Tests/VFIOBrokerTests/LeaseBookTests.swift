@@ -1,13 +1,14 @@
 import Foundation
 import VFIOBrokerClient
 import VFIOManager
+import VFIOHost
 import XCTest
 
 @testable import VFIOBroker
 
 /// The lease state machine on its own: no socket, no thread, no clock but the one passed in.
 final class LeaseBookTests: XCTestCase {
-  func lease(_ group: Int, pid: Int = 100, uid: Int = 1000) -> LedgerLease {
+  func lease(_ group: IOMMUGroupID, pid: Int = 100, uid: Int = 1000) -> LedgerLease {
     LedgerLease(
       groupID: group, uid: uid, gid: uid, pid: pid, command: "qemu", backend: "legacy", device: "0000:00:02.0", guest: nil,
       started: Date(timeIntervalSince1970: 0), bootID: "b", pidStart: 42)

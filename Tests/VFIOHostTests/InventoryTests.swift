@@ -35,12 +35,12 @@ final class InventoryTests: XCTestCase {
     for fact in facts where fact.first == "driver" {
       XCTAssertEqual(inventory.device(try PCIAddress(parsing: fact[1]))?.driver ?? "-", fact[2], "\(tree) \(fact)")
     }
-    var members: [Int: [String]] = [:]
-    for fact in facts where fact.first == "member" { members[Int(fact[1])!, default: []].append(fact[2]) }
+    var members: [IOMMUGroupID: [String]] = [:]
+    for fact in facts where fact.first == "member" { members[IOMMUGroupID(fact[1])!, default: []].append(fact[2]) }
     XCTAssertEqual(inventory.groups.map(\.id), members.keys.sorted())
     for group in inventory.groups {
       XCTAssertEqual(group.devices.map(\.description), members[group.id]?.sorted(), "\(tree) group \(group.id)")
-      XCTAssertEqual(group.type, facts.first { $0.first == "group" && $0[1] == String(group.id) }?[2])
+      XCTAssertEqual(group.type, facts.first { $0.first == "group" && $0[1] == group.id.description }?[2])
     }
   }
 
@@ -79,7 +79,7 @@ final class InventoryTests: XCTestCase {
     XCTAssertTrue(inventory.vfio.vfioPCIDriver)
     XCTAssertTrue(inventory.vfio.containerNode)
     let nodes = Fixtures.facts("q35-vtd").filter { $0.first == "dev" && $0[1].hasPrefix("/dev/vfio/") }
-      .compactMap { Int($0[1].dropFirst("/dev/vfio/".count)) }
+      .compactMap { IOMMUGroupID($0[1].dropFirst("/dev/vfio/".count)) }
     XCTAssertEqual(inventory.vfio.groupNodes, nodes.sorted())
     // Captures made before vfioctl existed in the guest lack /proc/sys/kernel/osrelease.
     if let release = inventory.kernelRelease {

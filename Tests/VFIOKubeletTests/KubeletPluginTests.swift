@@ -40,7 +40,7 @@ final class KubeletPluginTests: ManagerTestCase {
       XCTAssertEqual(devices.map(\.name), expected.map { "group-\($0)" }, fixture)
       for device in devices {
         let group = try XCTUnwrap(device.attributes["iommuGroup"]?.int)
-        let endpoints = try XCTUnwrap(inventory.group(group)).devices.compactMap(inventory.device).filter(\.isEndpoint)
+        let endpoints = try XCTUnwrap(inventory.group(IOMMUGroupID(group))).devices.compactMap(inventory.device).filter(\.isEndpoint)
         // The whole group, companions included; never a bridge, never a device the host uses.
         XCTAssertEqual(
           device.attributes["functions"]?.string, endpoints.map(\.address.description).joined(separator: ","))
@@ -80,9 +80,9 @@ final class KubeletPluginTests: ManagerTestCase {
   }
 
   func testSlicesSplitAt128Devices() {
-    let many = (0..<300).map { group in
+    let many = (0..<300).map { number in
       PublishedDevice(
-        group: group, functions: [try! PCIAddress(parsing: "0000:01:00.0")], verdict: .assignable, vendorID: 1,
+        group: IOMMUGroupID(number), functions: [try! PCIAddress(parsing: "0000:01:00.0")], verdict: .assignable, vendorID: 1,
         deviceID: 2, classCode: 3, resetMethod: nil, pcieRoot: nil, numaNode: nil, sriovRole: nil,
         physicalFunction: nil, onVFIO: true)
     }

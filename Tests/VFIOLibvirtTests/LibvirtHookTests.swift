@@ -76,7 +76,7 @@ final class LibvirtHookTests: XCTestCase {
     XCTAssertEqual(binding("0000:00:02.0"), "vfio-pci vfio-pci")
     XCTAssertEqual(try ledger()?.members(of: 4).map(\.address), ["0000:01:01.0", "0000:01:02.0"])
     XCTAssertFalse(kernel.writes.contains { $0.contains("0000:00:04.0") }, "\(kernel.writes)")
-    for group in [2, 4] {
+    for group: IOMMUGroupID in [2, 4] {
       let record = try XCTUnwrap(try ledger()?.group(group))
       XCTAssertEqual(record.state, .detached)
       XCTAssertEqual(record.reservedFor, "vm1")

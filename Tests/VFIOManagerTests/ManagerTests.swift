@@ -287,7 +287,7 @@ final class ManagerTests: ManagerTestCase {
 
   /// What a process killed after step `k` leaves: the ledger says k-1 steps are done, sysfs
   /// shows k. The next command must put it right.
-  func interruptedDetach(group: Int, after k: Int) throws -> [PlanStep] {
+  func interruptedDetach(group: IOMMUGroupID, after k: Int) throws -> [PlanStep] {
     let manager = manager()
     let inventory = try manager.readInventory()
     let ledger = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
