@@ -1,3 +1,5 @@
+import PCI
+
 /// A PCI function's configuration space as read from sysfs `config`, parsed without trusting it.
 ///
 /// sysfs returns 64 bytes to unprivileged readers, 256 for conventional devices and 4096 for
@@ -216,26 +218,6 @@ public enum ConfigSpaceError: Error, Equatable, Sendable, CustomStringConvertibl
 public struct CapabilityEntry: Sendable, Equatable {
   public let id: UInt16
   public let offset: Int
-}
-
-public enum StandardCapabilityID: UInt16, Sendable {
-  case powerManagement = 0x01
-  case msi = 0x05
-  case vendorSpecific = 0x09
-  case bridgeSubsystem = 0x0D
-  case pciExpress = 0x10
-  case msix = 0x11
-  case advancedFeatures = 0x13
-}
-
-public enum ExtendedCapabilityID: UInt16, Sendable {
-  case aer = 0x0001
-  case acs = 0x000D
-  case ari = 0x000E
-  case ats = 0x000F
-  case sriov = 0x0010
-  case resizableBAR = 0x0015
-  case pasid = 0x001B
 }
 
 public struct PowerManagementCapability: Sendable, Equatable, Codable {

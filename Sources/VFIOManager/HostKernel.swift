@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import PCI
 import VFIO
 import VFIOHost
 
