@@ -8,6 +8,7 @@ let package = Package(
     .executable(name: "vfioctl", targets: ["vfioctl"]),
     .executable(name: "vfio-edu", targets: ["vfio-edu"]),
     .executable(name: "vfio-kubelet-plugin", targets: ["vfio-kubelet-plugin"]),
+    .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VFIOHost", targets: ["VFIOHost"]),
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
     .library(name: "VFIO", targets: ["VFIO"]),
@@ -31,22 +32,24 @@ let package = Package(
   targets: [
     // Kernel uAPI structures, request numbers and an errno-returning ioctl.
     .target(name: "CVFIO"),
+    // PCI vocabulary shared by the host model and the VFIO library: addresses, config registers.
+    .target(name: "PCI"),
     // Read-only model of the host: sysfs, PCI config space, IOMMU groups.
     .target(
       name: "VFIOHost",
-      dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
+      dependencies: ["PCI", "CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
     // Assignability verdicts and plans computed from the host model.
-    .target(name: "VFIOPolicy", dependencies: ["VFIOHost"]),
+    .target(name: "VFIOPolicy", dependencies: ["PCI", "VFIOHost"]),
     // Userspace VFIO: containers, groups, devices, iommufd, DMA, regions, interrupts.
     .target(
       name: "VFIO",
-      dependencies: ["CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
+      dependencies: ["PCI", "CVFIO", .product(name: "SystemPackage", package: "swift-system")]),
     // The host assignment manager: executes plans on sysfs, with a crash-safe SQLite ledger.
     .target(
       name: "VFIOManager",
-      dependencies: ["CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
+      dependencies: ["PCI", "CVFIO", "VFIOHost", "VFIOPolicy", "VFIO", .product(name: "GRDB", package: "GRDB.swift")]),
     // libvirt's QEMU hook: a domain's PCI host devices get whole groups through the manager.
-    .target(name: "VFIOLibvirt", dependencies: ["VFIOHost", "VFIOManager"]),
+    .target(name: "VFIOLibvirt", dependencies: ["PCI", "VFIOHost", "VFIOManager"]),
     // The broker's protocol, its socket code and BrokerClient: what a VMM launcher links (no
     // GRDB, no manager).
     .target(name: "VFIOBrokerClient", dependencies: ["CVFIO", "VFIO"]),
@@ -54,7 +57,7 @@ let package = Package(
     .target(
       name: "VFIOBroker",
       dependencies: [
-        "CVFIO", "VFIO", "VFIOBrokerClient", "VFIOHost", "VFIOPolicy", "VFIOManager",
+        "PCI", "CVFIO", "VFIO", "VFIOBrokerClient", "VFIOHost", "VFIOPolicy", "VFIOManager",
         .product(name: "Logging", package: "swift-log"),
       ]),
     // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
@@ -70,7 +73,7 @@ let package = Package(
     .target(
       name: "VFIOKubelet",
       dependencies: [
-        "KubeletAPI", "VFIOHost", "VFIOPolicy", "VFIOManager",
+        "PCI", "KubeletAPI", "VFIOHost", "VFIOPolicy", "VFIOManager",
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
@@ -79,7 +82,7 @@ let package = Package(
     .target(
       name: "VFIOCommands",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOLibvirt",
+        "PCI", "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOLibvirt",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -96,7 +99,7 @@ let package = Package(
     .executableTarget(
       name: "vfio-bench",
       dependencies: [
-        "VFIOHost", "VFIOPolicy", "VFIOCommands",
+        "PCI", "VFIOHost", "VFIOPolicy", "VFIOCommands",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     // Plays kubelet against the plugins over their Unix sockets (tests and Tests/Integration).
@@ -111,22 +114,25 @@ let package = Package(
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
     .executableTarget(
       name: "vfio-edu",
-      dependencies: ["VFIO", "VFIOBrokerClient", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+      dependencies: [
+        "PCI", "VFIO", "VFIOBrokerClient", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]),
     // Fixture paths and scratch copies shared by the test targets: the host model only.
     .target(name: "VFIOTestSupport", dependencies: ["VFIOHost"], path: "Tests/VFIOTestSupport"),
     // The simulated PCI core (sysfs semantics of bind, unbind, driver_override, reset) the
     // manager acts on in unit tests, the fuzzer and the broker's harnesses.
     .target(
-      name: "VFIOManagerTestSupport", dependencies: ["VFIOTestSupport", "VFIOHost", "VFIOManager"],
+      name: "VFIOManagerTestSupport", dependencies: ["PCI", "VFIOTestSupport", "VFIOHost", "VFIOManager"],
       path: "Tests/VFIOManagerTestSupport"),
     // The broker's grant source that opens nothing and records what it was asked.
     .target(
-      name: "VFIOBrokerTestSupport", dependencies: ["VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOHost", "VFIO"],
+      name: "VFIOBrokerTestSupport",
+      dependencies: ["PCI", "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOHost", "VFIO"],
       path: "Tests/VFIOBrokerTestSupport"),
     // XCTest's base for tests that run the manager on scratch trees (manager, broker, kubelet, CLI).
     .target(
       name: "VFIOManagerTestCase",
-      dependencies: ["VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport"],
+      dependencies: ["PCI", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport"],
       path: "Tests/VFIOManagerTestCase"),
     // Checks that a man page documents every option of a command.
     .target(
@@ -156,20 +162,22 @@ let package = Package(
       ],
       path: "Tests/BrokerSiege"),
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
-    .executableTarget(name: "vfio-map-bench", dependencies: ["VFIO"]),
-    .testTarget(name: "VFIOHostTests", dependencies: ["VFIOHost", "VFIOTestSupport"]),
-    .testTarget(name: "VFIOPolicyTests", dependencies: ["VFIOPolicy", "VFIOHost", "VFIOTestSupport"]),
-    .testTarget(name: "VFIOTests", dependencies: ["VFIO", "CVFIO"]),
+    .executableTarget(name: "vfio-map-bench", dependencies: ["PCI", "VFIO"]),
+    .testTarget(name: "PCITests", dependencies: ["PCI"]),
+    .testTarget(name: "VFIOHostTests", dependencies: ["PCI", "VFIOHost", "VFIOTestSupport"]),
+    .testTarget(name: "VFIOPolicyTests", dependencies: ["PCI", "VFIOPolicy", "VFIOHost", "VFIOTestSupport"]),
+    .testTarget(name: "VFIOTests", dependencies: ["PCI", "VFIO", "CVFIO"]),
     .testTarget(name: "VFIOBrokerClientTests", dependencies: ["VFIOBrokerClient"]),
     .testTarget(
       name: "VFIOManagerTests",
       dependencies: [
-        "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport", "VFIOManagerTestCase",
+        "PCI", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestSupport",
+        "VFIOManagerTestCase",
         .product(name: "GRDB", package: "GRDB.swift"),
       ]),
     .testTarget(
       name: "VFIOLibvirtTests",
-      dependencies: ["VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport", "VFIOManagerTestSupport"]),
+      dependencies: ["PCI", "VFIOLibvirt", "VFIOManager", "VFIOHost", "VFIOTestSupport", "VFIOManagerTestSupport"]),
     .testTarget(
       name: "VFIOBrokerTests",
       dependencies: [
@@ -179,7 +187,8 @@ let package = Package(
     .testTarget(
       name: "VFIOKubeletTests",
       dependencies: [
-        "VFIOKubelet", "VFIOKubeletCommands", "KubeletAPI", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport",
+        "PCI", "VFIOKubelet", "VFIOKubeletCommands", "KubeletAPI", "VFIOManager", "VFIOHost", "VFIOPolicy",
+        "VFIOTestSupport",
         "VFIOManagerTestSupport", "VFIOManagerTestCase", "ManPageCheck",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -189,7 +198,8 @@ let package = Package(
     .testTarget(
       name: "VFIOCommandsTests",
       dependencies: [
-        "VFIOCommands", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestCase", "ManPageCheck",
+        "PCI", "VFIOCommands", "VFIOManager", "VFIOHost", "VFIOPolicy", "VFIOTestSupport", "VFIOManagerTestCase",
+        "ManPageCheck",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
   ]

@@ -1,4 +1,5 @@
 import CVFIO
+import PCI
 import Synchronization
 import SystemPackage
 
@@ -75,7 +76,7 @@ public final class Device: @unchecked Sendable {
 
   /// The cdev of a PCI device, from /sys/bus/pci/devices/BDF/vfio-dev/vfioN.
   public static func cdevPath(
-    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(),
+    ofDevice address: PCIAddress, kernel: any KernelInterface = LinuxKernel(),
     sysfsRoot: String = "/sys"
   ) -> String? {
     guard let names = kernel.listDirectory("\(sysfsRoot)/bus/pci/devices/\(address)/vfio-dev"),

@@ -1,4 +1,5 @@
 import CVFIO
+import PCI
 import SystemPackage
 
 #if canImport(Glibc)
@@ -53,7 +54,7 @@ public final class Group: @unchecked Sendable {
 
   /// The IOMMU group of a PCI device, from /sys/bus/pci/devices/BDF/iommu_group.
   public static func number(
-    ofDevice address: String, kernel: any KernelInterface = LinuxKernel(),
+    ofDevice address: PCIAddress, kernel: any KernelInterface = LinuxKernel(),
     sysfsRoot: String = "/sys"
   ) throws(VFIOError) -> Int {
     let link = "\(sysfsRoot)/bus/pci/devices/\(address)/iommu_group"

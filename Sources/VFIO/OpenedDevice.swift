@@ -1,3 +1,5 @@
+import PCI
+
 /// Which kernel interface owns a device's DMA.
 public enum Backend: String, Sendable, CaseIterable {
   /// Group and container (/dev/vfio/N, /dev/vfio/vfio) with the type1 or sPAPR IOMMU.
@@ -33,7 +35,7 @@ public final class OpenedDevice: @unchecked Sendable {
 
   /// Opens the PCI device at `address` (e.g. 0000:00:03.0) with its own container or IOAS.
   public static func open(
-    _ address: String, backend: Backend = .auto, kernel: any KernelInterface = LinuxKernel(),
+    _ address: PCIAddress, backend: Backend = .auto, kernel: any KernelInterface = LinuxKernel(),
     sysfsRoot: String = "/sys", devRoot: String = "/dev"
   ) throws(VFIOError) -> OpenedDevice {
     switch backend {
@@ -52,7 +54,7 @@ public final class OpenedDevice: @unchecked Sendable {
   }
 
   static func openLegacy(
-    _ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
+    _ address: PCIAddress, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
   )
     throws(VFIOError) -> OpenedDevice
   {
@@ -61,14 +63,14 @@ public final class OpenedDevice: @unchecked Sendable {
     let group = try Group(
       number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
     try group.attach(to: container)
-    let device = try group.openDevice(address)
+    let device = try group.openDevice(address.description)
     let dma = try DMASpace(container)
     return OpenedDevice(
       device: device, dma: dma, backend: .legacy, group: group, container: container, iommufd: nil)
   }
 
   static func openIOMMUFD(
-    _ address: String, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
+    _ address: PCIAddress, kernel: any KernelInterface, sysfsRoot: String, devRoot: String
   )
     throws(VFIOError) -> OpenedDevice
   {
@@ -83,7 +85,7 @@ public final class OpenedDevice: @unchecked Sendable {
     if devRoot != "/dev" { cdev = devRoot + cdev.dropFirst("/dev".count) }
     let iommufd = try IOMMUFD(path: "\(devRoot)/iommu", kernel: kernel)
     let ioas = try iommufd.allocateIOAS()
-    let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address)
+    let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address.description)
     // Attaching narrows the IOAS's ranges to what the device's IOMMU allows; read them after.
     let dma = try DMASpace(ioas)
     return OpenedDevice(
@@ -97,7 +99,7 @@ extension OpenedDevice {
   /// iommufd and IOAS. Mappings made through `dma` then reach both devices, and a hot reset
   /// can prove ownership of both.
   public static func open(
-    _ address: String, sharing other: OpenedDevice, sysfsRoot: String = "/sys",
+    _ address: PCIAddress, sharing other: OpenedDevice, sysfsRoot: String = "/sys",
     devRoot: String = "/dev"
   ) throws(VFIOError) -> OpenedDevice {
     let kernel = other.device.kernel
@@ -111,7 +113,7 @@ extension OpenedDevice {
           number: number, kernel: kernel, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
         try group.attach(to: container)
       }
-      let device = try group.openDevice(address)
+      let device = try group.openDevice(address.description)
       return OpenedDevice(
         device: device, dma: other.dma, backend: .legacy, group: group, container: container,
         iommufd: nil)
@@ -127,7 +129,7 @@ extension OpenedDevice {
         message: "device \(address) has no VFIO cdev", hint: "bind it to vfio-pci")
     }
     if devRoot != "/dev" { cdev = devRoot + cdev.dropFirst("/dev".count) }
-    let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address)
+    let device = try Device.open(cdev: cdev, iommufd: iommufd, ioas: ioas, name: address.description)
     // Attaching can narrow the IOAS's ranges.
     try other.dma.refreshLayout()
     return OpenedDevice(

@@ -1,21 +1,4 @@
-/// Registers of the PCI configuration header this library touches.
-public enum PCIConfigRegister {
-  public static let vendorID: UInt64 = 0x00
-  public static let deviceID: UInt64 = 0x02
-  public static let command: UInt64 = 0x04
-  public static let status: UInt64 = 0x06
-}
-
-/// Bits of the PCI command register.
-public struct PCICommand: OptionSet, Sendable, Hashable {
-  public let rawValue: UInt16
-  public init(rawValue: UInt16) { self.rawValue = rawValue }
-  public static let ioSpace = PCICommand(rawValue: 1 << 0)
-  public static let memorySpace = PCICommand(rawValue: 1 << 1)
-  /// The device may initiate DMA (and MSI writes, which are DMA).
-  public static let busMaster = PCICommand(rawValue: 1 << 2)
-  public static let interruptDisable = PCICommand(rawValue: 1 << 10)
-}
+import PCI
 
 extension Device {
   /// The config-space region (cached after the first call).
@@ -26,16 +9,18 @@ extension Device {
     return info
   }
 
-  /// Reads config space at `offset`.
-  public func readConfig<T: FixedWidthInteger>(_: T.Type = T.self, at offset: UInt64)
+  /// Reads config space at `offset` (a `PCIConfigRegister` or a capability's offset plus its
+  /// register's).
+  public func readConfig<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int)
     throws(VFIOError) -> T
   {
-    try read(T.self, region: configRegion(), offset: offset)
+    // A negative offset wraps to one past the region, which the bounds check rejects.
+    try read(T.self, region: configRegion(), offset: UInt64(truncatingIfNeeded: offset))
   }
 
   /// Writes config space at `offset` (vfio-pci virtualizes some fields).
-  public func writeConfig<T: FixedWidthInteger>(_ value: T, at offset: UInt64) throws(VFIOError) {
-    try write(value, region: configRegion(), offset: offset)
+  public func writeConfig<T: FixedWidthInteger>(_ value: T, at offset: Int) throws(VFIOError) {
+    try write(value, region: configRegion(), offset: UInt64(truncatingIfNeeded: offset))
   }
 
   /// The command register.

@@ -1,4 +1,5 @@
 import CVFIO
+import PCI
 
 /// The fixed VFIO-PCI region indexes.
 public enum PCIRegion {
@@ -66,16 +67,11 @@ public struct DependentDevice: Sendable, Equatable, CustomStringConvertible {
   public var bus: UInt8
   public var devfn: UInt8
 
-  public var address: String {
-    hex(segment, 4) + ":" + hex(bus, 2) + ":" + hex(devfn >> 3, 2) + "." + String(devfn & 7)
+  public var address: PCIAddress {
+    PCIAddress(domain: UInt32(segment), bus: bus, device: devfn >> 3, function: devfn & 7)
   }
 
   public var description: String { "\(address) (group \(groupOrDeviceID))" }
-}
-
-func hex<T: BinaryInteger>(_ value: T, _ width: Int) -> String {
-  let s = String(value, radix: 16)
-  return String(repeating: "0", count: max(0, width - s.count)) + s
 }
 
 /// What VFIO_DEVICE_GET_PCI_HOT_RESET_INFO reports.

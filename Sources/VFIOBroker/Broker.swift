@@ -2,6 +2,7 @@ import CVFIO
 import Dispatch
 import Foundation
 import Logging
+import PCI
 import Synchronization
 import VFIO
 import VFIOBrokerClient

@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import PCI
 import VFIO
 import VFIOBrokerClient
 import VFIOHost
@@ -91,7 +92,7 @@ public struct LiveGrantSource: GrantSource {
 
   public func resolve(_ backend: Backend, devices: [PCIAddress]) -> Backend {
     guard backend == .auto else { return backend }
-    let cdevs = devices.allSatisfy { Device.cdevPath(ofDevice: $0.description, sysfsRoot: sysfsRoot) != nil }
+    let cdevs = devices.allSatisfy { Device.cdevPath(ofDevice: $0, sysfsRoot: sysfsRoot) != nil }
     return cdevs && sysfs.exists("/dev/iommu") ? .iommufd : .legacy
   }
 
@@ -143,7 +144,7 @@ public struct LiveGrantSource: GrantSource {
     var list: [(GrantedDescriptor, Int32)] = [(GrantedDescriptor(kind: .iommufd), iommufd.fileDescriptor)]
     var keep: [AnyObject] = [iommufd]
     for address in devices {
-      guard let cdev = Device.cdevPath(ofDevice: address.description, sysfsRoot: sysfsRoot) else {
+      guard let cdev = Device.cdevPath(ofDevice: address, sysfsRoot: sysfsRoot) else {
         throw BrokerError(
           .openFailed, "\(address) has no VFIO cdev", next: "open it with backend legacy, or use a kernel with iommufd")
       }

@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import PCI
 import VFIO
 
 #if canImport(Glibc)
@@ -74,10 +75,10 @@ public final class BrokerClient: @unchecked Sendable {
 
   /// A device ready for DMA through the broker: the granted descriptors adopted by the VFIO
   /// library, each checked with the kernel first.
-  public func openDevice(_ address: String, backend: Backend = .auto, guest: String? = nil) throws(BrokerError)
+  public func openDevice(_ address: PCIAddress, backend: Backend = .auto, guest: String? = nil) throws(BrokerError)
     -> OpenedDevice
   {
-    let grant = try open(address, backend: backend, guest: guest)
+    let grant = try open(address.description, backend: backend, guest: guest)
     do {
       return try Self.adopt(grant, device: address)
     } catch {
@@ -86,29 +87,30 @@ public final class BrokerClient: @unchecked Sendable {
   }
 
   /// Turns a grant into an `OpenedDevice` for `device` (closing the rest of the grant).
-  public static func adopt(_ grant: Grant, device address: String) throws(VFIOError) -> OpenedDevice {
+  public static func adopt(_ grant: Grant, device address: PCIAddress) throws(VFIOError) -> OpenedDevice {
     var rest = grant.descriptors
     func take(_ match: (GrantedDescriptor) -> Bool) -> (GrantedDescriptor, Int32)? {
       guard let index = rest.firstIndex(where: { match($0.0) }) else { return nil }
       return rest.remove(at: index)
     }
     defer { for (_, fd) in rest { Glibc.close(fd) } }
-    let device = take { $0.kind == .device && $0.address == address }
+    let device = take { $0.kind == .device && $0.address == address.description }
     switch grant.backend {
     case .iommufd:
       guard let device, let iommufd = take({ $0.kind == .iommufd }) else { throw missing(address) }
-      return try OpenedDevice.adopting(iommufd: iommufd.1, cdev: device.1, name: address)
+      return try OpenedDevice.adopting(iommufd: iommufd.1, cdev: device.1, name: address.description)
     default:
       guard let device, let container = take({ $0.kind == .container }), let group = take({ $0.kind == .group }),
         let number = group.0.group
       else { throw missing(address) }
       let iommu = IOMMUType.allCases.first { wireName($0) == container.0.iommu } ?? .type1v2
       return try OpenedDevice.adopting(
-        container: container.1, iommu: iommu, group: group.1, number: number, device: device.1, name: address)
+        container: container.1, iommu: iommu, group: group.1, number: number, device: device.1,
+        name: address.description)
     }
   }
 
-  private static func missing(_ address: String) -> VFIOError {
+  private static func missing(_ address: PCIAddress) -> VFIOError {
     VFIOError(.invalidArgument, operation: "adopt", message: "the grant has no descriptors for \(address)")
   }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PCI
 import VFIOBroker
 import VFIOBrokerClient
 import VFIOHost

@@ -1,3 +1,5 @@
+import PCI
+
 /// A PCI function's configuration space as read from sysfs `config`, parsed without trusting it.
 ///
 /// sysfs returns 64 bytes to unprivileged readers, 256 for conventional devices and 4096 for
@@ -16,39 +18,49 @@ public struct ConfigSpace: Sendable {
 
   /// Parses a config space dump; throws when even the 64-byte header is missing or blank.
   public init(_ bytes: [UInt8]) throws(ConfigSpaceError) {
-    guard bytes.count >= 64 else { throw .truncated(bytes.count) }
+    let header = PCIConfigRegister.headerSize
+    guard bytes.count >= header else { throw .truncated(bytes.count) }
     self.bytes = bytes
     // All ones is what a missing or powered-off function returns. A lone 0xffff vendor ID is
     // not: SR-IOV VFs read it by design and the rest of their config space is real.
-    if bytes.prefix(64).allSatisfy({ $0 == 0xFF }) || bytes.prefix(64).allSatisfy({ $0 == 0 }) {
+    if bytes.prefix(header).allSatisfy({ $0 == 0xFF }) || bytes.prefix(header).allSatisfy({ $0 == 0 }) {
       throw .notPresent(vendorID)
     }
-    guard headerType <= 2 else { throw .unknownHeaderType(headerType) }
+    guard headerType <= PCIHeaderType.cardBusBridge else { throw .unknownHeaderType(headerType) }
     walkStandardChain()
     walkExtendedChain()
   }
 
   // MARK: Header
 
-  public var vendorID: UInt16 { u16(0x00) }
-  public var deviceID: UInt16 { u16(0x02) }
-  public var command: UInt16 { u16(0x04) }
-  public var status: UInt16 { u16(0x06) }
-  public var revision: UInt8 { bytes[0x08] }
+  public var vendorID: UInt16 { u16(PCIConfigRegister.vendorID) }
+  public var deviceID: UInt16 { u16(PCIConfigRegister.deviceID) }
+  public var command: UInt16 { u16(PCIConfigRegister.command) }
+  public var status: UInt16 { u16(PCIConfigRegister.status) }
+  public var revision: UInt8 { bytes[PCIConfigRegister.revisionID] }
   /// Base class, subclass and programming interface, as `0x020000`.
-  public var classCode: UInt32 { UInt32(bytes[0x0B]) << 16 | UInt32(bytes[0x0A]) << 8 | UInt32(bytes[0x09]) }
+  public var classCode: UInt32 {
+    let at = PCIConfigRegister.classCode
+    return UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at])
+  }
   /// 0 endpoint, 1 PCI-to-PCI bridge, 2 CardBus bridge.
-  public var headerType: UInt8 { bytes[0x0E] & 0x7F }
-  public var isMultifunction: Bool { bytes[0x0E] & 0x80 != 0 }
-  public var subsystemVendorID: UInt16? { headerType == 0 ? u16(0x2C) : nil }
-  public var subsystemID: UInt16? { headerType == 0 ? u16(0x2E) : nil }
+  public var headerType: UInt8 { bytes[PCIConfigRegister.headerType] & PCIHeaderType.layoutMask }
+  public var isMultifunction: Bool { bytes[PCIConfigRegister.headerType] & PCIHeaderType.multiFunction != 0 }
+  public var subsystemVendorID: UInt16? {
+    headerType == PCIHeaderType.endpoint ? u16(PCIConfigRegister.subsystemVendorID) : nil
+  }
+  public var subsystemID: UInt16? { headerType == PCIHeaderType.endpoint ? u16(PCIConfigRegister.subsystemID) : nil }
   /// INTx pin: 0 none, 1 INTA … 4 INTD.
-  public var interruptPin: UInt8 { bytes[0x3D] }
-  public var interruptLine: UInt8 { bytes[0x3C] }
-  public var secondaryBus: UInt8? { headerType == 1 ? bytes[0x19] : nil }
-  public var subordinateBus: UInt8? { headerType == 1 ? bytes[0x1A] : nil }
+  public var interruptPin: UInt8 { bytes[PCIConfigRegister.interruptPin] }
+  public var interruptLine: UInt8 { bytes[PCIConfigRegister.interruptLine] }
+  public var secondaryBus: UInt8? {
+    headerType == PCIHeaderType.bridge ? bytes[PCIConfigRegister.secondaryBusNumber] : nil
+  }
+  public var subordinateBus: UInt8? {
+    headerType == PCIHeaderType.bridge ? bytes[PCIConfigRegister.subordinateBusNumber] : nil
+  }
   /// Command register bit 10 (PCI 2.3 Interrupt Disable) is currently set.
-  public var intxDisabled: Bool { command & 0x0400 != 0 }
+  public var intxDisabled: Bool { PCICommand(rawValue: command).contains(.interruptDisable) }
 
   // MARK: Capabilities
 
@@ -61,73 +73,87 @@ public struct ConfigSpace: Sendable {
   }
 
   public var powerManagement: PowerManagementCapability? {
-    guard let cap = capability(.powerManagement), fits(cap.offset, 8) else { return nil }
-    let pmcsr = u16(cap.offset + 4)
+    typealias R = PowerManagementRegister
+    guard let cap = capability(.powerManagement), fits(cap.offset, R.length) else { return nil }
+    let pmc = u16(cap.offset + R.capabilities)
+    let pmcsr = u16(cap.offset + R.controlStatus)
     return PowerManagementCapability(
-      noSoftReset: pmcsr & 0x0008 != 0, powerState: UInt8(pmcsr & 0x3),
-      supportsD1: u16(cap.offset + 2) & 0x0200 != 0, supportsD2: u16(cap.offset + 2) & 0x0400 != 0)
+      noSoftReset: pmcsr & R.noSoftReset != 0, powerState: UInt8(pmcsr & R.powerStateMask),
+      supportsD1: pmc & R.d1Support != 0, supportsD2: pmc & R.d2Support != 0)
   }
 
   public var express: ExpressCapability? {
-    guard let cap = capability(.pciExpress), fits(cap.offset, 12) else { return nil }
-    let flags = u16(cap.offset + 2)
+    typealias R = PCIExpressRegister
+    // Up to and including Device Status: every version of the capability has that much.
+    guard let cap = capability(.pciExpress), fits(cap.offset, R.deviceStatus + 2) else { return nil }
+    let flags = u16(cap.offset + R.capabilities)
     return ExpressCapability(
-      version: UInt8(flags & 0xF),
-      portType: ExpressPortType(rawValue: UInt8((flags >> 4) & 0xF)) ?? .unknown,
-      functionLevelReset: u32(cap.offset + 4) & (1 << 28) != 0)
+      version: UInt8(flags & R.versionMask),
+      portType: ExpressPortType(rawValue: UInt8((flags >> R.portTypeShift) & R.portTypeMask)) ?? .unknown,
+      functionLevelReset: u32(cap.offset + R.deviceCapabilities) & R.functionLevelResetCapable != 0)
   }
 
   /// Conventional PCI's Advanced Features capability, which can also advertise FLR.
   public var advancedFeatures: AdvancedFeaturesCapability? {
-    guard let cap = capability(.advancedFeatures), fits(cap.offset, 6) else { return nil }
-    let caps = bytes[cap.offset + 3]
-    return AdvancedFeaturesCapability(transactionsPending: caps & 1 != 0, functionLevelReset: caps & 2 != 0)
+    typealias R = AdvancedFeaturesRegister
+    guard let cap = capability(.advancedFeatures), fits(cap.offset, R.length) else { return nil }
+    let caps = bytes[cap.offset + R.capabilities]
+    return AdvancedFeaturesCapability(
+      transactionsPending: caps & R.transactionsPendingCapable != 0,
+      functionLevelReset: caps & R.functionLevelResetCapable != 0)
   }
 
   public var msi: MSICapability? {
-    guard let cap = capability(.msi), fits(cap.offset, 4) else { return nil }
-    let control = u16(cap.offset + 2)
+    typealias R = MSIRegister
+    guard let cap = capability(.msi), fits(cap.offset, R.messageControl + 2) else { return nil }
+    let control = u16(cap.offset + R.messageControl)
     return MSICapability(
-      vectors: 1 << Int((control >> 1) & 0x7), enabledVectors: 1 << Int((control >> 4) & 0x7),
-      enabled: control & 1 != 0, is64Bit: control & 0x80 != 0, perVectorMasking: control & 0x100 != 0)
+      vectors: 1 << Int((control >> R.multipleMessageCapableShift) & R.multipleMessageMask),
+      enabledVectors: 1 << Int((control >> R.multipleMessageEnableShift) & R.multipleMessageMask),
+      enabled: control & R.enable != 0, is64Bit: control & R.address64Bit != 0,
+      perVectorMasking: control & R.perVectorMasking != 0)
   }
 
   public var msix: MSIXCapability? {
-    guard let cap = capability(.msix), fits(cap.offset, 12) else { return nil }
-    let control = u16(cap.offset + 2)
-    let table = u32(cap.offset + 4)
-    let pba = u32(cap.offset + 8)
+    typealias R = MSIXRegister
+    guard let cap = capability(.msix), fits(cap.offset, R.length) else { return nil }
+    let control = u16(cap.offset + R.messageControl)
+    let table = u32(cap.offset + R.table)
+    let pba = u32(cap.offset + R.pendingBitArray)
     return MSIXCapability(
-      vectors: Int(control & 0x7FF) + 1, enabled: control & 0x8000 != 0,
-      tableBAR: Int(table & 7), tableOffset: table & ~7, pbaBAR: Int(pba & 7), pbaOffset: pba & ~7)
+      vectors: Int(control & R.tableSizeMask) + 1, enabled: control & R.enable != 0,
+      tableBAR: Int(table & R.barIndicatorMask), tableOffset: table & ~R.barIndicatorMask,
+      pbaBAR: Int(pba & R.barIndicatorMask), pbaOffset: pba & ~R.barIndicatorMask)
   }
 
   public var acs: ACSCapability? {
-    guard let cap = extendedCapability(.acs), fits(cap.offset, 8) else { return nil }
+    guard let cap = extendedCapability(.acs), fits(cap.offset, ACSRegister.length) else { return nil }
     return ACSCapability(
-      supported: ACSControls(rawValue: u16(cap.offset + 4) & 0x7F),
-      enabled: ACSControls(rawValue: u16(cap.offset + 6) & 0x7F))
+      supported: ACSControls(rawValue: u16(cap.offset + ACSRegister.capability) & 0x7F),
+      enabled: ACSControls(rawValue: u16(cap.offset + ACSRegister.control) & 0x7F))
   }
 
   public var sriov: SRIOVCapability? {
-    guard let cap = extendedCapability(.sriov), fits(cap.offset, 0x40) else { return nil }
+    typealias R = SRIOVRegister
+    guard let cap = extendedCapability(.sriov), fits(cap.offset, R.length) else { return nil }
     let o = cap.offset
     return SRIOVCapability(
-      vfEnabled: u16(o + 0x08) & 1 != 0, initialVFs: Int(u16(o + 0x0C)), totalVFs: Int(u16(o + 0x0E)),
-      numVFs: Int(u16(o + 0x10)), firstVFOffset: Int(u16(o + 0x14)), vfStride: Int(u16(o + 0x16)),
-      vfDeviceID: u16(o + 0x1A))
+      vfEnabled: u16(o + R.control) & R.vfEnable != 0, initialVFs: Int(u16(o + R.initialVFs)),
+      totalVFs: Int(u16(o + R.totalVFs)), numVFs: Int(u16(o + R.numVFs)), firstVFOffset: Int(u16(o + R.firstVFOffset)),
+      vfStride: Int(u16(o + R.vfStride)), vfDeviceID: u16(o + R.vfDeviceID))
   }
 
   // MARK: Walking
 
   private mutating func walkStandardChain() {
-    // Status bit 4: the function implements a capability list at 0x34.
-    guard status & 0x0010 != 0 else {
+    guard PCIStatus(rawValue: status).contains(.capabilitiesList) else {
       standardChainComplete = true
       return
     }
-    let pointerOffset = headerType == 2 ? 0x14 : 0x34
-    var offset = Int(bytes[pointerOffset] & 0xFC)
+    let pointerOffset =
+      headerType == PCIHeaderType.cardBusBridge
+      ? PCIConfigRegister.cardBusCapabilitiesPointer : PCIConfigRegister.capabilitiesPointer
+    var offset = Int(bytes[pointerOffset] & StandardCapabilityHeader.pointerMask)
     var seen = Set<Int>()
     // 48 is the most 4-byte capabilities that fit between 0x40 and 0x100.
     for _ in 0..<48 {
@@ -135,7 +161,7 @@ public struct ConfigSpace: Sendable {
         standardChainComplete = true
         return
       }
-      guard offset >= 0x40, offset <= 0xFC else {
+      guard offset >= PCIConfigRegister.headerSize, offset <= PCIConfigRegister.extendedCapabilities - 4 else {
         chainErrors.append(.badPointer(offset))
         return
       }
@@ -144,22 +170,24 @@ public struct ConfigSpace: Sendable {
         chainErrors.append(.loop(offset))
         return
       }
-      capabilities.append(CapabilityEntry(id: UInt16(bytes[offset]), offset: offset))
-      offset = Int(bytes[offset + 1] & 0xFC)
+      let id = bytes[offset + StandardCapabilityHeader.id]
+      capabilities.append(CapabilityEntry(id: UInt16(id), offset: offset))
+      offset = Int(bytes[offset + StandardCapabilityHeader.next] & StandardCapabilityHeader.pointerMask)
     }
     chainErrors.append(.loop(offset))
   }
 
   private mutating func walkExtendedChain() {
-    guard bytes.count >= 0x104 else { return }
-    var offset = 0x100
+    let first = PCIConfigRegister.extendedCapabilities
+    guard bytes.count >= first + 4 else { return }
+    var offset = first
     var seen = Set<Int>()
     // (4096 - 256) / 4: the most extended capabilities that fit.
     for _ in 0..<960 {
       let header = u32(offset)
       // An all-zero (or all-ones) header at 0x100 means no extended capabilities.
       if header == 0 || header == 0xFFFF_FFFF {
-        if offset != 0x100 { chainErrors.append(.badPointer(offset)) }
+        if offset != first { chainErrors.append(.badPointer(offset)) }
         extendedChainComplete = true
         return
       }
@@ -167,13 +195,13 @@ public struct ConfigSpace: Sendable {
         chainErrors.append(.loop(offset))
         return
       }
-      extendedCapabilities.append(CapabilityEntry(id: UInt16(header & 0xFFFF), offset: offset))
-      let next = Int(header >> 20) & 0xFFC
+      extendedCapabilities.append(CapabilityEntry(id: ExtendedCapabilityHeader.id(header), offset: offset))
+      let next = ExtendedCapabilityHeader.next(header)
       if next == 0 {
         extendedChainComplete = true
         return
       }
-      guard next >= 0x100, next + 4 <= bytes.count else {
+      guard next >= first, next + 4 <= bytes.count else {
         chainErrors.append(.badPointer(next))
         return
       }
@@ -216,26 +244,6 @@ public enum ConfigSpaceError: Error, Equatable, Sendable, CustomStringConvertibl
 public struct CapabilityEntry: Sendable, Equatable {
   public let id: UInt16
   public let offset: Int
-}
-
-public enum StandardCapabilityID: UInt16, Sendable {
-  case powerManagement = 0x01
-  case msi = 0x05
-  case vendorSpecific = 0x09
-  case bridgeSubsystem = 0x0D
-  case pciExpress = 0x10
-  case msix = 0x11
-  case advancedFeatures = 0x13
-}
-
-public enum ExtendedCapabilityID: UInt16, Sendable {
-  case aer = 0x0001
-  case acs = 0x000D
-  case ari = 0x000E
-  case ats = 0x000F
-  case sriov = 0x0010
-  case resizableBAR = 0x0015
-  case pasid = 0x001B
 }
 
 public struct PowerManagementCapability: Sendable, Equatable, Codable {

@@ -1,3 +1,5 @@
+import PCI
+
 /// Reads one PCI function's sysfs directory into a `PCIDevice`.
 struct DeviceReader {
   let sysfs: Sysfs

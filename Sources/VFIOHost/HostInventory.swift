@@ -1,4 +1,5 @@
 import Dispatch
+import PCI
 
 #if canImport(Glibc)
   import Glibc

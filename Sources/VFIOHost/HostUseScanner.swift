@@ -1,3 +1,5 @@
+import PCI
+
 /// Finds what the host is using below each PCI function: disks and their mounts, swap and
 /// holders, network interfaces, consoles. Reads only class directories and procfs, never the
 /// devices themselves.

@@ -1,3 +1,5 @@
+import PCI
+
 /// An IOMMU group: the smallest set of devices the IOMMU can isolate from the rest, and so the
 /// unit VFIO hands to a user.
 public struct IOMMUGroup: Sendable, Equatable, Codable {

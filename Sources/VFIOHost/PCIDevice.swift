@@ -1,3 +1,5 @@
+import PCI
+
 /// A PCI function as the host kernel presents it in sysfs.
 public struct PCIDevice: Sendable {
   public let address: PCIAddress

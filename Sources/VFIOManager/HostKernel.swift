@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import PCI
 import VFIO
 import VFIOHost
 
@@ -112,10 +113,10 @@ public struct LiveHost: HostKernel {
     let sysRoot = sysfs.path("/sys")
     let devRoot = sysfs.path("/dev")
     do {
-      let opened = try OpenedDevice.open(first.description, backend: .auto, sysfsRoot: sysRoot, devRoot: devRoot)
+      let opened = try OpenedDevice.open(first, backend: .auto, sysfsRoot: sysRoot, devRoot: devRoot)
       var others: [OpenedDevice] = []
       for function in functions.dropFirst() {
-        others.append(try OpenedDevice.open(function.description, sharing: opened, sysfsRoot: sysRoot, devRoot: devRoot))
+        others.append(try OpenedDevice.open(function, sharing: opened, sysfsRoot: sysRoot, devRoot: devRoot))
       }
       try opened.device.hotReset(groups: others.compactMap(\.group))
       withExtendedLifetime(others) {}

@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import PCI
 import VFIOHost
 
 /// A process that has a group or device open: what `attach` and `reset` must not pull the

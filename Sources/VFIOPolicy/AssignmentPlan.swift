@@ -1,3 +1,4 @@
+import PCI
 import VFIOHost
 
 /// What a function is bound to: its driver and its `driver_override`, the two facts detach

@@ -1,3 +1,4 @@
+import PCI
 import VFIOHost
 
 /// How a function will be reset between users, and what else that reset hits.

@@ -1,3 +1,4 @@
+import PCI
 import VFIOHost
 
 /// The answer to "can this be given to a guest or a userspace driver?".

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import PCI
 
 /// Builds a large sysfs tree by replicating a captured SR-IOV root port, PF and VF: `ports`
 /// root ports on bus 0, each with one PF whose `vfs` VFs follow it in ARI numbering, every
@@ -95,19 +96,19 @@ struct SyntheticTree {
   /// Sets TotalVFs, InitialVFs and NumVFs in the SR-IOV extended capability.
   private func patchSRIOVCounts(_ config: Data, vfs: Int) -> Data {
     var bytes = [UInt8](config)
-    var offset = 0x100
-    for _ in 0..<64 where offset + 0x12 <= bytes.count {
+    var offset = PCIConfigRegister.extendedCapabilities
+    for _ in 0..<64 where offset + SRIOVRegister.numVFs + 2 <= bytes.count {
       let header =
         UInt32(bytes[offset]) | UInt32(bytes[offset + 1]) << 8 | UInt32(bytes[offset + 2]) << 16 | UInt32(
           bytes[offset + 3]) << 24
-      if header & 0xFFFF == 0x0010 {
-        for field in [0x0C, 0x0E, 0x10] {
+      if ExtendedCapabilityHeader.id(header) == ExtendedCapabilityID.sriov.rawValue {
+        for field in [SRIOVRegister.initialVFs, SRIOVRegister.totalVFs, SRIOVRegister.numVFs] {
           bytes[offset + field] = UInt8(vfs & 0xFF)
           bytes[offset + field + 1] = UInt8(vfs >> 8)
         }
         break
       }
-      offset = Int(header >> 20) & 0xFFC
+      offset = ExtendedCapabilityHeader.next(header)
       if offset == 0 { break }
     }
     return Data(bytes)

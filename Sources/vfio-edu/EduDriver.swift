@@ -1,3 +1,4 @@
+import PCI
 import VFIO
 
 /// Registers of QEMU's edu device (docs/specs/edu.rst).

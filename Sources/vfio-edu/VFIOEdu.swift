@@ -1,4 +1,5 @@
 import ArgumentParser
+import PCI
 import VFIO
 import VFIOBrokerClient
 
@@ -30,14 +31,13 @@ struct Common: ParsableArguments {
 
   /// Opens a PCI address or a /dev/vfio/devices/vfioN path, or asks the broker for the address.
   func open(_ device: String) throws -> OpenedDevice {
-    if let broker {
-      let client = try BrokerClient(socketPath: broker)
-      // The connection is the lease: it lives as long as this process.
-      Common.brokerConnection = client
-      return try client.openDevice(device, backend: backend)
-    }
-    return device.hasPrefix("/dev/vfio/devices/")
-      ? try OpenedDevice.open(cdev: device) : try OpenedDevice.open(device, backend: backend)
+    if broker == nil && device.hasPrefix("/dev/vfio/devices/") { return try OpenedDevice.open(cdev: device) }
+    let address = try PCIAddress(parsing: device)
+    guard let broker else { return try OpenedDevice.open(address, backend: backend) }
+    let client = try BrokerClient(socketPath: broker)
+    // The connection is the lease: it lives as long as this process.
+    Common.brokerConnection = client
+    return try client.openDevice(address, backend: backend)
   }
 
   nonisolated(unsafe) static var brokerConnection: BrokerClient?
@@ -97,9 +97,7 @@ struct Exercise: AsyncParsableCommand {
     do {
       let opened = try common.open(device)
       report.backend = opened.backend.rawValue
-      let companions = try others.map { (address: String) throws(VFIOError) -> OpenedDevice in
-        try OpenedDevice.open(address, sharing: opened)
-      }
+      let companions = try others.map { try OpenedDevice.open(PCIAddress(parsing: $0), sharing: opened) }
       for c in companions {
         report.notes.append(
           "\(c.device.name) shares the DMA space\(c.group.map { " (group \($0.number) in the same container)" } ?? " (same iommufd IOAS)")"
@@ -191,9 +189,7 @@ struct HotReset: ParsableCommand {
 
   func run() throws {
     try common.report(device) { opened, report in
-      let companions = try others.map { (a: String) throws(VFIOError) -> OpenedDevice in
-        try OpenedDevice.open(a, sharing: opened)
-      }
+      let companions = try others.map { try OpenedDevice.open(PCIAddress(parsing: $0), sharing: opened) }
       do {
         try opened.device.reset()
         report.notes.append("VFIO_DEVICE_RESET succeeded")

@@ -7,6 +7,7 @@
 //                           [--backing normal|thp|hugetlb] [--reps N] [--compare PATH-TO-map_bench]
 //                           [--json] [--no-reserve] [--mapper-only] [--dry-run]
 // A chunk of 0 maps the whole buffer in one call.
+import PCI
 import VFIO
 
 #if canImport(Glibc)
@@ -175,21 +176,22 @@ struct SwiftRun {
   var rows: [Row]
 }
 
-/// Opens the device (or the null mapper), allocates and touches a fresh buffer, and measures
-/// every chunk size. Everything is closed on return, so map_bench can open the device next.
-func runSwift(_ o: Options, kernel: any KernelInterface = LinuxKernel()) throws(VFIOError)
+/// Opens the device (or, without one, the null mapper), allocates and touches a fresh buffer,
+/// and measures every chunk size. Everything is closed on return, so map_bench can open the
+/// device next.
+func runSwift(_ o: Options, _ address: PCIAddress?, kernel: any KernelInterface = LinuxKernel()) throws(VFIOError)
   -> SwiftRun
 {
   let dma: DMASpace
   var backend = o.backend
   var keep: OpenedDevice?
-  if o.dryRun {
-    dma = try DMASpace(NullMapper())
-  } else {
-    let opened = try OpenedDevice.open(o.device, backend: o.backend, kernel: kernel)
+  if let address {
+    let opened = try OpenedDevice.open(address, backend: o.backend, kernel: kernel)
     dma = opened.dma
     backend = opened.backend
     keep = opened
+  } else {
+    dma = try DMASpace(NullMapper())
   }
   let buffer = try DMABuffer(length: o.sizeMiB << 20, backing: o.backing, kernel: kernel)
   // Touch every page first: the first map would otherwise also pay for zero-filling.
@@ -335,18 +337,20 @@ guard let options = Options.parse(Array(CommandLine.arguments.dropFirst())) else
 }
 
 do {
+  // Parsed here, at the edge, so a mistyped BDF is named as such; --dry-run opens nothing.
+  let address = options.dryRun ? nil : try PCIAddress(parsing: options.device)
   var swiftRuns: [[Row]] = []
   var cRuns: [[Row]] = []
   var backend = options.backend
-  if backend == .auto && !options.dryRun {
+  if backend == .auto, let address {
     // map_bench needs a concrete backend: the one the library picks.
-    backend = try OpenedDevice.open(options.device).backend
+    backend = try OpenedDevice.open(address).backend
   }
   for rep in 0..<options.reps {
     // C first on even repetitions, Swift first on odd ones, so neither always runs second.
     for swiftTurn in rep % 2 == 0 ? [false, true] : [true, false] {
       if swiftTurn {
-        let run = try runSwift(options)
+        let run = try runSwift(options, address)
         backend = run.backend
         swiftRuns.append(run.rows)
         if options.json {
@@ -371,11 +375,11 @@ do {
       single.backend = backend
       // Setup ioctls (open, GET_INFO, ...) are counted by a run with no chunks and subtracted.
       single.chunks = []
-      _ = try runSwift(single, kernel: kernel)
+      _ = try runSwift(single, address, kernel: kernel)
       let setup = kernel.counts.total
       kernel.counts.reset()
       single.chunks = [chunk]
-      _ = try runSwift(single, kernel: kernel)
+      _ = try runSwift(single, address, kernel: kernel)
       counted.append(kernel.counts.total - setup)
     }
     let size = UInt64(options.sizeMiB) << 20

@@ -1,4 +1,5 @@
 import Foundation
+import PCI
 import Synchronization
 import VFIO
 import VFIOBroker

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import ManPageCheck
+import PCI
 import VFIOCommands
 import VFIOHost
 import VFIOManagerTestSupport

@@ -1,4 +1,5 @@
 import Glibc
+import PCI
 import VFIOCommands
 import VFIOHost
 import VFIOPolicy

@@ -4,6 +4,7 @@ import GRPCNIOTransportHTTP2Posix
 import KubeletAPI
 import Logging
 import ManPageCheck
+import PCI
 import VFIOHost
 import VFIOKubeletCommands
 import VFIOManagerTestCase

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PCI
 import VFIOHost
 import VFIOPolicy
 import VFIOManagerTestCase

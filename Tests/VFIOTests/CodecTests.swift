@@ -197,7 +197,7 @@ func capHeader(id: UInt16, version: UInt16 = 1, next: UInt32) -> [UInt8] {
     let bytes =
       le32(28) + le32(0) + le32(2) + le32(7) + le16(0) + [2, 0x08] + le32(7) + le16(0) + [2, 0x10]
     let info = try HotResetCodec.decodeInfo(bytes)
-    #expect(info.devices.map(\.address) == ["0000:02:01.0", "0000:02:02.0"])
+    #expect(info.devices.map(\.address.description) == ["0000:02:01.0", "0000:02:02.0"])
     #expect(info.groups == [7])
     #expect(!info.byDeviceID)
   }

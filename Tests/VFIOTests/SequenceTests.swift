@@ -1,16 +1,17 @@
 import CVFIO
+import PCI
 import SystemPackage
 import Testing
 
 @testable import VFIO
 
-let edu = "0000:00:03.0"
+let edu = PCIAddress(domain: 0, bus: 0, device: 3, function: 0)
 
 /// A fake host with edu in IOMMU group 5, bound to vfio-pci, and a type1v2 IOMMU.
 func legacyHost(viable: Bool = true) -> FakeKernel {
   let k = FakeKernel()
   k.links["/sys/bus/pci/devices/\(edu)/iommu_group"] = "../../../kernel/iommu_groups/5"
-  k.directories["/sys/kernel/iommu_groups/5/devices"] = [edu, "0000:00:04.0"]
+  k.directories["/sys/kernel/iommu_groups/5/devices"] = [edu.description, "0000:00:04.0"]
   k.links["/sys/kernel/iommu_groups/5/devices/\(edu)/driver"] = "../../../bus/pci/drivers/vfio-pci"
   k.links["/sys/kernel/iommu_groups/5/devices/0000:00:04.0/driver"] =
     viable ? "../../../bus/pci/drivers/vfio-pci" : "../../../bus/pci/drivers/e1000"
@@ -67,7 +68,7 @@ func legacyHost(viable: Bool = true) -> FakeKernel {
       ])
     // SET_CONTAINER gets the container fd; GET_DEVICE_FD the device name.
     #expect(k.ioctlInputs.first { $0.name == "VFIO_GROUP_SET_CONTAINER" }?.bytes == le32(3))
-    #expect(k.ioctlInputs.first { $0.name == "VFIO_GROUP_GET_DEVICE_FD" }?.bytes == Array(edu.utf8))
+    #expect(k.ioctlInputs.first { $0.name == "VFIO_GROUP_GET_DEVICE_FD" }?.bytes == Array(edu.description.utf8))
     #expect(opened.dma.layout.dmaAvailable == 65535)
     #expect(opened.dma.layout.ranges.count == 2)
   }

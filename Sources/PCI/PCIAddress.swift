@@ -53,7 +53,7 @@ public struct PCIAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         func value(_ range: Range<Int>) -> UInt32? {
           var v: UInt32 = 0
           for i in range {
-            guard let d = hexDigitValue(b[i]), b[i] < UInt8(ascii: "A") || b[i] > UInt8(ascii: "F") else { return nil }
+            guard let d = lowerHexDigitValue(b[i]) else { return nil }
             v = v << 4 | UInt32(d)
           }
           return v
@@ -113,4 +113,13 @@ public enum PCIAddressError: Error, Equatable, CustomStringConvertible {
 public func hex<T: BinaryInteger>(_ value: T, width: Int) -> String {
   let digits = String(value, radix: 16)
   return digits.count >= width ? digits : String(repeating: "0", count: width - digits.count) + digits
+}
+
+/// The value of an ASCII hex digit in the kernel's lower-case spelling; nil for anything else.
+private func lowerHexDigitValue(_ c: UInt8) -> UInt8? {
+  switch c {
+  case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+  case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+  default: nil
+  }
 }

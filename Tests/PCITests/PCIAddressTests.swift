@@ -1,5 +1,4 @@
-import VFIOHost
-import VFIOTestSupport
+import PCI
 import XCTest
 
 final class PCIAddressTests: XCTestCase {
@@ -8,6 +7,13 @@ final class PCIAddressTests: XCTestCase {
     XCTAssertEqual(try PCIAddress(parsing: "01:00.0"), PCIAddress(domain: 0, bus: 1, device: 0, function: 0))
     XCTAssertEqual(try PCIAddress(parsing: "10000:AB:1f.7").description, "10000:ab:1f.7")
     XCTAssertEqual(try PCIAddress(parsing: "00:1f.3").description, "0000:00:1f.3")
+  }
+
+  func testSysfsSpellingAndUpperCaseParseAlike() throws {
+    let address = PCIAddress(domain: 0xA, bus: 0xBC, device: 0x1F, function: 7)
+    XCTAssertEqual(try PCIAddress(parsing: "000a:bc:1f.7"), address)
+    XCTAssertEqual(try PCIAddress(parsing: "000A:BC:1F.7"), address)
+    XCTAssertEqual(address.description, "000a:bc:1f.7")
   }
 
   func testRejectsMalformedAddressesWithAClearMessage() {
