@@ -6,7 +6,8 @@ Compares three things with the kernel's ground truth (facts.txt from lab/guest/f
   * `vfioctl list --json` (groups and members, driver, reset methods, BARs per device),
   * the tree written by `vfioctl capture` (device links, group and driver links), and
     the host's replay of it (`vfioctl list --json --root TREE`) against the live list.
-Prints one PASS/FAIL/SKIP line per check and, last, `RESULT passed=N failed=M`.
+Prints one PASS/FAIL/SKIP line per check and, last, the closing line every lab harness
+ends with, `integration: N passed, M failed` (lab/lib/checks.sh; lab/suite reads it back).
 Exits 1 when any check failed.
 """
 import argparse
@@ -209,13 +210,24 @@ def check_expectations(c, k, path):
             c.record(f"expect {line}", problems)
 
 
-def check_list_json(c, k, path):
+def load_json(c, name, *paths):
+    """The parsed files, or None after a failed check NAME saying why."""
     try:
-        with open(path) as f:
-            doc = json.load(f)
+        docs = []
+        for path in paths:
+            with open(path) as f:
+                docs.append(json.load(f))
+        return docs
     except (OSError, ValueError) as e:
-        c.record("vfioctl list --json parses", [str(e)])
+        c.record(name, [str(e)])
+        return None
+
+
+def check_list_json(c, k, path):
+    docs = load_json(c, "vfioctl list --json parses", path)
+    if docs is None:
         return
+    doc = docs[0]
     c.record("vfioctl list --json schemaVersion 1",
              [] if doc.get("schemaVersion") == 1 else [f"schemaVersion {doc.get('schemaVersion')}"])
 
@@ -316,14 +328,10 @@ def json_differences(a, b, path=""):
 
 def check_replay(c, live_path, replay_path):
     """`vfioctl list --json --root TREE` on the host must reproduce the guest's live list."""
-    try:
-        with open(live_path) as f:
-            live = json.load(f)
-        with open(replay_path) as f:
-            replay = json.load(f)
-    except (OSError, ValueError) as e:
-        c.record("replaying the capture on the host gives the live list", [str(e)])
+    docs = load_json(c, "replaying the capture on the host gives the live list", live_path, replay_path)
+    if docs is None:
         return
+    live, replay = docs
     c.record("replaying the capture on the host gives the live list (pci.ids names aside)",
              json_differences(live, replay))
 
@@ -348,7 +356,7 @@ def main():
         check_capture(c, k, a.tree)
     if a.replay_json and a.list_json:
         check_replay(c, a.list_json, a.replay_json)
-    print(f"RESULT passed={c.passed} failed={c.failed}")
+    print(f"integration: {c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0
 
 

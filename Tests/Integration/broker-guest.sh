@@ -5,8 +5,8 @@
 # real clients: vfio-edu's DMA + MSI checks through BrokerClient, and QEMU 10 realizing the
 # edu device from the broker's iommufd descriptors. $1 is the topology.
 TOPOLOGY=$1
-# shellcheck source=guest-lib.sh
-. /lab/guest-lib.sh
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 SOCK=/run/swift-vfio/broker.sock
 EDU=0000:00:03.0
 NIC=0000:00:02.0
@@ -33,11 +33,9 @@ wait_lease() { # GROUP present|gone
     done
     return 1
 }
-group_of() { basename "$(readlink "/sys/bus/pci/devices/$1/iommu_group")"; }
 
 # --- the edu group, broker-only: the nodes stay root's --------------------------------------------
-echo > /sys/bus/pci/devices/$EDU/driver_override
-echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
+sh /lab/guest/bind.sh --none $EDU
 G=$(group_of $EDU)
 run detach-edu v detach $EDU --allow-no-reset --owner 1000:1000 --broker-only
 expect_rc "detach $EDU --owner 1000:1000 --broker-only" 0 detach-edu
@@ -104,10 +102,7 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     # QEMU's e1000 honours (the e1000e's only method is pm, which QEMU's e1000e ignores).
     E1=0000:01:01.0; E2=0000:01:02.0
     B=$(group_of $E1)
-    for d in $E1 $E2; do
-        echo > /sys/bus/pci/devices/$d/driver_override
-        [ -e /sys/bus/pci/devices/$d/driver ] && echo $d > /sys/bus/pci/devices/$d/driver/unbind
-    done
+    sh /lab/guest/bind.sh --none $E1 $E2
     run detach-bridge v detach $E1 --owner 1000:1000 --broker-only
     expect_rc "detach the bridge group --owner 1000:1000 --broker-only" 0 detach-bridge
     as_user 1000 vfioctl open "$B" --socket "$SOCK" --backend legacy --exec -- sleep 600 > /out/holder-1.txt 2>&1 &
@@ -215,4 +210,4 @@ else
     fail "socket activation: rc $rc $(head -c 300 /out/edu-activated.txt) $(head -c 300 /out/activated.txt)"
 fi
 kill -TERM $A; wait $A
-echo 'done' >> /out/checks
+finish

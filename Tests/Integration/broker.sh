@@ -10,15 +10,13 @@
 #     reset (its command register reads 0); `vfioctl attach --revoke-after` reaches the holder
 #     as a device request; the kernel's own request (an unbind) is relayed to the holder.
 # usage: Tests/Integration/broker.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) || skip "no broker scenario for $TOPOLOGY"
-require_lab
-build_edu
-build_vfioctl
+edu_backends "no broker scenario for $TOPOLOGY" q35-vtd q35-iommufd
+need_product VFIOCTL_BIN vfioctl
 export LAB_MEMORY=${LAB_MEMORY:-1536}
-( . lab/lib/common.sh; ensure_packages systemd ) || fail "could not install systemd (systemd-socket-activate)"
+( ensure_packages systemd ) || fail "could not install systemd (systemd-socket-activate)"
 args=(--bin "$VFIOCTL_BIN" --bin /usr/bin/setpriv --bin /usr/bin/systemd-socket-activate --file "$REPO/Tests/Integration/broker-guest.sh:/lab/broker-guest.sh")
 if [ "$TOPOLOGY" = q35-iommufd ]; then
     qemu10_guest_args || { fail "could not fetch QEMU 10 from bookworm-backports (lab/vm fetch qemu10)"; finish; }

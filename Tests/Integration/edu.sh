@@ -10,7 +10,7 @@
 #   q35-amd-iommu     legacy on AMD-Vi
 #   q35-virtio-iommu  type1 refused (no MSI isolation) with an explanation, then allowed
 #   anything else     exit 77
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 # ~20-40 s of guest time per topology.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
@@ -19,7 +19,7 @@ case $TOPOLOGY in
     *) skip "no edu scenario for $TOPOLOGY (needs an x86 topology with edu at 00:03.0)" ;;
 esac
 require_lab
-build_edu
+need_product EDU vfio-edu
 R=$RESULTS/edu
 
 case $TOPOLOGY in

@@ -8,25 +8,17 @@
 #   q35-vtd        legacy (6.1)
 #   q35-iommufd    iommufd (cdev) and legacy (6.12)
 #   anything else  exit 77
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 # ~5 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
-    || skip "no feature scenario for $TOPOLOGY (needs edu 00:03.0 and e1000e 00:05.1 on vfio-pci)"
-require_lab
-build_edu
-cmd=""
+edu_backends "no feature scenario for $TOPOLOGY (needs edu 00:03.0 and e1000e 00:05.1 on vfio-pci)" \
+    q35-vtd q35-iommufd
+guest features "$(backend_steps features-03.0 'features 0000:00:03.0')
+$(backend_steps features-05.1 'features 0000:00:05.1')"
 for b in $backends; do
     for dev in 0000:00:03.0 0000:00:05.1; do
-        cmd="$cmd
-$(step "features-$b-${dev//:/_}" "features $dev --backend $b")"
-    done
-done
-guest features "$cmd"
-for b in $backends; do
-    for dev in 0000:00:03.0 0000:00:05.1; do
-        f=$RESULTS/features/features-$b-${dev//:/_}.json
+        f=$RESULTS/features/features-${dev##*:}-$b.json
         expect_grep "$f" '"name":"no PCI_VF_TOKEN","passed":true' \
             "$b $dev: LOW_POWER_ENTRY settable not gettable, no MIGRATION, no VF token; capability chain read"
     done

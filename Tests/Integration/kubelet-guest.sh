@@ -2,7 +2,7 @@
 # Runs inside a lab guest (busybox sh, as root), driven by Tests/Integration/kubelet.sh:
 # vfio-kubelet-plugin's two plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
 # judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
-# line per check in /out/checks, "done" last; figures in /out/kubelet-timings.
+# line per check in /out/checks, the closing line last; figures in /out/kubelet-timings.
 S=/tmp/vfio-state
 K=/tmp/kubelet
 CDI=/tmp/cdi
@@ -10,21 +10,13 @@ CLAIMS=/tmp/claims
 DRIVER=vfio.swift-vfio.io
 REG=$K/plugins_registry/$DRIVER-reg.sock
 DRA=$K/plugins/$DRIVER/dra.sock
-: > /out/checks
 : > /out/kubelet-timings
-drv() { l=$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null) && basename "$l" || echo none; }
-pass() { echo "PASS $*" >> /out/checks; }
-fail() { echo "FAIL $*" >> /out/checks; }
-run() { _name=$1; shift; "$@" > "/out/$_name.txt" 2> "/out/$_name.err"; rc=$?; echo "$rc" > "/out/$_name.rc"; }
-expect_rc() { if [ "$rc" = "$2" ]; then pass "$1 (exit $rc)"; else fail "$1: exit $rc, expected $2: $(head -c 400 "/out/$3.txt" "/out/$3.err")"; fi; }
-expect_text() { if grep -q -- "$2" "/out/$3.txt"; then pass "$1"; else fail "$1: no '$2' in $(head -c 400 "/out/$3.txt")"; fi; }
-expect_no_text() { if grep -q -- "$2" "/out/$3.txt"; then fail "$1: '$2' in $(head -c 400 "/out/$3.txt")"; else pass "$1"; fi; }
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 both_on() {
     a=$(drv 0000:01:01.0); b=$(drv 0000:01:02.0)
     if [ "$a" = "$2" ] && [ "$b" = "$2" ]; then pass "$1"; else fail "$1: 01:01.0 on $a, 01:02.0 on $b, expected $2"; fi
 }
-# Milliseconds since boot, from /proc/uptime (busybox date has no %N).
-now_ms() { awk '{ printf "%d", $1 * 1000 }' /proc/uptime; }
 claim() {  # claim UID DEVICE: a ResourceClaim allocated to DEVICE of this driver
     cat > "$CLAIMS/$1.json" <<JSON
 {"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"vm-$1","namespace":"default","uid":"$1"},
@@ -47,38 +39,34 @@ start_dra() {
 # The two e1000 behind the PCIe-to-PCI bridge on their host driver (the lab binds them to
 # vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.
 [ -f /lab/e1000.ko ] && insmod /lab/e1000.ko
-for f in 0000:01:01.0 0000:01:02.0; do
-    echo > /sys/bus/pci/devices/$f/driver_override
-    echo $f > /sys/bus/pci/devices/$f/driver/unbind
-    echo $f > /sys/bus/pci/drivers/e1000/bind
-done
+sh /lab/guest/bind.sh --host 0000:01:01.0 0000:01:02.0
 both_on "setup: both e1000 on their host driver" e1000
-G=$(basename "$(readlink /sys/bus/pci/devices/0000:01:02.0/iommu_group)")
+G=$(group_of 0000:01:02.0)
 mkdir -p $CLAIMS
 
 # --- DRA ---------------------------------------------------------------------------------------
-run slices vfio-kubelet-plugin dra --print-slices --node-name lab
+run_apart slices vfio-kubelet-plugin dra --print-slices --node-name lab
 expect_rc "print-slices" 0 slices
 expect_text "the bridge group is one device" "\"group-$G\"" slices
 expect_text "with both functions" '"0000:01:01.0,0000:01:02.0"' slices
 expect_no_text "numaNode is never -1" '"int" : -1' slices
 
 if start_dra; then pass "the DRA plugin serves its registration socket"; else fail "no $REG after 30 s: $(tail -c 400 /out/dra-plugin.log)"; fi
-run info vfio-kubelet-sim info --socket "$REG"
+run_apart info vfio-kubelet-sim info --socket "$REG"
 expect_rc "GetInfo + NotifyRegistrationStatus" 0 info
 expect_text "GetInfo: a DRAPlugin" '"type":"DRAPlugin"' info
 expect_text "GetInfo: v1 and v1beta1" '"supportedVersions":\["v1.DRAPlugin","v1beta1.DRAPlugin"\]' info
 expect_text "GetInfo: the endpoint" "\"endpoint\":\"$DRA\"" info
 
 claim bad group-999
-run bad vfio-kubelet-sim prepare --socket "$DRA" --uid bad
+run_apart bad vfio-kubelet-sim prepare --socket "$DRA" --uid bad
 expect_rc "a bad claim is answered (not a gRPC failure)" 0 bad
 expect_text "with an error naming the device" 'group-999' bad
 both_on "a bad claim detaches nothing" e1000
 
 claim u1 "group-$G"
 t0=$(now_ms)
-run prepare vfio-kubelet-sim prepare --socket "$DRA" --uid u1
+run_apart prepare vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 t1=$(now_ms)
 expect_rc "NodePrepareResources" 0 prepare
 expect_no_text "no error" '"error"' prepare
@@ -91,27 +79,27 @@ if grep -q "\"/dev/vfio/$G\"" "$SPEC" && grep -q '"/dev/vfio/vfio"' "$SPEC" && g
     pass "the CDI spec names /dev/vfio/vfio and /dev/vfio/$G (CDI 0.5.0)"
 else fail "CDI spec: $(head -c 600 "$SPEC" 2>&1)"; fi
 grep -q 'PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:01:01.0,0000:01:02.0' "$SPEC" && pass "the spec sets PCI_RESOURCE_… to both functions" || fail "no PCI_RESOURCE in the spec"
-run prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
+run_apart prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 cmp -s /out/prepare.txt /out/prepare-again.txt && pass "prepare is idempotent (the same answer)" || fail "second prepare: $(head -c 400 /out/prepare-again.txt)"
 
 claim u2 "group-$G"
-run taken vfio-kubelet-sim prepare --socket "$DRA" --uid u2
+run_apart taken vfio-kubelet-sim prepare --socket "$DRA" --uid u2
 expect_text "another claim for the same group is refused" "prepared for claim u1" taken
 
 # A plugin restart: the prepared claim is still prepared (checkpoint), unprepare still works.
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
 start_dra && pass "the DRA plugin came back" || fail "the DRA plugin did not come back"
-run prepare-restarted vfio-kubelet-sim prepare --socket "$DRA" --uid u1 --v1beta1
+run_apart prepare-restarted vfio-kubelet-sim prepare --socket "$DRA" --uid u1 --v1beta1
 expect_text "after a plugin restart, v1beta1 prepare answers from the checkpoint" "u1-group-$G" prepare-restarted
 
 t2=$(now_ms)
-run unprepare vfio-kubelet-sim unprepare --socket "$DRA" --uid u1
+run_apart unprepare vfio-kubelet-sim unprepare --socket "$DRA" --uid u1
 t3=$(now_ms)
 expect_rc "NodeUnprepareResources" 0 unprepare
 expect_no_text "unprepare: no error" '"error"' unprepare
 both_on "unprepare gave both back to e1000" e1000
 [ ! -e "$SPEC" ] && pass "unprepare removed the CDI spec" || fail "the CDI spec is still there"
-run unprepare-again vfio-kubelet-sim unprepare --socket "$DRA" --uid u1 --v1beta1
+run_apart unprepare-again vfio-kubelet-sim unprepare --socket "$DRA" --uid u1 --v1beta1
 expect_no_text "unprepare again (v1beta1): no error" '"error"' unprepare-again
 echo "DRA prepare (bridge group, 2 functions): $((t1 - t0)) ms" >> /out/kubelet-timings
 echo "DRA unprepare: $((t3 - t2)) ms" >> /out/kubelet-timings
@@ -147,7 +135,7 @@ while [ $n -le 8 ]; do
         wait $DRA_PID 2>/dev/null; code=$?
     fi
     start_dra "dra-after-crash-$n" || fail "crash $n: the plugin did not come back"
-    run "retry-$n" timeout 120 vfio-kubelet-sim prepare --socket "$DRA" --uid "k$n"
+    run_apart "retry-$n" timeout 120 vfio-kubelet-sim prepare --socket "$DRA" --uid "k$n"
     if [ "$code" = 137 ]; then
         expect_text "killed after step $n of the detach: the retry prepares the claim" "k$n-group-$G" "retry-$n"
         both_on "killed after step $n: both e1000 on vfio-pci after the retry" vfio-pci
@@ -155,7 +143,7 @@ while [ $n -le 8 ]; do
         # Past the last step: the prepare finished before the fault could fire.
         expect_no_text "no step $n: the prepare finished (plugin exit $code)" '"error"' "retry-$n"
     fi
-    run "undo-$n" timeout 120 vfio-kubelet-sim unprepare --socket "$DRA" --uid "k$n"
+    run_apart "undo-$n" timeout 120 vfio-kubelet-sim unprepare --socket "$DRA" --uid "k$n"
     expect_no_text "killed after step $n: unprepare without error" '"error"' "undo-$n"
     both_on "killed after step $n: unprepare gave both back to e1000" e1000
     kill $DRA_PID; wait $DRA_PID 2>/dev/null
@@ -166,20 +154,20 @@ done
 
 # --- the plugins publish what the host, not their own namespace, says is free ------------------
 NIC=0000:00:02.0
-NG=$(basename "$(readlink /sys/bus/pci/devices/$NIC/iommu_group)")
+NG=$(group_of $NIC)
 IF=$(ls /sys/bus/pci/devices/$NIC/net/ 2>/dev/null | head -n 1)
-run slices-idle vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
+run_apart slices-idle vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_text "the e1000e, down and unaddressed, is published" "\"group-$NG\"" slices-idle
 if [ ! -e /proc/net/route ]; then
-    echo "SKIP uplink: this kernel has no IPv4 (the uplink checks run on Debian's 6.1)" >> /out/checks
+    skip_check "uplink: this kernel has no IPv4 (the uplink checks run on Debian's 6.1)"
 elif [ -n "$IF" ]; then
     # The node's uplink: an address and the default route (documentation addresses; the guest
     # has no network, nothing is sent).
     ip addr add 192.0.2.15/24 dev "$IF" && ip link set "$IF" up && ip route add default via 192.0.2.1 dev "$IF"
-    run slices-uplink vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    run_apart slices-uplink vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
     expect_no_text "the node's uplink is withheld" "\"group-$NG\"" slices-uplink
     # As the shipped DaemonSet runs it: its own network namespace, where no route exists.
-    run slices-netns unshare -n vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
+    run_apart slices-netns unshare -n vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
     expect_rc "print-slices in a network namespace of its own" 0 slices-netns
     expect_no_text "in its own network namespace the plugin still withholds the node's uplink" "\"group-$NG\"" slices-netns
     ip route del default 2>/dev/null; ip addr flush dev "$IF"; ip link set "$IF" down
@@ -188,13 +176,13 @@ else
 fi
 
 # --- a group the ledger gives to a user is never published -------------------------------------
-run detach-owned vfioctl detach $NIC --state "$S" --owner 1000:1000 --broker-only
+run_apart detach-owned vfioctl detach $NIC --state "$S" --owner 1000:1000 --broker-only
 expect_rc "detach the e1000e --owner 1000:1000 --broker-only" 0 detach-owned
-run slices-owned vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
+run_apart slices-owned vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_no_text "a group owned by uid 1000 is not published" "\"group-$NG\"" slices-owned
 claim owned "group-$NG"
 start_dra dra-owned || fail "the DRA plugin did not start for the owned-group check"
-run prepare-owned vfio-kubelet-sim prepare --socket "$DRA" --uid owned
+run_apart prepare-owned vfio-kubelet-sim prepare --socket "$DRA" --uid owned
 expect_text "a claim for the owned group is refused" "does not publish" prepare-owned
 [ "$(drv $NIC)" = vfio-pci ] && pass "the owned group stays with its owner on vfio-pci" || fail "$NIC is on $(drv $NIC)"
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
@@ -226,18 +214,17 @@ both_on "attach after the device plugin: both on e1000" e1000
 . /lab/podman-guest-lib.sh
 if podman_prepare_guest > /out/podman-prepare.txt 2>&1; then pass "podman 4.3 ready in the guest"; else fail "podman_prepare_guest: $(tail -c 300 /out/podman-prepare.txt)"; fi
 EDU=0000:00:03.0
-echo > /sys/bus/pci/devices/$EDU/driver_override
-[ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
-GE=$(basename "$(readlink /sys/bus/pci/devices/$EDU/iommu_group)")
+sh /lab/guest/bind.sh --none $EDU
+GE=$(group_of $EDU)
 DRA_CDI=/var/run/cdi
 start_dra dra-plugin-edu --allow-no-reset || fail "the DRA plugin with --allow-no-reset did not come up: $(tail -c 300 /out/dra-plugin-edu.log)"
 claim e1 "group-$GE"
-run prepare-edu vfio-kubelet-sim prepare --socket "$DRA" --uid e1
+run_apart prepare-edu vfio-kubelet-sim prepare --socket "$DRA" --uid e1
 expect_no_text "prepare of the edu claim: no error" '"error"' prepare-edu
 [ "$(drv $EDU)" = vfio-pci ] && pass "the claim put $EDU on vfio-pci" || fail "$EDU is on $(drv $EDU)"
 # The address comes from the spec's PCI_RESOURCE_… variable. Its name keeps KubeVirt's dashes,
 # which a shell neither expands nor passes on to its children: read the shell's own environ.
-run podman-edu podman_run_cdi "$DRIVER/pci=e1-group-$GE" /bin/busybox sh -c \
+run_apart podman-edu podman_run_cdi "$DRIVER/pci=e1-group-$GE" /bin/busybox sh -c \
     'a=$(tr "\000" "\n" < /proc/$$/environ | sed -n "s/^PCI_RESOURCE_[^=]*=//p" | head -n 1); echo "address from the spec: $a"; exec vfio-edu run "$a" --backend legacy --json'
 expect_text "the spec's PCI_RESOURCE_… reached the container" "address from the spec: $EDU" podman-edu
 if grep -q '"passed":true' /out/podman-edu.txt; then
@@ -245,10 +232,10 @@ if grep -q '"passed":true' /out/podman-edu.txt; then
 else
     fail "podman with the plugin's spec: $(head -c 600 /out/podman-edu.txt) $(head -c 300 /var/run/cdi/*e1*.json)"
 fi
-run podman-bare podman_run /bin/busybox sh -c "ls /dev/vfio/$GE"
+run_apart podman-bare podman_run /bin/busybox sh -c "ls /dev/vfio/$GE"
 [ "$rc" != 0 ] && pass "without the device the container has no /dev/vfio/$GE" || fail "the container saw /dev/vfio/$GE without the device"
-run unprepare-edu vfio-kubelet-sim unprepare --socket "$DRA" --uid e1
+run_apart unprepare-edu vfio-kubelet-sim unprepare --socket "$DRA" --uid e1
 expect_no_text "unprepare of the edu claim: no error" '"error"' unprepare-edu
 ls /var/run/cdi/*e1* > /dev/null 2>&1 && fail "the edu claim's spec is still there" || pass "unprepare removed the edu claim's spec"
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
-echo 'done' >> /out/checks
+finish

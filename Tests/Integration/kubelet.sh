@@ -13,7 +13,7 @@
 #   - podman 4.3 (Debian's) runs vfio-edu in a container with the device of a claim for the edu
 #     group from the spec the DRA plugin wrote (--allow-no-reset): DMA + MSI pass inside.
 # usage: Tests/Integration/kubelet.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 case $TOPOLOGY in
@@ -21,13 +21,10 @@ case $TOPOLOGY in
     *) skip "no kubelet scenario for $TOPOLOGY" ;;
 esac
 require_lab
-build_edu
-build_vfioctl
-if [ -n "${VFIO_KUBELET_SIM:-}" ]; then SIM_BIN=$VFIO_KUBELET_SIM; else build_release vfio-kubelet-sim; SIM_BIN=$BIN; fi
-if [ -n "${VFIO_KUBELET_PLUGIN:-}" ]; then PLUGIN_BIN=$VFIO_KUBELET_PLUGIN; else
-    build_release vfio-kubelet-plugin
-    PLUGIN_BIN=$BIN
-fi
+need_product EDU vfio-edu
+need_product VFIOCTL_BIN vfioctl
+need_product SIM_BIN vfio-kubelet-sim
+need_product PLUGIN_BIN vfio-kubelet-plugin
 # vfioctl, the plugin, the simulator and vfio-edu unpack into the guest's RAM.
 export LAB_MEMORY=${LAB_MEMORY:-2048}
 files=(--file "$REPO/Tests/Integration/kubelet-guest.sh:/lab/kubelet-guest.sh")

@@ -1,21 +1,28 @@
-# Shared by the integration checks in this directory; sourced, not run.
+# shellcheck shell=bash
+# Shared by the integration checks in this directory; sourced, not run. The lab's helpers come
+# with it (lab/lib/common.sh: paths, ensure_packages; lab/lib/checks.sh: pass, fail, skip,
+# finish, the clocks; lab/lib/products.sh: build_product). Guest-side scripts source
+# /lab/guest/lib.sh, which every guest has.
 #
 # Calling convention of every check script here:
 #   Tests/Integration/NAME.sh TOPOLOGY RESULTS_DIR
 # TOPOLOGY is a lab topology (lab/topologies/TOPOLOGY.topo); RESULTS_DIR receives the guest's
-# console log and one report per step. The last line printed is always
-#   integration-vfio: N passed, M failed
+# console log and one report per step. One "PASS|FAIL NAME TOPOLOGY: ..." line per check, and
+# the last line printed is always the closing line of lab/lib/checks.sh,
+#   integration: N passed, M failed
 # and the exit status is 0 when everything passed, 1 when anything failed (or the guest did
 # not boot), 77 when the topology (or this host) lacks what the check needs.
-# Environment: VFIO_EDU=/path/to/vfio-edu uses that binary instead of building it (release,
-# static Swift stdlib, scratch path .build-vfio-rel); VFIO_LAB_CACHE as for lab/vm.
+# Environment: VFIO_EDU, VFIOCTL, VFIO_KUBELET_PLUGIN, VFIO_KUBELET_SIM=/path use that binary
+# instead of building it (release, static Swift stdlib, scratch path .build-lab, as lab/suite
+# builds them); VFIO_LAB_CACHE as for lab/vm.
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO"
+cd "$REPO" || exit 1
+# shellcheck source=../../lab/lib/common.sh
+. lab/lib/common.sh
+# shellcheck source=../../lab/lib/products.sh
+. lab/lib/products.sh
 SCRIPT=$(basename "$0" .sh)
-PASSED=0
-FAILED=0
-CACHE=${VFIO_LAB_CACHE:-$HOME/.cache/swift-vfio-lab}
 
 usage_and_args() {
     if [ $# -ne 2 ]; then
@@ -26,26 +33,8 @@ usage_and_args() {
     RESULTS=$2
     mkdir -p "$RESULTS"
     RESULTS=$(cd "$RESULTS" && pwd)
-}
-
-pass() { echo "PASS $SCRIPT $TOPOLOGY: $*"; PASSED=$((PASSED + 1)); }
-# Milliseconds of wall time, and the seconds since such a reading as "1.2".
-millis() { date +%s%3N; }
-seconds_since() { local ms=$(($(millis) - $1)); echo "$((ms / 1000)).$((ms % 1000 / 100))"; }
-fail() { echo "FAIL $SCRIPT $TOPOLOGY: $*"; FAILED=$((FAILED + 1)); }
-
-# The closing line and exit status.
-finish() {
-    echo "integration-vfio: $PASSED passed, $FAILED failed"
-    [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ] && exit 0
-    [ "$FAILED" -eq 0 ] && exit 77
-    exit 1
-}
-
-skip() {
-    echo "SKIP $SCRIPT $TOPOLOGY: $*"
-    echo "integration-vfio: 0 passed, 0 failed"
-    exit 77
+    # shellcheck disable=SC2034 # lab/lib/checks.sh's
+    RESULT_PREFIX="$SCRIPT $TOPOLOGY: "
 }
 
 # Prints the VFIO paths vfio-edu can take on TOPOLOGY when it is one of the topologies named
@@ -71,23 +60,30 @@ require_lab() {
     fi
 }
 
-# Sets EDU to a vfio-edu binary built from this tree.
-build_edu() {
-    if [ -n "${VFIO_EDU:-}" ]; then EDU=$VFIO_EDU; return; fi
-    if ! swift build -c release --static-swift-stdlib --product vfio-edu \
-        --scratch-path .build-vfio-rel >"$RESULTS/build.log" 2>&1; then
-        fail "vfio-edu does not build (log: $RESULTS/build.log)"
-        finish
-    fi
-    EDU=$REPO/.build-vfio-rel/release/vfio-edu
+# need_product VAR PRODUCT: sets VAR to PRODUCT's binary (build_product: the prebuilt one its
+# variable names, or built like lab/suite builds it); a product that does not build fails.
+need_product() {
+    local bin
+    bin=$(build_product "$2") || { fail "$2 does not build (log: $CACHE/$2-build.log)"; finish; }
+    printf -v "$1" %s "$bin"
+}
+
+# edu_backends WHY TOPOLOGY...: for a check that runs vfio-edu in the guest on the topologies
+# named: sets backends (backends_for) or skips with WHY, needs the lab and sets EDU.
+edu_backends() {
+    backends=$(backends_for "$TOPOLOGY" "${@:2}") || skip "$1"
+    require_lab
+    need_product EDU vfio-edu
 }
 
 # A guest command line that runs `vfio-edu ARGS --json` into /out/NAME.json and its exit
 # status into /out/NAME.json.rc.
 step() { echo "vfio-edu $2 --json > /out/$1.json 2>/out/$1.err; echo \$? > /out/$1.json.rc"; }
+# backend_steps NAME ARGS: one step NAME-BACKEND of `vfio-edu ARGS --backend BACKEND` per backend.
+backend_steps() { local b; for b in $backends; do step "$1-$b" "$2 --backend $b"; done; }
 
 # guest DIR CMD [lab/vm run options...]: boots TOPOLOGY and runs CMD (with vfio-edu when
-# build_edu has set EDU); results under RESULTS/DIR. A guest that does not boot or hangs is a
+# EDU is set); results under RESULTS/DIR. A guest that does not boot or hangs is a
 # failure.
 guest() {
     local dir=$1 cmd=$2
@@ -95,8 +91,7 @@ guest() {
     local started=$SECONDS
     # Results of an earlier run must not pass for this one's.
     rm -rf "${RESULTS:?}/$dir"
-    if ! lab/vm run "$TOPOLOGY" ${EDU:+--bin "$EDU"} --file "$REPO/Tests/Integration/guest-lib.sh:/lab/guest-lib.sh" \
-        "$@" --out "$RESULTS/$dir" -- "$cmd" \
+    if ! lab/vm run "$TOPOLOGY" ${EDU:+--bin "$EDU"} "$@" --out "$RESULTS/$dir" -- "$cmd" \
         >"$RESULTS/$dir.vm.log" 2>&1; then
         local status
         status=$(cat "$RESULTS/$dir/status" 2>/dev/null || echo none)
@@ -129,37 +124,19 @@ expect_grep() {
     fi
 }
 
-# build_release PRODUCT: sets BIN to PRODUCT built from this tree (release, static Swift stdlib,
-# in .build-lab where lab/suite builds too); a product that does not build is a failed check.
-build_release() {
-    if ! swift build -c release --static-swift-stdlib --product "$1" \
-        --scratch-path .build-lab >"$RESULTS/build-$1.log" 2>&1; then
-        fail "$1 does not build (log: $RESULTS/build-$1.log)"
-        finish
-    fi
-    BIN=$REPO/.build-lab/release/$1
+# expect_cases FILE WHAT CASE...: the report names each CASE as passed, so that a report that
+# silently left one out does not pass; one failure per missing case.
+expect_cases() {
+    local f=$1 what=$2 case
+    for case in "${@:3}"; do
+        grep -q "\"name\":\"$case\",\"passed\":true" "$f" 2>/dev/null || fail "$what: case '$case' missing or failed"
+    done
 }
 
-# Sets VFIOCTL_BIN to a statically linked vfioctl built from this tree (the one lab/suite
-# builds, when it is there).
-build_vfioctl() {
-    if [ -n "${VFIOCTL:-}" ]; then VFIOCTL_BIN=$VFIOCTL; return; fi
-    build_release vfioctl
-    VFIOCTL_BIN=$BIN
-}
-
-# guest_checks DIR: counts the PASS/FAIL lines a guest-side script wrote to /out/checks
-# (RESULTS/DIR/checks); a script that did not reach its closing "done" line is a failure.
+# guest_checks DIR: the checks a guest-side script wrote to /out/checks (RESULTS/DIR/checks),
+# counted here; a script that did not reach its closing line is a failure.
 guest_checks() {
-    local checks=$RESULTS/$1/checks line
-    grep -q '^done$' "$checks" 2>/dev/null || fail "the guest script did not finish (console: $RESULTS/$1/console.log)"
-    while IFS= read -r line; do
-        case $line in
-            "PASS "*) pass "${line#PASS }" ;;
-            "FAIL "*) fail "${line#FAIL }" ;;
-            "SKIP "*) echo "$line" ;;
-        esac
-    done < <(cat "$checks" 2>/dev/null)
+    take_results "$RESULTS/$1/checks" "the guest script did not finish (console: $RESULTS/$1/console.log)"
 }
 
 # Sets QEMU10_ARGS to the lab/vm run options that put bookworm-backports' QEMU 10 into a guest
@@ -169,6 +146,7 @@ guest_checks() {
 # wins), with its libraries from this host; SeaBIOS and kvmvapic.bin sit in QEMU's compiled-in
 # data directory, so no -L or -bios is needed; TCG is built in, no module directory.
 # Usage: qemu10_guest_args || fail ...; guest DIR CMD "${QEMU10_ARGS[@]}" ...
+# shellcheck disable=SC2034 # QEMU10_* are the caller's
 qemu10_guest_args() {
     local root
     root=$(bash -c '. lab/lib/common.sh && . lab/lib/fetch.sh && fetch_qemu10') || return 1
@@ -185,8 +163,9 @@ qemu10_guest_args() {
 # runtime, its Debian defaults, that rootfs (as /lab/podman/rootfs) and
 # Tests/Integration/podman-guest-lib.sh (as /lab/podman-guest-lib.sh) into the guest.
 # Guest side: `. /lab/podman-guest-lib.sh; podman_prepare_guest; podman_run_cdi KIND=NAME CMD`.
+# shellcheck disable=SC2034 # PODMAN_GUEST_ARGS is the caller's
 podman_guest_args() {
-    ( . lab/lib/common.sh; ensure_packages podman crun conmon golang-github-containers-common busybox-static ) \
+    ( ensure_packages podman crun conmon golang-github-containers-common busybox-static ) \
         || { fail "could not install podman"; finish; }
     local rootfs=$RESULTS/podman-rootfs bin lib
     rm -rf "$rootfs"

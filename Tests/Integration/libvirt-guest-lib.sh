@@ -1,10 +1,10 @@
 #!/bin/sh
 # Debian 12's libvirtd 9.0 with its QEMU driver in a lab guest (busybox sh, root, no systemd,
 # no polkit, no virtlogd, no cgroups, the initramfs as /), sourced by a guest-side script after
-# /lab/guest-lib.sh, once the host staged it with `libvirt_guest_args` (libvirt-lib.sh):
+# /lab/guest/lib.sh, once the host staged it with `libvirt_guest_args` (libvirt-lib.sh):
 #   libvirt_prepare_guest             users, configuration, directories; starts libvirtd and
-#                                     waits for qemu:///system to answer (seconds in
-#                                     $LIBVIRT_START_SECONDS); once per boot
+#                                     waits for qemu:///system to answer (the time it
+#                                     took in $LIBVIRT_START_TIME, "1.2s"); once per boot
 #   libvirt_domain_xml NAME MANAGED BDF...
 #                                     a transient disk-less TCG q35 domain with one PCI
 #                                     <hostdev managed='MANAGED'> per BDF, on stdout
@@ -77,7 +77,7 @@ cgroup_controllers = [ ]
 stdio_handler = "file"
 EOF
     chmod 0600 /etc/libvirt/qemu.conf
-    _t0=$(centis)
+    _t0=$(now_ms)
     libvirtd --pid-file "$LIBVIRT_PIDFILE" >> /out/libvirtd.stderr 2>&1 &
     LIBVIRTD_PID=$!
     # virsh itself takes ~0.5 s to start under TCG: wait for the socket first.
@@ -88,9 +88,8 @@ EOF
         [ "$_i" -lt 600 ] || { echo "libvirtd did not answer within 120 s: $(tail -c 300 /out/libvirt-version.txt)" >&2; return 1; }
         sleep 0.2
     done
-    _t=$(($(centis) - _t0))
     # shellcheck disable=SC2034 # read by the sourcing script
-    LIBVIRT_START_SECONDS=$((_t / 100)).$(printf %02d $((_t % 100)))
+    LIBVIRT_START_TIME=$(elapsed "$_t0" "$(now_ms)")
 }
 
 libvirt_domain_xml() {

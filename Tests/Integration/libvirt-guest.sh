@@ -7,9 +7,9 @@
 # managed='no' domain in the same libvirtd. Judged by virsh's exit status and messages, QEMU's
 # qtree, the owner of /dev/vfio/N, the driver links and driver_override sysfs shows (polled
 # while virsh runs) and libvirt's PCI debug lines.
-# One "PASS name" / "FAIL name: why" line per check in /out/checks, "done" last; every virsh
-# call's output in /out/NAME.out and NAME.err, durations in /out/libvirt-timings, where each
-# domain left the functions in /out/libvirt-findings.
+# One "PASS name" / "FAIL name: why" line per check in /out/checks, the closing line last;
+# every virsh call's output in /out/NAME.out and NAME.err, durations in /out/libvirt-timings,
+# where each domain left the functions in /out/libvirt-findings.
 A=0000:01:01.0
 B=0000:01:02.0
 QEMU_UID=64055
@@ -17,12 +17,11 @@ QEMU_GID=64055
 # What libvirt's PCI code decides (bind to the stub or not, unbind from it or not).
 LIBVIRT_LOG_FILTERS="1:util.pci 1:hostdev"
 TIMINGS=/out/libvirt-timings
-# shellcheck source=guest-lib.sh
-. /lab/guest-lib.sh
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 : > "$TIMINGS"
 # shellcheck source=libvirt-guest-lib.sh
 . /lab/libvirt-guest-lib.sh
-ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
 where() { echo "$1 on $(drv "$1"), driver_override $(ovr "$1")"; }
 both() { echo "$(where $A); $(where $B)"; }
 # expect_at NAME DRIVER OVERRIDE: both functions on DRIVER with driver_override OVERRIDE.
@@ -32,13 +31,7 @@ expect_at() {
 }
 # to_vfio / to_host: what a manager does, per function (driver_override + drivers_probe).
 to_vfio() { sh /lab/guest/bind.sh vfio-pci $A $B; }
-to_host() {
-    for _f in $A $B; do
-        echo > "/sys/bus/pci/devices/$_f/driver_override"
-        [ -e "/sys/bus/pci/devices/$_f/driver" ] && echo "$_f" > "/sys/bus/pci/devices/$_f/driver/unbind"
-        echo "$_f" > /sys/bus/pci/drivers_probe
-    done
-}
+to_host() { sh /lab/guest/bind.sh --host $A $B; }
 # poll FILE: records "driver/override driver/override" of both functions whenever it changes,
 # until /tmp/poll.stop appears.
 poll() {
@@ -76,7 +69,7 @@ create_and_inspect() {
     echo "before: $(both); /dev/vfio/$group $(perm "/dev/vfio/$group")" > "/out/$_d.where"
     timed "create-$_d" virsh create --paused "/out/$_d.xml"
     if [ "$rc" != 0 ]; then fail "$_m: virsh create --paused: $(why "create-$_d")"; return; fi
-    pass "$_m: virsh create --paused succeeds (${secs}s)"
+    pass "$_m: virsh create --paused succeeds ($secs)"
     virsh qemu-monitor-command --hmp "$_d" 'info qtree' > "/out/$_d.qtree" 2>&1
     if grep -q "host = \"$A\"" "/out/$_d.qtree" && grep -q "host = \"$B\"" "/out/$_d.qtree"; then
         pass "$_m: info qtree shows vfio-pci with host = \"$A\" and \"$B\""
@@ -87,7 +80,7 @@ create_and_inspect() {
     ls -ln /dev/vfio > "/out/$_d.vfio-running"
     expect_perm "$_m, running: libvirt chowned the group node to libvirt-qemu" "/dev/vfio/$group" "$QEMU_UID:$QEMU_GID 600"
     timed "destroy-$_d" virsh destroy "$_d"
-    [ "$rc" = 0 ] && pass "$_m: virsh destroy (${secs}s)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
+    [ "$rc" = 0 ] && pass "$_m: virsh destroy ($secs)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
     ls -ln /dev/vfio > "/out/$_d.vfio-destroyed" 2>&1
     echo "destroyed: $(both)" >> "/out/$_d.where"
     if [ "$4" = absent ]; then
@@ -104,10 +97,10 @@ origstates() {
 insmod /lab/e1000.ko
 to_host
 expect_at "setup: both e1000 on their host driver" e1000 "(null)"
-group=$(basename "$(readlink /sys/bus/pci/devices/$A/iommu_group)")
+group=$(group_of $A)
 members=$(ls "/sys/kernel/iommu_groups/$group/devices" | tr '\n' ' ')
 echo "group $group: $members" > /out/group.txt
-if [ "$(basename "$(readlink /sys/bus/pci/devices/$B/iommu_group)")" = "$group" ]; then
+if [ "$(group_of $B)" = "$group" ]; then
     pass "setup: $A and $B share IOMMU group $group ($members)"
 else fail "setup: $A is in group $group ($members), $B is not"; fi
 
@@ -115,17 +108,16 @@ else fail "setup: $A is in group $group ($members), $B is not"; fi
 timed prepare libvirt_prepare_guest
 if [ "$rc" != 0 ]; then
     fail "libvirtd comes up: $(why prepare) $(tail -c 600 /out/libvirtd.log)"
-    echo 'done' >> /out/checks
-    exit 0
+    finish
 fi
-echo "libvirtd-answers ${LIBVIRT_START_SECONDS}s" >> /out/libvirt-timings
-pass "libvirtd comes up: virsh version answers after ${LIBVIRT_START_SECONDS}s ($(grep -i 'running hypervisor\|using library' /out/libvirt-version.txt | tr -s ' ' | tr '\n' ' '))"
+echo "libvirtd-answers $LIBVIRT_START_TIME" >> /out/libvirt-timings
+pass "libvirtd comes up: virsh version answers after $LIBVIRT_START_TIME ($(grep -i 'running hypervisor\|using library' /out/libvirt-version.txt | tr -s ' ' | tr '\n' ' '))"
 
 # --- b: managed='no' while the function is on its host driver ---------------------------------
 libvirt_domain_xml nohook-unmanaged no $A > /out/nohook-unmanaged.xml
 timed nohook-unmanaged virsh create --paused /out/nohook-unmanaged.xml
 if [ "$rc" != 0 ] && grep -q "Unmanaged PCI device $A must be manually detached from the host" /out/nohook-unmanaged.err; then
-    pass "managed='no', $A on e1000: virsh create fails (${secs}s): \"$(grep -o 'error: [^:]*: Unmanaged.*' /out/nohook-unmanaged.err)\""
+    pass "managed='no', $A on e1000: virsh create fails ($secs): \"$(grep -o 'error: [^:]*: Unmanaged.*' /out/nohook-unmanaged.err)\""
 else fail "managed='no', $A on e1000: $(why nohook-unmanaged)"; fi
 expect_at "managed='no' refused: libvirt left both on e1000" e1000 "(null)"
 
@@ -133,7 +125,7 @@ expect_at "managed='no' refused: libvirt left both on e1000" e1000 "(null)"
 libvirt_domain_xml nohook-managed yes $A > /out/nohook-managed.xml
 observe nohook-managed timed nohook-managed virsh create --paused /out/nohook-managed.xml
 if [ "$rc" != 0 ] && grep -q "group $group is not viable" /out/nohook-managed.err; then
-    pass "managed='yes' naming $A only: QEMU fails (${secs}s): \"$(grep -o "vfio $A: group $group is not viable" /out/nohook-managed.err) $(grep -o '^Please ensure.*' /out/nohook-managed.err)\""
+    pass "managed='yes' naming $A only: QEMU fails ($secs): \"$(grep -o "vfio $A: group $group is not viable" /out/nohook-managed.err) $(grep -o '^Please ensure.*' /out/nohook-managed.err)\""
 else fail "managed='yes' naming $A only: $(why nohook-managed)"; fi
 # Seen while virsh ran: the function libvirt moved, and that the sibling never moved.
 if grep -q "^vfio-pci/vfio-pci e1000/(null)$" /out/nohook-managed.states && ! grep -q " vfio-pci" /out/nohook-managed.states; then
@@ -157,7 +149,7 @@ expect_at "d: both given back to e1000 by hand" e1000 "(null)"
 # managed='yes' on its own.
 libvirt_stop_guest
 timed restart libvirt_prepare_guest
-[ "$rc" = 0 ] && pass "libvirtd restarted (${LIBVIRT_START_SECONDS}s)" || fail "libvirtd restart: $(why restart)"
+[ "$rc" = 0 ] && pass "libvirtd restarted ($LIBVIRT_START_TIME)" || fail "libvirtd restart: $(why restart)"
 
 # --- e: both on vfio-pci by hand, managed='yes' -------------------------------------------------
 to_vfio
@@ -229,7 +221,7 @@ hooked() {
     libvirt_domain_xml "$_d" "$2" $A > "/out/$_d.xml"
     timed "create-$_d" virsh create --paused "/out/$_d.xml"
     if [ "$rc" != 0 ]; then fail "$_m: virsh create --paused: $(why "create-$_d")"; return; fi
-    pass "$_m: virsh create --paused succeeds (${secs}s)"
+    pass "$_m: virsh create --paused succeeds ($secs)"
     expect_at "$_m, running: the hook moved both functions of group $group" vfio-pci vfio-pci
     if [ "$(drv $BRIDGE)" = "$bridge_before" ]; then pass "$_m, running: the bridge $BRIDGE stayed on $bridge_before"
     else fail "$_m, running: the bridge $BRIDGE is on $(drv $BRIDGE), was $bridge_before"; fi
@@ -241,7 +233,7 @@ hooked() {
     expect_text "$_m, running: vfioctl owners says group $group is reserved for $_d and owned by libvirt-qemu" \
         "^$group  *detached  *$QEMU_UID:$QEMU_GID mode 0600 .* $_d since" "owners-$_d"
     timed "destroy-$_d" virsh destroy "$_d"
-    [ "$rc" = 0 ] && pass "$_m: virsh destroy (${secs}s)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
+    [ "$rc" = 0 ] && pass "$_m: virsh destroy ($secs)" || fail "$_m: virsh destroy: $(why "destroy-$_d")"
     expect_at "$_m, destroyed: the hook gave both back, no driver_override left" e1000 "(null)"
     run "status-$_d" v status $group
     expect_text "$_m, destroyed: the ledger has group $group back with the host" "host" "status-$_d"
@@ -310,12 +302,12 @@ if grep -q nvme0n1 /proc/partitions && mkswap /dev/nvme0n1 >/dev/null 2>&1 && sw
     timed create-swapper virsh create --paused /out/swapper.xml
     cp /out/create-swapper.err /out/hook-refusal.txt
     if [ "$rc" != 0 ] && grep -q "nothing was changed" /out/create-swapper.err && grep -q "swap" /out/create-swapper.err; then
-        pass "a domain asking for the nvme under active swap is refused with the hook's reasons (${secs}s): \"$(grep -o 'nvme0n1 is in use as swap' /out/create-swapper.err | head -n 1)\""
+        pass "a domain asking for the nvme under active swap is refused with the hook's reasons ($secs): \"$(grep -o 'nvme0n1 is in use as swap' /out/create-swapper.err | head -n 1)\""
     else fail "the nvme under swap: $(why create-swapper)"; fi
     [ "$(drv $NVME)" = nvme ] && pass "the refused nvme stayed on nvme" || fail "the nvme is on $(drv $NVME)"
     swapoff /dev/nvme0n1
 else
-    echo "SKIP swap: this kernel cannot swap on nvme0n1" >> /out/checks
+    skip_check "swap: this kernel cannot swap on nvme0n1"
 fi
 run uninstall v libvirt-hook --uninstall
 expect_text "libvirt-hook --uninstall removes the script" "removed /etc/libvirt/hooks/qemu.d/swift-vfio" uninstall
@@ -323,4 +315,4 @@ expect_text "libvirt-hook --uninstall removes the script" "removed /etc/libvirt/
 libvirt_stop_guest
 mkdir -p /out/qemu-logs
 cp /var/log/libvirt/qemu/*.log /out/qemu-logs/ 2>/dev/null
-echo 'done' >> /out/checks
+finish

@@ -14,7 +14,7 @@
 # handle its conffiles). Guest side: `. /lab/libvirt-guest-lib.sh; libvirt_prepare_guest`.
 # Usage: libvirt_guest_args || fail ...; guest DIR CMD "${LIBVIRT_GUEST_ARGS[@]}" ...
 libvirt_guest_args() {
-    ( . lab/lib/common.sh; ensure_packages libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+    ( ensure_packages libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
         dmidecode qemu-system-x86 seabios ) || return 1
     local multiarch=/usr/lib/x86_64-linux-gnu module lib
     local -A seen=()

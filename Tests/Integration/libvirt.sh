@@ -13,17 +13,17 @@
 #     after a managed='no' domain on them (same libvirtd) it moves both and leaves them on
 #     vfio-pci ("Not reattaching unmanaged PCI device").
 # usage: Tests/Integration/libvirt.sh TOPOLOGY RESULTS_DIR   (q35-vtd only)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 . "$REPO/Tests/Integration/libvirt-lib.sh"
 usage_and_args "$@"
 [ "$TOPOLOGY" = q35-vtd ] || skip "no libvirt scenario for $TOPOLOGY (the e1000 pair of q35-vtd on Debian's 6.1)"
 require_lab
-build_vfioctl
+need_product VFIOCTL_BIN vfioctl
 started=$SECONDS
-t0=$(millis)
+t0=$(now_ms)
 libvirt_guest_args || { fail "could not install Debian's libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients"; finish; }
-echo "libvirt: $LIBVIRT_VERSION, $(qemu-system-x86_64 --version | head -n 1) (install/cache check $(seconds_since "$t0") s)"
+echo "libvirt: $LIBVIRT_VERSION, $(qemu-system-x86_64 --version | head -n 1) (install/cache check $(elapsed "$t0" "$(now_ms)"))"
 e1000=$(find "$CACHE/kernels/6.1/root/lib/modules" -name e1000.ko 2>/dev/null | head -n 1)
 [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
 # libvirtd, QEMU and their libraries (~100 MB of initramfs), vfioctl (~200 MB), and the

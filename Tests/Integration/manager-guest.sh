@@ -3,9 +3,8 @@
 # kernel, judged by what sysfs shows afterwards. Writes one "PASS name" or "FAIL name: why"
 # line per check to /out/checks and each command's output under /out. Driven by
 # Tests/Integration/manager.sh, which passes the topology name as $1.
-# shellcheck source=guest-lib.sh
-. /lab/guest-lib.sh
-ovr() { cat "/sys/bus/pci/devices/$1/driver_override" 2>/dev/null || echo gone; }
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 # expect NAME DEVICE DRIVER OVERRIDE: the kernel shows DEVICE on DRIVER with driver_override OVERRIDE.
 expect() {
     d=$(drv "$2"); o=$(ovr "$2")
@@ -15,16 +14,11 @@ expect() {
 # Host drivers for the two e1000 behind the PCIe-to-PCI bridge (the lab binds them to
 # vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.
 [ -f /lab/e1000.ko ] && insmod /lab/e1000.ko
-for f in 0000:01:01.0 0000:01:02.0; do
-    echo > /sys/bus/pci/devices/$f/driver_override
-    echo $f > /sys/bus/pci/devices/$f/driver/unbind
-    echo $f > /sys/bus/pci/drivers/e1000/bind
-done
+sh /lab/guest/bind.sh --host 0000:01:01.0 0000:01:02.0
 expect "setup: 01:01.0 on its host driver" 0000:01:01.0 e1000 "(null)"
 expect "setup: 01:02.0 on its host driver" 0000:01:02.0 e1000 "(null)"
 # edu with no driver at all, so that "none" is what attach must restore.
-echo > /sys/bus/pci/devices/0000:00:03.0/driver_override
-echo 0000:00:03.0 > /sys/bus/pci/devices/0000:00:03.0/driver/unbind
+sh /lab/guest/bind.sh --none 0000:00:03.0
 expect "setup: edu without a driver" 0000:00:03.0 none "(null)"
 
 # --- e1000e 00:02.0, alone in group 2 -------------------------------------------------------
@@ -95,7 +89,7 @@ run attach-open v attach 3
 expect_rc "attach of an open group is refused" 1 attach-open
 expect_text "the refusal names the holder's pid" "pid $holder" attach-open
 kill $holder; wait $holder 2>/dev/null
-cdev=$(ls /sys/bus/pci/devices/0000:00:03.0/vfio-dev/ 2>/dev/null | head -n 1)
+cdev=$(cdev_of 0000:00:03.0)
 # VFIO device cdevs (/dev/vfio/devices/vfioN) exist from 6.6 on; 6.1 has only the sysfs side.
 if [ -n "$cdev" ] && [ -c "/dev/vfio/devices/$cdev" ]; then
     sh -c "exec 3<>/dev/vfio/devices/$cdev; exec sleep 30" &
@@ -122,7 +116,7 @@ if [ "$(cat /proc/sys/kernel/unprivileged_userns_clone 2>/dev/null || echo 1)" !
         || pass "a plain file named /dev/vfio/3 in a private mount namespace is no holder"
     kill $faker 2>/dev/null; wait $faker 2>/dev/null
 else
-    echo "SKIP fake holder: unprivileged user namespaces are off in this kernel" >> /out/checks
+    skip_check "fake holder: unprivileged user namespaces are off in this kernel"
 fi
 run attach-edu v attach 3
 expect_rc "attach edu" 0 attach-edu
@@ -143,7 +137,7 @@ if grep -q nvme0n1 /proc/partitions && mkswap /dev/nvme0n1 >/dev/null 2>&1 && sw
     expect "refused: nvme still on nvme" 0000:02:00.0 nvme "(null)"
     swapoff /dev/nvme0n1
 else
-    echo "SKIP swap: this kernel cannot swap on nvme0n1" >> /out/checks
+    skip_check "swap: this kernel cannot swap on nvme0n1"
 fi
 
 # --- two detach at once on one group ------------------------------------------------------------
@@ -228,4 +222,4 @@ run final-status v status --json
 grep -q '"groups": *\[\]' /out/final-status.txt && pass "the ledger ends with every group on the host" \
     || fail "final status: $(head -c 600 /out/final-status.txt)"
 v history > /out/history.txt 2>&1
-echo 'done' >> /out/checks
+finish

@@ -12,14 +12,11 @@
 #   q35-iommufd    custom 6.12 with iommufd: cdevs, and vfio-edu on both backends
 #   anything else  exit 77
 # Environment: VFIOCTL=/path uses that binary (else .build-lab's, else built like lab/suite).
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
-    || skip "no manager scenario for $TOPOLOGY (needs q35-vtd's devices)"
-require_lab
-build_edu
-build_vfioctl
+edu_backends "no manager scenario for $TOPOLOGY (needs q35-vtd's devices)" q35-vtd q35-iommufd
+need_product VFIOCTL_BIN vfioctl
 # The initramfs holds vfioctl (static, with Foundation), vfio-edu, DPDK and python's modules:
 # more than 512 MiB of guest RAM can unpack beside the kernel.
 export LAB_MEMORY=${LAB_MEMORY:-1024}
@@ -28,7 +25,7 @@ files=(--file "$REPO/Tests/Integration/manager-guest.sh:/lab/manager-guest.sh")
 # mempool, loaded by EAL from /lab/pmds (`-d DIR` takes files named *.so). The PCI bus
 # driver comes in as the e1000 PMD's dependency; a second copy in /lab/pmds would be loaded
 # twice and EAL panics ("UIO_RESOURCE_LIST tailq is already registered").
-( . lab/lib/common.sh; ensure_packages dpdk-dev librte-net-e1000-23 librte-mempool-ring23 ) \
+( ensure_packages dpdk-dev librte-net-e1000-23 librte-mempool-ring23 ) \
     || fail "could not install Debian's dpdk-dev"
 pmds=/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0
 dpdk_bins=()
@@ -48,7 +45,7 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
 fi
 # dpdk-devbind.py (Debian's dpdk package) with the python3 modules it loads, lspci and pci.ids,
 # to compare its view of who drives what with vfioctl's.
-( . lab/lib/common.sh; ensure_packages dpdk pciutils ) || fail "could not install Debian's dpdk"
+( ensure_packages dpdk pciutils ) || fail "could not install Debian's dpdk"
 if [ -f /usr/bin/dpdk-devbind.py ] && [ -x /usr/bin/python3 ] && [ -x /usr/bin/lspci ]; then
     dpdk_bins+=(--bin /usr/bin/python3 --bin /usr/bin/lspci)
     files+=(--file /usr/bin/dpdk-devbind.py:/usr/bin/dpdk-devbind.py)

@@ -8,23 +8,15 @@
 #   q35-vtd        legacy (6.1)
 #   q35-iommufd    iommufd (cdev) and legacy (6.12)
 #   anything else  exit 77
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 # ~10 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
-    || skip "no MSI-X scenario for $TOPOLOGY (needs the e1000e function 00:05.1 on vfio-pci)"
-require_lab
-build_edu
-cmd=""
-for b in $backends; do cmd="$cmd
-$(step "msix-$b" "msix 0000:00:05.1 --backend $b --rounds 5")"; done
-guest msix "$cmd"
+edu_backends "no MSI-X scenario for $TOPOLOGY (needs the e1000e function 00:05.1 on vfio-pci)" q35-vtd q35-iommufd
+guest msix "$(backend_steps msix 'msix 0000:00:05.1 --rounds 5')"
 for b in $backends; do
     f=$RESULTS/msix/msix-$b.json
     expect_pass "$f" "$b: 5 MSI-X vectors, each cause on its own vector 5 of 5 times"
-    for v in 0 1 2 3 4; do
-        grep -q "\"name\":\"vector $v\",\"passed\":true" "$f" 2>/dev/null || fail "$b: vector $v missing or failed"
-    done
+    expect_cases "$f" "$b" 'vector 0' 'vector 1' 'vector 2' 'vector 3' 'vector 4'
 done
 finish

@@ -3,10 +3,10 @@
 # group ownership, reservations, persistence through systemd-udevd, and QEMU as an
 # unprivileged VMM, judged by the kernel (node owners and modes, driver links, EACCES).
 # $1 is the topology. One "PASS name" / "FAIL name: why" / "SKIP ..." line per check in
-# /out/checks, "done" last.
+# /out/checks, the closing line last.
 TOPOLOGY=$1
-# shellcheck source=guest-lib.sh
-. /lab/guest-lib.sh
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 # Hot-unplug and replug the e1000e as the kernel sees it, with udev's current rules.
 replug_e1000e() {
     udevadm control --reload
@@ -27,7 +27,7 @@ if [ "$TOPOLOGY" = q35-sriov ]; then
     expect_rc "vfs --count 2 --detach --owner 1000" 0 vfs-two
     groups=""
     for vf in 0000:01:00.1 0000:01:00.2; do
-        g=$(basename "$(readlink /sys/bus/pci/devices/$vf/iommu_group)" 2>/dev/null)
+        g=$(group_of $vf 2>/dev/null)
         [ "$(drv $vf)" = vfio-pci ] && pass "VF $vf appeared on vfio-pci (never on nvme)" || fail "VF $vf is on $(drv $vf)"
         expect_perm "VF $vf group $g owned" "/dev/vfio/$g" "1000:1000 660"
         groups="$groups $g"
@@ -46,13 +46,11 @@ if [ "$TOPOLOGY" = q35-sriov ]; then
     [ "$(cat /sys/bus/pci/devices/$pf/sriov_numvfs)" = 0 ] && pass "the kernel shows 0 VFs again" || fail "sriov_numvfs is $(cat /sys/bus/pci/devices/$pf/sriov_numvfs)"
     run vfs-status v status --json
     grep -q '"groups": *\[\]' /out/vfs-status.txt && pass "the ledger agrees: nothing detached" || fail "status after cleanup: $(head -c 400 /out/vfs-status.txt)"
-    echo 'done' >> /out/checks
-    exit 0
+    finish
 fi
 
 # --- ownership of the edu group (and its cdev on iommufd) ------------------------------------------
-echo > /sys/bus/pci/devices/0000:00:03.0/driver_override
-echo 0000:00:03.0 > /sys/bus/pci/devices/0000:00:03.0/driver/unbind
+sh /lab/guest/bind.sh --none 0000:00:03.0
 run detach-owned v detach 00:03.0 --allow-no-reset --owner 1000:1000
 expect_rc "detach 00:03.0 --owner 1000:1000" 0 detach-owned
 expect_perm "after detach" /dev/vfio/3 "1000:1000 660"
@@ -166,9 +164,9 @@ if [ -x /lib/systemd/systemd-udevd ]; then
     [ "$(drv 0000:00:02.0)" = e1000e ] && pass "after persist --remove, remove + rescan brings e1000e back" \
         || fail "after persist --remove the e1000e is on $(drv 0000:00:02.0)"
     v attach 2 > /out/attach-after-persist.txt 2>&1
-    [ "$(drv 0000:00:02.0)" = e1000e ] && [ "$(cat /sys/bus/pci/devices/0000:00:02.0/driver_override)" = "(null)" ] \
+    [ "$(drv 0000:00:02.0)" = e1000e ] && [ "$(ovr 0000:00:02.0)" = "(null)" ] \
         && pass "attach leaves the e1000e on e1000e without an override" || fail "after attach: $(drv 0000:00:02.0) $(cat /out/attach-after-persist.txt | head -c 300)"
 else
     fail "systemd-udevd is not in the guest"
 fi
-echo 'done' >> /out/checks
+finish

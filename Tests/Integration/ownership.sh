@@ -12,7 +12,7 @@
 #   - q35-sriov: `vfs --count 2 --detach --owner`, each VF in its own group, the count held while
 #     a VF is owned, then `--count 0` cleans up and the ledger agrees.
 # usage: Tests/Integration/ownership.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd, q35-sriov)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 case $TOPOLOGY in
@@ -21,14 +21,14 @@ case $TOPOLOGY in
     *) skip "no ownership scenario for $TOPOLOGY" ;;
 esac
 require_lab
-build_edu
-build_vfioctl
+need_product EDU vfio-edu
+need_product VFIOCTL_BIN vfioctl
 # vfioctl, vfio-edu, QEMU and udevd in one initramfs: more than 512 MiB of guest RAM.
 export LAB_MEMORY=${LAB_MEMORY:-1536}
 files=(--file "$REPO/Tests/Integration/ownership-guest.sh:/lab/ownership-guest.sh")
 bins=(--bin "$VFIOCTL_BIN")
 if [ "$TOPOLOGY" != q35-sriov ]; then
-    ( . lab/lib/common.sh; ensure_packages qemu-system-x86 seabios systemd udev ) || fail "could not install QEMU or udev"
+    ( ensure_packages qemu-system-x86 seabios systemd udev ) || fail "could not install QEMU or udev"
     bins+=(--bin /usr/bin/qemu-system-x86_64 --bin /lib/systemd/systemd-udevd --bin /bin/udevadm --bin /usr/bin/setpriv)
     files+=(--file /usr/share/seabios/bios-256k.bin:/lab/bios-256k.bin)
     # Debian builds the TCG accelerator as a module QEMU loads from its module directory.

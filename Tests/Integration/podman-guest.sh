@@ -5,15 +5,15 @@
 # edu at 0000:00:03.0; without the CDI device the container cannot reach the group; which
 # cdiVersions and fields podman's CDI library takes. $1 is the topology, BACKENDS the VFIO
 # paths to try (legacy; iommufd too on q35-iommufd). One "PASS name" / "FAIL name: why" line
-# per check in /out/checks, "done" last; /out/podman-timings has the podman run times.
+# per check in /out/checks, the closing line last; /out/podman-timings has the podman run times.
 BDF=0000:00:03.0
 KIND=swift-vfio.dev/group
 SPEC=/var/run/cdi/swift-vfio-test.json
 # shellcheck source=podman-guest-lib.sh
 . /lab/podman-guest-lib.sh
 TIMINGS=/out/podman-timings
-# shellcheck source=guest-lib.sh
-. /lab/guest-lib.sh
+# shellcheck source=../../lab/guest/lib.sh
+. /lab/guest/lib.sh
 : > "$TIMINGS"
 
 # write_spec FILE VERSION KIND NAME NODE... [-- EDIT_JSON]: a CDI spec with one device
@@ -55,8 +55,8 @@ timed hello podman_run /bin/busybox echo hello
 if [ "$rc" = 0 ] && grep -qx hello /out/hello.out; then pass "podman runs a --rootfs container (no network, cgroupfs)"
 else fail "podman run --rootfs: $(why hello)"; fi
 
-group=$(basename "$(readlink /sys/bus/pci/devices/$BDF/iommu_group)")
-cdev=$(ls /sys/bus/pci/devices/$BDF/vfio-dev/ 2>/dev/null | head -n 1)
+group=$(group_of $BDF)
+cdev=$(cdev_of $BDF)
 
 for b in $BACKENDS; do
     if [ "$b" = iommufd ]; then
@@ -142,4 +142,4 @@ rm -f /var/run/cdi/claim-b.json
 echo '{"cdiVersion": "0.5.0", "kind": "other.vendor/x", "devices": [' > /var/run/cdi/broken.json
 variant "beside a spec that does not parse" 0.5.0 dev "" accepted
 rm -f /var/run/cdi/v.json /var/run/cdi/broken.json
-echo 'done' >> /out/checks
+finish

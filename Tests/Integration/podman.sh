@@ -10,7 +10,7 @@
 #     device cgroup;
 #   - the cdiVersions and fields podman 4.3's CDI library accepts and rejects.
 # usage: Tests/Integration/podman.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) || skip "no podman scenario for $TOPOLOGY"
@@ -20,7 +20,7 @@ require_lab
 if [ "$TOPOLOGY" = q35-iommufd ] && ! grep -q '^CONFIG_USER_NS=y' "$CACHE/kernels/iommufd/config" 2>/dev/null; then
     skip "the iommufd kernel lacks the container options of lab/kernel/iommufd.config (rebuild: lab/vm build-kernel iommufd)"
 fi
-build_edu
+need_product EDU vfio-edu
 podman_guest_args "$EDU"
 # podman (~45 MB), vfio-edu twice (guest and rootfs) and the vfs store in guest RAM.
 export LAB_MEMORY=${LAB_MEMORY:-1536}

@@ -9,15 +9,15 @@
 #     also with /sys unmounted;
 #   - a device descriptor binds once (EINVAL the second time); a fresh open works again.
 # usage: Tests/Integration/qemu10.sh TOPOLOGY RESULTS_DIR   (q35-iommufd only)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 [ "$TOPOLOGY" = q35-iommufd ] || skip "descriptor passing needs /dev/iommu and VFIO cdevs (q35-iommufd)"
 require_lab
 started=$SECONDS
-t0=$(millis)
+t0=$(now_ms)
 qemu10_guest_args || { fail "could not fetch QEMU 10 from bookworm-backports (lab/vm fetch qemu10)"; finish; }
-echo "QEMU 10: $QEMU10_VERSION (fetch/cache check $(seconds_since "$t0") s)"
+echo "QEMU 10: $QEMU10_VERSION (fetch/cache check $(elapsed "$t0" "$(now_ms)"))"
 # The initramfs carries QEMU 10 and its libraries (~80 MB) and the nested VM takes 128 MiB.
 export LAB_MEMORY=${LAB_MEMORY:-1024}
 guest qemu10 "sh /lab/qemu10-guest.sh" "${QEMU10_ARGS[@]}" --bin /usr/bin/setpriv \

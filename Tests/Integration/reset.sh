@@ -9,22 +9,16 @@
 #   q35-vtd        legacy; includes the non-viable group (e1000.ko from the lab's 6.1 kernel)
 #   q35-iommufd    iommufd (cdev) and legacy resets on 6.12
 #   anything else  exit 77
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 # ~15 s of guest time.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
-backends=$(backends_for "$TOPOLOGY" q35-vtd q35-iommufd) \
-    || skip "no reset scenario for $TOPOLOGY (needs e1000e 00:05.1 and the bridge group on vfio-pci)"
-require_lab
-build_edu
-cmd=""
-for b in $backends; do
-    # e1000e's RDBAL0 (0x2800) as the scratch register; STATUS (0x8) must still read after.
-    cmd="$cmd
-$(step "reset-$b" "reset 0000:00:05.1 --backend $b --scratch 0x2800")
-$(step "reset-refused-$b" "reset 0000:00:03.0 --backend $b --expect-refusal")
-$(step "hot-reset-$b" "hot-reset 0000:01:01.0 --backend $b --also 0000:01:02.0")"
-done
+edu_backends "no reset scenario for $TOPOLOGY (needs e1000e 00:05.1 and the bridge group on vfio-pci)" \
+    q35-vtd q35-iommufd
+# e1000e's RDBAL0 (0x2800) as the scratch register; STATUS (0x8) must still read after.
+cmd="$(backend_steps reset 'reset 0000:00:05.1 --scratch 0x2800')
+$(backend_steps reset-refused 'reset 0000:00:03.0 --expect-refusal')
+$(backend_steps hot-reset 'hot-reset 0000:01:01.0 --also 0000:01:02.0')"
 files=()
 if [ "$TOPOLOGY" = q35-vtd ]; then
     # A host driver for the non-viable case: e1000 is not in q35-vtd's module list.

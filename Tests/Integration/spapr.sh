@@ -6,7 +6,7 @@
 # Swift encoders against.
 #
 # usage: Tests/Integration/spapr.sh TOPOLOGY RESULTS_DIR      (TOPOLOGY other than pseries: 77)
-# Last line: integration-vfio: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
+# Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 [ "$TOPOLOGY" = pseries ] || skip "sPAPR needs the pseries topology"

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared paths and helpers for the lab scripts; sourced, never run.
+# Shared paths and helpers for the lab scripts and the checks of Tests/Integration; sourced,
+# never run. Brings lib/checks.sh along: the results (pass, fail, finish...) and the clocks.
 # Everything large (kernels, .debs, initramfs images, QEMU output scratch) lives in the
 # cache, outside the repository, so a clone stays small and rebuilds are cheap.
 
@@ -12,10 +13,8 @@ mkdir -p "$CACHE"
 log() { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { printf '[lab] error: %s\n' "$*" >&2; exit 1; }
 
-# Milliseconds since the epoch, for the wall-time lines.
-now_ms() { date +%s%3N; }
-# "12.3s" from two now_ms values.
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fs", (b - a) / 1000 }'; }
+# shellcheck source=checks.sh
+. "$LAB_DIR/lib/checks.sh"
 
 # `lab/vm fetch --dry-run` sets LAB_DRY_RUN: the fetch paths run, but every step that would
 # install, download, update or unpack is only logged (see cmd_fetch in lib/fetch.sh).

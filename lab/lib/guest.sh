@@ -142,8 +142,10 @@ build_initramfs() {
     [ -x "$BUSYBOX" ] || cmd_fetch "$ARCH"
     cp "$BUSYBOX" "$root/bin/busybox"
     cp "$LAB_DIR/guest/init" "$root/init"; chmod +x "$root/init"
-    # Guest helper scripts are always there, so commands can say `sh /lab/guest/X.sh`.
+    # Guest helper scripts are always there, so commands can say `sh /lab/guest/X.sh`, and
+    # with them the results and clocks they share with the host (/lab/guest/lib.sh sources it).
     cp -r "$LAB_DIR/guest" "$root/lab/guest"
+    mkdir -p "$root/lab/lib"; cp "$LAB_DIR/lib/checks.sh" "$root/lab/lib/checks.sh"
     stage_modules "$kdir" "$root"
     [ ${#HOST_PACKAGES[@]} -eq 0 ] || ensure_packages "${HOST_PACKAGES[@]}"
     for spec in ${GUEST_BINS[@]+"${GUEST_BINS[@]}"} ${BINS[@]+"${BINS[@]}"}; do stage_bin "$spec" "$root"; done

@@ -1,18 +1,18 @@
 # shellcheck shell=bash
-# Swift products of this package for the guests (vfioctl, vfio-edu), built for lab/suite
-# and lab/capture-fixtures. Sourced after lib/common.sh.
+# Swift products of this package for the guests (vfioctl, vfio-edu, the kubelet plugins), built
+# for lab/suite, lab/capture-fixtures and Tests/Integration. Sourced after lib/common.sh.
 
 # Builds a Swift product of this package (release, statically linked Swift stdlib, its own
-# scratch path so it never disturbs developers' .build) and prints the binary's path; fails
-# quietly when it does not build yet, or when LAB_NO_SWIFT is set. For vfioctl also
-# LAB_NO_VFIOCTL=1 (skip) and VFIOCTL=PATH (a prebuilt binary).
+# scratch path .build-lab so it never disturbs developers' .build) and prints the binary's
+# path; fails quietly when it does not build yet. A prebuilt binary named by the product's
+# variable (its name in capitals, '-' as '_': VFIOCTL, VFIO_EDU, VFIO_KUBELET_PLUGIN,
+# VFIO_KUBELET_SIM) is used instead; LAB_NO_SWIFT=1 builds nothing, LAB_NO_VFIOCTL=1 skips vfioctl.
 build_product() {
-    local product=$1
+    local product=$1 var
+    [ "$product" != vfioctl ] || [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
+    var=$(echo "$product" | tr 'a-z-' 'A-Z_')
+    if [ -n "${!var:-}" ]; then [ -x "${!var}" ] && { echo "${!var}"; return 0; }; return 1; fi
     [ -z "${LAB_NO_SWIFT:-}" ] || return 1
-    if [ "$product" = vfioctl ]; then
-        [ -z "${LAB_NO_VFIOCTL:-}" ] || return 1
-        if [ -n "${VFIOCTL:-}" ]; then [ -x "$VFIOCTL" ] && { echo "$VFIOCTL"; return 0; }; return 1; fi
-    fi
     command -v swift >/dev/null 2>&1 || { log "no swift toolchain"; return 1; }
     local logf=$CACHE/$product-build.log try
     local build=(swift build -c release --static-swift-stdlib --product "$product" --scratch-path .build-lab)
@@ -31,4 +31,3 @@ build_product() {
     [ -x "$bin" ] || return 1
     echo "$bin"
 }
-build_vfioctl() { build_product vfioctl; }
