@@ -1,4 +1,5 @@
 import CVFIO
+import PCI
 import SystemPackage
 
 #if canImport(Glibc)
@@ -40,7 +41,7 @@ extension Group {
   /// A group received from another process, attached to `container` by it. Checked with
   /// VFIO_GROUP_GET_STATUS: viable and set to a container, as a granted group must be.
   public convenience init(
-    adopting fd: Int32, number: Int, container: Container, kernel: any KernelInterface = LinuxKernel(),
+    adopting fd: Int32, number: IOMMUGroupID, container: Container, kernel: any KernelInterface = LinuxKernel(),
     sysfsRoot: String = "/sys"
   ) throws(VFIOError) {
     try self.init(
@@ -85,7 +86,7 @@ extension OpenedDevice {
   /// Takes the three descriptors over; on a refusal the ones not yet adopted are closed too,
   /// so a bad grant never leaks.
   public static func adopting(
-    container containerFD: Int32, iommu: IOMMUType, group groupFD: Int32, number: Int, device deviceFD: Int32,
+    container containerFD: Int32, iommu: IOMMUType, group groupFD: Int32, number: IOMMUGroupID, device deviceFD: Int32,
     name: String, kernel: any KernelInterface = LinuxKernel()
   ) throws(VFIOError) -> OpenedDevice {
     var pending = [containerFD, groupFD, deviceFD]

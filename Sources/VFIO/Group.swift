@@ -18,7 +18,7 @@ public struct GroupStatus: Sendable, Equatable {
 
 /// A legacy VFIO group (/dev/vfio/N): the unit of ownership the IOMMU isolates.
 public final class Group: @unchecked Sendable {
-  public let number: Int
+  public let number: IOMMUGroupID
   let handle: OwnedFD
   let sysfsRoot: String
   /// The container this group is attached to; held so the container outlives the group.
@@ -33,7 +33,7 @@ public final class Group: @unchecked Sendable {
   /// With `requireViable: false` a non-viable group opens anyway, for inspection (`status`,
   /// `blockers`); the kernel still refuses to attach it.
   public convenience init(
-    number: Int, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev/vfio",
+    number: IOMMUGroupID, kernel: any KernelInterface = LinuxKernel(), devRoot: String = "/dev/vfio",
     sysfsRoot: String = "/sys", requireViable: Bool = true
   ) throws(VFIOError) {
     try self.init(number: number, handle: OwnedFD.open("\(devRoot)/\(number)", kernel: kernel), sysfsRoot: sysfsRoot)
@@ -43,7 +43,7 @@ public final class Group: @unchecked Sendable {
     }
   }
 
-  init(number: Int, handle: OwnedFD, sysfsRoot: String) {
+  init(number: IOMMUGroupID, handle: OwnedFD, sysfsRoot: String) {
     self.number = number
     self.handle = handle
     self.sysfsRoot = sysfsRoot
@@ -56,7 +56,7 @@ public final class Group: @unchecked Sendable {
   public static func number(
     ofDevice address: PCIAddress, kernel: any KernelInterface = LinuxKernel(),
     sysfsRoot: String = "/sys"
-  ) throws(VFIOError) -> Int {
+  ) throws(VFIOError) -> IOMMUGroupID {
     let link = "\(sysfsRoot)/bus/pci/devices/\(address)/iommu_group"
     guard let target = kernel.readLink(link) else {
       let exists = kernel.readLink("\(sysfsRoot)/bus/pci/devices/\(address)") != nil
@@ -67,7 +67,7 @@ public final class Group: @unchecked Sendable {
           ? "the IOMMU is off: boot with intel_iommu=on (or amd_iommu=on) and check dmesg for DMAR/IOMMU"
           : "check the address with `ls /sys/bus/pci/devices`")
     }
-    guard let last = target.split(separator: "/").last, let n = Int(last) else {
+    guard let last = target.split(separator: "/").last, let n = IOMMUGroupID(last) else {
       throw VFIOError(
         .notFound, operation: "readlink", path: link, message: "unexpected link target \(target)")
     }

@@ -1,3 +1,4 @@
+import PCI
 import SystemPackage
 
 /// Every failure of this library: what failed, the errno and request or path behind it, and
@@ -8,7 +9,7 @@ public struct VFIOError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A system call failed; `errno` says how.
     case syscall
     /// The IOMMU group has devices not bound to vfio-pci (or pci-stub); they are listed.
-    case groupNotViable(group: Int, blockers: [String])
+    case groupNotViable(group: IOMMUGroupID, blockers: [String])
     /// The kernel lacks an extension, backend or capability this call needs.
     case unsupported
     /// A capability chain points outside the buffer or loops.

@@ -308,7 +308,7 @@ public final class Broker: @unchecked Sendable {
       case .open:
         try open(request, for: connection)
       case .release:
-        guard let group = request.group.map(IOMMUGroupID.init(rawValue:)) else { throw BrokerError(.invalidTarget, "release needs a group") }
+        guard let group = request.group else { throw BrokerError(.invalidTarget, "release needs a group") }
         let effects = try book.release(group: group, connection: connection.id, requestID: request.id, now: now)
         connection.leases.remove(group)
         releasedExplicitly.insert(group)
@@ -395,7 +395,7 @@ public final class Broker: @unchecked Sendable {
       let lease = book.holding(record.id)
       groups.append(
         BrokerGroup(
-          group: record.id.rawValue, devices: members.compactMap(\.pciAddress).map(\.description), owner: record.ownerUID ?? 0,
+          group: record.id, devices: members.compactMap(\.pciAddress).map(\.description), owner: record.ownerUID ?? 0,
           reservedFor: record.reservedFor, leasedTo: lease?.pid,
           verdict: lease != nil ? "leased" : record.closing ? "closing" : (view?.verdict ?? "unknown"),
           reasons: view?.reasons ?? [], backends: view?.backends ?? []))
@@ -489,7 +489,7 @@ public final class Broker: @unchecked Sendable {
     if let pidfd = connection.pidfd { grantees[lease.groupID] = pidfd }
     connection.leases.insert(lease.groupID)
     var response = BrokerResponse(.granted, id: requestID)
-    response.group = lease.groupID.rawValue
+    response.group = lease.groupID
     response.backend = lease.backend
     response.descriptors = opened.descriptors.map(\.0)
     response.memlock = MemlockBudget(accounting: opened.memlockAccounting, limit: memlock)
@@ -525,7 +525,7 @@ public final class Broker: @unchecked Sendable {
     guard connection.peer.uid == 0 else {
       throw BrokerError(.notPermitted, "only root may revoke a lease")
     }
-    guard let group = request.group.map(IOMMUGroupID.init(rawValue:)) else { throw BrokerError(.invalidTarget, "revoke needs a group") }
+    guard let group = request.group else { throw BrokerError(.invalidTarget, "revoke needs a group") }
     let wait = min(max(request.wait ?? 10, 0), 3600)
     perform(
       book.revoke(group: group, connection: connection.id, requestID: request.id, wait: wait, force: request.force ?? false, now: now))
@@ -571,14 +571,14 @@ public final class Broker: @unchecked Sendable {
       case .answer(let id, let requestID, let kind, let group, let outcome, let detail):
         guard let connection = transport.connections[id] else { continue }
         var response = BrokerResponse(kind, id: requestID)
-        response.group = group.rawValue
+        response.group = group
         response.outcome = outcome
         response.detail = detail
         transport.reply(response, to: connection, now: now)
       case .notify(let group, let event, let detail, let holder, let uid):
         var message = BrokerResponse(.event)
         message.event = event
-        message.group = group.rawValue
+        message.group = group
         message.detail = detail
         for connection in transport.connections.values
         where connection.id == holder || (connection.watching && (connection.peer.uid == uid || connection.peer.uid == 0)) {

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import PCI
 import VFIOBrokerClient
 import VFIOHost
 import VFIOManager

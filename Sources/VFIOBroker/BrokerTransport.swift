@@ -1,3 +1,4 @@
+import PCI
 import VFIOHost
 import CVFIO
 import Foundation

@@ -110,11 +110,11 @@ public struct LiveGrantSource: GrantSource {
 
   private func openLegacy(group number: IOMMUGroupID, _ devices: [PCIAddress]) throws -> OpenedGrant {
     let container = try Container(path: "\(devRoot)/vfio/vfio")
-    let group = try Group(number: number.rawValue, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
+    let group = try Group(number: number, devRoot: "\(devRoot)/vfio", sysfsRoot: sysfsRoot)
     try group.attach(to: container)
     var list: [(GrantedDescriptor, Int32)] = [
       (GrantedDescriptor(kind: .container, iommu: container.iommuType.map(wireName)), container.fileDescriptor),
-      (GrantedDescriptor(kind: .group, group: number.rawValue), group.fileDescriptor),
+      (GrantedDescriptor(kind: .group, group: number), group.fileDescriptor),
     ]
     var keep: [AnyObject] = [container, group]
     let request = try EventFD()
@@ -122,7 +122,7 @@ public struct LiveGrantSource: GrantSource {
     for address in devices {
       let device = try group.openDevice(address.description)
       keep.append(device)
-      list.append((GrantedDescriptor(kind: .device, group: number.rawValue, address: address.description), device.fileDescriptor))
+      list.append((GrantedDescriptor(kind: .device, group: number, address: address.description), device.fileDescriptor))
       // One eventfd for every device of the group: any of them asked back is the group asked back.
       if let info = try? device.irqInfo(.req), info.count > 0,
         (try? device.setIRQs(.req, .trigger(eventfds: [request.fileDescriptor]))) != nil

@@ -11,7 +11,7 @@ import VFIO
 
 /// A grant as it arrived: what each descriptor is, and its number in this process.
 public struct Grant: Sendable {
-  public let group: Int
+  public let group: IOMMUGroupID
   public let backend: Backend
   public let descriptors: [(GrantedDescriptor, Int32)]
   public let memlock: MemlockBudget?
@@ -117,7 +117,7 @@ public final class BrokerClient: @unchecked Sendable {
   /// Gives the grant back; returns once the group is free again (`released`), or `pending`
   /// when something still holds it after 10 s. Close the descriptors first.
   @discardableResult
-  public func release(group: Int) throws(BrokerError) -> String {
+  public func release(group: IOMMUGroupID) throws(BrokerError) -> String {
     try call(BrokerRequest(.release, group: group)).outcome ?? "released"
   }
 
@@ -127,7 +127,7 @@ public final class BrokerClient: @unchecked Sendable {
 
   /// Root only: asks the holder of `group` to release it within `wait` seconds; `force` kills
   /// it after that. The outcome: released, forced, timeout or none (no lease).
-  public func revoke(group: Int, wait: Double, force: Bool) throws(BrokerError) -> String {
+  public func revoke(group: IOMMUGroupID, wait: Double, force: Bool) throws(BrokerError) -> String {
     let response = try call(BrokerRequest(.revoke, group: group, wait: wait, force: force), timeout: wait + 30)
     return response.outcome ?? "none"
   }

@@ -1,4 +1,5 @@
 import Foundation
+import PCI
 
 /// The broker's protocol, version 1 (docs/broker.md): each message is a 4-byte big-endian
 /// length and that many bytes of one JSON object; descriptors ride along a message as
@@ -121,7 +122,7 @@ public struct BrokerRequest: Codable, Sendable, Equatable {
   /// `open`: the guest the caller runs, which must be the group's reservation when it has one.
   public var guest: String?
   /// `release`, `revoke`: the group.
-  public var group: Int?
+  public var group: IOMMUGroupID?
   /// `revoke`: seconds the holder has to release.
   public var wait: Double?
   /// `revoke`: kill the holder when it has not released in time.
@@ -129,7 +130,7 @@ public struct BrokerRequest: Codable, Sendable, Equatable {
 
   public init(
     _ type: Kind, id: Int? = nil, version: Int? = nil, target: String? = nil, backend: String? = nil,
-    guest: String? = nil, group: Int? = nil, wait: Double? = nil, force: Bool? = nil
+    guest: String? = nil, group: IOMMUGroupID? = nil, wait: Double? = nil, force: Bool? = nil
   ) {
     self.type = type
     self.id = id
@@ -157,14 +158,14 @@ public struct GrantedDescriptor: Codable, Sendable, Equatable {
   }
 
   public var kind: Kind
-  public var group: Int?
+  public var group: IOMMUGroupID?
   public var address: String?
   /// The container's IOMMU model (`type1v2`, ...).
   public var iommu: String?
   /// The cdev the device descriptor came from (`vfio2`), iommufd only.
   public var cdev: String?
 
-  public init(kind: Kind, group: Int? = nil, address: String? = nil, iommu: String? = nil, cdev: String? = nil) {
+  public init(kind: Kind, group: IOMMUGroupID? = nil, address: String? = nil, iommu: String? = nil, cdev: String? = nil) {
     self.kind = kind
     self.group = group
     self.address = address
@@ -189,7 +190,7 @@ public struct MemlockBudget: Codable, Sendable, Equatable {
 
 /// A group as `list` shows it to its owner.
 public struct BrokerGroup: Codable, Sendable, Equatable {
-  public var group: Int
+  public var group: IOMMUGroupID
   public var devices: [String]
   public var owner: Int
   public var reservedFor: String?
@@ -201,7 +202,7 @@ public struct BrokerGroup: Codable, Sendable, Equatable {
   public var backends: [String]
 
   public init(
-    group: Int, devices: [String], owner: Int, reservedFor: String?, leasedTo: Int?, verdict: String,
+    group: IOMMUGroupID, devices: [String], owner: Int, reservedFor: String?, leasedTo: Int?, verdict: String,
     reasons: [String], backends: [String]
   ) {
     self.group = group
@@ -236,7 +237,7 @@ public struct BrokerResponse: Codable, Sendable, Equatable {
   public var uid: Int?
   public var gid: Int?
   public var groups: [BrokerGroup]?
-  public var group: Int?
+  public var group: IOMMUGroupID?
   public var backend: String?
   public var descriptors: [GrantedDescriptor]?
   public var memlock: MemlockBudget?

@@ -3,6 +3,7 @@ import CVFIO
 import Dispatch
 import Foundation
 import Logging
+import PCI
 import VFIO
 import VFIOBroker
 import VFIOBrokerClient
@@ -199,7 +200,7 @@ struct OpenCommand: ParsableCommand {
   /// Waits for the child, relaying device requests for its own group to it (a watch also
   /// hears of the caller's other groups, which are not this command's business); its exit
   /// status (128+N for signal N).
-  private func supervise(_ child: pid_t, client: BrokerClient, group: Int) -> Int32 {
+  private func supervise(_ child: pid_t, client: BrokerClient, group: IOMMUGroupID) -> Int32 {
     _ = try? client.watch()
     var signalled = false
     while true {
@@ -245,7 +246,7 @@ struct Launch {
 
   var environment: [String: String] {
     var values = [
-      "SWIFT_VFIO_BACKEND": grant.backend.rawValue, "SWIFT_VFIO_GROUP": String(grant.group),
+      "SWIFT_VFIO_BACKEND": grant.backend.rawValue, "SWIFT_VFIO_GROUP": grant.group.description,
       "SWIFT_VFIO_DEVICES": grant.descriptors.filter { $0.0.kind == .device }
         .map { "\($0.0.address ?? "")=\($0.1)" }.joined(separator: ","),
     ]

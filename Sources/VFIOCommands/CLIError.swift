@@ -1,3 +1,4 @@
+import PCI
 import VFIOBroker
 import VFIOBrokerClient
 import VFIOHost

@@ -151,7 +151,7 @@ struct Revoker {
 
   func revoke(_ lease: LedgerLease) throws(ManagerError) -> String {
     do {
-      let outcome = try BrokerClient(socketPath: socket).revoke(group: lease.groupID.rawValue, wait: wait, force: force)
+      let outcome = try BrokerClient(socketPath: socket).revoke(group: lease.groupID, wait: wait, force: force)
       printError("group \(lease.groupID): lease \(outcome) (pid \(lease.pid))")
       return outcome
     } catch {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import PCI
 import VFIOHost
 import VFIOManager
 

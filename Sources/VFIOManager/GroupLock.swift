@@ -1,4 +1,5 @@
 import Foundation
+import PCI
 import VFIOHost
 
 /// The right to change one IOMMU group: an exclusive `flock` on `STATE/locks/group-N.lock`.

@@ -1,4 +1,5 @@
 import GRDB
+import PCI
 import VFIOHost
 
 /// The ledger stores a group's number as the integer it is, as it did before the type existed.

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PCI
 import VFIOHost
 
 /// How often one caller was refused one group for one reason: the broker counts refusals

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PCI
 import VFIOHost
 
 /// The ledger's writes, each named for what it records: callers say what happened to a group,

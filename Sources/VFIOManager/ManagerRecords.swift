@@ -1,4 +1,5 @@
 import Foundation
+import PCI
 import VFIOHost
 import VFIOPolicy
 

@@ -1,3 +1,4 @@
+import PCI
 import VFIOHost
 
 /// One host-readiness check and, when it fails, the next step.

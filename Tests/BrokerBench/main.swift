@@ -8,6 +8,7 @@
 import CVFIO
 import Foundation
 import Logging
+import PCI
 import Synchronization
 import VFIOBroker
 import VFIOBrokerClient

@@ -33,8 +33,8 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     state.withLock { $0.opens.append((group, devices.map(\.description), backend)) }
     var kinds: [GrantedDescriptor] =
       backend == .iommufd
-      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group.rawValue)]
-    kinds += devices.map { GrantedDescriptor(kind: .device, group: group.rawValue, address: $0.description) }
+      ? [GrantedDescriptor(kind: .iommufd)] : [GrantedDescriptor(kind: .container, iommu: "type1v2"), GrantedDescriptor(kind: .group, group: group)]
+    kinds += devices.map { GrantedDescriptor(kind: .device, group: group, address: $0.description) }
     let fds = kinds.map { _ in Descriptor(Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)) }
     return OpenedGrant(
       backend: backend, descriptors: Array(zip(kinds, fds.map(\.fd))), requestEvent: nil, memlockAccounting: "process",

@@ -1,4 +1,5 @@
 import Foundation
+import PCI
 import VFIOBrokerClient
 import VFIOManager
 import VFIOHost
