@@ -164,7 +164,7 @@ public struct GroupAccess: ManagerPart {
       OwnerReport(
         group: record.id, state: record.state, owner: record.ownership, ownedSince: record.ownedSince.map(timestamp),
         reservedFor: record.reservedFor, reservedSince: record.reservedSince.map(timestamp),
-        reservedWhileRunning: record.reservedFor == nil ? nil : record.runnerPID,
+        reservedWhileRunning: record.reservation?.runner?.pid,
         persisted: record.persisted, holders: holders[record.id] ?? [])
     }
   }

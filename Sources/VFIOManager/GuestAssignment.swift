@@ -168,6 +168,7 @@ public struct GuestAssignment: ManagerPart {
   func endOwnership(_ target: Selector, keepingReservationFor guest: String) throws(ManagerError) -> OwnerReport {
     try manager.access.changeOwnership(target) { ledger, group, record throws(ManagerError) in
       guard record?.state == .detached else { throw .notDetached(group: group, why: "is not detached by swift-vfio") }
+      // Kept for the guest alone: it stopped, so no runner bounds the reservation any more.
       let kept = Reservation(guest: guest, since: record?.reservedSince ?? Date())
       try manager.access.endOwner(group: group, ledger: ledger, keepingReservation: kept)
       try history(ledger, group, "ok", "\(guest) stopped: kept reserved for it, nodes back to root, mode 0600")

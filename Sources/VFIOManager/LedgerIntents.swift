@@ -104,8 +104,8 @@ extension Ledger {
     }
   }
 
-  /// Forgets the group's owner; with `keepingReservation`, the group stays reserved for that
-  /// reservation's guest alone (no runner bounds it any more).
+  /// Forgets the group's owner; with `keepingReservation`, the group's reservation becomes that
+  /// one, in the same write.
   public func endOwner(group: IOMMUGroupID, keepingReservation reservation: Reservation? = nil) throws(ManagerError) {
     try update(group) {
       $0.ownerUID = nil
@@ -113,7 +113,7 @@ extension Ledger {
       $0.mode = nil
       $0.ownedSince = nil
       $0.brokerOnly = false
-      if let reservation { $0.reservation = Reservation(guest: reservation.guest, since: reservation.since) }
+      if let reservation { $0.reservation = reservation }
     }
   }
 

@@ -94,8 +94,3 @@ extension ManagerPart {
       action: action, group: group, outcome: outcome, steps: steps, recovered: recovered, members: members, notes: notes)
   }
 }
-
-/// The manager is its own context: the plumbing serves it as it serves its parts.
-extension AssignmentManager: ManagerPart {
-  var manager: AssignmentManager { self }
-}

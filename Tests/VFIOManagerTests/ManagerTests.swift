@@ -290,7 +290,7 @@ final class ManagerTests: ManagerTestCase {
   /// shows k. The next command must put it right.
   func interruptedDetach(group: IOMMUGroupID, after k: Int) throws -> [PlanStep] {
     let manager = manager()
-    let inventory = try manager.readInventory()
+    let inventory = try manager.groups.readInventory()
     let ledger = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
     let planned = try manager.groups.planDetach(
       .group(group), group: group, inventory: inventory, ledger: ledger, driver: "vfio-pci", force: [],
@@ -334,7 +334,7 @@ final class ManagerTests: ManagerTestCase {
     _ = try manager().groups.detach(.group(2))
     let ledger = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
     let m = manager()
-    let planned = try m.groups.planAttach(group: 2, inventory: try m.readInventory(), ledger: ledger)
+    let planned = try m.groups.planAttach(group: 2, inventory: try m.groups.readInventory(), ledger: ledger)
     try ledger.write { db in
       var operation = m.groups.newOperation(.attach, group: 2, steps: planned.steps)
       operation.pid = 999_999
