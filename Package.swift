@@ -1,13 +1,16 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
+// The host side of swift-vfio: everything but the kubelet plugins, which live in their own
+// package (kubelet/) because gRPC, SwiftNIO and SwiftProtobuf are 20 of their 24 packages: a
+// first `swift run vfioctl` here resolves four packages and compiles none of those.
+
 let package = Package(
   name: "swift-vfio",
   platforms: [.macOS(.v13)],
   products: [
     .executable(name: "vfioctl", targets: ["vfioctl"]),
     .executable(name: "vfio-edu", targets: ["vfio-edu"]),
-    .executable(name: "vfio-kubelet-plugin", targets: ["vfio-kubelet-plugin"]),
     .library(name: "PCI", targets: ["PCI"]),
     .library(name: "VFIOHost", targets: ["VFIOHost"]),
     .library(name: "VFIOPolicy", targets: ["VFIOPolicy"]),
@@ -15,19 +18,18 @@ let package = Package(
     .library(name: "VFIOManager", targets: ["VFIOManager"]),
     .library(name: "VFIOBroker", targets: ["VFIOBroker"]),
     .library(name: "VFIOBrokerClient", targets: ["VFIOBrokerClient"]),
-    .library(name: "VFIOKubelet", targets: ["VFIOKubelet"]),
+    .library(name: "VFIOCommands", targets: ["VFIOCommands"]),
+    // The test support the kubelet package's tests share with this package's (kubelet/).
+    .library(name: "VFIOTestSupport", targets: ["VFIOTestSupport"]),
+    .library(name: "VFIOManagerTestSupport", targets: ["VFIOManagerTestSupport"]),
+    .library(name: "VFIOManagerTestCase", targets: ["VFIOManagerTestCase"]),
+    .library(name: "ManPageCheck", targets: ["ManPageCheck"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
-    // The kubelet plugins (VFIOKubelet): gRPC over Unix sockets. Only the Posix HTTP/2
-    // transport is used; its code is generated once by scripts/generate-protos and committed.
-    .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
-    .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
-    .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
-    .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
   ],
   targets: [
     // Kernel uAPI structures, request numbers and an errno-returning ioctl.
@@ -60,24 +62,6 @@ let package = Package(
         "PCI", "CVFIO", "VFIO", "VFIOBrokerClient", "VFIOHost", "VFIOPolicy", "VFIOManager",
         .product(name: "Logging", package: "swift-log"),
       ]),
-    // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
-    // messages and stubs generated from Protos/ by scripts/generate-protos, nothing else.
-    .target(
-      name: "KubeletAPI",
-      dependencies: [
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
-        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
-      ]),
-    // Kubernetes node agent: DRA kubelet plugin, classic device plugin, ResourceSlices, CDI specs.
-    .target(
-      name: "VFIOKubelet",
-      dependencies: [
-        "PCI", "KubeletAPI", "VFIOHost", "VFIOPolicy", "VFIOManager",
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
-        .product(name: "Logging", package: "swift-log"),
-      ]),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",
@@ -87,28 +71,10 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
       ]),
     .executableTarget(name: "vfioctl", dependencies: ["VFIOCommands"]),
-    // The kubelet plugins' commands: the only ones that link gRPC, NIO and an HTTP client.
-    .target(
-      name: "VFIOKubeletCommands",
-      dependencies: [
-        "VFIOCommands", "VFIOKubelet", "VFIOHost", "VFIOManager",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        .product(name: "Logging", package: "swift-log"),
-      ]),
-    .executableTarget(name: "vfio-kubelet-plugin", dependencies: ["VFIOKubeletCommands"]),
     .executableTarget(
       name: "vfio-bench",
       dependencies: [
         "PCI", "VFIOHost", "VFIOPolicy", "VFIOCommands",
-        .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ]),
-    // Plays kubelet against the plugins over their Unix sockets (tests and Tests/Integration).
-    .executableTarget(
-      name: "vfio-kubelet-sim",
-      dependencies: [
-        "KubeletAPI",
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]),
     // Example userspace driver for QEMU's edu device, built on the VFIO library.
@@ -183,17 +149,6 @@ let package = Package(
       dependencies: [
         "VFIOBroker", "VFIOBrokerClient", "VFIOManager", "VFIOHost", "VFIO", "VFIOTestSupport", "VFIOManagerTestSupport",
         "VFIOBrokerTestSupport", "VFIOManagerTestCase", .product(name: "Logging", package: "swift-log"),
-      ]),
-    .testTarget(
-      name: "VFIOKubeletTests",
-      dependencies: [
-        "PCI", "VFIOKubelet", "VFIOKubeletCommands", "KubeletAPI", "VFIOManager", "VFIOHost", "VFIOPolicy",
-        "VFIOTestSupport",
-        "VFIOManagerTestSupport", "VFIOManagerTestCase", "ManPageCheck",
-        .product(name: "Logging", package: "swift-log"),
-        .product(name: "GRPCCore", package: "grpc-swift-2"),
-        .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
-        .product(name: "SwiftProtobuf", package: "swift-protobuf"),
       ]),
     .testTarget(
       name: "VFIOCommandsTests",

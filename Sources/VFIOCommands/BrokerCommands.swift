@@ -70,9 +70,10 @@ struct ServeCommand: ParsableCommand {
 
   func run() throws {
     try reportingErrors {
+      let level = Logger.Level(rawValue: logLevel) ?? .info
       LoggingSystem.bootstrap { label in
         var handler = StreamLogHandler.standardError(label: label)
-        handler.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        handler.logLevel = level
         return handler
       }
       let logger = Logger(label: "swift-vfio.broker")

@@ -1,5 +1,4 @@
 import PCI
-import VFIOHost
 
 /// What a command is about: a PCI function or a whole IOMMU group.
 public enum Selector: Sendable, Equatable, CustomStringConvertible {

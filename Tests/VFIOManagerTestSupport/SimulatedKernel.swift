@@ -150,7 +150,7 @@ public final class SimulatedKernel: HostKernel, @unchecked Sendable {
       if access(node, F_OK) != 0 {
         mkdir(root + "/dev", 0o755)
         mkdir(root + "/dev/vfio", 0o755)
-        FileManager.default.createFile(atPath: node, contents: nil, attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: node, contents: nil, attributes: [.posixPermissions: 0o600])
       }
     }
   }

@@ -1,10 +1,12 @@
 # shellcheck shell=bash
-# Swift products of this package for the guests (vfioctl, vfio-edu, the kubelet plugins), built
+# swift-vfio's Swift products for the guests (vfioctl, vfio-edu, the kubelet plugins), built
 # for lab/suite, lab/capture-fixtures and Tests/Integration. Sourced after lib/common.sh.
 
-# Builds a Swift product of this package (release, statically linked Swift stdlib, its own
-# scratch path .build-lab so it never disturbs developers' .build) and prints the binary's
-# path; fails quietly when it does not build yet. A prebuilt binary named by the product's
+# Builds a Swift product (release, statically linked Swift stdlib, its own scratch path
+# .build-lab so it never disturbs developers' .build) and prints the binary's path. Every product
+# is built through the kubelet package (kubelet/), which has the root package as a dependency:
+# one release build of the host's modules serves vfioctl, vfio-edu and the plugins alike. It
+# fails quietly when the product does not build yet. A prebuilt binary named by the product's
 # variable (its name in capitals, '-' as '_': VFIOCTL, VFIO_EDU, VFIO_KUBELET_PLUGIN,
 # VFIO_KUBELET_SIM) is used instead; LAB_NO_SWIFT=1 builds nothing, LAB_NO_VFIOCTL=1 skips vfioctl.
 build_product() {
@@ -15,7 +17,8 @@ build_product() {
     [ -z "${LAB_NO_SWIFT:-}" ] || return 1
     command -v swift >/dev/null 2>&1 || { log "no swift toolchain"; return 1; }
     local logf=$CACHE/$product-build.log try
-    local build=(swift build -c release --static-swift-stdlib --product "$product" --scratch-path .build-lab)
+    local build=(swift build -c release --static-swift-stdlib --product "$product" --package-path kubelet
+                 --scratch-path .build-lab)
     log "building $product (log: $logf)"
     # Others edit Sources/ while we build: SwiftPM then aborts with "was modified during
     # the build", which says nothing about the code. Retry that case a few times.
