@@ -19,6 +19,7 @@ build_product() {
     local logf=$CACHE/$product-build.log try
     local build=(swift build -c release --static-swift-stdlib --product "$product" --package-path kubelet
                  --scratch-path .build-lab)
+    forget_stale_description "$REPO_DIR/.build-lab" release
     log "building $product (log: $logf)"
     # Others edit Sources/ while we build: SwiftPM then aborts with "was modified during
     # the build", which says nothing about the code. Retry that case a few times.
@@ -33,4 +34,16 @@ build_product() {
     local bin; bin=$(cd "$REPO_DIR" && "${build[@]}" --show-bin-path)/$product
     [ -x "$bin" ] || return 1
     echo "$bin"
+}
+
+# SwiftPM keeps a package's build description until that package's manifest or source folders
+# change; it does not look at the manifests of its path dependencies. A build through kubelet/
+# after an edit of the root Package.swift would go on with the old targets and flags (a new
+# module: "no such module"), so the description is dropped when the root manifest is newer.
+# usage: forget_stale_description SCRATCH_PATH CONFIGURATION   (debug or release)
+forget_stale_description() {
+    local description=$1/$2/description.json
+    if [ -f "$description" ] && [ "$REPO_DIR/Package.swift" -nt "$description" ]; then
+        rm -f "$description"
+    fi
 }
