@@ -51,11 +51,17 @@ struct SyntheticTree {
       }
       count += 2 + vfs
     }
+    // The host's view as a capture has it (its routes and mounts), so that readers that refuse
+    // to publish without one (the kubelet plugins' --print-slices) run here too. No network
+    // interface: none of the synthetic functions is an uplink.
     for path in [
       "/proc/cmdline", "/proc/self/mountinfo", "/proc/swaps", "/proc/sys/kernel/osrelease", "/proc/interrupts",
+      "/proc/net/route", "/proc/net/if_inet6", "/proc/net/fib_trie", "/proc/net/ipv6_route",
     ] {
       if let data = fm.contents(atPath: template + path) { try put(root + path, data) }
     }
+    try mkdir(root + "/proc/net")
+    try mkdir(root + "/sys/class/net")
     try mkdir(root + "/sys/devices/virtual/iommu/dmar0")
     try link(root + "/sys/class/iommu/dmar0", to: "../../devices/virtual/iommu/dmar0")
     return count
