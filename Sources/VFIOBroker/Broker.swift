@@ -85,7 +85,7 @@ public final class Broker: @unchecked Sendable {
   let bootID: String?
 
   private let epoll: Descriptor
-  private let wake: Descriptor
+  private let waker: LoopWaker
   private let transport: BrokerTransport
   private var book = LeaseBook()
   /// The kernel's device requests of leased groups (legacy grants), by group.
@@ -96,7 +96,7 @@ public final class Broker: @unchecked Sendable {
   private var releasedExplicitly: Set<IOMMUGroupID> = []
 
   /// What the loop records in the ledger, and its copy of the ledger's groups.
-  private var journal: BrokerJournal!
+  private let journal: BrokerJournal
 
   /// The host's view of the detached groups for `list`, computed off the loop, single flight.
   private var assessment: Assessment?
@@ -109,7 +109,6 @@ public final class Broker: @unchecked Sendable {
   private var reapInFlight = false
   private var reapSoon = false
   private let stopping = Atomic<Bool>(false)
-  private let completions = Mutex<[@Sendable () -> Void]>([])
   private let hostWork = DispatchQueue(label: "swift-vfio broker host work")
   private let grantWork = DispatchQueue(label: "swift-vfio broker grants")
 
@@ -143,10 +142,9 @@ public final class Broker: @unchecked Sendable {
     let epfd = cvfio_epoll_create()
     guard epfd >= 0 else { throw BrokerError(.internalError, "epoll_create: \(String(cString: strerror(-epfd)))") }
     epoll = Descriptor(epfd)
-    let efd = cvfio_eventfd(0, cvfio_EFD_NONBLOCK)
-    guard efd >= 0 else { throw BrokerError(.internalError, "eventfd: \(String(cString: strerror(-efd)))") }
-    wake = Descriptor(efd)
-    _ = cvfio_epoll_add(epfd, efd, Token.wake.raw)
+    let waker = try LoopWaker()
+    self.waker = waker
+    _ = cvfio_epoll_add(epfd, waker.descriptor.fd, Token.wake.raw)
     transport = BrokerTransport(
       limits: .init(
         maxConnections: configuration.maxConnections, maxConnectionsPerUser: configuration.maxConnectionsPerUser,
@@ -156,9 +154,7 @@ public final class Broker: @unchecked Sendable {
         connectionsPerSecond: configuration.connectionsPerSecond,
         connectionBurst: max(1, Int(configuration.connectionsPerSecond / 2))),
       epoll: epfd, logger: logger)
-    journal = BrokerJournal(ledger: ledger, logger: logger, retention: configuration.retention) { [unowned self] work in
-      onLoop(work)
-    }
+    journal = BrokerJournal(ledger: ledger, logger: logger, retention: configuration.retention, onLoop: waker.post)
     // Uevents invalidate what `list` knows of the host; without them (a test tree, no
     // permission) the assessment only ages out.
     let ueventFD = cvfio_uevent_socket()
@@ -197,7 +193,7 @@ public final class Broker: @unchecked Sendable {
   /// Ends `run` from any thread (SIGTERM).
   public func stop() {
     stopping.store(true, ordering: .releasing)
-    signalWake()
+    waker.signal()
   }
 
   /// The leases now, by group (for tests).
@@ -219,7 +215,7 @@ public final class Broker: @unchecked Sendable {
       let now = monotonicSeconds()
       for token in tokens.prefix(Int(max(n, 0))) {
         switch Token(raw: token) {
-        case .wake: drainWake()
+        case .wake: runPosted()
         case .listener(let index): transport.accept(listener: index, now: now)
         case .connection(let id): transport.service(id, now: now)
         case .request(let group): relayRequest(group)
@@ -241,32 +237,19 @@ public final class Broker: @unchecked Sendable {
     transport.closeAll()
     grantWork.sync {}
     hostWork.sync {}
-    drainWake()
+    runPosted()
     journal.commit()
     journal.drain()
-    drainWake()
+    runPosted()
     logger.info("stopped")
   }
 
-  private func signalWake() {
-    var one: UInt64 = 1
-    _ = Glibc.write(wake.fd, &one, 8)
-  }
-
   /// Runs `work` on the loop thread at its next pass (from a worker queue).
-  private func onLoop(_ work: @escaping @Sendable () -> Void) {
-    completions.withLock { $0.append(work) }
-    signalWake()
-  }
+  private func onLoop(_ work: @escaping @Sendable () -> Void) { waker.post(work) }
 
-  private func drainWake() {
-    var value: UInt64 = 0
-    _ = Glibc.read(wake.fd, &value, 8)
-    let work = completions.withLock { done -> [@Sendable () -> Void] in
-      defer { done = [] }
-      return done
-    }
-    for item in work { item() }
+  /// On the loop thread: what the workers and the journal handed back.
+  private func runPosted() {
+    for work in waker.take() { work() }
   }
 
   private func drainUevents() {
