@@ -36,14 +36,18 @@ build_product() {
     echo "$bin"
 }
 
-# SwiftPM keeps a package's build description until that package's manifest or source folders
-# change; it does not look at the manifests of its path dependencies. A build through kubelet/
-# after an edit of the root Package.swift would go on with the old targets and flags (a new
-# module: "no such module"), so the description is dropped when the root manifest is newer.
+# SwiftPM keeps a package's build description until that package's own manifest or folders
+# change; it looks at neither the manifest nor the source folders of a path dependency. A build
+# through kubelet/ after the root Package.swift changed, or after a file was added to or removed
+# from a root target, would go on with the old targets and files ("cannot find 'X' in scope",
+# "no such module"), so the description is dropped then. A folder's mtime moves when an entry is
+# added, removed or renamed; edits of existing files SwiftPM sees itself.
 # usage: forget_stale_description SCRATCH_PATH CONFIGURATION   (debug or release)
 forget_stale_description() {
     local description=$1/$2/description.json
-    if [ -f "$description" ] && [ "$REPO_DIR/Package.swift" -nt "$description" ]; then
+    [ -f "$description" ] || return 0
+    if [ "$REPO_DIR/Package.swift" -nt "$description" ] || [ -n "$(find "$REPO_DIR/Sources" "$REPO_DIR/Tests" \
+        -path "$REPO_DIR/Tests/Fixtures" -prune -o -type d -newer "$description" -print -quit)" ]; then
         rm -f "$description"
     fi
 }
