@@ -27,6 +27,8 @@ let package = Package(
     .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
     .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
     .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+    // SIGTERM and SIGINT end the plugins gracefully: sockets gone, in-flight claims answered.
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
   ],
   targets: [
     // The kubelet's gRPC APIs (plugin registration, DRA v1/v1beta1, device plugin v1beta1):
@@ -50,6 +52,7 @@ let package = Package(
         .product(name: "GRPCCore", package: "grpc-swift-2"),
         .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
     // The kubelet plugins' commands: the only ones that link gRPC, NIO and an HTTP client.
     .target(
@@ -61,6 +64,7 @@ let package = Package(
         .product(name: "VFIOManager", package: host),
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
       ]),
     .executableTarget(name: "vfio-kubelet-plugin", dependencies: ["VFIOKubeletCommands"]),
     // Plays kubelet against the plugins over their Unix sockets (tests and Tests/Integration).

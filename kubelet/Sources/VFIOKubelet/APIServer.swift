@@ -74,25 +74,6 @@ public struct APIServer: Sendable {
     return data
   }
 
-  /// The PATCH that creates or updates a slice (server-side apply; JSON is YAML).
-  public func applyRequest(_ slice: ResourceSlice) -> URLRequest {
-    var request = request(
-      "/apis/resource.k8s.io/v1/resourceslices/\(slice.metadata.name)", method: "PATCH",
-      body: Data(sortedJSON(slice).utf8), contentType: "application/apply-patch+yaml")
-    request.url = request.url.flatMap { url in
-      var components = URLComponents(url: url, resolvingAgainstBaseURL: false)
-      components?.queryItems = [
-        URLQueryItem(name: "fieldManager", value: "swift-vfio"), URLQueryItem(name: "force", value: "true"),
-      ]
-      return components?.url
-    }
-    return request
-  }
-
-  public func apply(_ slices: [ResourceSlice]) async throws(KubeletError) {
-    for slice in slices { _ = try await send(applyRequest(slice)) }
-  }
-
   public func claim(namespace: String, name: String) async throws(KubeletError) -> Data {
     try await send(request("/apis/resource.k8s.io/v1/namespaces/\(namespace)/resourceclaims/\(name)"))
   }

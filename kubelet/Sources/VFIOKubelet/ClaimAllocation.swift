@@ -29,6 +29,9 @@ public struct ClaimAllocation: Sendable, Equatable {
   /// From `{"owner": "USER[:GROUP]", "mode": "0660"}` in the opaque parameters of the
   /// DeviceClass's config (`source: FromClass`); a claim's own config may not set them.
   public let ownership: Ownership?
+  /// `pod.spec.resourceClaims[].name` for a claim made from a template (the claim's
+  /// `resource.kubernetes.io/pod-claim-name` annotation): where its metadata is mounted.
+  public var podClaimName: String? = nil
 
   /// Parses a `resource.k8s.io/v1` ResourceClaim (as the API server returns it, or as
   /// `kubectl get resourceclaim -o json` prints it), keeping what is for `driver`.
@@ -63,7 +66,8 @@ public struct ClaimAllocation: Sendable, Equatable {
         throw .badConfiguration(claim: claim, why: error.description)
       }
     }
-    return ClaimAllocation(results: results, ownership: ownership)
+    let podClaimName = object.metadata?.annotations?["resource.kubernetes.io/pod-claim-name"].flatMap { $0.isEmpty ? nil : $0 }
+    return ClaimAllocation(results: results, ownership: ownership, podClaimName: podClaimName)
   }
 }
 
@@ -130,5 +134,7 @@ struct ResourceClaimJSON: Decodable {
         .sorted()
     }
   }
+  struct Metadata: Decodable { let annotations: [String: String]? }
+  let metadata: Metadata?
   let status: Status?
 }

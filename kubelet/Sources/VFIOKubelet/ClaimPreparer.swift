@@ -35,10 +35,13 @@ struct ClaimCheckpoint: Codable, Equatable {
 /// The DRA driver's node side: prepares a claim by detaching each allocated group through
 /// the assignment manager (the plan `explain` prints, owned as the claim asks, reset) and
 /// writing its CDI spec; unprepare attaches the groups back and removes the spec.
-/// One claim at a time: the manager's group locks would serialise them anyway.
+/// Claims are serialised per group and per claim at the gate, parallel across groups; the
+/// manager's group locks keep other processes (vfioctl, the broker) out in the same way.
 public final class ClaimPreparer: @unchecked Sendable {
   public let manager: AssignmentManager
   public let cdi: CDIWriter
+  /// KEP-5304's per-request device metadata and the specs that mount it; nil: none written.
+  public let metadata: DeviceMetadataWriter?
   public let driver: String
   /// `<state>/kubelet-claims`: one checkpoint per prepared claim.
   public let checkpointDirectory: String
@@ -47,13 +50,14 @@ public final class ClaimPreparer: @unchecked Sendable {
   /// Whose network and mounts say what the host uses (the host's init, from a pod).
   public let view: HostView
   let logger: Logger
-  private let lock = NSLock()
+  let gate = ClaimGate()
 
   public init(
-    manager: AssignmentManager, cdi: CDIWriter, driver: String, allowNoReset: Bool = false, view: HostView = .hostInit,
-    logger: Logger = Logger(label: "vfio.dra")
+    manager: AssignmentManager, cdi: CDIWriter, metadata: DeviceMetadataWriter? = nil, driver: String,
+    allowNoReset: Bool = false, view: HostView = .hostInit, logger: Logger = Logger(label: "vfio.dra")
   ) {
     self.manager = manager
+    self.metadata = metadata
     self.allowNoReset = allowNoReset
     self.view = view
     self.cdi = cdi
@@ -64,8 +68,12 @@ public final class ClaimPreparer: @unchecked Sendable {
 
   /// Prepares `claim` for `allocation`. Every device is checked, and every detach planned,
   /// before the first is made: a bad claim is refused with nothing detached.
+  /// Blocks (at the gate and on the kernel): call it on a host-work thread.
   public func prepare(_ claim: ClaimReference, _ allocation: ClaimAllocation) throws(KubeletError) -> [PreparedDevice] {
-    try locked { () throws(KubeletError) -> [PreparedDevice] in
+    // The groups a claim can touch are known from the device names alone, before anything is
+    // read: the gate is taken first, and everything after it sees no other claim half-done.
+    let groups = allocation.results.compactMap { PublishedDevice.group(named: $0.device) }
+    return try gate.whileHolding(claim: claim.uid, groups: groups) { () throws(KubeletError) -> [PreparedDevice] in
       let earlier = try checkpoint(claim.uid)
       if let earlier, !earlier.isPending { return earlier.devices }
       // One read of the checkpoints: what every claim holds stays in the catalog, what another
@@ -118,29 +126,33 @@ public final class ClaimPreparer: @unchecked Sendable {
           throw .manager(claim: claim.uid, error)
         }
       }
-      let spec = cdi.spec(claimUID: claim.uid, devices: chosen.map(\.0))
-      let devices = zip(chosen, spec.devices).map { pair, cdiDevice in
-        PreparedDevice(
-          requestNames: pair.1.map(\.request), pool: pair.1[0].pool, device: pair.0.name,
-          cdiDeviceIDs: [spec.qualifiedName(cdiDevice)])
-      }
+      let spec = cdi.spec(claimUID: claim.uid, devices: chosen.map(\.0), owner: allocation.ownership)
       do throws(KubeletError) {
         try cdi.write(spec, claimUID: claim.uid)
+        let mounts = try writeMetadata(claim, allocation, chosen)
+        let devices = zip(chosen, spec.devices).map { pair, cdiDevice in
+          PreparedDevice(
+            requestNames: pair.1.map(\.request), pool: pair.1[0].pool, device: pair.0.name,
+            cdiDeviceIDs: [spec.qualifiedName(cdiDevice)] + Set(pair.1.map(\.request)).sorted().compactMap { mounts[$0] })
+        }
         try save(ClaimCheckpoint(claim: claim, groups: groups, devices: devices))
+        return devices
       } catch {
         _ = attach(groups)
         try? cdi.remove(claimUID: claim.uid)
+        try? metadata?.remove(claim)
         removeCheckpoint(claim.uid)
         throw error
       }
-      return devices
     }
   }
 
   /// Gives the claim's groups back to the host and removes its CDI spec. A claim that is not
   /// prepared (never was, or already unprepared) is done.
   public func unprepare(_ claim: ClaimReference) throws(KubeletError) {
-    try locked { () throws(KubeletError) in
+    guard let first = try checkpoint(claim.uid) else { return }
+    try gate.whileHolding(claim: claim.uid, groups: first.groups.map(\.group)) { () throws(KubeletError) in
+      // Read again at the gate: a prepare of the same claim may have finished meanwhile.
       guard let done = try checkpoint(claim.uid) else { return }
       // An interrupted prepare may not have reached every group: one never detached is fine.
       let failures = attach(done.groups).filter { error in
@@ -149,11 +161,35 @@ public final class ClaimPreparer: @unchecked Sendable {
       }
       if let failure = failures.first { throw .manager(claim: claim.uid, failure) }
       try cdi.remove(claimUID: claim.uid)
+      try metadata?.remove(claim)
       do { try FileManager.default.removeItem(atPath: checkpointPath(claim.uid)) } catch {
         throw .checkpoint(path: checkpointPath(claim.uid), error.localizedDescription)
       }
       logger.info("unprepared claim \(claim)")
     }
+  }
+
+  /// Writes each request's device metadata (KEP-5304); returns request → the CDI ID that mounts it.
+  private func writeMetadata(
+    _ claim: ClaimReference, _ allocation: ClaimAllocation, _ chosen: [(PublishedDevice, [ClaimAllocation.Result])]
+  ) throws(KubeletError) -> [String: String] {
+    guard let metadata else { return [:] }
+    var byRequest: [String: [DeviceMetadata.Device]] = [:]
+    for (device, results) in chosen {
+      let cdevs = (cdi.interface == .iommufd ? cdi.iommufdNodes(device) ?? [] : [])
+        .filter { $0.hasPrefix("/dev/vfio/devices/") }.map { String($0.split(separator: "/").last!) }
+      let attributes = DeviceMetadataWriter.attributes(
+        device, sliceAttributes: SliceBuilder.attributes(device), cdevs: cdevs)
+      for result in results {
+        byRequest[result.request, default: []].append(
+          DeviceMetadata.Device(driver: driver, pool: result.pool, name: device.name, attributes: attributes))
+      }
+    }
+    var ids: [String: String] = [:]
+    for (request, devices) in byRequest.sorted(by: { $0.key < $1.key }) {
+      ids[request] = try metadata.write(claim, podClaimName: allocation.podClaimName, request: request, devices: devices)
+    }
+    return ids
   }
 
   /// The groups held for claims now, prepared or being prepared.
@@ -162,12 +198,6 @@ public final class ClaimPreparer: @unchecked Sendable {
   /// The claims prepared now, as their checkpoints say.
   public func preparedClaims() throws(KubeletError) -> [ClaimReference] {
     try checkpoints().map(\.claim)
-  }
-
-  private func locked<R>(_ body: () throws(KubeletError) -> R) throws(KubeletError) -> R {
-    lock.lock()
-    defer { lock.unlock() }
-    return try body()
   }
 
   /// Attaches the groups this plugin detached; returns the failures.
@@ -213,6 +243,16 @@ public final class ClaimPreparer: @unchecked Sendable {
     try NodeCatalog(
       sysfs: manager.sysfs, stateDirectory: manager.configuration.stateDirectory, view: view, allowNoReset: allowNoReset
     ).read(prepared: prepared)
+  }
+
+  /// The ledger's groups now; none when there is no ledger yet.
+  public func ledgerGroups() throws(KubeletError) -> [IOMMUGroupID: LedgerGroup] {
+    do throws(ManagerError) {
+      guard let ledger = try Ledger.open(directory: manager.configuration.stateDirectory, create: false) else { return [:] }
+      return Dictionary(try ledger.groups().map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+    } catch {
+      throw .checkpoint(path: manager.configuration.stateDirectory, "the ledger cannot be read: \(error)")
+    }
   }
 
   /// The groups the ledger has on VFIO now.

@@ -18,6 +18,7 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
   /// The assignment manager refused or failed; nothing of this claim stays detached.
   case manager(claim: String, ManagerError)
   case cdi(path: String, String)
+  case metadata(path: String, String)
   case checkpoint(path: String, String)
   case socket(path: String, String)
   case apiServer(String)
@@ -30,7 +31,7 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
     switch self {
     case .usage: 64
     case .apiServer, .claimUnknown, .hostViewUnavailable: 69
-    case .cdi, .checkpoint, .socket: 73
+    case .cdi, .metadata, .checkpoint, .socket: 73
     case .manager(_, let error): error.exitCode
     case .noSuchDevice, .badConfiguration, .taken: 1
     }
@@ -50,6 +51,8 @@ public enum KubeletError: Error, Equatable, CustomStringConvertible {
       "claim \(claim): \(error)"
     case .cdi(let path, let why):
       "CDI spec \(path): \(why); check that the CDI directory is writable (--cdi-dir)"
+    case .metadata(let path, let why):
+      "device metadata \(path): \(why); check that the kubelet's plugin directory is writable (--kubelet-dir)"
     case .checkpoint(let path, let why):
       "checkpoint \(path): \(why); check the state directory (--state)"
     case .socket(let path, let why):

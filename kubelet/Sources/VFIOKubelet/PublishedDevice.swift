@@ -27,6 +27,11 @@ public struct PublishedDevice: Sendable, Equatable, Codable {
 
   /// The DRA device name: a DNS label, stable for as long as the group number is.
   public var name: String { "group-\(group)" }
+  /// The group a DRA device name stands for; nil for a name this driver never publishes.
+  public static func group(named name: String) -> IOMMUGroupID? {
+    guard name.hasPrefix("group-") else { return nil }
+    return IOMMUGroupID(name.dropFirst(6))
+  }
   /// The device plugin ID: the group number, as KubeVirt's PCI device plugin uses it.
   public var pluginID: String { group.description }
   /// The card of the first function (domain, bus, slot): functions of one card share it.

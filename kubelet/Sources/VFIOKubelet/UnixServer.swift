@@ -28,4 +28,7 @@ struct UnixServer: Sendable {
   func listening() async throws { _ = try await transport.listeningAddress }
 
   func stop() { server.beginGracefulShutdown() }
+
+  /// The socket file, once the server is done (the kubelet's watcher sees the plugin go).
+  func removeSocket() { unlink(path) }
 }

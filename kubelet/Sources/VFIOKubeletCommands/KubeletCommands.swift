@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import ServiceLifecycle
 import VFIOCommands
 import VFIOHost
 import VFIOKubelet
@@ -78,11 +79,19 @@ struct KubeletDRACommand: AsyncParsableCommand {
     discussion: """
       Publishes one device per assignable IOMMU group (named group-N, companions included) with the \
       attributes resource.kubernetes.io/pciBusID, pcieRoot and numaNode and its own (iommuGroup, vendor, \
-      device, class, functions, verdict, resetMethod, sriov). NodePrepareResources detaches each \
-      allocated group through the assignment manager (owned as the claim's opaque parameters \
-      owner and mode ask) and writes a CDI spec naming the claim; NodeUnprepareResources attaches \
-      it back and removes the spec. A claim's allocation is read from the API server (in-cluster or \
-      the kubeconfig option) or from a directory of ResourceClaim files (the claims option).
+      device, class, functions, functionCount, verdict, resetMethod, sriov); a PF and its VFs draw on one \
+      shared counter set, so a claim never gets both. The slices are kept true: kernel uevents \
+      (add, remove, bind, unbind, VF counts) and ledger writes republish them with a higher pool \
+      generation, an unhealthy device is tainted (NoSchedule; NoExecute once gone) and its health \
+      streamed to the kubelet (DRAResourceHealth v1 and v1alpha1). NodePrepareResources detaches each \
+      allocated group through the assignment manager (owned as the DeviceClass's opaque parameters \
+      owner and mode say), writes a CDI spec naming the claim (legacy nodes; with iommufd also \
+      /dev/iommu and the cdevs where the kernel has them) and each request's device metadata \
+      (KEP-5304, mounted at /var/run/kubernetes.io/dra-device-attributes); NodeUnprepareResources \
+      attaches it back and removes both. Claims on different groups are prepared at once. SIGTERM \
+      stops the plugin after the calls in flight, its sockets removed. A claim's allocation is read \
+      from the API server (in-cluster or the kubeconfig option) or from a directory of ResourceClaim \
+      files (the claims option).
       """)
 
   @Option(help: "The DRA driver name (a DNS subdomain).")
@@ -111,6 +120,12 @@ struct KubeletDRACommand: AsyncParsableCommand {
   @Flag(help: "Print the ResourceSlices as a JSON List and exit (works on a capture with the root option).")
   var printSlices = false
 
+  @Option(help: "Publish the ResourceSlices as files in DIR instead of to the API server.")
+  var slicesDir: String?
+
+  @Option(help: "Seconds between looks at the host when no uevent came (health: AER counts).")
+  var resync: Double = 10
+
   @OptionGroup var stateOptions: StateOptions
   @OptionGroup var host: HostOptions
 
@@ -123,12 +138,15 @@ struct KubeletDRACommand: AsyncParsableCommand {
       let manager = stateOptions.manager(host: host)
       let cdi = CDIWriter(
         directory: cdiDir, kind: cdiKind(driver), resourceName: driver, interface: interface, sysfs: host.sysfs)
+      let metadata = DeviceMetadataWriter(
+        driver: driver, pluginDirectory: kubelet.paths.pluginDirectory(driver: driver), cdiDirectory: cdiDir)
       let preparer = ClaimPreparer(
-        manager: manager, cdi: cdi, driver: driver, allowNoReset: allowNoReset, view: host.kubeletView,
-        logger: Logger(label: "vfio.dra"))
-      let slices = SliceBuilder(driver: driver, nodeName: node).slices(
-        try preparer.catalog(prepared: try preparer.preparedGroups()))
+        manager: manager, cdi: cdi, metadata: metadata, driver: driver, allowNoReset: allowNoReset,
+        view: host.kubeletView, logger: Logger(label: "vfio.dra"))
+      let reader = NodeReader(preparer: preparer)
       if printSlices {
+        let snapshot = try reader.read()
+        let slices = SliceBuilder(driver: driver, nodeName: node).slices(devices: snapshot.devices, health: snapshot.health)
         print(sortedJSON(SliceList(items: slices)))
         return
       }
@@ -149,11 +167,33 @@ struct KubeletDRACommand: AsyncParsableCommand {
       } else {
         throw KubeletError.usage("no API server (not in a cluster): give --kubeconfig FILE or --claims DIR")
       }
-      if let api {
-        do { try await api.apply(slices) } catch { logger.error("publishing ResourceSlices: \(error)") }
+      let publisher: any SlicePublisher
+      if let slicesDir {
+        publisher = SliceDirectory(path: slicesDir)
+      } else if let api {
+        publisher = APIServerSlices(api: api, driver: driver, nodeName: node)
+      } else {
+        throw KubeletError.usage("no API server to publish ResourceSlices to: give --kubeconfig FILE or --slices-dir DIR")
       }
-      try await DRAPlugin(driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, logger: logger)
-        .run()
+      // The ledger's directory is watched for detach, own, reserve and lease: it must exist.
+      if mkdir(stateOptions.state, 0o700) != 0 && errno != EEXIST {
+        throw KubeletError.usage("--state \(stateOptions.state): \(String(cString: strerror(errno)))")
+      }
+      let monitor: HostChangeMonitor
+      do throws(HostChangeMonitor.Failure) { monitor = try HostChangeMonitor(watching: [stateOptions.state]) } catch {
+        throw KubeletError.usage(error.description)
+      }
+      let health = HealthBoard(pool: node)
+      let controller = SliceController(
+        driver: driver, nodeName: node, read: { () throws(KubeletError) in try reader.read() }, publisher: publisher,
+        triggers: hostTriggers(monitor: monitor, resync: resync), observe: { health.update($0) }, logger: logger)
+      let plugin = DRAPlugin(
+        driver: driver, paths: kubelet.paths, preparer: preparer, claims: source, health: health, logger: logger)
+      try await ServiceGroup(
+        configuration: .init(
+          services: [.init(service: plugin), .init(service: controller)], gracefulShutdownSignals: [.sigterm, .sigint],
+          logger: logger)
+      ).run()
     }
   }
 }

@@ -35,16 +35,18 @@ final class KubeletPluginTests: ManagerTestCase {
       let inventory = try Fixtures.inventory(fixture)
       let assessor = Assessor(inventory: inventory)
       let slices = SliceBuilder(driver: driver, nodeName: "node1").slices(DeviceCatalog(inventory: inventory))
-      let devices = slices.flatMap(\.spec.devices)
+      let devices = slices.flatMap { $0.spec.devices ?? [] }
       XCTAssertEqual(Set(slices.map(\.spec.pool.resourceSliceCount)), [slices.count], fixture)
+      XCTAssertEqual(ResourceSliceRules.violations(pool: slices), [], fixture)
       let expected = inventory.groups.filter { assessor.assess(group: $0.id).verdict != .notAssignable }.map(\.id)
       XCTAssertEqual(devices.map(\.name), expected.map { "group-\($0)" }, fixture)
       for device in devices {
         let group = try XCTUnwrap(device.attributes["iommuGroup"]?.int)
         let endpoints = try XCTUnwrap(inventory.group(IOMMUGroupID(group))).devices.compactMap(inventory.device).filter(\.isEndpoint)
         // The whole group, companions included; never a bridge, never a device the host uses.
-        XCTAssertEqual(
-          device.attributes["functions"]?.string, endpoints.map(\.address.description).joined(separator: ","))
+        let functions = endpoints.map(\.address.description).joined(separator: ",")
+        // Up to 64 bytes (five functions) in the slice; a larger group is told by its count.
+        XCTAssertEqual(device.attributes["functions"]?.string, functions.utf8.count <= 64 ? functions : nil)
         XCTAssertEqual(device.attributes["functionCount"]?.int, endpoints.count)
         XCTAssertEqual(device.attributes["resource.kubernetes.io/pciBusID"]?.string, endpoints[0].address.description)
         XCTAssertTrue(endpoints.allSatisfy { inventory.uses(of: $0.address).allSatisfy { !$0.active } }, fixture)
@@ -72,8 +74,9 @@ final class KubeletPluginTests: ManagerTestCase {
     let slice = try XCTUnwrap(SliceBuilder(driver: driver, nodeName: "Node_1").slices(catalog).first)
     XCTAssertEqual(slice.metadata.name, "node-1-vfio.swift-vfio.io")
     XCTAssertEqual(slice.apiVersion, "resource.k8s.io/v1")
-    XCTAssertNil(slice.spec.devices[1].attributes["resource.kubernetes.io/numaNode"])
-    XCTAssertEqual(slice.spec.devices[1].attributes["resetMethod"]?.string, "bus")
+    let devices = try XCTUnwrap(slice.spec.devices)
+    XCTAssertNil(devices[1].attributes["resource.kubernetes.io/numaNode"])
+    XCTAssertEqual(devices[1].attributes["resetMethod"]?.string, "bus")
     // The edu device has no reset: published only when asked for.
     XCTAssertNil(catalog.device(named: "group-3"))
     let lenient = DeviceCatalog(inventory: try Fixtures.inventory("q35-vtd"), allowNoReset: true)
@@ -88,7 +91,13 @@ final class KubeletPluginTests: ManagerTestCase {
         physicalFunction: nil, onVFIO: true)
     }
     let slices = SliceBuilder(driver: driver, nodeName: "n").slices(DeviceCatalog(devices: [], published: many))
-    XCTAssertEqual(slices.map(\.spec.devices.count), [128, 128, 44])
+    XCTAssertEqual(slices.map { $0.spec.devices?.count }, [128, 128, 44])
+    XCTAssertEqual(ResourceSliceRules.violations(pool: slices), [])
+    // Tainted devices: 64 to a slice.
+    let unhealthy = Dictionary(uniqueKeysWithValues: many.map { ($0.name, DeviceHealth.unhealthy(.hostDriver, "x")) })
+    let tainted = SliceBuilder(driver: driver, nodeName: "n").slices(devices: many, health: unhealthy)
+    XCTAssertEqual(tainted.map { $0.spec.devices?.count }, [64, 64, 64, 64, 44])
+    XCTAssertEqual(ResourceSliceRules.violations(pool: tainted), [])
     XCTAssertEqual(
       slices.map(\.metadata.name), ["n-vfio.swift-vfio.io-0", "n-vfio.swift-vfio.io-1", "n-vfio.swift-vfio.io-2"])
   }
@@ -105,7 +114,7 @@ final class KubeletPluginTests: ManagerTestCase {
       for (device, published) in zip(spec.devices, catalog.published) {
         XCTAssertEqual(device.name, "0c6f8f0e-1b2c-4d3e-8f90-123456789abc-\(published.name)")
         XCTAssertEqual(
-          device.containerEdits.deviceNodes.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/\(published.group)"])
+          device.containerEdits.deviceNodes?.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/\(published.group)"])
         XCTAssertEqual(device.containerEdits.env, ["PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=\(published.busIDs)"])
         XCTAssertEqual(spec.qualifiedName(device), "vfio.swift-vfio.io/pci=\(device.name)")
       }
@@ -121,13 +130,31 @@ final class KubeletPluginTests: ManagerTestCase {
     }
   }
 
-  func testIOMMUFDSpecNamesTheCdevs() throws {
+  func testIOMMUFDSpecNamesTheCdevsBesideTheLegacyNodes() throws {
     let catalog = DeviceCatalog(inventory: try Fixtures.inventory("q35-iommufd"))
     let writer = CDIWriter(
       directory: "/unused", kind: "k/c", resourceName: "r", interface: .iommufd, sysfs: Fixtures.sysfs("q35-iommufd"))
-    let nodes = catalog.published.map(writer.nodes)
-    XCTAssertTrue(nodes.allSatisfy { $0.first == "/dev/iommu" })
-    XCTAssertTrue(nodes.contains { $0.contains { $0.hasPrefix("/dev/vfio/devices/vfio") } }, "\(nodes)")
+    // KubeVirt's VEP 266: /dev/vfio/vfio, /dev/vfio/N, /dev/iommu and each function's cdev.
+    for device in catalog.published {
+      let nodes = writer.nodes(device)
+      XCTAssertEqual(Array(nodes.prefix(2)), ["/dev/vfio/vfio", "/dev/vfio/\(device.group)"])
+      if device.onVFIO {
+        XCTAssertEqual(nodes.dropFirst(2).first, "/dev/iommu", "\(nodes)")
+        XCTAssertEqual(nodes.filter { $0.hasPrefix("/dev/vfio/devices/vfio") }.count, device.functions.count, "\(nodes)")
+      }
+    }
+    XCTAssertTrue(catalog.published.contains(where: \.onVFIO))
+  }
+
+  func testIOMMUFDOnAKernelWithoutCdevsAnswersLegacyOnly() throws {
+    // q35-vtd is Debian's 6.1: no CONFIG_VFIO_DEVICE_CDEV, no /dev/iommu.
+    let catalog = DeviceCatalog(inventory: try Fixtures.inventory("q35-vtd"))
+    let writer = CDIWriter(
+      directory: "/unused", kind: "k/c", resourceName: "r", interface: .iommufd, sysfs: Fixtures.sysfs("q35-vtd"))
+    for device in catalog.published {
+      XCTAssertEqual(writer.nodes(device), ["/dev/vfio/vfio", "/dev/vfio/\(device.group)"])
+      XCTAssertNil(writer.iommufdNodes(device))
+    }
   }
 
   // MARK: prepare and unprepare through the assignment manager
@@ -175,7 +202,7 @@ final class KubeletPluginTests: ManagerTestCase {
     let specPath = scratch.path + "/cdi/swift-vfio-u1.json"
     let spec = try JSONDecoder().decode(
       CDISpec.self, from: try XCTUnwrap(FileManager.default.contents(atPath: specPath)))
-    XCTAssertEqual(spec.devices.first?.containerEdits.deviceNodes.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/2"])
+    XCTAssertEqual(spec.devices.first?.containerEdits.deviceNodes?.map(\.path), ["/dev/vfio/vfio", "/dev/vfio/2"])
     XCTAssertEqual(spec.devices.first?.containerEdits.env, ["PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:00:02.0"])
 
     // Idempotent: the same answer, nothing written again.
