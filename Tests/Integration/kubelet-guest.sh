@@ -7,6 +7,7 @@ S=/tmp/vfio-state
 K=/tmp/kubelet
 CDI=/tmp/cdi
 CLAIMS=/tmp/claims
+SLICES=/tmp/slices
 DRIVER=vfio.swift-vfio.io
 REG=$K/plugins_registry/$DRIVER-reg.sock
 DRA=$K/plugins/$DRIVER/dra.sock
@@ -27,13 +28,28 @@ JSON
 start_dra() {
     _log=${1:-dra-plugin}; [ $# -gt 0 ] && shift
     vfio-kubelet-plugin dra --state "$S" --kubelet-dir $K --cdi-dir "${DRA_CDI:-$CDI}" --claims $CLAIMS --node-name lab \
-        "$@" > "/out/$_log.log" 2>&1 &
+        --slices-dir $SLICES --resync 1 "$@" > "/out/$_log.log" 2>&1 &
     DRA_PID=$!
     # A plugin that was killed leaves its socket files: wait until the new one answers.
     i=0
     until vfio-kubelet-sim info --socket "$REG" > /dev/null 2>&1; do
         i=$((i + 1)); [ $i -lt 150 ] || return 1; sleep 0.2
     done
+}
+
+# slices_within NAME present|absent PATTERN: waits up to 2 s for the published slices (files in
+# $SLICES, as the plugin keeps them) to have or lack PATTERN; the time it took in /out/kubelet-timings.
+slices_within() {
+    _t0=$(now_ms)
+    while :; do
+        if grep -q -- "$3" $SLICES/*.json 2>/dev/null; then _has=present; else _has=absent; fi
+        _ms=$(($(now_ms) - _t0))
+        [ "$_has" = "$2" ] && break
+        [ $_ms -lt 2000 ] || break
+        sleep 0.05
+    done
+    if [ "$_has" = "$2" ]; then pass "$1 (${_ms} ms)"; else fail "$1: still $_has after ${_ms} ms: $(cat $SLICES/*.json 2>/dev/null | head -c 300)"; fi
+    echo "slices after $1: ${_ms} ms" >> /out/kubelet-timings
 }
 
 # The two e1000 behind the PCIe-to-PCI bridge on their host driver (the lab binds them to
@@ -57,6 +73,29 @@ expect_rc "GetInfo + NotifyRegistrationStatus" 0 info
 expect_text "GetInfo: a DRAPlugin" '"type":"DRAPlugin"' info
 expect_text "GetInfo: v1 and v1beta1" '"supportedVersions":\["v1.DRAPlugin","v1beta1.DRAPlugin"\]' info
 expect_text "GetInfo: the endpoint" "\"endpoint\":\"$DRA\"" info
+expect_text "GetInfo: the health service, v1 and v1alpha1" '"v1.DRAResourceHealth","v1alpha1.DRAResourceHealth"' info
+slices_within "the plugin published its slices" present "\"group-$G\""
+
+# --- the slices stay true: the controller republishes on uevents and ledger writes -------------
+NIC=0000:00:02.0
+NG=$(group_of $NIC)
+slices_within "the e1000e is published" present "\"group-$NG\""
+gen() { sed -n 's/.*"generation" : \([0-9]*\).*/\1/p' $SLICES/*.json | sort -n | tail -n 1; }
+g0=$(gen)
+echo 1 > /sys/bus/pci/devices/$NIC/remove
+slices_within "a removed function's group leaves the slices within 2 s" absent "\"group-$NG\""
+[ "$(gen)" -gt "$g0" ] && pass "the pool generation went up ($g0 -> $(gen))" || fail "generation $(gen) after $g0"
+echo 1 > /sys/bus/pci/rescan
+NG=$(group_of $NIC)
+slices_within "after a rescan it is back within 2 s" present "\"group-$NG\""
+vfioctl detach $NIC --state "$S" --owner 1000:1000 --broker-only > /out/detach-admin.txt 2>&1
+slices_within "an administrator's detach to uid 1000 withdraws it within 2 s" absent "\"group-$NG\""
+vfioctl attach $NIC --state "$S" > /out/attach-admin.txt 2>&1
+slices_within "and the attach publishes it again within 2 s" present "\"group-$NG\""
+run_apart health-first vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state HEALTHY --timeout 10
+expect_rc "NodeWatchResources (v1): the bridge group is healthy" 0 health-first
+run_apart health-alpha vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state HEALTHY --timeout 10 --v1alpha1
+expect_rc "NodeWatchResources (v1alpha1) too" 0 health-alpha
 
 claim bad group-999
 run_apart bad vfio-kubelet-sim prepare --socket "$DRA" --uid bad
@@ -79,6 +118,25 @@ if grep -q "\"/dev/vfio/$G\"" "$SPEC" && grep -q '"/dev/vfio/vfio"' "$SPEC" && g
     pass "the CDI spec names /dev/vfio/vfio and /dev/vfio/$G (CDI 0.5.0)"
 else fail "CDI spec: $(head -c 600 "$SPEC" 2>&1)"; fi
 grep -q 'PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:01:01.0,0000:01:02.0' "$SPEC" && pass "the spec sets PCI_RESOURCE_… to both functions" || fail "no PCI_RESOURCE in the spec"
+META=$K/plugins/$DRIVER/dra-device-metadata/default_vm-u1/vfio/metadata.json
+cp "$META" /out/device-metadata.json 2>/dev/null
+expect_text "prepare names the claim's device metadata (KEP-5304)" "\"$DRIVER/metadata=u1_vfio\"" prepare
+if grep -q '"resource.kubernetes.io/pciBusID":{"string":"0000:01:01.0"}' "$META" && grep -q 'metadata.resource.k8s.io/v1alpha1' "$META"; then
+    pass "the metadata file carries pciBusID, v1beta1 and v1alpha1"
+else fail "metadata: $(head -c 600 "$META" 2>&1)"; fi
+grep -q '"containerPath" : "/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm-u1/vfio/vfio.swift-vfio.io-metadata.json"' "$CDI/${DRIVER}_metadata_u1_vfio.json" \
+    && pass "a CDI spec mounts it where KubeVirt reads it" || fail "metadata CDI spec: $(head -c 400 "$CDI/${DRIVER}_metadata_u1_vfio.json" 2>&1)"
+# A member rebound to its host driver behind the ledger's back: unhealthy, tainted.
+echo 0000:01:01.0 > /sys/bus/pci/devices/0000:01:01.0/driver/unbind
+echo > /sys/bus/pci/devices/0000:01:01.0/driver_override
+echo 0000:01:01.0 > /sys/bus/pci/drivers/e1000/bind
+run_apart health-bad vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state UNHEALTHY --timeout 10
+expect_rc "a member on e1000 behind the ledger's back: the health stream says UNHEALTHY" 0 health-bad
+slices_within "and the slices taint it (NoSchedule)" present '"value" : "BoundToHostDriver"'
+vfioctl detach "$G" --state "$S" > /out/detach-repair.txt 2>&1
+run_apart health-good vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state HEALTHY --timeout 10
+expect_rc "after vfioctl detach $G: HEALTHY again" 0 health-good
+slices_within "and the taint is gone" absent '"value" : "BoundToHostDriver"'
 run_apart prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 cmp -s /out/prepare.txt /out/prepare-again.txt && pass "prepare is idempotent (the same answer)" || fail "second prepare: $(head -c 400 /out/prepare-again.txt)"
 
@@ -87,7 +145,10 @@ run_apart taken vfio-kubelet-sim prepare --socket "$DRA" --uid u2
 expect_text "another claim for the same group is refused" "prepared for claim u1" taken
 
 # A plugin restart: the prepared claim is still prepared (checkpoint), unprepare still works.
-kill $DRA_PID; wait $DRA_PID 2>/dev/null
+# SIGTERM first: a clean stop, both sockets removed.
+kill -TERM $DRA_PID; wait $DRA_PID; rc=$?
+[ "$rc" = 0 ] && pass "SIGTERM stops the plugin cleanly (exit 0)" || fail "exit $rc after SIGTERM: $(tail -c 300 /out/dra-plugin.log)"
+[ ! -e "$DRA" ] && [ ! -e "$REG" ] && pass "and removes its sockets" || fail "sockets left: $(ls -l $DRA $REG 2>&1)"
 start_dra && pass "the DRA plugin came back" || fail "the DRA plugin did not come back"
 run_apart prepare-restarted vfio-kubelet-sim prepare --socket "$DRA" --uid u1 --v1beta1
 expect_text "after a plugin restart, v1beta1 prepare answers from the checkpoint" "u1-group-$G" prepare-restarted
@@ -99,6 +160,7 @@ expect_rc "NodeUnprepareResources" 0 unprepare
 expect_no_text "unprepare: no error" '"error"' unprepare
 both_on "unprepare gave both back to e1000" e1000
 [ ! -e "$SPEC" ] && pass "unprepare removed the CDI spec" || fail "the CDI spec is still there"
+[ ! -e "$META" ] && [ ! -e "$CDI/${DRIVER}_metadata_u1_vfio.json" ] && pass "unprepare removed the device metadata and its spec" || fail "metadata left: $(ls $K/plugins/$DRIVER/dra-device-metadata $CDI)"
 run_apart unprepare-again vfio-kubelet-sim unprepare --socket "$DRA" --uid u1 --v1beta1
 expect_no_text "unprepare again (v1beta1): no error" '"error"' unprepare-again
 echo "DRA prepare (bridge group, 2 functions): $((t1 - t0)) ms" >> /out/kubelet-timings
@@ -153,8 +215,6 @@ done
 [ -z "$(ls $S/kubelet-claims/ 2>/dev/null)" ] && pass "no checkpoint is left after the crashes" || fail "checkpoints left: $(ls $S/kubelet-claims/)"
 
 # --- the plugins publish what the host, not their own namespace, says is free ------------------
-NIC=0000:00:02.0
-NG=$(group_of $NIC)
 IF=$(ls /sys/bus/pci/devices/$NIC/net/ 2>/dev/null | head -n 1)
 run_apart slices-idle vfio-kubelet-plugin dra --print-slices --node-name lab --state "$S"
 expect_text "the e1000e, down and unaddressed, is published" "\"group-$NG\"" slices-idle

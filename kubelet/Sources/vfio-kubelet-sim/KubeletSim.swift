@@ -13,7 +13,7 @@ struct KubeletSim: AsyncParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "vfio-kubelet-sim",
     abstract: "Play the kubelet against a DRA plugin or a device plugin over Unix sockets.",
-    subcommands: [Info.self, Prepare.self, Unprepare.self, DevicePluginKubelet.self])
+    subcommands: [Info.self, Prepare.self, Unprepare.self, Health.self, DevicePluginKubelet.self])
 }
 
 func unixTransport(_ path: String) throws -> HTTP2ClientTransport.Posix {
@@ -98,6 +98,66 @@ struct Unprepare: AsyncParsableCommand {
           try await K8s_Io_Kubelet_Pkg_Apis_Dra_V1_DRAPlugin.Client(wrapping: client).nodeUnprepareResources(request))
       }
     }
+  }
+}
+
+/// The kubelet's health watch (KEP-4680): NodeWatchResources on the DRA socket, printing each
+/// report, until one gives `device` the `state` asked for (or after the first report).
+struct Health: AsyncParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "NodeWatchResources (DRAResourceHealth v1, or v1alpha1) until a device has a state.")
+  @Option(help: "The plugin's DRA socket (plugins/<driver>/dra.sock).")
+  var socket: String
+  @Option(help: "Wait for this device (group-N) …")
+  var device: String?
+  @Option(help: "… to be HEALTHY, UNHEALTHY or UNKNOWN.")
+  var state: String = "HEALTHY"
+  @Option(help: "Seconds to wait.")
+  var timeout: Double = 30
+  @Flag(help: "Call v1alpha1.DRAResourceHealth instead of v1.")
+  var v1alpha1 = false
+
+  func run() async throws {
+    let started = ContinuousClock.now
+    try await withThrowingTaskGroup { group in
+      group.addTask {
+        try await withGRPCClient(transport: try unixTransport(socket)) { client in
+          if v1alpha1 {
+            try await V1alpha1_DRAResourceHealth.Client(wrapping: client).nodeWatchResources(
+              V1alpha1_NodeWatchResourcesRequest()
+            ) { response in
+              for try await message in response.messages {
+                try emit(message)
+                let v1: V1_NodeWatchResourcesResponse = try twin(message)
+                if done(v1) { return }
+              }
+            }
+          } else {
+            try await V1_DRAResourceHealth.Client(wrapping: client).nodeWatchResources(V1_NodeWatchResourcesRequest()) {
+              response in
+              for try await message in response.messages {
+                try emit(message)
+                if done(message) { return }
+              }
+            }
+          }
+        }
+        let waited = ContinuousClock.now - started
+        print("after \(waited.components.seconds * 1000 + waited.components.attoseconds / 1_000_000_000_000_000) ms")
+      }
+      group.addTask {
+        try await Task.sleep(for: .seconds(timeout))
+        throw ValidationError("\(device ?? "no report"): not \(state) within \(timeout) s")
+      }
+      try await group.next()
+      group.cancelAll()
+    }
+  }
+
+  func done(_ message: V1_NodeWatchResourcesResponse) -> Bool {
+    guard let device else { return true }
+    let wanted = ["UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2][state.uppercased()]
+    return message.devices.contains { $0.device.deviceName == device && $0.health.rawValue == wanted }
   }
 }
 
