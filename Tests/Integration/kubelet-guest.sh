@@ -71,7 +71,7 @@ if start_dra; then pass "the DRA plugin serves its registration socket"; else fa
 run_apart info vfio-kubelet-sim info --socket "$REG"
 expect_rc "GetInfo + NotifyRegistrationStatus" 0 info
 expect_text "GetInfo: a DRAPlugin" '"type":"DRAPlugin"' info
-expect_text "GetInfo: v1 and v1beta1" '"supportedVersions":\["v1.DRAPlugin","v1beta1.DRAPlugin"\]' info
+expect_text "GetInfo: v1 and v1beta1" '"supportedVersions":\["v1.DRAPlugin","v1beta1.DRAPlugin",' info
 expect_text "GetInfo: the endpoint" "\"endpoint\":\"$DRA\"" info
 expect_text "GetInfo: the health service, v1 and v1alpha1" '"v1.DRAResourceHealth","v1alpha1.DRAResourceHealth"' info
 slices_within "the plugin published its slices" present "\"group-$G\""
@@ -109,7 +109,7 @@ run_apart prepare vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 t1=$(now_ms)
 expect_rc "NodePrepareResources" 0 prepare
 expect_no_text "no error" '"error"' prepare
-expect_text "the CDI device of the claim" "\"cdiDeviceIds\":\[\"$DRIVER/pci=u1-group-$G\"\]" prepare
+expect_text "the CDI device of the claim" "\"cdiDeviceIds\":\[\"$DRIVER/pci=u1-group-$G\"," prepare
 both_on "prepare detached the whole group: both e1000 on vfio-pci" vfio-pci
 [ -c /dev/vfio/$G ] && pass "/dev/vfio/$G exists" || fail "no /dev/vfio/$G"
 SPEC=$CDI/swift-vfio-u1.json
@@ -118,13 +118,14 @@ if grep -q "\"/dev/vfio/$G\"" "$SPEC" && grep -q '"/dev/vfio/vfio"' "$SPEC" && g
     pass "the CDI spec names /dev/vfio/vfio and /dev/vfio/$G (CDI 0.5.0)"
 else fail "CDI spec: $(head -c 600 "$SPEC" 2>&1)"; fi
 grep -q 'PCI_RESOURCE_VFIO_SWIFT-VFIO_IO=0000:01:01.0,0000:01:02.0' "$SPEC" && pass "the spec sets PCI_RESOURCE_… to both functions" || fail "no PCI_RESOURCE in the spec"
-META=$K/plugins/$DRIVER/dra-device-metadata/default_vm-u1/vfio/metadata.json
+# The kubelet names the claim (the simulator: default/claim); the request is the allocation's.
+META=$K/plugins/$DRIVER/dra-device-metadata/default_claim/vfio/metadata.json
 cp "$META" /out/device-metadata.json 2>/dev/null
 expect_text "prepare names the claim's device metadata (KEP-5304)" "\"$DRIVER/metadata=u1_vfio\"" prepare
 if grep -q '"resource.kubernetes.io/pciBusID":{"string":"0000:01:01.0"}' "$META" && grep -q 'metadata.resource.k8s.io/v1alpha1' "$META"; then
     pass "the metadata file carries pciBusID, v1beta1 and v1alpha1"
 else fail "metadata: $(head -c 600 "$META" 2>&1)"; fi
-grep -q '"containerPath" : "/var/run/kubernetes.io/dra-device-attributes/resourceclaims/vm-u1/vfio/vfio.swift-vfio.io-metadata.json"' "$CDI/${DRIVER}_metadata_u1_vfio.json" \
+grep -q '"containerPath" : "/var/run/kubernetes.io/dra-device-attributes/resourceclaims/claim/vfio/vfio.swift-vfio.io-metadata.json"' "$CDI/${DRIVER}_metadata_u1_vfio.json" \
     && pass "a CDI spec mounts it where KubeVirt reads it" || fail "metadata CDI spec: $(head -c 400 "$CDI/${DRIVER}_metadata_u1_vfio.json" 2>&1)"
 # A member rebound to its host driver behind the ledger's back: unhealthy, tainted.
 echo 0000:01:01.0 > /sys/bus/pci/devices/0000:01:01.0/driver/unbind
@@ -133,6 +134,7 @@ echo 0000:01:01.0 > /sys/bus/pci/drivers/e1000/bind
 run_apart health-bad vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state UNHEALTHY --timeout 10
 expect_rc "a member on e1000 behind the ledger's back: the health stream says UNHEALTHY" 0 health-bad
 slices_within "and the slices taint it (NoSchedule)" present '"value" : "BoundToHostDriver"'
+cat $SLICES/*.json > /out/slices-tainted.json
 vfioctl detach "$G" --state "$S" > /out/detach-repair.txt 2>&1
 run_apart health-good vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state HEALTHY --timeout 10
 expect_rc "after vfioctl detach $G: HEALTHY again" 0 health-good
