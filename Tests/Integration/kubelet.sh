@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # The kubelet plugins (vfio-kubelet-plugin) against the real kernel (checks in Tests/Integration/kubelet-guest.sh,
 # run in the guest as root), with vfio-kubelet-sim playing the kubelet over the real sockets:
+#   - DRA slices kept true (files in --slices-dir): republished within 2 s of a remove, a rescan,
+#     an administrator's detach and attach, the generation going up; the health stream (v1 and
+#     v1alpha1) and the NoSchedule taint of a member rebound to e1000 behind the ledger's back,
+#     both cleared by vfioctl detach; KEP-5304 metadata and its mount spec at prepare, gone at
+#     unprepare; SIGTERM ends the plugin with exit 0 and its sockets removed;
 #   - DRA: GetInfo/NotifyRegistrationStatus on plugins_registry/<driver>-reg.sock; the slices
 #     publish the bridge group (00:04.0 01:01.0 01:02.0) as one device; NodePrepareResources for
 #     it detaches both e1000 to vfio-pci and writes a CDI spec naming /dev/vfio/N, again is
