@@ -257,13 +257,9 @@ public final class ClaimPreparer: @unchecked Sendable {
 
   /// The groups the ledger has on VFIO now.
   private func detachedGroups() throws(KubeletError) -> Set<IOMMUGroupID> {
-    do throws(ManagerError) {
-      guard let ledger = try Ledger.open(directory: manager.configuration.stateDirectory, create: false) else { return [] }
-      return Set(try ledger.groups().filter { $0.state == .detached }.map(\.id))
-    } catch {
-      throw .checkpoint(path: manager.configuration.stateDirectory, "the ledger cannot be read: \(error)")
-    }
+    Set(try ledgerGroups().filter { $0.value.state == .detached }.keys)
   }
+
 
   private func removeCheckpoint(_ uid: String) { unlink(checkpointPath(uid)) }
 

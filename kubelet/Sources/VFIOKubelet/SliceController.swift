@@ -106,7 +106,11 @@ public struct SliceController: Service {
         let candidate = slices(snapshot, generation: generation)
         if published.map({ !sameContent($0, candidate) }) ?? true {
           generation += 1
-          let slices = self.slices(snapshot, generation: generation)
+          let slices = candidate.map { slice in
+            var next = slice
+            next.spec.pool.generation = generation
+            return next
+          }
           try await publisher.publish(slices)
           published = slices
           let devices = slices.reduce(0) { $0 + ($1.spec.devices?.count ?? 0) }
