@@ -3,6 +3,7 @@
 # vfio-kubelet-plugin's two plugins with vfio-kubelet-sim playing the kubelet over Unix sockets,
 # judged by the kernel (driver links, /dev/vfio nodes). One "PASS name" / "FAIL name: why"
 # line per check in /out/checks, the closing line last; figures in /out/kubelet-timings.
+TOPOLOGY=$1
 S=/tmp/vfio-state
 K=/tmp/kubelet
 CDI=/tmp/cdi
@@ -37,20 +38,63 @@ start_dra() {
     done
 }
 
-# slices_within NAME present|absent PATTERN: waits up to 2 s for the published slices (files in
-# $SLICES, as the plugin keeps them) to have or lack PATTERN; the time it took in /out/kubelet-timings.
+# gen: the highest pool generation published.
+gen() { sed -n 's/.*"generation" : \([0-9]*\).*/\1/p' $SLICES/*.json | sort -n | tail -n 1; }
+# flat_slices: the published slices (files in $SLICES, as the plugin keeps them) without blanks
+# or line breaks, so one pattern can span a JSON object: "name":"group-4".
+flat_slices() { cat $SLICES/*.json 2>/dev/null | tr -d ' \n'; }
+# slices_within NAME present|absent PATTERN: waits up to 2 s for the published slices to have
+# or lack PATTERN (matched in flat_slices); the time it took in /out/kubelet-timings.
 slices_within() {
     _t0=$(now_ms)
     while :; do
-        if grep -q -- "$3" $SLICES/*.json 2>/dev/null; then _has=present; else _has=absent; fi
+        if flat_slices | grep -q -- "$3"; then _has=present; else _has=absent; fi
         _ms=$(($(now_ms) - _t0))
         [ "$_has" = "$2" ] && break
         [ $_ms -lt 2000 ] || break
         sleep 0.05
     done
-    if [ "$_has" = "$2" ]; then pass "$1 (${_ms} ms)"; else fail "$1: still $_has after ${_ms} ms: $(cat $SLICES/*.json 2>/dev/null | head -c 300)"; fi
+    if [ "$_has" = "$2" ]; then pass "$1 (${_ms} ms)"; else fail "$1: still $_has after ${_ms} ms: $(flat_slices | head -c 600)"; fi
     echo "slices after $1: ${_ms} ms" >> /out/kubelet-timings
 }
+
+# --- q35-sriov: a VF count change republishes the VFs and their PF's counter set ----------------
+# The lab enabled 2 VFs of the nvme PF (01:00.1 on nvme, 01:00.2 on vfio-pci); the VFs' drivers
+# do not probe by themselves (sriov_drivers_autoprobe 0), which the slices do not care about.
+if [ "$TOPOLOGY" = q35-sriov ]; then
+    PF=0000:01:00.0
+    NUMVFS=/sys/bus/pci/devices/$PF/sriov_numvfs
+    COUNTERS=sriov-0000-01-00-0
+    mkdir -p $CLAIMS
+    start_dra || { fail "the DRA plugin did not come up: $(tail -c 400 /out/dra-plugin.log)"; finish; }
+    pass "the DRA plugin serves its registration socket"
+    # A device draws on the counter set, named in the slice; "name" follows "consumesCounters".
+    draws() { echo "\"counterSet\":\"$COUNTERS\",\"counters\":{\"functions\":{\"value\":\"$2\"}}}],\"name\":\"group-$(group_of "$1")\""; }
+    slices_within "the PF and both VFs are published" present '"string":"0000:01:00.2"'
+    slices_within "the PF's counter set: 2 functions" present "\"sharedCounters\":\[{\"counters\":{\"functions\":{\"value\":\"2\"}},\"name\":\"$COUNTERS\"}\]"
+    slices_within "the PF draws all 2" present "$(draws $PF 2)"
+    slices_within "a VF draws 1" present "$(draws 0000:01:00.2 1)"
+    flat_slices > /out/slices-sriov-2.json
+    g0=$(gen)
+    echo 0 > $NUMVFS
+    slices_within "VFs set to 0 through sysfs: the VFs leave the slices within 2 s" absent '"0000:01:00.[12]"'
+    slices_within "and the counter set goes with them" absent "\"$COUNTERS\""
+    slices_within "the PF stays, drawing nothing" present '"string":"0000:01:00.0"'
+    [ "$(gen)" -gt "$g0" ] && pass "the pool generation went up ($g0 -> $(gen))" || fail "generation $(gen) after $g0"
+    echo 1 > $NUMVFS
+    slices_within "VFs set to 1: the new VF is published within 2 s" present '"string":"0000:01:00.1"'
+    slices_within "with a counter set of 1, the PF drawing 1" present "$(draws $PF 1)"
+    flat_slices > /out/slices-sriov-1.json
+    echo 0 > $NUMVFS
+    run_apart vfs-two vfioctl vfs $PF --count 2 --state "$S"
+    expect_rc "vfioctl vfs --count 2" 0 vfs-two
+    slices_within "and both VFs are back within 2 s" present '"string":"0000:01:00.2"'
+    slices_within "the PF draws 2 again" present "$(draws $PF 2)"
+    kill -TERM $DRA_PID; wait $DRA_PID
+    rc=$?
+    expect_rc "SIGTERM ends the plugin" 0 dra-plugin
+    finish
+fi
 
 # The two e1000 behind the PCIe-to-PCI bridge on their host driver (the lab binds them to
 # vfio-pci at boot): e1000.ko on Debian's 6.1, built in on the iommufd kernel.
@@ -80,7 +124,6 @@ slices_within "the plugin published its slices" present "\"group-$G\""
 NIC=0000:00:02.0
 NG=$(group_of $NIC)
 slices_within "the e1000e is published" present "\"group-$NG\""
-gen() { sed -n 's/.*"generation" : \([0-9]*\).*/\1/p' $SLICES/*.json | sort -n | tail -n 1; }
 g0=$(gen)
 echo 1 > /sys/bus/pci/devices/$NIC/remove
 slices_within "a removed function's group leaves the slices within 2 s" absent "\"group-$NG\""
@@ -133,12 +176,12 @@ echo > /sys/bus/pci/devices/0000:01:01.0/driver_override
 echo 0000:01:01.0 > /sys/bus/pci/drivers/e1000/bind
 run_apart health-bad vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state UNHEALTHY --timeout 10
 expect_rc "a member on e1000 behind the ledger's back: the health stream says UNHEALTHY" 0 health-bad
-slices_within "and the slices taint it (NoSchedule)" present '"value" : "BoundToHostDriver"'
+slices_within "and the slices taint it (NoSchedule)" present '"value":"BoundToHostDriver"'
 cat $SLICES/*.json > /out/slices-tainted.json
 vfioctl detach "$G" --state "$S" > /out/detach-repair.txt 2>&1
 run_apart health-good vfio-kubelet-sim health --socket "$DRA" --device "group-$G" --state HEALTHY --timeout 10
 expect_rc "after vfioctl detach $G: HEALTHY again" 0 health-good
-slices_within "and the taint is gone" absent '"value" : "BoundToHostDriver"'
+slices_within "and the taint is gone" absent '"value":"BoundToHostDriver"'
 run_apart prepare-again vfio-kubelet-sim prepare --socket "$DRA" --uid u1
 cmp -s /out/prepare.txt /out/prepare-again.txt && pass "prepare is idempotent (the same answer)" || fail "second prepare: $(head -c 400 /out/prepare-again.txt)"
 
@@ -299,5 +342,53 @@ run_apart podman-bare podman_run /bin/busybox sh -c "ls /dev/vfio/$GE"
 run_apart unprepare-edu vfio-kubelet-sim unprepare --socket "$DRA" --uid e1
 expect_no_text "unprepare of the edu claim: no error" '"error"' unprepare-edu
 ls /var/run/cdi/*e1* > /dev/null 2>&1 && fail "the edu claim's spec is still there" || pass "unprepare removed the edu claim's spec"
+kill $DRA_PID; wait $DRA_PID 2>/dev/null
+
+# --- iommufd: the container gets /dev/iommu and the cdev, found the KubeVirt way ------------------
+# With --interface iommufd the spec adds VEP 266's nodes; the container reads the device's PCI
+# address and cdev from the KEP-5304 metadata the second CDI device mounts (as virt-launcher
+# does), then vfio-edu runs on the cdev with the iommufd backend. A kernel without VFIO cdevs
+# (Debian's 6.1) gets the legacy pair and a warning in the log, never a node that is missing.
+start_dra dra-plugin-iommufd --allow-no-reset --interface iommufd \
+    || fail "the DRA plugin with --interface iommufd did not come up: $(tail -c 300 /out/dra-plugin-iommufd.log)"
+claim e2 "group-$GE"
+run_apart prepare-iommufd vfio-kubelet-sim prepare --socket "$DRA" --uid e2
+expect_no_text "prepare with --interface iommufd: no error" '"error"' prepare-iommufd
+SPEC2=/var/run/cdi/swift-vfio-e2.json
+cp "$SPEC2" /out/cdi-spec-iommufd.json 2>/dev/null
+CDEV=$(cdev_of $EDU)
+if [ -z "$CDEV" ] || [ ! -c "/dev/vfio/devices/$CDEV" ] || [ ! -c /dev/iommu ]; then
+    if grep -q "\"/dev/vfio/$GE\"" "$SPEC2" && ! grep -q -e '"/dev/iommu"' -e '/dev/vfio/devices/' "$SPEC2"; then
+        pass "no VFIO cdevs in this kernel: the iommufd spec names the legacy pair only"
+    else fail "the iommufd spec on a kernel without cdevs: $(head -c 600 "$SPEC2" 2>&1)"; fi
+    grep -q "gets the legacy nodes only" /out/dra-plugin-iommufd.log && pass "and the plugin's log says why" \
+        || fail "no warning in $(tail -c 400 /out/dra-plugin-iommufd.log)"
+else
+    missing=""
+    for n in /dev/vfio/vfio "/dev/vfio/$GE" /dev/iommu "/dev/vfio/devices/$CDEV"; do grep -q "\"$n\"" "$SPEC2" || missing="$missing $n"; done
+    [ -z "$missing" ] && pass "the iommufd spec names /dev/vfio/vfio, /dev/vfio/$GE, /dev/iommu and /dev/vfio/devices/$CDEV" \
+        || fail "the iommufd spec lacks$missing: $(head -c 600 "$SPEC2" 2>&1)"
+    cat > "$PODMAN_ROOTFS/from-metadata.sh" <<'SH'
+# Inside the container: the first document of the metadata stream names the device.
+m=/var/run/kubernetes.io/dra-device-attributes/resourceclaims/claim/vfio/vfio.swift-vfio.io-metadata.json
+doc=$(head -n 1 "$m")
+bdf=$(echo "$doc" | sed -n 's/.*"resource.kubernetes.io\/pciBusID":{"string":"\([^"]*\)".*/\1/p')
+cdev=$(echo "$doc" | sed -n 's/.*"vfioDevices":{"strings":\["\([^"]*\)".*/\1/p')
+echo "from the metadata: $bdf $cdev"
+ls -l /dev/iommu "/dev/vfio/devices/$cdev" >&2
+exec vfio-edu run "/dev/vfio/devices/$cdev" --backend iommufd --json
+SH
+    PODMAN_RUN_OPTS="--device $DRIVER/metadata=e2_vfio" run_apart podman-iommufd \
+        podman_run_cdi "$DRIVER/pci=e2-group-$GE" /bin/busybox sh /from-metadata.sh
+    expect_text "the container read the address and cdev from the mounted metadata" "from the metadata: $EDU $CDEV" podman-iommufd
+    if grep -q '"passed":true' /out/podman-iommufd.txt; then
+        pass "podman 4.3 with the iommufd spec (/dev/iommu + $CDEV): vfio-edu --backend iommufd passes DMA + MSI in the container"
+    else
+        fail "podman with the iommufd spec: $(head -c 600 /out/podman-iommufd.txt) $(tail -c 300 /out/podman-iommufd.err)"
+    fi
+fi
+run_apart unprepare-iommufd vfio-kubelet-sim unprepare --socket "$DRA" --uid e2
+expect_no_text "unprepare of the iommufd claim: no error" '"error"' unprepare-iommufd
+ls /var/run/cdi/*e2* > /dev/null 2>&1 && fail "the iommufd claim's specs are still there" || pass "unprepare removed the claim's specs"
 kill $DRA_PID; wait $DRA_PID 2>/dev/null
 finish

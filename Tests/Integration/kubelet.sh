@@ -16,13 +16,19 @@
 #     GetPreferredAllocation, Allocate (/dev/vfio/vfio + /dev/vfio/N, mrw, PCI_RESOURCE_…), and
 #     after a kubelet restart (sockets removed, kubelet.sock made anew) a second Register.
 #   - podman 4.3 (Debian's) runs vfio-edu in a container with the device of a claim for the edu
-#     group from the spec the DRA plugin wrote (--allow-no-reset): DMA + MSI pass inside.
-# usage: Tests/Integration/kubelet.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd)
+#     group from the spec the DRA plugin wrote (--allow-no-reset): DMA + MSI pass inside; with
+#     --interface iommufd on the iommufd kernel the spec adds /dev/iommu and the cdev, and the
+#     container finds them in the KEP-5304 metadata mounted by the second CDI device, as
+#     virt-launcher does, then vfio-edu --backend iommufd passes; on 6.1 (no cdevs) the spec
+#     keeps the legacy pair and the log says why;
+#   - q35-sriov: the PF and its VFs drawing on one counter set; a VF count change through sysfs
+#     (2 -> 0 -> 1) and through vfioctl vfs (-> 2) republishes the VFs and the counters within 2 s.
+# usage: Tests/Integration/kubelet.sh TOPOLOGY RESULTS_DIR   (q35-vtd, q35-iommufd, q35-sriov)
 # Last line: integration: N passed, M failed. Exit 0 pass, 1 fail, 77 skipped.
 . "$(dirname "$0")/lib.sh"
 usage_and_args "$@"
 case $TOPOLOGY in
-    q35-vtd | q35-iommufd) ;;
+    q35-vtd | q35-iommufd | q35-sriov) ;;
     *) skip "no kubelet scenario for $TOPOLOGY" ;;
 esac
 require_lab
@@ -39,8 +45,10 @@ if [ "$TOPOLOGY" = q35-vtd ]; then
     [ -n "$e1000" ] || { fail "no e1000.ko under $CACHE/kernels/6.1 (lab/vm fetch)"; finish; }
     files+=(--file "$e1000:/lab/e1000.ko")
 fi
-# podman 4.3 consumes the DRA plugin's CDI spec: it runs vfio-edu in a container.
-podman_guest_args "$EDU"
+# podman 4.3 consumes the DRA plugin's CDI spec: it runs vfio-edu in a container (not on
+# q35-sriov, whose checks are the slices of a VF count change).
+PODMAN_GUEST_ARGS=()
+[ "$TOPOLOGY" = q35-sriov ] || podman_guest_args "$EDU"
 guest kubelet "sh /lab/kubelet-guest.sh $TOPOLOGY" --bin "$VFIOCTL_BIN" --bin "$PLUGIN_BIN" --bin "$SIM_BIN" "${files[@]}" \
     "${PODMAN_GUEST_ARGS[@]}" --timeout 600
 guest_checks kubelet

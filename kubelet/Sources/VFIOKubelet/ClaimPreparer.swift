@@ -127,6 +127,12 @@ public final class ClaimPreparer: @unchecked Sendable {
         }
       }
       let spec = cdi.spec(claimUID: claim.uid, devices: chosen.map(\.0), owner: allocation.ownership)
+      // KubeVirt 1.9 on such a kernel fails the pod (kubevirt#18895): say why its spec is legacy.
+      for (device, _) in chosen where cdi.interface == .iommufd && cdi.iommufdNodes(device) == nil {
+        logger.warning(
+          "claim \(claim): \(device.name) gets the legacy nodes only (/dev/vfio/vfio, /dev/vfio/\(device.group)): this kernel has no /dev/iommu or no VFIO device cdev for every function (CONFIG_IOMMUFD, CONFIG_VFIO_DEVICE_CDEV)"
+        )
+      }
       do throws(KubeletError) {
         try cdi.write(spec, claimUID: claim.uid)
         let mounts = try writeMetadata(claim, allocation, chosen)
