@@ -5,17 +5,27 @@ import Foundation
 #endif
 
 /// The few calls the plugin makes to the Kubernetes API server: read a ResourceClaim's
-/// allocation, and apply the node's ResourceSlices (server-side apply: create or update).
+/// allocation; the node's ResourceSlices are `APIServerSlices`'.
 /// Bearer tokens only (in-cluster service account, or a kubeconfig `token`/`tokenFile`).
 /// Foundation's URLSession on Linux trusts the system's CA bundle only: the cluster CA must
 /// be in it (deploy/ adds the service account's `ca.crt` at start).
 public struct APIServer: Sendable {
   public let server: URL
   public let token: String?
+  /// How a request reaches the server and what status it got back: URLSession, or in the
+  /// unit tests an API server in memory that judges each call as the real one does.
+  public typealias Transport = @Sendable (URLRequest) async throws -> (body: Data, status: Int)
+  public let transport: Transport
 
-  public init(server: URL, token: String?) {
+  public init(server: URL, token: String?, transport: @escaping Transport = APIServer.urlSession) {
     self.server = server
     self.token = token
+    self.transport = transport
+  }
+
+  public static let urlSession: Transport = { request in
+    let (data, response) = try await URLSession.shared.data(for: request)
+    return (data, (response as? HTTPURLResponse)?.statusCode ?? 0)
   }
 
   /// From the pod's service account, when running in a cluster.
@@ -60,12 +70,11 @@ public struct APIServer: Sendable {
 
   func send(_ request: URLRequest) async throws(KubeletError) -> Data {
     let data: Data
-    let response: URLResponse
-    do { (data, response) = try await URLSession.shared.data(for: request) } catch {
+    let status: Int
+    do { (data, status) = try await transport(request) } catch {
       throw .apiServer(
         "\(request.httpMethod ?? "GET") \(request.url?.absoluteString ?? ""): \(error.localizedDescription)")
     }
-    let status = (response as? HTTPURLResponse)?.statusCode ?? 0
     guard (200..<300).contains(status) else {
       throw .apiServer(
         "\(request.httpMethod ?? "GET") \(request.url?.path ?? ""): HTTP \(status): \(String(decoding: data.prefix(300), as: UTF8.self))"
