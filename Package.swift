@@ -19,6 +19,7 @@ let package = Package(
     .library(name: "VFIOBroker", targets: ["VFIOBroker"]),
     .library(name: "VFIOBrokerClient", targets: ["VFIOBrokerClient"]),
     .library(name: "VFIOCommands", targets: ["VFIOCommands"]),
+    .library(name: "JSONStream", targets: ["JSONStream"]),
     // The test support the kubelet package's tests share with this package's (kubelet/).
     .library(name: "VFIOTestSupport", targets: ["VFIOTestSupport"]),
     .library(name: "VFIOManagerTestSupport", targets: ["VFIOManagerTestSupport"]),
@@ -62,11 +63,14 @@ let package = Package(
         "PCI", "CVFIO", "VFIO", "VFIOBrokerClient", "VFIOHost", "VFIOPolicy", "VFIOManager",
         .product(name: "Logging", package: "swift-log"),
       ]),
+    // JSON written as the values are encoded: `list --json` and the kubelet plugin's slices.
+    .target(name: "JSONStream"),
     // Subcommands and pure renderers behind `vfioctl`.
     .target(
       name: "VFIOCommands",
       dependencies: [
         "PCI", "VFIOHost", "VFIOPolicy", "VFIOManager", "VFIOBroker", "VFIOBrokerClient", "VFIO", "VFIOLibvirt",
+        "JSONStream",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
         .product(name: "Logging", package: "swift-log"),
       ]),
@@ -130,6 +134,7 @@ let package = Package(
     // DMA map/unmap cost through the VFIO library (bench/map_bench.c is its raw-ioctl twin).
     .executableTarget(name: "vfio-map-bench", dependencies: ["PCI", "VFIO"]),
     .testTarget(name: "PCITests", dependencies: ["PCI"]),
+    .testTarget(name: "JSONStreamTests", dependencies: ["JSONStream"]),
     .testTarget(name: "VFIOHostTests", dependencies: ["PCI", "VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOPolicyTests", dependencies: ["PCI", "VFIOPolicy", "VFIOHost", "VFIOTestSupport"]),
     .testTarget(name: "VFIOTests", dependencies: ["PCI", "VFIO", "CVFIO"]),

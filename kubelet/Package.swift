@@ -45,6 +45,7 @@ let package = Package(
       name: "VFIOKubelet",
       dependencies: [
         "KubeletAPI",
+        .product(name: "JSONStream", package: host),
         .product(name: "PCI", package: host),
         .product(name: "VFIOHost", package: host),
         .product(name: "VFIOPolicy", package: host),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import JSONStream
 import PCI
 import VFIOHost
 import VFIOManager

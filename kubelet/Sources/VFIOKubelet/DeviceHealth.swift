@@ -50,27 +50,32 @@ public struct DeviceHealth: Sendable, Equatable, CustomStringConvertible {
 public final class HealthJudge: Sendable {
   public let sysfs: Sysfs
   public let stateDirectory: String
+  /// Whether AER counts are read: a plugin that keeps looking compares each with the first it
+  /// saw; a single look (--print-slices) has nothing to compare with and skips the reads.
+  public let tracksFatalErrors: Bool
   private struct Baseline { let since: Date?; let fatal: Int }
   private let baselines = Mutex<[PCIAddress: Baseline]>([:])
 
-  public init(sysfs: Sysfs, stateDirectory: String) {
+  public init(sysfs: Sysfs, stateDirectory: String, tracksFatalErrors: Bool = true) {
     self.sysfs = sysfs
     self.stateDirectory = stateDirectory
+    self.tracksFatalErrors = tracksFatalErrors
   }
 
-  /// Every device of `catalog`, and `held` (groups prepared for claims that the catalog no
-  /// longer has: gone, or no longer assignable), by device name.
+  /// The devices of a catalog read just now (their functions were on the bus), by name.
   public func judge(_ devices: [PublishedDevice], ledger: [IOMMUGroupID: LedgerGroup]) -> [String: DeviceHealth] {
     var health: [String: DeviceHealth] = [:]
-    for device in devices { health[device.name] = judge(device, record: ledger[device.group]) }
+    for device in devices { health[device.name] = judge(device, record: ledger[device.group], present: true) }
     return health
   }
 
-  public func judge(_ device: PublishedDevice, record: LedgerGroup?) -> DeviceHealth {
+  /// One device; `present`: its functions were just seen on the bus (a catalog read a moment
+  /// ago), so they are not looked up again. A group only remembered is.
+  public func judge(_ device: PublishedDevice, record: LedgerGroup?, present: Bool = false) -> DeviceHealth {
     for function in device.functions {
       let directory = "/sys/bus/pci/devices/\(function)"
-      guard sysfs.exists(directory) else { return .unhealthy(.gone, "\(function) is no longer on the PCI bus") }
-      if let fatal = fatalCount(function) {
+      guard present || sysfs.exists(directory) else { return .unhealthy(.gone, "\(function) is no longer on the PCI bus") }
+      if tracksFatalErrors, let fatal = fatalCount(function) {
         let since = record?.since
         let baseline = baselines.withLock { table -> Baseline in
           if let known = table[function], known.since == since { return known }

@@ -75,7 +75,7 @@ public struct DeviceCatalog: Sendable {
       return PublishedDevice(
         group: group.id, functions: endpoints.map(\.address), verdict: resetOnly ? .conditional : assessment.verdict,
         vendorID: device.vendorID, deviceID: device.deviceID, classCode: device.classCode,
-        resetMethod: first.reset?.method?.rawValue, pcieRoot: pcieRoot(of: device, inventory.sysfs),
+        resetMethod: first.reset?.method?.rawValue, pcieRoot: pcieRoot(of: device),
         numaNode: device.numaNode,
         sriovRole: device.isVirtualFunction ? "vf" : (device.sriov?.totalVFs ?? 0) > 0 ? "pf" : nil,
         physicalFunction: device.physicalFunction, onVFIO: onVFIO)
@@ -86,8 +86,10 @@ public struct DeviceCatalog: Sendable {
   public func device(pluginID: String) -> PublishedDevice? { published.first { $0.pluginID == pluginID } }
 }
 
-/// `pci0000:00` from `/sys/bus/pci/devices/X -> ../../../devices/pci0000:00/0000:00:04.0/X`.
-func pcieRoot(of device: PCIDevice, _ sysfs: Sysfs) -> String? {
-  guard let target = sysfs.readLink("/sys/bus/pci/devices/\(device.address)") else { return nil }
-  return target.split(separator: "/").first { $0.hasPrefix("pci") && $0.contains(":") }.map(String.init)
+/// `pci0000:00` from the device's canonical directory (`/sys/devices/pci0000:00/0000:00:04.0/X`),
+/// which the inventory resolved already. Bytes, not Characters: once per published group.
+func pcieRoot(of device: PCIDevice) -> String? {
+  let components = device.sysfsPath.utf8.split(separator: UInt8(ascii: "/"))
+  return components.first { $0.starts(with: "pci".utf8) && $0.contains(UInt8(ascii: ":")) }
+    .map { String(decoding: $0, as: UTF8.self) }
 }

@@ -21,9 +21,13 @@ public final class NodeReader: Sendable {
   public let judge: HealthJudge
   private let lastSeen = Mutex<[IOMMUGroupID: PublishedDevice]>([:])
 
-  public init(preparer: ClaimPreparer) {
+  /// `oneLook`: this reader is asked once (--print-slices), so fatal AER counts, which are
+  /// judged against the count first seen, are not read.
+  public init(preparer: ClaimPreparer, oneLook: Bool = false) {
     self.preparer = preparer
-    judge = HealthJudge(sysfs: preparer.manager.sysfs, stateDirectory: preparer.manager.configuration.stateDirectory)
+    judge = HealthJudge(
+      sysfs: preparer.manager.sysfs, stateDirectory: preparer.manager.configuration.stateDirectory,
+      tracksFatalErrors: !oneLook)
   }
 
   /// Blocking (sysfs, the ledger): call it on a host-work thread.

@@ -1,4 +1,5 @@
 import Foundation
+import JSONStream
 
 #if canImport(FoundationNetworking)
   import FoundationNetworking
@@ -26,7 +27,7 @@ public struct SliceDirectory: SlicePublisher {
   public func publish(_ slices: [ResourceSlice]) async throws(KubeletError) {
     let keep = Set(slices.map { $0.metadata.name + ".json" })
     for slice in slices {
-      try writeAtomically(sortedJSON(slice) + "\n", to: path + "/" + slice.metadata.name + ".json") {
+      try writeAtomically(try sliceJSON(slice), to: path + "/" + slice.metadata.name + ".json") {
         .apiServer("slice file \($0): \($1)")
       }
     }
@@ -77,8 +78,8 @@ public actor APIServerSlices: SlicePublisher {
   }
 
   /// The server-side apply of one slice in the version in use.
-  public func applyRequest(_ slice: ResourceSlice) -> URLRequest {
-    let body = version == "v1" ? sortedJSON(slice) : sortedJSON(V1beta1Slice(slice))
+  public func applyRequest(_ slice: ResourceSlice) throws(KubeletError) -> URLRequest {
+    let body = version == "v1" ? try sliceJSON(slice) : try sliceJSON(V1beta1Slice(slice))
     var request = api.request(
       collection + "/" + slice.metadata.name, method: "PATCH", body: Data(body.utf8),
       contentType: "application/apply-patch+yaml")
@@ -95,12 +96,12 @@ public actor APIServerSlices: SlicePublisher {
   /// Applies one slice, and falls back to v1beta1 once when the API server has no v1 of the
   /// group (a 404 for the slice, and for the group version itself).
   private func apply(_ slice: ResourceSlice) async throws(KubeletError) {
-    do { _ = try await api.send(applyRequest(slice)) } catch {
+    do { _ = try await api.send(try applyRequest(slice)) } catch {
       guard version == "v1", case .apiServer(let why) = error, why.contains("HTTP 404"),
         (try? await api.send(api.request("/apis/resource.k8s.io/v1"))) == nil
       else { throw error }
       version = "v1beta1"
-      _ = try await api.send(applyRequest(slice))
+      _ = try await api.send(try applyRequest(slice))
     }
   }
 
@@ -155,6 +156,15 @@ struct V1beta1Slice: Encodable {
     let attributes: [String: ResourceSlice.Attribute]
     let consumesCounters: [ResourceSlice.CounterConsumption]?
     let taints: [ResourceSlice.Taint]?
+
+    enum CodingKeys: String, CodingKey { case attributes, consumesCounters, taints }
+
+    func encode(to encoder: any Encoder) throws {
+      var container = encoder.container(keyedBy: CodingKeys.self)
+      try container.encodeSorted(attributes, forKey: .attributes)
+      try container.encodeIfPresent(consumesCounters, forKey: .consumesCounters)
+      try container.encodeIfPresent(taints, forKey: .taints)
+    }
   }
 
   init(_ slice: ResourceSlice) {

@@ -143,11 +143,11 @@ struct KubeletDRACommand: AsyncParsableCommand {
       let preparer = ClaimPreparer(
         manager: manager, cdi: cdi, metadata: metadata, driver: driver, allowNoReset: allowNoReset,
         view: host.kubeletView, logger: Logger(label: "vfio.dra"))
-      let reader = NodeReader(preparer: preparer)
+      let reader = NodeReader(preparer: preparer, oneLook: printSlices)
       if printSlices {
         let snapshot = try reader.read()
         let slices = SliceBuilder(driver: driver, nodeName: node).slices(devices: snapshot.devices, health: snapshot.health)
-        print(sortedJSON(SliceList(items: slices)))
+        print(try sliceJSON(SliceList(items: slices)), terminator: "")
         return
       }
       bootstrapLogging()

@@ -139,7 +139,7 @@ final class KubeletNodeTests: ManagerTestCase {
     let slice = SliceBuilder(driver: driver, nodeName: "n").slices(
       devices: [device(1, functions: ["0000:01:00.0"])], health: ["group-1": .unhealthy(.fatalError, "x")])[0]
     let json = try XCTUnwrap(
-      try JSONSerialization.jsonObject(with: Data(sortedJSON(V1beta1Slice(slice)).utf8)) as? [String: Any])
+      try JSONSerialization.jsonObject(with: Data(try sliceJSON(V1beta1Slice(slice)).utf8)) as? [String: Any])
     XCTAssertEqual(json["apiVersion"] as? String, "resource.k8s.io/v1beta1")
     let device = try XCTUnwrap(((json["spec"] as? [String: Any])?["devices"] as? [[String: Any]])?.first)
     XCTAssertEqual(Set(device.keys), ["name", "basic"])
@@ -279,6 +279,28 @@ final class KubeletNodeTests: ManagerTestCase {
     XCTAssertEqual(try health(), .healthy)
     try "Undefined 0\nTOTAL_ERR_FATAL 1\n".write(toFile: aer, atomically: true, encoding: .utf8)
     XCTAssertEqual(try health()?.problem, .fatalError)
+  }
+
+  func testASingleLookReadsNoAERCountAndDoesNotLookUpWhatTheCatalogJustRead() throws {
+    let devices = DeviceCatalog(inventory: try Fixtures.inventory("q35-vtd")).published
+    let functions = devices.flatMap(\.functions)
+    XCTAssertFalse(functions.isEmpty)
+    for tracking in [true, false] {
+      let recorder = AccessRecorder()
+      let judge = HealthJudge(
+        sysfs: Sysfs(root: Fixtures.root("q35-vtd"), recorder: recorder), stateDirectory: "/nonexistent",
+        tracksFatalErrors: tracking)
+      XCTAssertTrue(judge.judge(devices, ledger: [:]).values.allSatisfy { $0 == .healthy })
+      let paths = recorder.accesses.map(\.path)
+      XCTAssertEqual(paths.filter { $0.hasSuffix("/aer_dev_fatal") }.count, tracking ? functions.count : 0)
+      XCTAssertFalse(recorder.accesses.contains { $0.access == .presence }, "the catalog saw them a moment ago")
+    }
+    // A group only remembered (prepared, then gone from the catalog) is looked up.
+    let recorder = AccessRecorder()
+    let judge = HealthJudge(sysfs: Sysfs(root: Fixtures.root("q35-vtd"), recorder: recorder), stateDirectory: "/nonexistent")
+    let gone = device(99, functions: ["0000:7f:00.0"])
+    XCTAssertEqual(judge.judge(gone, record: nil).problem, .gone)
+    XCTAssertEqual(recorder.accesses.map(\.access), [.presence])
   }
 
   func testAPreparedGroupThatIsGoneStaysPublishedForEviction() throws {

@@ -168,6 +168,36 @@ final class SliceAPITests: XCTestCase {
     XCTAssertEqual(Array(server.stored.keys), slices.map(\.metadata.name))
   }
 
+  func testEveryBodyIsTheSameDocumentWithItsNamesSorted() throws {
+    let catalog = DeviceCatalog(inventory: try Fixtures.inventory("q35-sriov"), allowNoReset: true)
+    let slices = SliceBuilder(driver: driver, nodeName: node).slices(
+      catalog, health: ["group-5": .unhealthy(.hostDriver, "nvme")])
+    for slice in slices {
+      for body in [try sliceJSON(slice), try sliceJSON(V1beta1Slice(slice))] {
+        // Attribute and counter names sorted: one document however Swift hashes this process.
+        for device in slice.spec.devices ?? [] {
+          let names = device.attributes.keys.sorted().map { "\"\($0)\"" }
+          let at = names.compactMap { name in body.range(of: "\"name\": \"\(device.name)\"").flatMap { body.range(of: name, range: $0.upperBound..<body.endIndex)?.lowerBound } }
+          XCTAssertEqual(at, at.sorted(), device.name)
+          XCTAssertEqual(at.count, names.count)
+        }
+      }
+      XCTAssertEqual(try JSONDecoder().decode(ResourceSlice.self, from: Data(try sliceJSON(slice).utf8)), slice)
+    }
+  }
+
+  func testNamesMadeFromNodesAndAddressesAreDNSNames() {
+    XCTAssertEqual(dnsLabel("sriov-0000:01:00.0"), "sriov-0000-01-00-0")
+    XCTAssertEqual(dnsName("Node_1.Example.COM-vfio.swift-vfio.io"), "node-1.example.com-vfio.swift-vfio.io")
+    for text in ["--Ünïcode--x--", ".a.", "", "ß", String(repeating: "Ab9.", count: 100)] {
+      let label = dnsLabel(text), name = dnsName(text)
+      XCTAssertTrue(label.isEmpty || ResourceSliceRules.isDNSLabel(label), "\(text) -> \(label)")
+      XCTAssertTrue(name.isEmpty || ResourceSliceRules.isDNSSubdomain(name), "\(text) -> \(name)")
+      XCTAssertLessThanOrEqual(label.utf8.count, 63)
+      XCTAssertLessThanOrEqual(name.utf8.count, 240)
+    }
+  }
+
   func testAnUnreachableServerIsAnErrorThatNamesTheCall() async throws {
     let api = APIServer(server: URL(string: "https://10.0.0.1:6443")!, token: nil) { _ in throw URLError(.cannotConnectToHost) }
     do {
@@ -290,7 +320,7 @@ final class SliceAPIServer: Sendable {
         }
       }
     }.sorted { $0.metadata.name < $1.metadata.name }
-    let encoded = items.map { version == "v1" ? sortedJSON($0) : sortedJSON(V1beta1Slice($0)) }
+    let encoded = items.map { (try? version == "v1" ? sliceJSON($0) : sliceJSON(V1beta1Slice($0))) ?? "{}" }
     let body = "{\"apiVersion\":\"resource.k8s.io/\(version)\",\"kind\":\"ResourceSliceList\",\"items\":[\(encoded.joined(separator: ","))]}"
     return (Data(body.utf8), 200)
   }
