@@ -127,15 +127,18 @@ public final class ClaimPreparer: @unchecked Sendable {
         }
       }
       let spec = cdi.spec(claimUID: claim.uid, devices: chosen.map(\.0), owner: allocation.ownership)
-      // KubeVirt 1.9 on such a kernel fails the pod (kubevirt#18895): say why its spec is legacy.
-      for (device, _) in chosen where cdi.interface == .iommufd && cdi.iommufdNodes(device) == nil {
+      // The nodes each group's containers get, as the spec names them (the host is read once):
+      // the metadata names the cdevs among them, and an iommufd claim that got none is told why
+      // (KubeVirt 1.9 on such a kernel fails the pod: kubevirt#18895).
+      let nodes = spec.devices.map { ($0.containerEdits.deviceNodes ?? []).map(\.path) }
+      for ((device, _), paths) in zip(chosen, nodes) where cdi.interface == .iommufd && !paths.contains("/dev/iommu") {
         logger.warning(
           "claim \(claim): \(device.name) gets the legacy nodes only (/dev/vfio/vfio, /dev/vfio/\(device.group)): this kernel has no /dev/iommu or no VFIO device cdev for every function (CONFIG_IOMMUFD, CONFIG_VFIO_DEVICE_CDEV)"
         )
       }
       do throws(KubeletError) {
         try cdi.write(spec, claimUID: claim.uid)
-        let mounts = try writeMetadata(claim, allocation, chosen)
+        let mounts = try writeMetadata(claim, allocation, chosen, nodes: nodes)
         let devices = zip(chosen, spec.devices).map { pair, cdiDevice in
           PreparedDevice(
             requestNames: pair.1.map(\.request), pool: pair.1[0].pool, device: pair.0.name,
@@ -176,14 +179,16 @@ public final class ClaimPreparer: @unchecked Sendable {
   }
 
   /// Writes each request's device metadata (KEP-5304); returns request → the CDI ID that mounts it.
+  /// `nodes`: each chosen group's device nodes in its CDI spec.
   private func writeMetadata(
-    _ claim: ClaimReference, _ allocation: ClaimAllocation, _ chosen: [(PublishedDevice, [ClaimAllocation.Result])]
+    _ claim: ClaimReference, _ allocation: ClaimAllocation, _ chosen: [(PublishedDevice, [ClaimAllocation.Result])],
+    nodes: [[String]]
   ) throws(KubeletError) -> [String: String] {
     guard let metadata else { return [:] }
     var byRequest: [String: [DeviceMetadata.Device]] = [:]
-    for (device, results) in chosen {
-      let cdevs = (cdi.interface == .iommufd ? cdi.iommufdNodes(device) ?? [] : [])
-        .filter { $0.hasPrefix("/dev/vfio/devices/") }.map { String($0.split(separator: "/").last!) }
+    let cdevDirectory = "/dev/vfio/devices/"
+    for ((device, results), paths) in zip(chosen, nodes) {
+      let cdevs = paths.filter { $0.hasPrefix(cdevDirectory) }.map { String($0.dropFirst(cdevDirectory.count)) }
       let attributes = DeviceMetadataWriter.attributes(
         device, sliceAttributes: SliceBuilder.attributes(device), cdevs: cdevs)
       for result in results {

@@ -88,6 +88,11 @@ public struct SliceController: Service {
   /// (it refuses the whole slice for one): such a device is logged and left out.
   public func slices(_ snapshot: NodeSnapshot, generation: Int) -> [ResourceSlice] {
     let builder = SliceBuilder(driver: driver, nodeName: nodeName, generation: generation)
+    // Every republish: the pool is checked once, and only a pool with a refused device is
+    // built again device by device to find it (the rules a device breaks alone are the rules
+    // it breaks among others).
+    let all = builder.slices(devices: snapshot.devices, health: snapshot.health)
+    guard all.contains(where: { !ResourceSliceRules.violations($0).isEmpty }) else { return all }
     let acceptable = snapshot.devices.filter { device in
       let problems = builder.slices(devices: [device], health: snapshot.health).flatMap(ResourceSliceRules.violations)
       if !problems.isEmpty { logger.error("not publishing \(device.name): \(problems.map(\.description).joined(separator: "; "))") }

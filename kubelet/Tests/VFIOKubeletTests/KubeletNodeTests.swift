@@ -228,20 +228,15 @@ final class KubeletNodeTests: ManagerTestCase {
     let scratch = try TemporaryTree()
     let metadata = DeviceMetadataWriter(
       driver: driver, pluginDirectory: scratch.path + "/plugin", cdiDirectory: scratch.path + "/cdi")
-    let preparer = ClaimPreparer(
-      manager: manager(),
-      cdi: CDIWriter(
-        directory: scratch.path + "/cdi", kind: "vfio.swift-vfio.io/pci", resourceName: driver, interface: .legacy,
-        sysfs: Sysfs(root: tree.path)),
-      metadata: metadata, driver: driver)
+    let dra = preparer(cdi: scratch, metadata: metadata)
     let claim = ClaimReference(namespace: "default", uid: "u1", name: "c")
     let json = #"{"metadata":{"name":"c","uid":"u1"},"status":{"allocation":{"devices":{"results":[{"request":"nic","driver":"\#(driver)","pool":"node1","device":"group-2"}]}}}}"#
-    let devices = try preparer.prepare(claim, try ClaimAllocation.parse(Data(json.utf8), driver: driver, claim: "u1"))
+    let devices = try dra.prepare(claim, try ClaimAllocation.parse(Data(json.utf8), driver: driver, claim: "u1"))
     XCTAssertEqual(
       devices.first?.cdiDeviceIDs, ["vfio.swift-vfio.io/pci=u1-group-2", "vfio.swift-vfio.io/metadata=u1_nic"])
     let text = try String(contentsOfFile: metadata.hostPath(claim, request: "nic"), encoding: .utf8)
     XCTAssertTrue(text.contains(#""resource.kubernetes.io/pciBusID":{"string":"0000:00:02.0"}"#), text)
-    try preparer.unprepare(claim)
+    try dra.unprepare(claim)
     XCTAssertFalse(FileManager.default.fileExists(atPath: metadata.claimDirectory(claim)))
     XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: scratch.path + "/cdi"), [])
   }
@@ -251,12 +246,7 @@ final class KubeletNodeTests: ManagerTestCase {
   func testHealthFollowsTheHostAndTheLedger() throws {
     try setUpTree()
     let scratch = try TemporaryTree()
-    let preparer = ClaimPreparer(
-      manager: manager(),
-      cdi: CDIWriter(
-        directory: scratch.path + "/cdi", kind: "k/pci", resourceName: driver, interface: .legacy,
-        sysfs: Sysfs(root: tree.path)), driver: driver)
-    let reader = NodeReader(preparer: preparer)
+    let reader = NodeReader(preparer: preparer(cdi: scratch))
     func health() throws -> DeviceHealth? { try reader.read().health["group-2"] }
     XCTAssertEqual(try health(), .healthy)
     _ = try manager().groups.detach(.group(2))
@@ -306,16 +296,12 @@ final class KubeletNodeTests: ManagerTestCase {
   func testAPreparedGroupThatIsGoneStaysPublishedForEviction() throws {
     try setUpTree()
     let scratch = try TemporaryTree()
-    let preparer = ClaimPreparer(
-      manager: manager(),
-      cdi: CDIWriter(
-        directory: scratch.path + "/cdi", kind: "k/pci", resourceName: driver, interface: .legacy,
-        sysfs: Sysfs(root: tree.path)), driver: driver)
-    let reader = NodeReader(preparer: preparer)
+    let dra = preparer(cdi: scratch)
+    let reader = NodeReader(preparer: dra)
     _ = try reader.read()
     let claim = ClaimReference(namespace: "default", uid: "u1", name: "c")
     let json = #"{"status":{"allocation":{"devices":{"results":[{"request":"r","driver":"\#(driver)","pool":"n","device":"group-2"}]}}}}"#
-    _ = try preparer.prepare(claim, try ClaimAllocation.parse(Data(json.utf8), driver: driver, claim: "u1"))
+    _ = try dra.prepare(claim, try ClaimAllocation.parse(Data(json.utf8), driver: driver, claim: "u1"))
     // Surprise removal: the function leaves sysfs.
     try FileManager.default.removeItem(atPath: tree.path + "/sys/bus/pci/devices/0000:00:02.0")
     let snapshot = try reader.read()
@@ -345,6 +331,22 @@ final class KubeletNodeTests: ManagerTestCase {
   }
 
   // MARK: the controller
+
+  func testTheControllerLeavesOutOnlyTheDeviceTheAPIServerWouldRefuse() {
+    let controller = SliceController(
+      driver: driver, nodeName: "n", read: { () throws(KubeletError) in NodeSnapshot(devices: [], health: [:]) },
+      publisher: SliceDirectory(path: "/nonexistent"), triggers: AsyncStream { $0.finish() }, logger: Logger(label: "test"))
+    let good = (1...3).map { device($0, functions: ["0000:0\($0):00.0"]) }
+    let bad = PublishedDevice(
+      group: IOMMUGroupID(9), functions: [try! PCIAddress(parsing: "0000:09:00.0")], verdict: .assignable,
+      vendorID: 0x8086, deviceID: 0x10ca, classCode: 0x020000, resetMethod: "flr",
+      pcieRoot: String(repeating: "p", count: 70), numaNode: 0, sriovRole: nil, physicalFunction: nil, onVFIO: true)
+    let whole = controller.slices(NodeSnapshot(devices: good, health: [:]), generation: 4)
+    XCTAssertEqual(whole.flatMap { $0.spec.devices ?? [] }.map(\.name), ["group-1", "group-2", "group-3"])
+    let slices = controller.slices(NodeSnapshot(devices: good + [bad], health: [:]), generation: 4)
+    XCTAssertEqual(slices, whole)
+    XCTAssertEqual(ResourceSliceRules.violations(pool: slices), [])
+  }
 
   func testTheControllerRepublishesWhatChangedWithAHigherGeneration() async throws {
     let scratch = try TemporaryTree()

@@ -159,15 +159,6 @@ final class KubeletPluginTests: ManagerTestCase {
 
   // MARK: prepare and unprepare through the assignment manager
 
-  func preparer(cdi: TemporaryTree) -> ClaimPreparer {
-    ClaimPreparer(
-      manager: manager(),
-      cdi: CDIWriter(
-        directory: cdi.path + "/cdi", kind: "vfio.swift-vfio.io/pci", resourceName: driver, interface: .legacy,
-        sysfs: Sysfs(root: tree.path)),
-      driver: driver)
-  }
-
   /// A ResourceClaim allocated `devices`; `parameters` as the DeviceClass's config (`FromClass`),
   /// or the claim's own with `source: "FromClaim"`.
   func claimJSON(_ devices: [String], parameters: String? = nil, source: String = "FromClass") -> Data {
@@ -433,5 +424,19 @@ struct TestKubelet {
       registered.yield(request)
       return .init()
     }
+  }
+}
+
+extension ManagerTestCase {
+  /// The DRA plugin's preparer on the test tree: legacy CDI specs in `cdi`/cdi, metadata when given.
+  func preparer(
+    cdi: TemporaryTree, metadata: DeviceMetadataWriter? = nil, driver: String = "vfio.swift-vfio.io"
+  ) -> ClaimPreparer {
+    ClaimPreparer(
+      manager: manager(),
+      cdi: CDIWriter(
+        directory: cdi.path + "/cdi", kind: "\(driver)/pci", resourceName: driver, interface: .legacy,
+        sysfs: Sysfs(root: tree.path)),
+      metadata: metadata, driver: driver)
   }
 }

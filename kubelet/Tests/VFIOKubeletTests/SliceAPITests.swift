@@ -36,6 +36,19 @@ final class SliceAPITests: XCTestCase {
       driver: driver, nodeName: node)
   }
 
+  /// What an API server error `call` ended with says; a test failure (and "") when it did not
+  /// fail, or failed otherwise.
+  func apiServerError(_ unexpected: String, _ call: () async throws -> Void) async -> String {
+    do {
+      try await call()
+      XCTFail(unexpected)
+    } catch {
+      if case .apiServer(let why) = error as? KubeletError { return why }
+      XCTFail("\(error)")
+    }
+    return ""
+  }
+
   func foreign(_ name: String, node: String, driver: String) -> ResourceSlice {
     var slice = SliceBuilder(driver: driver, nodeName: node).slices(devices: [device(1, functions: ["0000:01:00.0"])])[0]
     slice.metadata.name = name
@@ -122,21 +135,11 @@ final class SliceAPITests: XCTestCase {
     var slices = SliceBuilder(driver: driver, nodeName: node).slices(devices: [device(1, functions: ["0000:01:00.0"])])
     // What the driver never sends: a string over 64 bytes, and a list (metadata only) in a slice.
     slices[0].spec.devices![0].attributes["functions"] = .string(String(repeating: "0000:01:00.0,", count: 6))
-    do {
-      try await publisher(server).publish(slices)
-      XCTFail("a slice the API server refuses was published")
-    } catch {
-      guard case .apiServer(let why) = error else { return XCTFail("\(error)") }
-      XCTAssertTrue(why.contains("HTTP 422") && why.contains("attributes[functions]"), why)
-    }
+    var why = await apiServerError("a slice the API server refuses was published") { try await publisher(server).publish(slices) }
+    XCTAssertTrue(why.contains("HTTP 422") && why.contains("attributes[functions]"), why)
     slices[0].spec.devices![0].attributes["functions"] = ResourceSlice.Attribute(strings: ["0000:01:00.0"])
-    do {
-      try await publisher(server).publish(slices)
-      XCTFail("an unknown field was taken")
-    } catch {
-      guard case .apiServer(let why) = error else { return XCTFail("\(error)") }
-      XCTAssertTrue(why.contains("HTTP 400") && why.contains("unknown field"), why)
-    }
+    why = await apiServerError("an unknown field was taken") { try await publisher(server).publish(slices) }
+    XCTAssertTrue(why.contains("HTTP 400") && why.contains("unknown field"), why)
     // v1 is served: a refusal is not a reason to fall back, and the stale slice stays.
     XCTAssertFalse(server.calls.contains { $0.path.contains("v1beta1") })
     XCTAssertEqual(server.calls.filter { $0.method == "DELETE" }.count, 0)
@@ -149,13 +152,8 @@ final class SliceAPITests: XCTestCase {
     var moved = slices[0]
     moved.spec.nodeName = "node-2"
     server.preload([moved])
-    do {
-      try await publisher(server).publish(slices)
-      XCTFail("a slice moved to another node")
-    } catch {
-      guard case .apiServer(let why) = error else { return XCTFail("\(error)") }
-      XCTAssertTrue(why.contains("HTTP 422") && why.contains("field is immutable"), why)
-    }
+    let why = await apiServerError("a slice moved to another node") { try await publisher(server).publish(slices) }
+    XCTAssertTrue(why.contains("HTTP 422") && why.contains("field is immutable"), why)
   }
 
   func testAStaleSliceSomebodyElseDeletedIsWhatWasWanted() async throws {
@@ -200,13 +198,10 @@ final class SliceAPITests: XCTestCase {
 
   func testAnUnreachableServerIsAnErrorThatNamesTheCall() async throws {
     let api = APIServer(server: URL(string: "https://10.0.0.1:6443")!, token: nil) { _ in throw URLError(.cannotConnectToHost) }
-    do {
+    let why = await apiServerError("no error") {
       _ = try await APIServerSlices(api: api, driver: driver, nodeName: node).publishedGeneration()
-      XCTFail("no error")
-    } catch {
-      guard case .apiServer(let why) = error else { return XCTFail("\(error)") }
-      XCTAssertTrue(why.hasPrefix("GET https://10.0.0.1:6443/apis/resource.k8s.io/v1/resourceslices?fieldSelector="), why)
     }
+    XCTAssertTrue(why.hasPrefix("GET https://10.0.0.1:6443/apis/resource.k8s.io/v1/resourceslices?fieldSelector="), why)
   }
 }
 
