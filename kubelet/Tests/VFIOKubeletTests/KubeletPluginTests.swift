@@ -382,13 +382,13 @@ final class KubeletPluginTests: ManagerTestCase {
     }
 
     // A kubelet restart: every socket removed, kubelet.sock made anew.
-    kubelet.stop()
+    await kubelet.stop()
     unlink(paths.devicePlugins + "/" + first.endpoint)
     kubelet = try await TestKubelet.start(paths.kubeletSocket)
     let again = try await kubelet.nextRegistration()
     XCTAssertEqual(again.endpoint, first.endpoint)
     XCTAssertTrue(FileManager.default.fileExists(atPath: paths.devicePlugins + "/" + first.endpoint))
-    kubelet.stop()
+    await kubelet.stop()
   }
 
   func unix(_ path: String) throws -> HTTP2ClientTransport.Posix {
@@ -399,6 +399,7 @@ final class KubeletPluginTests: ManagerTestCase {
 /// The kubelet's Registration service on a scratch `kubelet.sock`.
 struct TestKubelet {
   let task: Task<Void, any Error>
+  let registered: AsyncStream<V1beta1_RegisterRequest>.Continuation
   var registrations: AsyncStream<V1beta1_RegisterRequest>.Iterator
 
   static func start(_ path: String) async throws -> TestKubelet {
@@ -408,15 +409,28 @@ struct TestKubelet {
     let server = GRPCServer(transport: transport, services: [Service(registered: continuation)])
     let task = Task { try await server.serve() }
     _ = try await transport.listeningAddress
-    return TestKubelet(task: task, registrations: stream.makeAsyncIterator())
+    return TestKubelet(task: task, registered: continuation, registrations: stream.makeAsyncIterator())
   }
 
-  mutating func nextRegistration() async throws -> V1beta1_RegisterRequest {
+  /// The plugin's next registration; a plugin that does not register fails the test in
+  /// `seconds` instead of hanging it.
+  mutating func nextRegistration(within seconds: Double = 30) async throws -> V1beta1_RegisterRequest {
+    let timer = Task { [registered] in
+      try await Task.sleep(for: .seconds(seconds))
+      registered.finish()
+    }
+    defer { timer.cancel() }
     let next = await registrations.next()
-    return try XCTUnwrap(next)
+    return try XCTUnwrap(next, "no registration within \(seconds) s")
   }
 
-  func stop() { task.cancel() }
+  /// Returns once the server is gone, as a kubelet that restarts is gone before the next one
+  /// binds: SwiftNIO removes a Unix listener's path when it closes it, so a server still
+  /// closing would take its successor's kubelet.sock with it.
+  func stop() async {
+    task.cancel()
+    _ = await task.result
+  }
 
   struct Service: V1beta1_Registration.SimpleServiceProtocol {
     let registered: AsyncStream<V1beta1_RegisterRequest>.Continuation
