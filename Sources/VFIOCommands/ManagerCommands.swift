@@ -134,7 +134,7 @@ struct AttachCommand: ParsableCommand {
       let manager = options.manager()
       // Called by the manager with the group's lock held and the group marked closing, so the
       // broker grants it to nobody between the revoke and the attach.
-      var revoke: ((LedgerLease) throws(ManagerError) -> String)?
+      var revoke: (@Sendable (LedgerLease) throws(ManagerError) -> String)?
       if let wait = revokeAfter { revoke = Revoker(socket: socketOptions.socket, wait: wait, force: revokeForce).revoke }
       let report = try manager.groups.attach(options.target, release: release, dryRun: options.dryRun, revoke: revoke)
       reportTimings(manager)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import VFIOHost
 import VFIOPolicy
 
@@ -10,7 +11,7 @@ import VFIOPolicy
 /// - `persistence` (`BootPersistence`): detachments kept across boots and hot-plug;
 /// - `virtualFunctions` (`VirtualFunctions`): SR-IOV VF counts, the VFs created detached;
 /// - `records` (`ManagerRecords`): status, history and leases as the ledger has them.
-public final class AssignmentManager {
+public final class AssignmentManager: Sendable {
   public struct Configuration: Sendable {
     public var stateDirectory: String
     /// How long a command waits for another one's lock on the same group.
@@ -43,8 +44,12 @@ public final class AssignmentManager {
   public let host: any HostKernel
   public let configuration: Configuration
   let executor: PlanExecutor
-  /// Where the last command's time went, for `SWIFT_VFIO_TIMINGS=1` and the benchmark.
-  public internal(set) var timings = Timings()
+  /// Where the last command's time went, for `SWIFT_VFIO_TIMINGS=1` and the benchmark; a
+  /// batch's groups add to it from their own threads.
+  public var timings: Timings { spent.withLock { $0 } }
+  private let spent = Mutex(Timings())
+
+  func addTime(_ change: (inout Timings) -> Void) { spent.withLock { change(&$0) } }
 
   public struct Timings: Sendable, CustomStringConvertible {
     /// Performing and verifying plan steps (the kernel's share).

@@ -21,7 +21,7 @@ public struct ChangeReport: Codable, Sendable, Equatable {
   public let recovered: String?
   public let members: [MemberChange]
   /// Overrides used (`--force`, `--allow-no-reset`), devices that disappeared, and the like.
-  public let notes: [String]
+  public internal(set) var notes: [String]
 
   public struct MemberChange: Codable, Sendable, Equatable {
     public let address: PCIAddress

@@ -7,7 +7,7 @@ import VFIOPolicy
 /// they were: the plan `explain` prints is recorded in the ledger before the first write,
 /// executed step by step with each step verified and marked, and undone on failure; a crash
 /// at any step is finished or rolled back by the next command that touches the group.
-public struct GroupTransitions: ManagerPart {
+public struct GroupTransitions: ManagerPart, Sendable {
   let manager: AssignmentManager
 
   // MARK: detach
@@ -18,24 +18,64 @@ public struct GroupTransitions: ManagerPart {
     _ target: Selector, driver: String = "vfio-pci", force: [PCIAddress] = [], allowNoReset: Bool = false,
     owner: Ownership? = nil, brokerOnly: Bool = false, dryRun: Bool = false, detachedBy: String = "detach"
   ) throws(ManagerError) -> ChangeReport {
+    try detach(
+      [target], driver: driver, force: force, allowNoReset: allowNoReset, owner: owner, brokerOnly: brokerOnly,
+      dryRun: dryRun, detachedBy: detachedBy)[0].get()
+  }
+
+  /// Detaches the groups of several targets in one call (`vfioctl detach A B …`), each as
+  /// `detach` does one: see `GroupBatch` for how they are checked, run and reported.
+  public func detach(
+    _ targets: [Selector], driver: String = "vfio-pci", force: [PCIAddress] = [], allowNoReset: Bool = false,
+    owner: Ownership? = nil, brokerOnly: Bool = false, dryRun: Bool = false, detachedBy: String = "detach"
+  ) throws(ManagerError) -> [GroupOutcome] {
     guard ["vfio-pci", "pci-stub"].contains(driver) else {
       throw .usage("--driver must be vfio-pci or pci-stub, not '\(driver)'")
     }
-    let group = try lockingGroup(target)
-    if dryRun {
-      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
-      let inventory = try readInventory()
-      let planned = try planDetach(
-        target, group: group, inventory: inventory, ledger: ledger, driver: driver, force: force,
-        allowNoReset: allowNoReset)
-      return report(.detach, group, .dryRun, planned.plan.detach, nil, inventory, planned.notes, planned.addresses)
+    let batch = try GroupBatch(targets, part: self, dryRun: dryRun)
+    defer { withExtendedLifetime(batch) {} }
+    var forced: [IOMMUGroupID: [PCIAddress]] = [:]
+    for address in force {
+      let group = try lockingGroup(.device(address))
+      guard batch.groups.contains(group) else {
+        throw .usage("--force \(address): its IOMMU group \(group) is not one this command changes")
+      }
+      forced[group, default: []].append(address)
     }
-    let (lock, ledger, recovered) = try begin(group: group)
-    defer { withExtendedLifetime(lock) {} }
     let inventory = try readInventory()
-    let planned = try planDetach(
-      target, group: group, inventory: inventory, ledger: ledger, driver: driver, force: force,
-      allowNoReset: allowNoReset)
+    var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
+    var plans: [DetachPlan] = []
+    for (group, target) in batch.targets {
+      do {
+        plans.append(
+          try planDetach(
+            target, group: group, inventory: inventory, ledger: batch.ledger, driver: driver,
+            force: forced[group] ?? [], allowNoReset: allowNoReset))
+      } catch .refused(let refused, let reasons) {
+        refusals[refused] = reasons
+      }
+    }
+    try GroupBatch.throwIfRefused(refusals)
+    guard let ledger = batch.ledger, !dryRun else {
+      return plans.map {
+        .success(report(.detach, $0.group, .dryRun, $0.plan.detach, nil, inventory, $0.notes, $0.addresses))
+      }
+    }
+    let recovered = batch.recovered
+    return try batch.run(plans, touching: { $0.touched }) { planned throws(ManagerError) in
+      try runDetach(
+        planned, ledger: ledger, driver: driver, owner: owner, brokerOnly: brokerOnly, detachedBy: detachedBy,
+        recovered: recovered[planned.group])
+    }
+  }
+
+  /// One planned group of a detach, under its lock.
+  func runDetach(
+    _ planned: DetachPlan, ledger: Ledger, driver: String, owner: Ownership?, brokerOnly: Bool, detachedBy: String,
+    recovered: String?
+  ) throws(ManagerError) -> ChangeReport {
+    let group = planned.group
+    let inventory = planned.inventory
     if let record = try ledger.group(group), record.state == .detached,
       planned.addresses.allSatisfy({ inventory.device($0)?.driver == record.driver })
     {
@@ -63,16 +103,19 @@ public struct GroupTransitions: ManagerPart {
     try history(ledger, group, "ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", "))
     // The kernel made the nodes anew (root, 0600): what the ledger says of their owner holds.
     let notes = try manager.access.applyOwnership(
-        group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
-      + manager.persistence.refreshPersistence(ledger: ledger)
+      group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
     return report(.detach, group, .done, steps, recovered, inventory, planned.notes + notes, planned.addresses)
   }
 
-  struct DetachPlan {
+  struct DetachPlan: Sendable {
+    let group: IOMMUGroupID
     let plan: AssignmentPlan
     let originals: [LedgerMember]
     let notes: [String]
+    /// The host as it was read, under the lock, before anything changed.
+    let inventory: HostInventory
     var addresses: [PCIAddress] { originals.compactMap(\.pciAddress) }
+    var touched: Set<PCIAddress> { GroupBatch.touched(by: plan.detach, members: addresses) }
   }
 
   /// The same `AssignmentPlan` `explain` prints, after the checks that refuse it.
@@ -121,7 +164,7 @@ public struct GroupTransitions: ManagerPart {
     let plan = AssignmentPlan(
       group: group, members: assessment.members, inventory: inventory,
       originals: originals.originalBindings, driver: driver)
-    return DetachPlan(plan: plan, originals: originals, notes: notes)
+    return DetachPlan(group: group, plan: plan, originals: originals, notes: notes, inventory: inventory)
   }
 
   // MARK: attach
@@ -133,40 +176,83 @@ public struct GroupTransitions: ManagerPart {
     _ target: Selector, release: Bool = false, dryRun: Bool = false,
     revoke: ((LedgerLease) throws(ManagerError) -> String)? = nil
   ) throws(ManagerError) -> ChangeReport {
-    let group = try lockingGroup(target)
-    if dryRun {
-      let ledger = try Ledger.open(directory: configuration.stateDirectory, create: false)
-      let inventory = try readInventory()
-      let planned = try planAttach(group: group, inventory: inventory, ledger: ledger)
-      return report(.attach, group, .dryRun, planned.steps, nil, inventory, planned.notes, planned.addresses)
+    // A batch of one group runs on the calling thread (`GroupBatch.schedule`), so `revoke`
+    // is called there and need not be Sendable.
+    var sendable: (@Sendable (LedgerLease) throws(ManagerError) -> String)?
+    if let revoke {
+      let box = UncheckedRevoke(call: revoke)
+      sendable = { lease throws(ManagerError) -> String in try box.call(lease) }
     }
-    let (lock, ledger, recovered) = try begin(group: group)
-    defer { withExtendedLifetime(lock) {} }
+    return try attach([target], release: release, dryRun: dryRun, revoke: sendable)[0].get()
+  }
+
+  private struct UncheckedRevoke: @unchecked Sendable {
+    let call: (LedgerLease) throws(ManagerError) -> String
+  }
+
+  /// Gives the groups of several targets back in one call (`vfioctl attach A B …`), each as
+  /// `attach` does one: see `GroupBatch` for how they are checked, run and reported.
+  public func attach(
+    _ targets: [Selector], release: Bool = false, dryRun: Bool = false,
+    revoke: (@Sendable (LedgerLease) throws(ManagerError) -> String)? = nil
+  ) throws(ManagerError) -> [GroupOutcome] {
+    let batch = try GroupBatch(targets, part: self, dryRun: dryRun)
+    defer { withExtendedLifetime(batch) {} }
     let inventory = try readInventory()
-    if let recovered, try ledger.group(group)?.state == .host {
-      // Recovery already gave the group back (it finished an interrupted attach).
-      return report(.attach, group, .alreadyDone, [], recovered, inventory, [], [])
+    var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
+    var plans: [AttachPlan] = []
+    var settled: [IOMMUGroupID: ChangeReport] = [:]
+    for group in batch.groups {
+      if let recovered = batch.recovered[group], try batch.ledger?.group(group)?.state == .host {
+        // Recovery already gave the group back (it finished an interrupted attach).
+        settled[group] = report(.attach, group, .alreadyDone, [], recovered, inventory, [], [])
+        continue
+      }
+      let planned = try planAttach(group: group, inventory: inventory, ledger: batch.ledger)
+      if !dryRun, let ledger = batch.ledger {
+        if let reserved = try ledger.group(group)?.reservedFor, !release {
+          refusals[group] = [
+            .init(
+              code: "reserved",
+              message: "IOMMU group \(group) is reserved for \(reserved): it stays detached while that guest is stopped",
+              remedy: "`vfioctl attach \(group) --release` ends the reservation and gives the group back")
+          ]
+          continue
+        }
+        // A leased group's holders are looked for once the lease is taken back.
+        if try ledger.lease(group: group) == nil, let refusal = openHolders(planned) {
+          refusals[group] = [refusal]
+          continue
+        }
+      }
+      plans.append(planned)
     }
-    let planned = try planAttach(group: group, inventory: inventory, ledger: ledger)
-    if let reserved = try ledger.group(group)?.reservedFor, !release {
-      throw .refused(
-        group: group,
-        [
-          .init(
-            code: "reserved", message: "IOMMU group \(group) is reserved for \(reserved): it stays detached while that guest is stopped",
-            remedy: "`vfioctl attach \(group) --release` ends the reservation and gives the group back")
-        ])
+    try GroupBatch.throwIfRefused(refusals)
+    guard let ledger = batch.ledger, !dryRun else {
+      for planned in plans {
+        settled[planned.group] = report(
+          .attach, planned.group, .dryRun, planned.steps, nil, inventory, planned.notes, planned.addresses)
+      }
+      return batch.groups.compactMap { settled[$0].map { .success($0) } }
     }
+    let recovered = batch.recovered
+    let outcomes = try batch.run(plans, touching: { $0.touched }) { planned throws(ManagerError) in
+      try runAttach(planned, ledger: ledger, revoke: revoke, recovered: recovered[planned.group])
+    }
+    let ran = Dictionary(uniqueKeysWithValues: zip(plans.map(\.group), outcomes))
+    return batch.groups.compactMap { group in settled[group].map { .success($0) } ?? ran[group] }
+  }
+
+  /// One planned group of an attach, under its lock.
+  func runAttach(
+    _ planned: AttachPlan, ledger: Ledger, revoke: (@Sendable (LedgerLease) throws(ManagerError) -> String)?,
+    recovered: String?
+  ) throws(ManagerError) -> ChangeReport {
+    let group = planned.group
     var notes = planned.notes
     if let lease = try ledger.lease(group: group) {
       notes.append(try takeBack(lease, group: group, ledger: ledger, revoke: revoke))
-    }
-    let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: planned.addresses)
-    guard holders.isEmpty else {
-      let refusal = ManagerError.Refusal(
-        code: "open", message: holders.map(\.description).joined(separator: "; "),
-        remedy: "stop the VMM or driver that uses it (or close the descriptors), then attach again")
-      throw .refused(group: group, [refusal])
+      if let refusal = openHolders(planned) { throw .refused(group: group, [refusal]) }
     }
     let record = try ledger.group(group)
     var operation = try ledger.begin(newOperation(.attach, group: group, steps: planned.steps))
@@ -187,8 +273,16 @@ public struct GroupTransitions: ManagerPart {
     try finish(ledger, &operation, status: .done, groupState: .host, detail: nil)
     try history(ledger, group, "ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", "))
     if let owner = record?.ownership { notes.append("uid \(owner.uid) no longer owns IOMMU group \(group)") }
-    notes += try manager.persistence.refreshPersistence(ledger: ledger)
-    return report(.attach, group, .done, planned.steps, recovered, inventory, notes, planned.addresses)
+    return report(.attach, group, .done, planned.steps, recovered, planned.inventory, notes, planned.addresses)
+  }
+
+  /// The processes that have the group or one of its devices open, as a refusal; nil if none.
+  func openHolders(_ planned: AttachPlan) -> ManagerError.Refusal? {
+    let holders = OpenHolderScanner(sysfs: sysfs).holders(group: planned.group, devices: planned.addresses)
+    guard !holders.isEmpty else { return nil }
+    return ManagerError.Refusal(
+      code: "open", message: holders.map(\.description).joined(separator: "; "),
+      remedy: "stop the VMM or driver that uses it (or close the descriptors), then attach again")
   }
 
   /// The broker has the group leased: under the group's lock the group is marked closing (so
@@ -196,7 +290,8 @@ public struct GroupTransitions: ManagerPart {
   /// lease must be gone from the ledger afterwards; otherwise the attach is refused and the
   /// mark cleared. Without `revoke` the attach is refused outright, naming the holder.
   func takeBack(
-    _ lease: LedgerLease, group: IOMMUGroupID, ledger: Ledger, revoke: ((LedgerLease) throws(ManagerError) -> String)?
+    _ lease: LedgerLease, group: IOMMUGroupID, ledger: Ledger,
+    revoke: (@Sendable (LedgerLease) throws(ManagerError) -> String)?
   ) throws(ManagerError) -> String {
     guard let revoke else {
       throw .refused(
@@ -229,11 +324,15 @@ public struct GroupTransitions: ManagerPart {
     return "the broker's lease (pid \(lease.pid)) was revoked: \(outcome)"
   }
 
-  struct AttachPlan {
+  struct AttachPlan: Sendable {
+    let group: IOMMUGroupID
     let steps: [PlanStep]
     let members: [LedgerMember]
     let notes: [String]
+    /// The host as it was read, under the lock, before anything changed.
+    let inventory: HostInventory
     var addresses: [PCIAddress] { members.compactMap(\.pciAddress) }
+    var touched: Set<PCIAddress> { GroupBatch.touched(by: steps, members: addresses) }
   }
 
   func planAttach(group: IOMMUGroupID, inventory: HostInventory, ledger: Ledger?) throws(ManagerError) -> AttachPlan {
@@ -266,7 +365,7 @@ public struct GroupTransitions: ManagerPart {
     let plan = AssignmentPlan(
       group: group, members: members, inventory: inventory,
       originals: present.originalBindings, driver: record.driver ?? "vfio-pci")
-    return AttachPlan(steps: plan.restore, members: present, notes: notes)
+    return AttachPlan(group: group, steps: plan.restore, members: present, notes: notes, inventory: inventory)
   }
 
   // MARK: reset
@@ -436,11 +535,11 @@ public struct GroupTransitions: ManagerPart {
 
   /// Performs, verifies and marks each step; the fault hook fires between the last two.
   func execute(_ steps: [PlanStep], operation: inout LedgerOperation, ledger: Ledger) throws(StepFailure) {
-    defer { manager.timings.ledger = ledger.secondsWriting }
+    defer { manager.addTime { $0.ledger = ledger.secondsWriting } }
     for (index, step) in steps.enumerated() {
       let number = index + 1
       let start = monotonicSeconds()
-      defer { manager.timings.steps += monotonicSeconds() - start }
+      defer { manager.addTime { $0.steps += monotonicSeconds() - start } }
       do {
         try executor.perform(step)
         try executor.verify(step)
@@ -483,7 +582,7 @@ public struct GroupTransitions: ManagerPart {
     _ ledger: Ledger, _ operation: inout LedgerOperation, status: LedgerOperation.Status, groupState: GroupState?,
     detail: String?
   ) throws(ManagerError) {
-    defer { manager.timings.ledger = ledger.secondsWriting }
+    defer { manager.addTime { $0.ledger = ledger.secondsWriting } }
     try ledger.finish(&operation, status, detail: detail, groupState: groupState)
   }
 }

@@ -18,7 +18,7 @@ extension ManagerPart {
 
   func readInventory() throws(ManagerError) -> HostInventory {
     let start = monotonicSeconds()
-    defer { manager.timings.inventory += monotonicSeconds() - start }
+    defer { manager.addTime { $0.inventory += monotonicSeconds() - start } }
     do {
       return try HostInventory.read(sysfs, pageSize: configuration.pageSize)
     } catch {
@@ -46,18 +46,31 @@ extension ManagerPart {
   /// Takes the group's lock, opens (or creates) the ledger, and recovers what a crashed
   /// process left unfinished on this group.
   func begin(group: IOMMUGroupID) throws(ManagerError) -> (GroupLock, Ledger, String?) {
+    let session = try begin(groups: [group])
+    return (session.locks[0], session.ledger, session.recovered[group])
+  }
+
+  /// The same for several groups, locked in ascending order (two callers cannot deadlock).
+  func begin(groups: [IOMMUGroupID]) throws(ManagerError)
+    -> (locks: [GroupLock], ledger: Ledger, recovered: [IOMMUGroupID: String])
+  {
     guard let ledger = try Ledger.open(directory: configuration.stateDirectory, create: true) else {
       throw .ledger(path: configuration.stateDirectory, "could not be created")
     }
-    let lock = try lock(group: group)
-    var recovered = try manager.groups.recoverIfNeeded(group: group, ledger: ledger)
-    // With the lock held, a closing mark is an attach that died between marking and finishing.
-    if try ledger.group(group)?.closing == true {
-      try ledger.setClosing(group: group, false)
-      try history(ledger, group, "recovered", "the closing mark of an interrupted attach was cleared")
-      recovered = (recovered.map { $0 + "; " } ?? "") + "IOMMU group \(group): cleared the closing mark of an interrupted attach"
+    var locks: [GroupLock] = []
+    var recovered: [IOMMUGroupID: String] = [:]
+    for group in Set(groups).sorted() {
+      locks.append(try lock(group: group))
+      var note = try manager.groups.recoverIfNeeded(group: group, ledger: ledger)
+      // With the lock held, a closing mark is an attach that died between marking and finishing.
+      if try ledger.group(group)?.closing == true {
+        try ledger.setClosing(group: group, false)
+        try history(ledger, group, "recovered", "the closing mark of an interrupted attach was cleared")
+        note = (note.map { $0 + "; " } ?? "") + "IOMMU group \(group): cleared the closing mark of an interrupted attach"
+      }
+      recovered[group] = note
     }
-    return (lock, ledger, recovered)
+    return (locks, ledger, recovered)
   }
 
   /// The group's lock, waiting as configured.
