@@ -17,9 +17,6 @@ public struct StateOptions: ParsableArguments {
 
 /// What every command that changes the host takes.
 struct ChangeOptions: ParsableArguments {
-  @Argument(help: "A PCI address or an IOMMU group number: the whole group is changed.", transform: parseSelector)
-  var target: Selector
-
   @Flag(help: "Print the steps and change nothing.")
   var dryRun = false
 
@@ -54,6 +51,53 @@ extension StateOptions {
   }
 }
 
+let groupsHelp = """
+  PCI addresses or IOMMU group numbers: each one's whole group is changed. Several are one batch: \
+  every group is checked before any is changed, then the groups are changed side by side.
+  """
+
+extension OutputOptions {
+  /// One target's report as ever; a batch's one after another (JSON: an array of the same
+  /// documents, an error document for a group that failed), exiting with the first failed
+  /// group's code.
+  func emit(_ outcomes: [GroupOutcome]) throws {
+    if outcomes.count == 1 {
+      try emit(try outcomes[0].get(), human: ManagerRenderer.change)
+      return
+    }
+    var failure: ManagerError?
+    var documents: [GroupDocument] = []
+    var text = ""
+    for outcome in outcomes {
+      switch outcome {
+      case .success(let report):
+        documents.append(.report(report))
+        text += (text.isEmpty ? "" : "\n") + ManagerRenderer.change(report)
+      case .failure(let error):
+        printError(error.description)
+        documents.append(.error(ErrorReport(error)))
+        failure = failure ?? error
+      }
+    }
+    print(json ? try encodeJSON(documents) : text, terminator: "")
+    if let failure { throw ExitCode(failure.exitCode) }
+  }
+}
+
+/// One group's document in a batch's JSON: what a single target would have printed.
+enum GroupDocument: Encodable {
+  case report(ChangeReport)
+  case error(ErrorReport)
+
+  func encode(to encoder: any Encoder) throws {
+    var container = encoder.singleValueContainer()
+    switch self {
+    case .report(let report): try container.encode(report)
+    case .error(let error): try container.encode(error)
+    }
+  }
+}
+
 /// With `SWIFT_VFIO_TIMINGS=1`, where a change's time went, on stderr (the benchmark reads it).
 func reportTimings(_ manager: AssignmentManager) {
   guard ProcessInfo.processInfo.environment["SWIFT_VFIO_TIMINGS"] == "1" else { return }
@@ -70,6 +114,9 @@ struct DetachCommand: ParsableCommand {
       Refuses, changing nothing, while a member is in use by the host. A failed step puts every \
       device back. Exit codes: 0 done, 1 refused, 74 a step failed (rolled back), 75 the group is busy.
       """)
+
+  @Argument(help: ArgumentHelp(groupsHelp, valueName: "address-or-group"), transform: parseSelector)
+  var targets: [Selector]
 
   @OptionGroup var options: ChangeOptions
 
@@ -96,11 +143,11 @@ struct DetachCommand: ParsableCommand {
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let manager = options.manager()
-      let report = try manager.groups.detach(
-        options.target, driver: driver, force: force, allowNoReset: allowNoReset, owner: try owner.ownership(),
+      let outcomes = try manager.groups.detach(
+        targets, driver: driver, force: force, allowNoReset: allowNoReset, owner: try owner.ownership(),
         brokerOnly: brokerOnly, dryRun: options.dryRun)
       reportTimings(manager)
-      try options.output.emit(report, human: ManagerRenderer.change)
+      try options.output.emit(outcomes)
     }
   }
 }
@@ -110,6 +157,9 @@ struct AttachCommand: ParsableCommand {
     commandName: "attach",
     abstract: "Give a detached IOMMU group back to the host: reset, then each device on exactly its original driver.",
     discussion: "Refuses while a process has the group or one of its devices open, naming it.")
+
+  @Argument(help: ArgumentHelp(groupsHelp, valueName: "address-or-group"), transform: parseSelector)
+  var targets: [Selector]
 
   @OptionGroup var options: ChangeOptions
 
@@ -136,9 +186,9 @@ struct AttachCommand: ParsableCommand {
       // broker grants it to nobody between the revoke and the attach.
       var revoke: (@Sendable (LedgerLease) throws(ManagerError) -> String)?
       if let wait = revokeAfter { revoke = Revoker(socket: socketOptions.socket, wait: wait, force: revokeForce).revoke }
-      let report = try manager.groups.attach(options.target, release: release, dryRun: options.dryRun, revoke: revoke)
+      let outcomes = try manager.groups.attach(targets, release: release, dryRun: options.dryRun, revoke: revoke)
       reportTimings(manager)
-      try options.output.emit(report, human: ManagerRenderer.change)
+      try options.output.emit(outcomes)
     }
   }
 }
@@ -169,6 +219,9 @@ struct ResetCommand: ParsableCommand {
       functions is one VFIO hot reset, allowed only when every function it hits is detached or unused.
       """)
 
+  @Argument(help: "A PCI address, or an IOMMU group number for every endpoint of the group.", transform: parseSelector)
+  var target: Selector
+
   @OptionGroup var options: ChangeOptions
 
   @Option(help: "The kernel's reset method to use: flr, af_flr, pm, bus, ... (default: the kernel's first).")
@@ -177,7 +230,7 @@ struct ResetCommand: ParsableCommand {
   func run() throws {
     try reportingErrors(json: options.output.json) {
       let report = try options.manager().groups.reset(
-        options.target, method: method.map(ResetMethod.init(rawValue:)), dryRun: options.dryRun)
+        target, method: method.map(ResetMethod.init(rawValue:)), dryRun: options.dryRun)
       try options.output.emit(report, human: ManagerRenderer.change)
     }
   }

@@ -56,10 +56,11 @@ final class GroupBatch {
     }
   }
 
-  /// A refusal of one group as that group's, of several as all of theirs.
-  static func throwIfRefused(_ refusals: [IOMMUGroupID: [ManagerError.Refusal]]) throws(ManagerError) {
+  /// A single group's refusal as that group's; in a batch of several, every refused group's
+  /// reasons under "nothing was changed" (the groups not refused were not touched either).
+  func throwIfRefused(_ refusals: [IOMMUGroupID: [ManagerError.Refusal]]) throws(ManagerError) {
     guard let (group, reasons) = refusals.first else { return }
-    throw refusals.count == 1 ? .refused(group: group, reasons) : .refusedGroups(refusals)
+    throw targets.count == 1 ? .refused(group: group, reasons) : .refusedGroups(refusals)
   }
 
   /// The functions a group's steps write to or reset: its own, and a bus reset's neighbours.

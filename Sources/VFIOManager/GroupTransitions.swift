@@ -55,7 +55,7 @@ public struct GroupTransitions: ManagerPart, Sendable {
         refusals[refused] = reasons
       }
     }
-    try GroupBatch.throwIfRefused(refusals)
+    try batch.throwIfRefused(refusals)
     guard let ledger = batch.ledger, !dryRun else {
       return plans.map {
         .success(report(.detach, $0.group, .dryRun, $0.plan.detach, nil, inventory, $0.notes, $0.addresses))
@@ -227,7 +227,7 @@ public struct GroupTransitions: ManagerPart, Sendable {
       }
       plans.append(planned)
     }
-    try GroupBatch.throwIfRefused(refusals)
+    try batch.throwIfRefused(refusals)
     guard let ledger = batch.ledger, !dryRun else {
       for planned in plans {
         settled[planned.group] = report(

@@ -193,6 +193,49 @@ else
     fail "dpdk-testpmd is not in the guest"
 fi
 
+# --- several groups in one command: the e1000e (2), the bridge group (4) and 00:05.0 (5) ------
+on_host() { [ "$(drv 0000:00:02.0)$(ovr 0000:00:02.0)$(drv 0000:01:01.0)$(ovr 0000:01:01.0)$(drv 0000:01:02.0)$(ovr 0000:01:02.0)" = "e1000e(null)e1000(null)e1000(null)" ]; }
+run batch-detach v detach 2 01:01.0 5 01:02.0
+expect_rc "detach 2 01:01.0 5 01:02.0 (three groups, one batch)" 0 batch-detach
+for f in 0000:00:02.0 0000:01:01.0 0000:01:02.0 0000:00:05.0; do
+    expect "batch detach: $f on vfio-pci" $f vfio-pci vfio-pci
+done
+expect "batch detach: sibling 05.1 untouched" 0000:00:05.1 vfio-pci vfio-pci
+[ "$(grep -c '^detach IOMMU group [245]: done' /out/batch-detach.txt)" = 3 ] \
+    && pass "batch detach: one report per group, each group once" || fail "batch detach: $(head -c 400 /out/batch-detach.txt)"
+run_apart batch-attach v attach 5 4 2 --json
+expect_rc "attach 5 4 2 --json" 0 batch-attach
+[ "$(head -c 1 /out/batch-attach.txt)" = "[" ] && [ "$(grep -c '"outcome": "done"' /out/batch-attach.txt)" = 3 ] \
+    && pass "batch attach --json: a list of three reports" || fail "batch attach --json: $(head -c 400 /out/batch-attach.txt)"
+on_host && pass "batch attach: 02.0 on e1000e, both e1000 on e1000, no override" \
+    || fail "batch attach: 02.0 $(drv 0000:00:02.0), 01:01.0 $(drv 0000:01:01.0), 01:02.0 $(drv 0000:01:02.0)"
+expect "batch attach: 05.0 back on e1000e" 0000:00:05.0 e1000e "(null)"
+run batch-refused v detach 2 00:03.0
+expect_rc "detach 2 00:03.0: edu has no reset, so neither group changes" 1 batch-refused
+expect_text "batch refusal: says nothing was changed" "nothing was changed" batch-refused
+expect "batch refusal: 02.0 still on e1000e" 0000:00:02.0 e1000e "(null)"
+# A SIGKILL at step N of a batch interrupts every group that had not finished: group 2 has
+# fewer steps than group 4, so past its last step it stays detached, recorded and whole.
+steps=$(v detach 4 --dry-run | grep -c '^  [0-9][0-9]*\. ')
+for n in $(seq 1 "$steps"); do
+    SWIFT_VFIO_FAULT_AFTER_STEP=$n vfioctl detach --state "$S" 2 4 > /out/kill-batch-detach-$n.txt 2>&1
+    rc=$?
+    [ $rc = 137 ] || fail "batch detach killed after step $n: exit $rc, not SIGKILL"
+    run recover-batch-detach-$n v recover
+    [ "$(drv 0000:00:02.0)" = vfio-pci ] && v status 2 | grep -q detached && v attach 2 > /dev/null 2>&1
+    if on_host; then pass "kill -9 after step $n of a batch detach of groups 2 and 4: recover put every group right"
+    else fail "kill -9 after step $n of a batch detach: $(head -c 300 /out/recover-batch-detach-$n.txt); 02.0 $(drv 0000:00:02.0), 01:01.0 $(drv 0000:01:01.0), 01:02.0 $(drv 0000:01:02.0)"; fi
+done
+for n in $(seq 1 "$steps"); do
+    v detach 2 4 > /dev/null 2>&1 || fail "detach 2 4 before the batch attach kill $n"
+    SWIFT_VFIO_FAULT_AFTER_STEP=$n vfioctl attach --state "$S" 2 4 > /out/kill-batch-attach-$n.txt 2>&1
+    rc=$?
+    [ $rc = 137 ] || fail "batch attach killed after step $n: exit $rc, not SIGKILL"
+    run recover-batch-attach-$n v recover
+    if on_host; then pass "kill -9 after step $n of a batch attach of groups 2 and 4: recovery finished every group"
+    else fail "kill -9 after step $n of a batch attach: $(head -c 300 /out/recover-batch-attach-$n.txt); 02.0 $(drv 0000:00:02.0), 01:01.0 $(drv 0000:01:01.0), 01:02.0 $(drv 0000:01:02.0)"; fi
+done
+
 # --- kill -9 at every step of detach and attach of the bridge group -----------------------------
 steps=$(v detach 4 --dry-run | grep -c '^  [0-9][0-9]*\. ')
 echo "bridge group plan: $steps steps" > /out/kill-steps

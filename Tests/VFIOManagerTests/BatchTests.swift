@@ -1,0 +1,105 @@
+import Foundation
+import PCI
+import VFIOHost
+import VFIOManagerTestCase
+import VFIOManagerTestSupport
+import VFIOPolicy
+import XCTest
+
+@testable import VFIOManager
+
+/// `detach` and `attach` of several groups in one call (`GroupBatch`), on the q35-vtd capture:
+/// group 2 (an e1000e), group 4 (two e1000 behind a PCIe-to-PCI bridge, one bus reset) and
+/// group 10 (an NVMe controller).
+final class BatchTests: ManagerTestCase {
+  func testABatchDetachesEveryGroupAndAttachGivesThemAllBackExactly() throws {
+    try setUpTree()
+    let before = snapshot()
+    let detached = try manager().groups.detach([.group(2), .device(address("0000:01:01.0")), .group(10)])
+    XCTAssertEqual(try detached.map { try $0.get().group }, [2, 4, 10], "one outcome per group, in the targets' order")
+    XCTAssertEqual(try detached.map { try $0.get().outcome }, [.done, .done, .done])
+    XCTAssertEqual(try ledger().groups().filter { $0.state == .detached }.map(\.id).sorted(), [2, 4, 10])
+    for device in ["0000:00:02.0", "0000:01:01.0", "0000:01:02.0", "0000:02:00.0"] {
+      XCTAssertEqual(binding(device)?.driver, "vfio-pci", device)
+    }
+    XCTAssertEqual(kernel.busResets, [["0000:01:01.0", "0000:01:02.0"]], "the bridge group's bus reset, once")
+    XCTAssertEqual(try ledger().operations(group: 4).map(\.status), [.done])
+
+    let attached = try manager().groups.attach([.group(10), .group(2), .group(4)])
+    XCTAssertEqual(try attached.map { try $0.get().group }, [10, 2, 4])
+    XCTAssertEqual(try attached.map { try $0.get().outcome }, [.done, .done, .done])
+    XCTAssertEqual(snapshot(), before, "every device on exactly its original binding")
+    XCTAssertEqual(try ledger().groups().filter { $0.state != .host }.map(\.id), [])
+  }
+
+  func testFunctionsOfOneGroupNamedTwiceAreOneGroupChangedOnce() throws {
+    try setUpTree()
+    let outcomes = try manager().groups.detach([.device(address("0000:01:01.0")), .device(address("0000:01:02.0")), .group(4)])
+    XCTAssertEqual(outcomes.count, 1)
+    XCTAssertEqual(try outcomes[0].get().group, 4)
+    XCTAssertEqual(try ledger().operations(group: 4).count, 1)
+    XCTAssertEqual(kernel.busResets.count, 1)
+  }
+
+  func testOneRefusedGroupRefusesTheWholeBatchAndNothingChanges() throws {
+    try setUpTree()
+    let before = snapshot()
+    // Group 1 (the VGA device on the root bus) has no reset method.
+    XCTAssertThrowsError(try manager().groups.detach([.group(2), .group(1), .group(10)])) { error in
+      guard case ManagerError.refusedGroups(let refused) = error else { return XCTFail("\(error)") }
+      XCTAssertEqual(Array(refused.keys), [1])
+      XCTAssertTrue("\(error)".hasPrefix("nothing was changed"), "\(error)")
+      XCTAssertEqual((error as? ManagerError)?.exitCode, 1)
+    }
+    XCTAssertEqual(snapshot(), before)
+    XCTAssertEqual(kernel.writes, [])
+    XCTAssertEqual(historyCount(), 0)
+  }
+
+  func testAGroupWhoseStepFailsIsPutBackAndTheOthersStayDetached() throws {
+    try setUpTree()
+    kernel.failWrite = { path, value in
+      path == "/sys/bus/pci/drivers_probe" && value == "0000:00:02.0" ? EINVAL : nil
+    }
+    let outcomes = try manager().groups.detach([.group(2), .group(10)])
+    guard case .failure(.stepFailed(2, 3, _, _, true, [])) = outcomes[0] else { return XCTFail("\(outcomes[0])") }
+    XCTAssertEqual(try outcomes[1].get().outcome, .done)
+    XCTAssertEqual(binding("0000:00:02.0"), DriverBinding(driver: "e1000e", driverOverride: nil))
+    XCTAssertEqual(binding("0000:02:00.0")?.driver, "vfio-pci")
+    XCTAssertEqual(try ledger().group(2)?.state, .host)
+    XCTAssertEqual(try ledger().group(10)?.state, .detached)
+    XCTAssertEqual(try ledger().operations(group: 2).map(\.status), [.rolledBack])
+  }
+
+  func testABatchThatCannotLockEveryGroupChangesNone() throws {
+    try setUpTree()
+    let before = snapshot()
+    let held = try GroupLock(group: 10, stateDirectory: state.path, timeout: 1, command: "vfioctl detach 10")
+    XCTAssertThrowsError(try manager(lockTimeout: 0.1).groups.detach([.group(2), .group(10)])) { error in
+      guard case ManagerError.busy(10, _, _) = error else { return XCTFail("\(error)") }
+    }
+    withExtendedLifetime(held) {}
+    XCTAssertEqual(snapshot(), before)
+    XCTAssertEqual(kernel.writes, [])
+  }
+
+  func testADryRunBatchPlansEveryGroupAndChangesNothing() throws {
+    try setUpTree()
+    let before = snapshot()
+    let planned = try manager().groups.detach([.group(10), .group(2)], dryRun: true)
+    XCTAssertEqual(try planned.map { try $0.get().outcome }, [.dryRun, .dryRun])
+    XCTAssertEqual(try planned.map { try $0.get().group }, [10, 2])
+    XCTAssertEqual(snapshot(), before)
+    XCTAssertNil(try Ledger.open(directory: state.path, create: false), "no ledger made by a dry run")
+  }
+
+  func testGroupsThatTouchACommonFunctionFormOneChain() {
+    let a = address("0000:00:02.0")
+    let b = address("0000:01:01.0")
+    let c = address("0000:01:02.0")
+    let d = address("0000:02:00.0")
+    XCTAssertEqual(GroupBatch.chains([[a], [b, c], [d], [c]]), [[0], [1, 3], [2]])
+    XCTAssertEqual(GroupBatch.chains([[a, b], [c], [b, d], [d], [c]]), [[0, 2, 3], [1, 4]])
+    XCTAssertEqual(GroupBatch.chains([]), [])
+  }
+}
