@@ -54,13 +54,14 @@ public final class AssignmentManager: Sendable {
   public struct Timings: Sendable, CustomStringConvertible {
     /// Performing and verifying plan steps (the kernel's share).
     public var steps: Double = 0
-    /// Write transactions of the ledger.
+    /// Write transactions of the ledger: their time, and how many.
     public var ledger: Double = 0
+    public var ledgerTransactions = 0
     /// Reading the host model (sysfs, config space, host use).
     public var inventory: Double = 0
     public var description: String {
       func ms(_ seconds: Double) -> String { String(format: "%.1f", seconds * 1000) }
-      return "steps \(ms(steps)) ms, ledger \(ms(ledger)) ms, inventory \(ms(inventory)) ms"
+      return "steps \(ms(steps)) ms, ledger \(ms(ledger)) ms, inventory \(ms(inventory)) ms, \(ledgerTransactions) ledger transactions"
     }
   }
 

@@ -93,14 +93,16 @@ public struct GroupTransitions: ManagerPart, Sendable {
       try execute(steps, operation: &operation, ledger: ledger)
     } catch let failure {
       let rollback = converge(planned.originals, to: { $0.original })
-      try finish(ledger, &operation, status: .rolledBack, groupState: .host, detail: failure.why)
-      try history(ledger, group, "rolled-back", failure.why)
+      try finish(
+        ledger, &operation, status: .rolledBack, groupState: .host, detail: failure.why,
+        history: ("rolled-back", failure.why))
       throw .stepFailed(
         group: group, step: failure.step, description: failure.description, why: failure.why,
         restored: rollback.isEmpty, rollbackErrors: rollback)
     }
-    try finish(ledger, &operation, status: .done, groupState: .detached, detail: nil)
-    try history(ledger, group, "ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", "))
+    try finish(
+      ledger, &operation, status: .done, groupState: .detached, detail: nil,
+      history: ("ok", "detached to \(driver): " + planned.addresses.map(\.description).joined(separator: ", ")))
     // The kernel made the nodes anew (root, 0600): what the ledger says of their owner holds.
     let notes = try manager.access.applyOwnership(
       group: group, ledger: ledger, setting: owner, brokerOnly: brokerOnly, devices: planned.addresses)
@@ -262,16 +264,18 @@ public struct GroupTransitions: ManagerPart, Sendable {
       // Half a group on the host is the one state that must not last: back to the VFIO driver.
       let assigned = DriverBinding.assigned(to: record?.driver ?? "vfio-pci")
       let rollback = converge(planned.members, to: { _ in assigned })
-      try finish(ledger, &operation, status: .rolledBack, groupState: .detached, detail: failure.why)
-      try history(ledger, group, "rolled-back", failure.why + "; the group stays detached")
+      try finish(
+        ledger, &operation, status: .rolledBack, groupState: .detached, detail: failure.why,
+        history: ("rolled-back", failure.why + "; the group stays detached"))
       throw .stepFailed(
         group: group, step: failure.step, description: failure.description,
         why: failure.why + " (the group was put back on \(assigned.driver ?? "vfio-pci"): still detached)",
         restored: rollback.isEmpty, rollbackErrors: rollback)
     }
     // Back with the host: the owner's claim, the reservation and persistence end with it.
-    try finish(ledger, &operation, status: .done, groupState: .host, detail: nil)
-    try history(ledger, group, "ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", "))
+    try finish(
+      ledger, &operation, status: .done, groupState: .host, detail: nil,
+      history: ("ok", "attached: " + planned.members.map { "\($0.address) \($0.original)" }.joined(separator: ", ")))
     if let owner = record?.ownership { notes.append("uid \(owner.uid) no longer owns IOMMU group \(group)") }
     return report(.attach, group, .done, planned.steps, recovered, planned.inventory, notes, planned.addresses)
   }
@@ -401,14 +405,16 @@ public struct GroupTransitions: ManagerPart, Sendable {
     do {
       try execute(steps, operation: &operation, ledger: ledger)
     } catch let failure {
-      try finish(ledger, &operation, status: .failed, groupState: nil, detail: failure.why)
-      try history(ledger, group, "failed", failure.why)
+      try finish(
+        ledger, &operation, status: .failed, groupState: nil, detail: failure.why,
+        history: ("failed", failure.why))
       throw .stepFailed(
         group: group, step: failure.step, description: failure.description, why: failure.why, restored: true,
         rollbackErrors: [])
     }
-    try finish(ledger, &operation, status: .done, groupState: nil, detail: nil)
-    try history(ledger, group, "ok", steps.map(\.description).joined(separator: "; "))
+    try finish(
+      ledger, &operation, status: .done, groupState: nil, detail: nil,
+      history: ("ok", steps.map(\.description).joined(separator: "; ")))
     return report(.reset, group, .done, steps, recovered, inventory, [], devices)
   }
 
@@ -514,14 +520,16 @@ public struct GroupTransitions: ManagerPart, Sendable {
     }
     let errors = operation.kind == .reset ? [] : converge(members, to: { $0.original })
     guard errors.isEmpty else {
-      try finish(ledger, &operation, status: .failed, groupState: .changing, detail: errors.joined(separator: "; "))
-      try history(ledger, group, "failed", "recovery failed: " + errors.joined(separator: "; "))
+      try finish(
+        ledger, &operation, status: .failed, groupState: .changing, detail: errors.joined(separator: "; "),
+        history: ("failed", "recovery failed: " + errors.joined(separator: "; ")))
       throw .stepFailed(
         group: group, step: operation.stepsDone + 1, description: "recovery of an interrupted \(operation.kind.rawValue)",
         why: "the devices could not all be put back", restored: false, rollbackErrors: errors)
     }
-    try finish(ledger, &operation, status: .recovered, groupState: groupState, detail: what)
-    try history(ledger, group, "recovered", what)
+    try finish(
+      ledger, &operation, status: .recovered, groupState: groupState, detail: what,
+      history: ("recovered", what))
     return "IOMMU group \(group): " + what
   }
 
@@ -533,9 +541,10 @@ public struct GroupTransitions: ManagerPart, Sendable {
     let why: String
   }
 
-  /// Performs, verifies and marks each step; the fault hook fires between the last two.
+  /// Performs, verifies and marks each step (the last by `finish`); the fault hook fires
+  /// between performing a step and marking it.
   func execute(_ steps: [PlanStep], operation: inout LedgerOperation, ledger: Ledger) throws(StepFailure) {
-    defer { manager.addTime { $0.ledger = ledger.secondsWriting } }
+    defer { noteLedgerTime(ledger) }
     for (index, step) in steps.enumerated() {
       let number = index + 1
       let start = monotonicSeconds()
@@ -548,6 +557,9 @@ public struct GroupTransitions: ManagerPart, Sendable {
       }
       if configuration.faultAfterStep == number { kill(getpid(), SIGKILL) }
       operation.stepsDone = number
+      // The last step is marked by `finish`, in the transaction that ends the operation: a
+      // crash before it finds the step unmarked, as a crash just before any mark does.
+      guard number < steps.count else { break }
       do {
         try ledger.markStep(operation)
       } catch {
@@ -578,11 +590,23 @@ public struct GroupTransitions: ManagerPart, Sendable {
     LedgerOperation(starting: kind, group: group, steps: steps, command: configuration.command)
   }
 
+  /// What the ledger has cost so far, into the manager's timings.
+  func noteLedgerTime(_ ledger: Ledger) {
+    manager.addTime {
+      $0.ledger = ledger.secondsWriting
+      $0.ledgerTransactions = ledger.writeTransactions
+    }
+  }
+
+  /// Records how the operation ended, its group's state and the history entry in one
+  /// transaction (with the last step's mark: `execute` leaves it to this).
   func finish(
     _ ledger: Ledger, _ operation: inout LedgerOperation, status: LedgerOperation.Status, groupState: GroupState?,
-    detail: String?
+    detail: String?, history: (result: String, detail: String)
   ) throws(ManagerError) {
-    defer { manager.addTime { $0.ledger = ledger.secondsWriting } }
-    try ledger.finish(&operation, status, detail: detail, groupState: groupState)
+    defer { noteLedgerTime(ledger) }
+    try ledger.finish(
+      &operation, status, detail: detail, groupState: groupState,
+      history: historyEntry(operation.groupID, history.result, history.detail))
   }
 }

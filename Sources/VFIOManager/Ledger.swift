@@ -15,10 +15,12 @@ public final class Ledger: Sendable {
   public static let fileName = "ledger.sqlite"
   public let path: String
   let queue: DatabaseQueue
-  private let writing = Mutex<Double>(0)
+  private let writing = Mutex<(seconds: Double, transactions: Int)>((0, 0))
 
   /// Seconds spent in write transactions so far (what the ledger costs a command).
-  public var secondsWriting: Double { writing.withLock { $0 } }
+  public var secondsWriting: Double { writing.withLock { $0.seconds } }
+  /// Write transactions so far.
+  public var writeTransactions: Int { writing.withLock { $0.transactions } }
 
   /// Opens the ledger in `directory`, creating it (and migrating the schema) when `create`.
   /// Returns nil when it does not exist and `create` is false: nothing was ever recorded.
@@ -308,7 +310,12 @@ public final class Ledger: Sendable {
   /// bounded records are its only callers outside this file.
   func write<T>(_ body: (Database) throws -> T) throws(ManagerError) -> T {
     let start = monotonicSeconds()
-    defer { writing.withLock { $0 += monotonicSeconds() - start } }
+    defer {
+      writing.withLock {
+        $0.seconds += monotonicSeconds() - start
+        $0.transactions += 1
+      }
+    }
     do {
       return try queue.write(body)
     } catch let error as ManagerError {

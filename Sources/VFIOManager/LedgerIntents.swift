@@ -51,8 +51,10 @@ extension Ledger {
   /// Records how an operation ended and, with `groupState`, where its group now stands: back
   /// with the host (nothing of a user's stays with it, the members are forgotten) or another
   /// state since now.
+  /// With `history`, the entry is written in the same transaction.
   public func finish(
-    _ operation: inout LedgerOperation, _ status: LedgerOperation.Status, detail: String? = nil, groupState: GroupState?
+    _ operation: inout LedgerOperation, _ status: LedgerOperation.Status, detail: String? = nil, groupState: GroupState?,
+    history: HistoryEntry? = nil
   ) throws(ManagerError) {
     operation.status = status
     operation.finished = Date()
@@ -60,6 +62,7 @@ extension Ledger {
     let operation = operation
     try write { db in
       try operation.update(db)
+      if var history { try history.insert(db) }
       guard let groupState, var record = try LedgerGroup.fetchOne(db, key: operation.groupID) else { return }
       if groupState == .host {
         record.returnToHost()

@@ -88,10 +88,13 @@ extension ManagerPart {
   }
 
   func history(_ ledger: Ledger, _ group: IOMMUGroupID, _ result: String, _ detail: String) throws(ManagerError) {
-    try ledger.record(
-      HistoryEntry(
-        uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command,
-        result: result, detail: detail))
+    try ledger.record(historyEntry(group, result, detail))
+  }
+
+  func historyEntry(_ group: IOMMUGroupID, _ result: String, _ detail: String) -> HistoryEntry {
+    HistoryEntry(
+      uid: Int(getuid()), pid: Int(getpid()), groupID: group, command: configuration.command, result: result,
+      detail: detail)
   }
 
   func report(

@@ -103,3 +103,21 @@ final class BatchTests: ManagerTestCase {
     XCTAssertEqual(GroupBatch.chains([]), [])
   }
 }
+
+extension BatchTests {
+  /// The ledger's writes per group: one transaction records the plan, one marks each step but
+  /// the last, and one marks the last, ends the operation and writes the history.
+  func testADetachAndAnAttachWriteTheLedgerOncePerStep() throws {
+    try setUpTree()
+    let detaching = manager()
+    let detached = try detaching.groups.detach(.group(2))
+    XCTAssertEqual(detached.steps.count, 4)
+    XCTAssertEqual(detaching.timings.ledgerTransactions, 1 + 4, "the plan, then one per step (was 1 + 4 + 2)")
+    XCTAssertEqual(try ledger().operations(group: 2).map(\.stepsDone), [4])
+    XCTAssertEqual(try ledger().history(group: 2).map(\.result), ["ok"])
+    let attaching = manager()
+    let attached = try attaching.groups.attach(.group(2))
+    XCTAssertEqual(attaching.timings.ledgerTransactions, 1 + attached.steps.count)
+    XCTAssertEqual(try ledger().history(group: 2).map(\.result), ["ok", "ok"])
+  }
+}
