@@ -204,6 +204,7 @@ public struct GroupTransitions: ManagerPart, Sendable {
     var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
     var plans: [AttachPlan] = []
     var settled: [IOMMUGroupID: ChangeReport] = [:]
+    var unleased: [IOMMUGroupID: [PCIAddress]] = [:]
     for group in batch.groups {
       if let recovered = batch.recovered[group], try batch.ledger?.group(group)?.state == .host {
         // Recovery already gave the group back (it finished an interrupted attach).
@@ -222,12 +223,13 @@ public struct GroupTransitions: ManagerPart, Sendable {
           continue
         }
         // A leased group's holders are looked for once the lease is taken back.
-        if try ledger.lease(group: group) == nil, let refusal = openHolders(planned) {
-          refusals[group] = [refusal]
-          continue
-        }
+        if try ledger.lease(group: group) == nil { unleased[group] = planned.addresses }
       }
       plans.append(planned)
+    }
+    // Every group's holders from one walk of /proc.
+    for (group, holders) in OpenHolderScanner(sysfs: sysfs).holders(of: unleased) {
+      if let refusal = Self.openRefusal(holders) { refusals[group] = [refusal] }
     }
     try batch.throwIfRefused(refusals)
     guard let ledger = batch.ledger, !dryRun else {
@@ -254,7 +256,8 @@ public struct GroupTransitions: ManagerPart, Sendable {
     var notes = planned.notes
     if let lease = try ledger.lease(group: group) {
       notes.append(try takeBack(lease, group: group, ledger: ledger, revoke: revoke))
-      if let refusal = openHolders(planned) { throw .refused(group: group, [refusal]) }
+      let holders = OpenHolderScanner(sysfs: sysfs).holders(group: group, devices: planned.addresses)
+      if let refusal = Self.openRefusal(holders) { throw .refused(group: group, [refusal]) }
     }
     let record = try ledger.group(group)
     var operation = try ledger.begin(newOperation(.attach, group: group, steps: planned.steps))
@@ -280,9 +283,8 @@ public struct GroupTransitions: ManagerPart, Sendable {
     return report(.attach, group, .done, planned.steps, recovered, planned.inventory, notes, planned.addresses)
   }
 
-  /// The processes that have the group or one of its devices open, as a refusal; nil if none.
-  func openHolders(_ planned: AttachPlan) -> ManagerError.Refusal? {
-    let holders = OpenHolderScanner(sysfs: sysfs).holders(group: planned.group, devices: planned.addresses)
+  /// The processes that have a group or one of its devices open, as a refusal; nil if none.
+  static func openRefusal(_ holders: [OpenHolder]) -> ManagerError.Refusal? {
     guard !holders.isEmpty else { return nil }
     return ManagerError.Refusal(
       code: "open", message: holders.map(\.description).joined(separator: "; "),

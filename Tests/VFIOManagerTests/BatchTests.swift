@@ -121,3 +121,25 @@ extension BatchTests {
     XCTAssertEqual(try ledger().history(group: 2).map(\.result), ["ok", "ok"])
   }
 }
+
+extension BatchTests {
+  /// Holders are looked for in one walk of /proc for every group; one held group refuses all.
+  func testAProcessHoldingOneGroupRefusesTheWholeAttach() throws {
+    try setUpTree()
+    _ = try manager().groups.detach([.group(2), .group(10)])
+    mkdir(tree.path + "/proc/4242", 0o755)
+    mkdir(tree.path + "/proc/4242/fd", 0o755)
+    symlink(tree.path + "/dev/vfio/10", tree.path + "/proc/4242/fd/7")
+    try tree.write(tree.path + "/proc/4242/comm", text: "qemu-system-x86\n")
+    let writes = kernel.writes.count
+    XCTAssertThrowsError(try manager().groups.attach([.group(2), .group(10)])) { error in
+      guard case ManagerError.refusedGroups(let refused) = error else { return XCTFail("\(error)") }
+      XCTAssertEqual(refused[10]?.map(\.code), ["open"])
+      XCTAssertNil(refused[2])
+      XCTAssertTrue("\(error)".contains("pid 4242 (qemu-system-x86) has /dev/vfio/10 open"), "\(error)")
+    }
+    XCTAssertEqual(kernel.writes.count, writes)
+    XCTAssertEqual(try ledger().group(2)?.state, .detached)
+    XCTAssertEqual(try ledger().group(10)?.state, .detached)
+  }
+}
