@@ -49,33 +49,40 @@ public struct GuestAssignment: ManagerPart {
             code: "detached", message: "IOMMU group \(group) is detached by swift-vfio for another use (\(record?.detachedBy ?? "detach")\(record?.ownership.map { ", owned by uid \($0.uid)" } ?? ""))",
             remedy: "`vfioctl reserve \(group) --for \(guest)` gives it to this guest, or `vfioctl attach \(group)` gives it back first")
         ]
-      } else if record?.state == .detached {
-        continue
-      } else {
-        do {
-          _ = try manager.groups.detach(.group(group), allowNoReset: allowNoReset, dryRun: true)
-          toDetach.append(group)
-        } catch .refused(_, let reasons) {
-          refusals[group] = reasons
-        }
+      } else if record?.state != .detached {
+        toDetach.append(group)
       }
+    }
+    // The groups to detach are one batch, which refuses them all before changing any: with
+    // refusals from the ledger already, a dry run adds the detach's own to the answer.
+    let batch = toDetach.map { Selector.group($0) }
+    do {
+      if !refusals.isEmpty, !batch.isEmpty {
+        _ = try manager.groups.detach(batch, allowNoReset: allowNoReset, dryRun: true)
+      }
+    } catch .refused(let group, let reasons) {
+      refusals[group] = reasons
+    } catch .refusedGroups(let more) {
+      refusals.merge(more) { ledgers, _ in ledgers }
     }
     guard refusals.isEmpty else { throw .refusedGroups(refusals) }
     var done: [GuestGroup] = []
     var detachedHere: [IOMMUGroupID] = []
-    do {
+    do throws(ManagerError) {
+      let outcomes: [GroupOutcome]
+      do {
+        outcomes = batch.isEmpty ? [] : try manager.groups.detach(batch, allowNoReset: allowNoReset, detachedBy: detachedBy)
+      } catch .refused(let group, let reasons) {
+        throw .refusedGroups([group: reasons])
+      }
+      // Another call (a second domain's hook) may have detached a group since the check: then
+      // it is not this call's to give back, and the reservation below settles who has it.
+      for case .success(let report) in outcomes where report.outcome == .done { detachedHere.append(report.group) }
+      for case .failure(let failure) in outcomes { throw failure }
       for (group, members) in groups {
-        var outcome = "already \(guest)'s"
-        // Another call (a second domain's hook) may have detached it since the check: then it
-        // is not this call's to give back, and the reservation below settles who has it.
-        if toDetach.contains(group),
-          try manager.groups.detach(.group(group), allowNoReset: allowNoReset, detachedBy: detachedBy).outcome == .done
-        {
-          detachedHere.append(group)
-          outcome = "detached"
-        }
         _ = try manager.access.reserve(
           .group(group), for: guest, owner: owner, runner: runner.map { ($0, detachedBy: detachedBy) })
+        let outcome = detachedHere.contains(group) ? "detached" : "already \(guest)'s"
         done.append(GuestGroup(group: group, devices: members, outcome: outcome))
       }
     } catch {
