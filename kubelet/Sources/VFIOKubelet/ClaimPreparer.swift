@@ -96,13 +96,13 @@ public final class ClaimPreparer: @unchecked Sendable {
       guard !chosen.isEmpty else {
         throw .claimUnknown(uid: claim.uid, why: "nothing in it is allocated to driver \(driver)")
       }
-      for (device, _) in chosen {
-        do throws(ManagerError) {
-          _ = try manager.groups.detach(
-            .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
-        } catch {
-          throw .manager(claim: claim.uid, error)
-        }
+      // The claim's groups are one batch: checked together (a refusal of one refuses all), then
+      // detached side by side.
+      let batch = chosen.map { device, _ in Selector.group(device.group) }
+      do throws(ManagerError) {
+        _ = try manager.groups.detach(batch, allowNoReset: allowNoReset, owner: allocation.ownership, dryRun: true)
+      } catch {
+        throw .manager(claim: claim.uid, error)
       }
       // Which groups this claim detaches (and gives back at unprepare): those not on VFIO by an
       // administrator's hand already; an earlier, interrupted try of this claim knows its own.
@@ -114,17 +114,18 @@ public final class ClaimPreparer: @unchecked Sendable {
       // Recorded before the first detach: killed at any step from here, the plugin leaves a
       // checkpoint naming every group it may have taken.
       try save(ClaimCheckpoint(claim: claim, groups: groups, devices: [], pending: true))
-      for (device, _) in chosen {
-        do throws(ManagerError) {
-          let report = try manager.groups.detach(
-            .group(device.group), allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
-          logger.info("prepared group \(device.group) for claim \(claim): \(report.outcome.rawValue)")
-        } catch {
-          // What this claim detached goes back: a claim is prepared whole or not at all.
-          _ = attach(groups)
-          removeCheckpoint(claim.uid)
-          throw .manager(claim: claim.uid, error)
+      do throws(ManagerError) {
+        for outcome in try manager.groups.detach(
+          batch, allowNoReset: allowNoReset, owner: allocation.ownership, detachedBy: "dra")
+        {
+          let report = try outcome.get()
+          logger.info("prepared group \(report.group) for claim \(claim): \(report.outcome.rawValue)")
         }
+      } catch {
+        // What this claim detached goes back: a claim is prepared whole or not at all.
+        _ = attach(groups)
+        removeCheckpoint(claim.uid)
+        throw .manager(claim: claim.uid, error)
       }
       let spec = cdi.spec(claimUID: claim.uid, devices: chosen.map(\.0), owner: allocation.ownership)
       // The nodes each group's containers get, as the spec names them (the host is read once):
