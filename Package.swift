@@ -55,7 +55,7 @@ let package = Package(
     .target(name: "VFIOLibvirt", dependencies: ["PCI", "VFIOHost", "VFIOManager"]),
     // The broker's protocol, its socket code and BrokerClient: what a VMM launcher links (no
     // GRDB, no manager).
-    .target(name: "VFIOBrokerClient", dependencies: ["CVFIO", "VFIO"]),
+    .target(name: "VFIOBrokerClient", dependencies: ["CVFIO", "VFIO", "JSONStream"]),
     // The broker daemon: owns groups and grants their open descriptors over a Unix socket; and its client.
     .target(
       name: "VFIOBroker",

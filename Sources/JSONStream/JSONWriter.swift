@@ -6,15 +6,27 @@
 ///
 /// It relies on what synthesized `Codable` does: a container is filled before the next one
 /// at the same level is made. `superEncoder` is not supported (nothing here uses it).
+///
+/// `compact` writes what a protocol sends (the broker's messages): no spaces or newlines, and
+/// whole numbers of a `Double` as integers, as Foundation's `JSONEncoder` writes them.
 public struct JSONWriter {
-  public init() {}
+  public let compact: Bool
 
+  public init() { compact = false }
+  public init(compact: Bool) { self.compact = compact }
+
+  /// The document, ending in a newline unless compact.
   public func encode<T: Encodable>(_ value: T) throws -> String {
-    let sink = JSONSink()
+    String(decoding: try bytes(value), as: UTF8.self)
+  }
+
+  /// The same as bytes, ready for a socket.
+  public func bytes<T: Encodable>(_ value: T) throws -> [UInt8] {
+    let sink = JSONSink(compact: compact)
     try value.encode(to: StreamingEncoder(sink: sink, depth: 0))
     sink.closeAll(to: 0)
-    sink.bytes.append(UInt8(ascii: "\n"))
-    return String(decoding: sink.bytes, as: UTF8.self)
+    if !compact { sink.bytes.append(UInt8(ascii: "\n")) }
+    return sink.bytes
   }
 }
 
@@ -25,8 +37,13 @@ final class JSONSink {
   @exclusivity(unchecked) var bytes: [UInt8] = []
   /// For each open container: is it an object, and has it had an element yet.
   @exclusivity(unchecked) var open: [(object: Bool, hasElements: Bool)] = []
+  let compact: Bool
 
-  init() { bytes.reserveCapacity(1 << 16) }
+  init(compact: Bool) {
+    self.compact = compact
+    // A listing is large; a message is a few hundred bytes.
+    bytes.reserveCapacity(compact ? 512 : 1 << 16)
+  }
 
   /// Closes containers deeper than `depth`: a value at `depth` is about to be written.
   func closeAll(to depth: Int) {
@@ -50,11 +67,13 @@ final class JSONSink {
     newline(depth)
     if let key {
       string(key)
-      bytes.append(contentsOf: [UInt8(ascii: ":"), UInt8(ascii: " ")])
+      bytes.append(UInt8(ascii: ":"))
+      if !compact { bytes.append(UInt8(ascii: " ")) }
     }
   }
 
   func newline(_ depth: Int) {
+    guard !compact else { return }
     bytes.append(UInt8(ascii: "\n"))
     for _ in 0..<depth { bytes.append(contentsOf: [0x20, 0x20]) }
   }
@@ -174,7 +193,12 @@ extension ScalarWriting {
     guard value.isFinite else {
       throw EncodingError.invalidValue(value, .init(codingPath: [], debugDescription: "JSON has no NaN or infinity"))
     }
-    sink.raw(String(value))
+    // Foundation writes 20.0 as 20: so does a compact document (the wire's bytes are documented).
+    if sink.compact, value == value.rounded(), abs(value) < 0x1p53 {
+      sink.integer(Int64(value))
+    } else {
+      sink.raw(String(value))
+    }
   }
 }
 

@@ -326,15 +326,19 @@ public final class Broker: @unchecked Sendable {
   /// One assessment of the host at a time, for every `list` waiting.
   private func refreshAssessment() {
     guard !assessmentInFlight else { return }
-    let groups: [IOMMUGroupID: [PCIAddress]]
-    do {
-      groups = try journal.currentRecords().filter { $0.value.group.state == .detached }
-        .mapValues { $0.members.compactMap(\.pciAddress) }
-    } catch {
-      answerListWaiters(error: error)
-      return
-    }
     assessmentInFlight = true
+    journal.withRecords { [self] recorded in
+      switch recorded {
+      case .failure(let error):
+        assessmentInFlight = false
+        answerListWaiters(error: error)
+      case .success(let records):
+        assess(records.filter { $0.value.group.state == .detached }.mapValues { $0.members.compactMap(\.pciAddress) })
+      }
+    }
+  }
+
+  private func assess(_ groups: [IOMMUGroupID: [PCIAddress]]) {
     let stamp = (ueventCount, journal.recordsVersion)
     let source = self.source
     hostWork.async { [self] in
@@ -359,16 +363,18 @@ public final class Broker: @unchecked Sendable {
   }
 
   private func answerList(_ id: UInt64, _ requestID: Int?, _ assessment: Assessment) {
-    guard let connection = transport.connections[id] else { return }
+    journal.withRecords { [self] records in
+      guard let connection = transport.connections[id] else { return }
+      switch records {
+      case .failure(let error): transport.reply(.failure(error, id: requestID), to: connection, now: monotonicSeconds())
+      case .success(let recorded): answerList(connection, requestID, assessment, recorded)
+      }
+    }
+  }
+
+  private func answerList(_ connection: Connection, _ requestID: Int?, _ assessment: Assessment, _ recorded: BrokerJournal.Records) {
     let caller = connection.peer
     let now = monotonicSeconds()
-    let recorded: [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])]
-    do {
-      recorded = try journal.currentRecords()
-    } catch {
-      transport.reply(.failure(error, id: requestID), to: connection, now: now)
-      return
-    }
     let mine = recorded.values
       .filter { $0.group.state == .detached && ($0.group.ownerUID == caller.uid || caller.uid == 0) }
       .sorted { $0.group.id < $1.group.id }
@@ -389,16 +395,34 @@ public final class Broker: @unchecked Sendable {
     transport.reply(response, to: connection, now: now)
   }
 
+  /// An `open`: checked as text at once, then decided against the ledger's groups (as soon
+  /// as the ledger is free), opened off the loop, recorded, and sent.
   private func open(_ request: BrokerRequest, for connection: Connection) throws(BrokerError) {
-    let caller = connection.peer
-    let (group, devices) = try resolveTarget(request.target)
+    let selector = try parseTarget(request.target)
     let backend = try parseBackend(request.backend)
     if let guest = request.guest {
       guard !guest.isEmpty, guest.count <= 128, guest.allSatisfy({ $0.isLetter || $0.isNumber || "-_.@".contains($0) }) else {
         throw BrokerError(.invalidTarget, "a guest name is letters, digits and - _ . @ (at most 128)")
       }
     }
-    let recorded = try journal.currentRecords()[group]
+    let id = connection.id
+    journal.withRecords { [self] records in
+      guard let connection = transport.connections[id] else { return }
+      do throws(BrokerError) {
+        try open(request, selector, backend, records.get(), for: connection)
+      } catch {
+        transport.reply(.failure(error, id: request.id), to: connection, now: monotonicSeconds())
+      }
+    }
+  }
+
+  private func open(
+    _ request: BrokerRequest, _ selector: Selector, _ backend: Backend, _ records: BrokerJournal.Records,
+    for connection: Connection
+  ) throws(BrokerError) {
+    let caller = connection.peer
+    let (group, devices) = try resolve(selector, in: records)
+    let recorded = records[group]
     do {
       try GrantPolicy.decide(
         caller: caller, group: group, record: recorded?.group, lease: book.holding(group),
@@ -514,21 +538,25 @@ public final class Broker: @unchecked Sendable {
       book.revoke(group: group, connection: connection.id, requestID: request.id, wait: wait, force: request.force ?? false, now: now))
   }
 
-  private func resolveTarget(_ text: String?) throws(BrokerError) -> (group: IOMMUGroupID, devices: [PCIAddress]?) {
+  private func parseTarget(_ text: String?) throws(BrokerError) -> Selector {
     guard let text, !text.isEmpty, text.count <= 32 else {
       throw BrokerError(.invalidTarget, "open needs a target: a PCI address or an IOMMU group number")
     }
     // Parsed, never used as a path: the broker opens only nodes it derives itself.
-    let selector: Selector
     do {
-      selector = try Selector(parsing: text)
+      return try Selector(parsing: text)
     } catch {
       throw BrokerError(.invalidTarget, "'\(printable(text))' is neither a PCI address nor a group number: \(error)")
     }
+  }
+
+  private func resolve(_ selector: Selector, in records: BrokerJournal.Records) throws(BrokerError)
+    -> (group: IOMMUGroupID, devices: [PCIAddress]?)
+  {
     switch selector {
     case .group(let id): return (id, nil)
     case .device(let address):
-      guard let group = try journal.currentRecords().values.first(where: { record in
+      guard let group = records.values.first(where: { record in
         record.members.contains { $0.address == address.description }
       })?.group.id else {
         throw BrokerError(.notDetached, "\(address) is in no group swift-vfio detached", next: "`vfioctl list` shows its group")
@@ -583,10 +611,16 @@ public final class Broker: @unchecked Sendable {
   /// killed, each through a pidfd checked against the process's start time (a pid reused since
   /// is never signalled).
   private func terminateHolders(group: IOMMUGroupID, lease: LedgerLease) {
+    journal.withRecords { [self] records in
+      let members = ((try? records.get())?[group]?.members ?? []).compactMap(\.pciAddress)
+      terminateHolders(group: group, members: members, lease: lease)
+    }
+  }
+
+  private func terminateHolders(group: IOMMUGroupID, members: [PCIAddress], lease: LedgerLease) {
     let grantee = grantees[group]
     let source = self.source
     hostWork.async { [self] in
-      let members = ((try? ledger.members(of: group)) ?? []).compactMap(\.pciAddress)
       let holders = source.holders(of: [group: members])[group] ?? []
       var killed: [Int] = []
       for process in holders.compactMap(\.process) where process.pid > 1 && source.terminate(process, pidfd: nil) {
@@ -631,6 +665,14 @@ public final class Broker: @unchecked Sendable {
     let candidates = book.ending
     guard !candidates.isEmpty else { return }
     reapInFlight = true
+    // The ledger's groups as of now (the version checked, reread if another process
+    // committed): whether each is still ours to reset, and its members for the holders.
+    journal.withRecords { [self] records in
+      reap(candidates, recorded: (try? records.get()) ?? [:])
+    }
+  }
+
+  private func reap(_ candidates: [IOMMUGroupID: LedgerLease], recorded: BrokerJournal.Records) {
     // An iommufd grant's cdev is unbound until its user binds it, and an unbound cdev makes no
     // group node busy: one left in flight in a socket of the grantee is seen by no scan. So the
     // lease of such a grant waits for its process to exit, unless that process released it.
@@ -641,9 +683,8 @@ public final class Broker: @unchecked Sendable {
       return !processExited(pidfd)
     }.keys
     let source = self.source
+    let recorded = recorded.filter { candidates[$0.key] != nil }
     hostWork.async { [self] in
-      // The ledger as it is now, in one read: the loop's copy is refreshed only by requests.
-      let recorded = (try? ledger.groupsWithMembers(Array(candidates.keys))) ?? [:]
       let held = source.holders(
         of: candidates.mapValues { lease in (recorded[lease.groupID]?.members ?? []).compactMap(\.pciAddress) })
       var ended: [(group: IOMMUGroupID, reset: LeaseReset?)] = []

@@ -13,6 +13,11 @@ import VFIOManager
 /// also keeps the loop's copy of the ledger's groups, reread only when another process
 /// committed since, and applies the history's retention now and then.
 ///
+/// The ledger has one connection, and a write or a prune holds it: the loop reads (the
+/// version check, the groups) only while neither is in flight, and a request that needs the
+/// groups meanwhile waits in `recordWaiters` for the write to finish instead of the loop
+/// waiting for the disk.
+///
 /// Confined to the broker's loop thread; the writer's closures touch only the ledger and the
 /// logger, and come back through `onLoop`.
 final class BrokerJournal: @unchecked Sendable {
@@ -29,9 +34,14 @@ final class BrokerJournal: @unchecked Sendable {
   private var committing: [(Bool) -> Void] = []
   private var historySincePrune = 0
   private var lastPrune = 0.0
+  private var pruneInFlight = false
+  /// What waits for the ledger's groups until the write or prune in flight has finished.
+  private var recordWaiters: [(Result<Records, BrokerError>) -> Void] = []
+
+  typealias Records = [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])]
 
   /// The ledger's groups and members as of `recordsVersion`.
-  private var records: [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] = [:]
+  private var records: Records = [:]
   private(set) var recordsVersion: Int?
 
   init(
@@ -104,7 +114,7 @@ final class BrokerJournal: @unchecked Sendable {
         let done = committing
         committing = []
         for item in done { item(committed) }
-        commit()
+        ledgerIsFree()
       }
     }
   }
@@ -114,10 +124,17 @@ final class BrokerJournal: @unchecked Sendable {
     guard now - lastPrune > 3600 || historySincePrune > 5_000 else { return }
     lastPrune = now
     historySincePrune = 0
+    pruneInFlight = true
     let ledger = self.ledger
     let policy = retention
     let logger = self.logger
-    writer.async {
+    writer.async { [self] in
+      defer {
+        onLoop { [self] in
+          pruneInFlight = false
+          ledgerIsFree()
+        }
+      }
       do {
         let report = try ledger.prune(policy, uid: Int(getuid()), pid: Int(getpid()), command: "broker (retention)")
         if report.historyRemoved > 0 {
@@ -134,9 +151,33 @@ final class BrokerJournal: @unchecked Sendable {
 
   // MARK: Reading
 
+  /// Runs `body` on the loop with the ledger's groups as they are now: at once when the
+  /// ledger's connection is free, else as soon as the write or prune in flight has finished,
+  /// in the order asked.
+  func withRecords(_ body: @escaping (Result<Records, BrokerError>) -> Void) {
+    guard !writeInFlight && !pruneInFlight else {
+      recordWaiters.append(body)
+      return
+    }
+    body(Result { () throws(BrokerError) in try currentRecords() })
+  }
+
+  /// The write or prune in flight finished: what waited for the groups reads them (once for
+  /// all of them), then the next write starts with what they decided.
+  private func ledgerIsFree() {
+    guard !writeInFlight && !pruneInFlight else { return }
+    if !recordWaiters.isEmpty {
+      let waiting = recordWaiters
+      recordWaiters = []
+      let records = Result { () throws(BrokerError) in try currentRecords() }
+      for body in waiting { body(records) }
+    }
+    commit()
+  }
+
   /// The ledger's groups and members, reread when another process (an administrator's
-  /// vfioctl) committed since the last read.
-  func currentRecords() throws(BrokerError) -> [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] {
+  /// vfioctl) committed since the last read. Only while no write or prune is in flight.
+  private func currentRecords() throws(BrokerError) -> Records {
     let version = try read(try ledger.dataVersion())
     if version != recordsVersion {
       records = try read(try ledger.groupsWithMembers())

@@ -1,4 +1,5 @@
 import Foundation
+import JSONStream
 import PCI
 
 /// The broker's protocol, version 1 (docs/broker.md): each message is a 4-byte big-endian
@@ -13,10 +14,13 @@ public enum Wire {
   public static let maximumMessage = 64 * 1024
   static let headerSize = 4
 
+  /// Written by `JSONWriter` as the message's fields are encoded, in the order of its
+  /// `CodingKeys`, which each message type lists sorted: the bytes docs/broker.md shows, without
+  /// the tree of boxed values and the sort Foundation's encoder makes for every message.
   public static func encode<T: Encodable>(_ message: T) throws(BrokerError) -> [UInt8] {
-    let body: Data
+    let body: [UInt8]
     do {
-      body = try encoder.encode(message)
+      body = try JSONWriter(compact: true).bytes(message)
     } catch {
       throw BrokerError(.internalError, "could not encode a message: \(error)")
     }
@@ -34,12 +38,6 @@ public enum Wire {
       throw BrokerError(.malformed, "not a \(T.self) message: \(describe(error))", next: "see docs/broker.md for the message shapes")
     }
   }
-
-  private static let encoder: JSONEncoder = {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    return encoder
-  }()
 
   /// DecodingError's description names Swift types; the wire speaks in JSON keys.
   private static func describe(_ error: any Error) -> String {
@@ -128,6 +126,9 @@ public struct BrokerRequest: Codable, Sendable, Equatable {
   /// `revoke`: kill the holder when it has not released in time.
   public var force: Bool?
 
+  /// Sorted: the order `Wire.encode` writes them in.
+  enum CodingKeys: String, CodingKey { case backend, force, group, guest, id, target, type, version, wait }
+
   public init(
     _ type: Kind, id: Int? = nil, version: Int? = nil, target: String? = nil, backend: String? = nil,
     guest: String? = nil, group: IOMMUGroupID? = nil, wait: Double? = nil, force: Bool? = nil
@@ -165,6 +166,9 @@ public struct GrantedDescriptor: Codable, Sendable, Equatable {
   /// The cdev the device descriptor came from (`vfio2`), iommufd only.
   public var cdev: String?
 
+  /// Sorted: the order `Wire.encode` writes them in.
+  enum CodingKeys: String, CodingKey { case address, cdev, group, iommu, kind }
+
   public init(kind: Kind, group: IOMMUGroupID? = nil, address: String? = nil, iommu: String? = nil, cdev: String? = nil) {
     self.kind = kind
     self.group = group
@@ -200,6 +204,9 @@ public struct BrokerGroup: Codable, Sendable, Equatable {
   public var verdict: String
   public var reasons: [String]
   public var backends: [String]
+
+  /// Sorted: the order `Wire.encode` writes them in.
+  enum CodingKeys: String, CodingKey { case backends, devices, group, leasedTo, owner, reasons, reservedFor, verdict }
 
   public init(
     group: IOMMUGroupID, devices: [String], owner: Int, reservedFor: String?, leasedTo: Int?, verdict: String,
@@ -247,6 +254,11 @@ public struct BrokerResponse: Codable, Sendable, Equatable {
   public var outcome: String?
   public var detail: String?
   public var error: BrokerError?
+
+  /// Sorted: the order `Wire.encode` writes them in.
+  enum CodingKeys: String, CodingKey {
+    case backend, descriptors, detail, error, event, gid, group, groups, id, memlock, outcome, server, type, uid, version
+  }
 
   public init(_ type: Kind, id: Int? = nil) {
     self.type = type

@@ -15,7 +15,6 @@ import VFIOBrokerClient
 import VFIOBrokerTestSupport
 import VFIOHost
 import VFIOManager
-import VFIOManagerTestSupport
 import VFIOTestSupport
 
 #if canImport(Glibc)
