@@ -445,14 +445,18 @@ public final class Broker: @unchecked Sendable {
     let requestID = request.id
     let guest = request.guest
     let connectionID = connection.id
+    let known = connection.grantee
     grantWork.async { [self] in
       let resolved = source.resolve(backend, devices: wanted)
       let outcome: Result<OpenedGrant, BrokerError> = Result { () throws(BrokerError) in
         try source.open(group: group, devices: wanted, backend: resolved)
       }
-      let process = source.identify(pid: caller.pid)
-      let memlock = source.memlockLimit(pid: caller.pid)
+      let grantee =
+        known
+        ?? Grantee(process: source.identify(pid: caller.pid), memlock: source.memlockLimit(pid: caller.pid))
+      let (process, memlock) = (grantee.process, grantee.memlock)
       onLoop { [self] in
+        transport.connections[connectionID]?.grantee = grantee
         switch outcome {
         case .failure(let error):
           perform(book.abandonGrant(group: group))
@@ -723,6 +727,13 @@ public final class Broker: @unchecked Sendable {
   static func oneLine(_ text: String) -> String {
     text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.joined(separator: " ")
   }
+}
+
+/// What a lease records of the process it is granted to, and the memlock limit its grants
+/// report (as it was at the connection's first grant).
+struct Grantee: Sendable {
+  var process: (identity: ProcessIdentity?, command: String)
+  var memlock: UInt64?
 }
 
 /// What `list` says of a detached group, from one assessment of the host.

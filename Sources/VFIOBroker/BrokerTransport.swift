@@ -443,6 +443,9 @@ final class Connection {
   var watching = false
   var leases: Set<IOMMUGroupID> = []
   var lastActivity: Double
+  /// Who connected, read from /proc at the first grant: the process behind a connection never
+  /// changes (SO_PEERCRED names it at connect), so later grants read nothing of the host.
+  var grantee: Grantee?
 
   init(id: UInt64, socket: Int32, peer: PeerCredentials, rightsRefused: Bool, now: Double) {
     self.id = id

@@ -3,8 +3,9 @@
 // owned group, asking for a grant, closing the descriptors, releasing and waiting for the
 // lease to end, for a bounded time. Side by side, in the same run, the same message pattern
 // as a bare SCM_RIGHTS ping-pong over socketpairs with one epoll server thread: the rate the
-// kernel's Unix sockets allow with no broker in between.
-//   swift run -c release vfio-broker-bench [--clients 64] [--seconds 5] [--only broker|bare]
+// kernel's Unix sockets allow with no broker in between. The two alternate for `--rounds`
+// rounds; the medians of the rounds, their ratio and the targets (issue 20) are printed.
+//   swift run -c release vfio-broker-bench [--clients 64] [--seconds 5] [--rounds 3] [--only broker|bare]
 import CVFIO
 import Foundation
 import Logging
@@ -24,6 +25,7 @@ import VFIOTestSupport
 struct Load: Sendable {
   var clients = 64
   var seconds = 5.0
+  var rounds = 3
   /// `broker` or `bare` alone, for a profiler.
   var only: String?
 
@@ -34,9 +36,10 @@ struct Load: Sendable {
       switch (flag, rest.popFirst()) {
       case ("--clients", let value?): load.clients = max(1, min(Int(value) ?? 64, 1000))
       case ("--seconds", let value?): load.seconds = max(0.5, min(Double(value) ?? 5, 600))
+      case ("--rounds", let value?): load.rounds = max(1, min(Int(value) ?? 3, 100))
       case ("--only", let value?) where ["broker", "bare"].contains(value): load.only = value
       default:
-        FileHandle.standardError.write(Data("usage: vfio-broker-bench [--clients N] [--seconds S] [--only broker|bare]\n".utf8))
+        FileHandle.standardError.write(Data("usage: vfio-broker-bench [--clients N] [--seconds S] [--rounds R] [--only broker|bare]\n".utf8))
         exit(64)
       }
     }
@@ -208,20 +211,57 @@ brokerThread.start()
 // Counted with the broker up and idle: what is open after the load must be exactly this.
 let before = descriptorCount()
 
-print("broker load: \(load.clients) clients, \(load.seconds) s each, recording kernel fake, ledger in \(scratch)")
-let measured = load.only == "bare" ? Run() : brokerRun(load, socket: socketPath)
-usleep(200_000)  // the broker sees the 64 hang-ups
+print(
+  "broker load: \(load.clients) clients, \(load.seconds) s a round, \(load.rounds) rounds alternating with the bare reference,"
+    + " recording kernel fake, ledger in \(scratch)")
+
+func line(_ name: String, _ rate: Double, _ p50: Double, _ p99: Double) -> String {
+  String(
+    format: "%@ %9.0f cycles/s   grant p50 %8.1f us   p99 %8.1f us", name.padding(toLength: 28, withPad: " ", startingAt: 0), rate,
+    p50, p99)
+}
+
+var brokerRounds: [Run] = []
+var bareRounds: [Run] = []
+for round in 1...load.rounds {
+  if load.only != "bare" {
+    let run = brokerRun(load, socket: socketPath)
+    brokerRounds.append(run)
+    print(line("round \(round) broker", Double(run.cycles) / load.seconds, run.percentile(0.5), run.percentile(0.99)))
+    usleep(200_000)  // the broker sees the clients' hang-ups
+  }
+  if load.only != "broker" {
+    let run = bareRun(load)
+    bareRounds.append(run)
+    print(line("round \(round) bare", Double(run.cycles) / load.seconds, run.percentile(0.5), run.percentile(0.99)))
+  }
+}
 let after = descriptorCount()
 broker.stop()
 while !brokerThread.isFinished { usleep(1000) }
-let bare = load.only == "broker" ? Run() : bareRun(load)
 
-func line(_ name: String, _ run: Run, seconds: Double) -> String {
-  String(
-    format: "%@ %9.0f cycles/s   grant p50 %7.1f us   p99 %7.1f us   (%d cycles)", name.padding(toLength: 26, withPad: " ", startingAt: 0),
-    Double(run.cycles) / seconds, run.percentile(0.5), run.percentile(0.99), run.cycles)
+func median(_ values: [Double]) -> Double {
+  guard !values.isEmpty else { return .nan }
+  let sorted = values.sorted()
+  return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
-print(line("broker (open+release)", measured, seconds: load.seconds))
-print(line("bare SCM_RIGHTS ping-pong", bare, seconds: load.seconds))
-print(String(format: "ratio broker/bare: %.2fx   grants recorded: %d   ledger write time %.0f ms", Double(measured.cycles) / Double(max(bare.cycles, 1)), broker.stats.granted, ledger.secondsWriting * 1000))
+func medians(_ runs: [Run]) -> (rate: Double, p50: Double, p99: Double) {
+  (
+    median(runs.map { Double($0.cycles) / load.seconds }), median(runs.map { $0.percentile(0.5) }),
+    median(runs.map { $0.percentile(0.99) })
+  )
+}
+let brokerMedian = medians(brokerRounds)
+let bareMedian = medians(bareRounds)
+print("medians of \(load.rounds) rounds:")
+print(line("broker (open+release)", brokerMedian.rate, brokerMedian.p50, brokerMedian.p99))
+print(line("bare SCM_RIGHTS ping-pong", bareMedian.rate, bareMedian.p50, bareMedian.p99))
+print(
+  String(
+    format: "ratio broker/bare: %.3fx (target >= 0.5x)   broker grant p99 %.2f ms (target <= 1.5 ms)", brokerMedian.rate / bareMedian.rate,
+    brokerMedian.p99 / 1000))
+print(
+  String(
+    format: "grants recorded: %d   ledger: %d write transactions, %.0f ms writing", broker.stats.granted, ledger.writeTransactions,
+    ledger.secondsWriting * 1000))
 print("open descriptors before \(before), after \(after)" + (before == after ? " (equal)" : " (LEAK)"))

@@ -22,6 +22,9 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     public var terminated: [Int] = []
     /// How often the host was assessed for `list`.
     public var assessments = 0
+    /// How often a caller's process and memlock limit were read (/proc, for the live source).
+    public var identified = 0
+    public var memlockReads = 0
   }
   public let backend: Backend
 
@@ -50,13 +53,17 @@ public final class RecordingGrantSource: GrantSource, @unchecked Sendable {
     return .done
   }
 
-  public func memlockLimit(pid: Int) -> UInt64? { 64 << 20 }
+  public func memlockLimit(pid: Int) -> UInt64? {
+    state.withLock { $0.memlockReads += 1 }
+    return 64 << 20
+  }
   public func assess(groups: [IOMMUGroupID: [PCIAddress]]) -> [IOMMUGroupID: GroupAssessment] {
     state.withLock { $0.assessments += 1 }
     return groups.mapValues { _ in GroupAssessment(verdict: "assignable", reasons: [], backends: [backend.rawValue]) }
   }
   public func identify(pid: Int) -> (identity: ProcessIdentity?, command: String) {
-    (ProcessIdentity(pid: pid, startTime: 1), "test")
+    state.withLock { $0.identified += 1 }
+    return (ProcessIdentity(pid: pid, startTime: 1), "test")
   }
   public func terminate(_ process: ProcessIdentity, pidfd: Int32?) -> Bool {
     state.withLock { $0.terminated.append(process.pid) }

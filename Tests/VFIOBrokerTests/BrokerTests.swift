@@ -215,6 +215,23 @@ final class BrokerTests: ManagerTestCase {
     XCTAssertThrowsError(try client.release(group: 2)) { XCTAssertEqual(($0 as? BrokerError)?.code, .invalidTarget) }
   }
 
+  func testAConnectionsProcessIsReadOnceForAllItsGrants() throws {
+    try startBroker()
+    let client = try BrokerClient(socketPath: socketPath)
+    for _ in 0..<3 {
+      try client.open("2").close()
+      XCTAssertEqual(try client.release(group: 2), "released")
+    }
+    XCTAssertEqual(source.state.withLock { [$0.opens.count, $0.identified, $0.memlockReads] }, [3, 1, 1])
+    // Each lease still records the process, from the first read.
+    let history = try ledger().history(group: 2).filter { $0.result == "granted" }
+    XCTAssertEqual(history.count, 3)
+    XCTAssertTrue(history.allSatisfy { $0.command == "broker test" && $0.pid == me.pid }, "\(history)")
+    // Another connection is another process as far as the broker knows: read again.
+    try BrokerClient(socketPath: socketPath).open("2").close()
+    XCTAssertEqual(source.state.withLock { $0.identified }, 2)
+  }
+
   func testARestartedBrokerKeepsTheLeaseUntilItsHolderIsGone() throws {
     try startBroker()
     let client = try BrokerClient(socketPath: socketPath)
