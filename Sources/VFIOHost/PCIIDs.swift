@@ -1,8 +1,16 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 /// Vendor and device names from the `pci.ids` database (Debian's `pci.ids` package, which
 /// pciutils pulls in), looked up by ID. Class names are built in (`PCIClassNames`).
 ///
-/// The file is indexed in one pass over its bytes (vendor and class line offsets); device and
-/// subclass names are found by scanning only that vendor's or class's block.
+/// The file is indexed in one pass over its lines (vendor and class line offsets); device and
+/// subclass names are found by scanning only that vendor's or class's block. Lines are stepped
+/// over with `memchr`, and only their first bytes are looked at: the index of a 1.3 MB file
+/// was 9 M instructions byte by byte, a sixth of what `vfioctl list` runs on a small host.
 public final class PCIIDDatabase: Sendable {
   public static let standardPaths = ["/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/share/pci.ids"]
 
@@ -35,8 +43,7 @@ public final class PCIIDDatabase: Sendable {
       } else if first != UInt8(ascii: "\t"), first != UInt8(ascii: "#"), let id = parseHex(bytes, lineStart, 4) {
         if vendors[UInt16(id)] == nil { vendors[UInt16(id)] = lineStart }
       }
-      while lineStart < count, bytes[lineStart] != UInt8(ascii: "\n") { lineStart += 1 }
-      lineStart += 1
+      lineStart = endOfLine(bytes, from: lineStart) + 1
     }
     self.vendors = vendors
     self.classes = classes
@@ -82,11 +89,7 @@ public final class PCIIDDatabase: Sendable {
     return nil
   }
 
-  private func nextLine(_ offset: Int) -> Int {
-    var i = offset
-    while i < bytes.count, bytes[i] != UInt8(ascii: "\n") { i += 1 }
-    return i + 1
-  }
+  private func nextLine(_ offset: Int) -> Int { endOfLine(bytes, from: offset) + 1 }
 
   private func name(atLine line: Int, skip: Int) -> String {
     var start = line + skip
@@ -94,6 +97,17 @@ public final class PCIIDDatabase: Sendable {
     var end = start
     while end < bytes.count, bytes[end] != UInt8(ascii: "\n") { end += 1 }
     return String(decoding: bytes[start..<end], as: UTF8.self)
+  }
+}
+
+/// The offset of the first newline at or after `offset`, or the end of `bytes`.
+private func endOfLine(_ bytes: [UInt8], from offset: Int) -> Int {
+  guard offset < bytes.count else { return bytes.count }
+  return bytes.withUnsafeBufferPointer { buffer in
+    guard let base = buffer.baseAddress, let found = memchr(base + offset, 0x0A, buffer.count - offset) else {
+      return buffer.count
+    }
+    return base.distance(to: found.assumingMemoryBound(to: UInt8.self))
   }
 }
 
