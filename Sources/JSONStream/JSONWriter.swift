@@ -75,14 +75,20 @@ final class JSONSink {
   func newline(_ depth: Int) {
     guard !compact else { return }
     bytes.append(UInt8(ascii: "\n"))
-    for _ in 0..<depth { bytes.append(contentsOf: [0x20, 0x20]) }
+    bytes.append(contentsOf: repeatElement(0x20, count: 2 * depth))
   }
 
   func string(_ text: String) {
     bytes.append(UInt8(ascii: "\""))
-    // Almost every string here (addresses, IDs, names) needs no escaping: copy it whole.
-    if !text.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-      bytes.append(contentsOf: text.utf8)
+    // Almost every string here (addresses, IDs, names) needs no escaping: checked and copied
+    // whole from its UTF-8 storage (a loop over a buffer instead of a closure per byte through
+    // the view's index: 80 M instructions of a 4,160-function listing).
+    let copied = text.utf8.withContiguousStorageIfAvailable { utf8 -> Bool in
+      for byte in utf8 where byte < 0x20 || byte == UInt8(ascii: "\"") || byte == UInt8(ascii: "\\") { return false }
+      bytes.append(contentsOf: utf8)
+      return true
+    }
+    if copied == true {
       bytes.append(UInt8(ascii: "\""))
       return
     }
