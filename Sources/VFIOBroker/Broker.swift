@@ -80,7 +80,6 @@ public final class Broker: @unchecked Sendable {
 
   public let configuration: Configuration
   let source: any GrantSource
-  var ledger: Ledger { journal.ledger }
   let logger: Logger
   let bootID: String?
 

@@ -265,13 +265,12 @@ public final class Ledger: Sendable {
     }
   }
 
-  /// Groups (all, or those of `ids`) with their members, in one read: the broker reads this
-  /// for every grant.
-  public func groupsWithMembers(_ ids: [IOMMUGroupID]? = nil) throws(ManagerError) -> [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] {
+  /// Every group with its members, in one read: the broker's copy of the ledger, reread when
+  /// another process committed.
+  public func groupsWithMembers() throws(ManagerError) -> [IOMMUGroupID: (group: LedgerGroup, members: [LedgerMember])] {
     try read { db in
-      let groups = try (ids.map { LedgerGroup.filter(keys: $0) } ?? LedgerGroup.all()).fetchAll(db)
-      let members = try (ids.map { LedgerMember.filter($0.contains(Column("groupID"))) } ?? LedgerMember.all())
-        .order(Column("address")).fetchAll(db)
+      let groups = try LedgerGroup.fetchAll(db)
+      let members = try LedgerMember.order(Column("address")).fetchAll(db)
       let byGroup = Dictionary(grouping: members, by: \.groupID)
       return Dictionary(uniqueKeysWithValues: groups.map { ($0.id, ($0, byGroup[$0.id] ?? [])) })
     }

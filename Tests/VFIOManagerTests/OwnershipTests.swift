@@ -137,6 +137,42 @@ final class OwnershipTests: ManagerTestCase {
     XCTAssertFalse(FileManager.default.fileExists(atPath: tree.path + "/etc/systemd/system/swift-vfio-reconcile.service"))
   }
 
+  /// The broker's pass is written through statements that name their columns: every field of
+  /// a lease, a history line and a refusal must read back as the records the rest of the
+  /// ledger writes through `Codable`, so a column added to one and not the other shows here.
+  func testTheBrokersStatementsWriteEveryColumnOfTheRecords() throws {
+    try setUpTree()
+    _ = try manager().groups.detach(.group(2), owner: Ownership(uid: 1000, gid: 1000), brokerOnly: true)
+    let ledger = try XCTUnwrap(try Ledger.open(directory: state.path, create: true))
+    // Whole milliseconds: the ledger keeps dates to the millisecond.
+    let at = Date(timeIntervalSince1970: 1_796_000_000.125)
+    let lease = LedgerLease(
+      groupID: 2, uid: 1000, gid: 1001, pid: 4242, command: "qemu", backend: "iommufd", device: "0000:00:02.0",
+      guest: "vm-db", started: at, bootID: "boot-1", pidStart: 987_654)
+    let entry = HistoryEntry(
+      at: at, uid: 1000, pid: 4242, groupID: 2, command: "broker qemu", result: "granted", detail: "iommufd: 2 descriptors")
+    let refusal = LedgerRefusal(uid: 1002, groupID: 2, code: "not-owner", count: 3, first: at, last: at, detail: "pid 7: no")
+    var records = BrokerRecords()
+    records.grants = [lease]
+    records.history = [entry]
+    records.refusals = [refusal, refusal]
+    try ledger.recordBroker(records)
+
+    XCTAssertEqual(try ledger.lease(group: 2), lease)
+    var written = try XCTUnwrap(try ledger.history(group: 2).last)
+    XCTAssertNotNil(written.id)
+    written.id = nil
+    XCTAssertEqual(written, entry)
+    var counted = refusal
+    counted.count = 6
+    XCTAssertEqual(try ledger.refusals(group: 2), [counted], "a second refusal adds to the count")
+
+    records = BrokerRecords()
+    records.endedLeases = [2]
+    try ledger.recordBroker(records)
+    XCTAssertNil(try ledger.lease(group: 2))
+  }
+
   func testReconcileFinishesWhatShouldBeAndReportsWhatCannot() throws {
     try setUpTree()
     try installVfioctl()
