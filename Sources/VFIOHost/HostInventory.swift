@@ -63,15 +63,17 @@ public struct HostInventory: Sendable {
   }
 
   /// Whether IOMMU groups exist at all: the kernel created them because an IOMMU is on.
-  public var iommuEnabled: Bool { !groups.isEmpty }
+  public let iommuEnabled: Bool
+  /// False for a part of the host read for the verdicts on some groups (`InventoryReading`):
+  /// `devices` and `groups` then hold what those verdicts need, and the host-wide facts
+  /// (`hostUse`, `sharedIRQs`) are whole only for those devices.
+  public let isWholeHost: Bool
 
   /// Reads the host (or a captured tree) rooted at `sysfs`.
   public static func read(_ sysfs: Sysfs, pageSize: UInt64? = nil, view: HostView = .caller) throws(InventoryError)
     -> HostInventory
   {
-    guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
-    let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
-    guard isValidPageSize(pageSize) else { throw .badPageSize(pageSize) }
+    let pageSize = try checkedPageSize(sysfs, pageSize)
     let names = sysfs.list("/sys/bus/pci/devices")
     let results = readConcurrently(names) { name -> Result<PCIDevice, DeviceReadError> in
       Result { () throws(DeviceReadError) -> PCIDevice in try DeviceReader(sysfs: sysfs, pageSize: pageSize).read(name)
@@ -94,7 +96,28 @@ public struct HostInventory: Sendable {
       case .failure(let error): unreadable.append((name, error.description))
       }
     }
-    let resetAttributeSeen = devices.contains { $0.kernelResetMethods != nil }
+    let groupIDs = sysfs.list("/sys/kernel/iommu_groups").compactMap { IOMMUGroupID($0) }
+    return assemble(
+      sysfs, pageSize: pageSize, view: view, devices: devices, unreadable: unreadable,
+      resetAttributeSeen: devices.contains { $0.kernelResetMethods != nil }, groupIDs: groupIDs,
+      iommuEnabled: !groupIDs.isEmpty, hostUseOf: nil)
+  }
+
+  /// The page size to judge BARs by, after checking that `sysfs` has a PCI bus at all.
+  static func checkedPageSize(_ sysfs: Sysfs, _ pageSize: UInt64?) throws(InventoryError) -> UInt64 {
+    guard sysfs.isDirectory("/sys/bus/pci/devices") else { throw .noPCIBus(sysfs.path("/sys/bus/pci/devices")) }
+    let pageSize = pageSize ?? UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    guard isValidPageSize(pageSize) else { throw .badPageSize(pageSize) }
+    return pageSize
+  }
+
+  /// An inventory from functions already read: the whole host's (`read`) or a part of it
+  /// (`InventoryReading`), which then gives `hostUseOf`, the functions whose host use it needs.
+  static func assemble(
+    _ sysfs: Sysfs, pageSize: UInt64, view: HostView, devices: [PCIDevice], unreadable: [(String, String)],
+    resetAttributeSeen: Bool, groupIDs: [IOMMUGroupID], iommuEnabled: Bool, hostUseOf: Set<PCIAddress>?
+  ) -> HostInventory {
+    var devices = devices
     devices.sort { $0.address < $1.address }
     // Kernels since 5.15 hide `reset_method` on functions they cannot reset; once any
     // function shows it, its absence elsewhere means "no method" rather than "unknown".
@@ -102,7 +125,7 @@ public struct HostInventory: Sendable {
       for i in devices.indices where devices[i].kernelResetMethods == nil { devices[i].kernelResetMethods = [] }
     }
     resolveVirtualFunctionIDs(&devices, sysfs)
-    var hostUse = HostUseScanner(sysfs: sysfs, view: view).scan()
+    var hostUse = HostUseScanner(sysfs: sysfs, view: view, owners: hostUseOf).scan()
     for device in devices where device.bootVGA {
       hostUse[device.address, default: []].append(
         HostUse(
@@ -114,21 +137,24 @@ public struct HostInventory: Sendable {
       if let irq = device.interrupt.irq, irq > 0 { shared[irq, default: []].append(device.address) }
     }
     return HostInventory(
-      devices: devices, groups: readGroups(sysfs, devices: devices), iommuUnits: readIOMMUUnits(sysfs),
-      vfio: readVFIOSupport(sysfs),
+      devices: devices, groups: readGroups(sysfs, ids: groupIDs, devices: devices), iommuEnabled: iommuEnabled,
+      isWholeHost: hostUseOf == nil, iommuUnits: readIOMMUUnits(sysfs), vfio: readVFIOSupport(sysfs),
       kernelRelease: sysfs.readString("/proc/sys/kernel/osrelease"), sysfs: sysfs, hostUse: hostUse,
       sharedIRQs: shared.filter { $0.value.count > 1 },
       pageSize: pageSize, unreadable: unreadable)
   }
 
   init(
-    devices: [PCIDevice], groups: [IOMMUGroup], iommuUnits: [IOMMUUnit], vfio: VFIOSupport,
+    devices: [PCIDevice], groups: [IOMMUGroup], iommuEnabled: Bool, isWholeHost: Bool, iommuUnits: [IOMMUUnit],
+    vfio: VFIOSupport,
     kernelRelease: String?, sysfs: Sysfs, hostUse: [PCIAddress: [HostUse]], sharedIRQs: [Int: [PCIAddress]],
     pageSize: UInt64,
     unreadable: [(name: String, reason: String)]
   ) {
     self.devices = devices
     self.groups = groups
+    self.iommuEnabled = iommuEnabled
+    self.isWholeHost = isWholeHost
     self.iommuUnits = iommuUnits
     self.vfio = vfio
     self.kernelRelease = kernelRelease
@@ -168,12 +194,11 @@ public struct HostInventory: Sendable {
   /// device read has already followed; listing every group's `devices/` again would cost four
   /// system calls per group. Only groups no PCI device points at are listed, to name their
   /// non-PCI members.
-  private static func readGroups(_ sysfs: Sysfs, devices: [PCIDevice]) -> [IOMMUGroup] {
+  private static func readGroups(_ sysfs: Sysfs, ids: [IOMMUGroupID], devices: [PCIDevice]) -> [IOMMUGroup] {
     var members: [IOMMUGroupID: [PCIAddress]] = [:]
     for device in devices {
       if let group = device.iommuGroup { members[group, default: []].append(device.address) }
     }
-    let ids = sysfs.list("/sys/kernel/iommu_groups").compactMap { IOMMUGroupID($0) }
     let pciMembers = members
     return readConcurrently(ids) { id -> IOMMUGroup in
       let path = "/sys/kernel/iommu_groups/\(id)"

@@ -6,6 +6,11 @@ import PCI
 struct HostUseScanner {
   let sysfs: Sysfs
   var view: HostView = .caller
+  /// The functions whose uses are wanted; nil for all. Others' disks and interfaces are
+  /// passed over after the one link that names their function.
+  var owners: Set<PCIAddress>? = nil
+
+  private func wanted(_ owner: PCIAddress) -> Bool { owners?.contains(owner) ?? true }
 
   func scan() -> [PCIAddress: [HostUse]] {
     var uses: [PCIAddress: [HostUse]] = [:]
@@ -22,7 +27,7 @@ struct HostUseScanner {
     var result: [(PCIAddress, HostUse)] = []
     for disk in sysfs.list("/sys/block") {
       guard let target = sysfs.readLink("/sys/block/\(disk)"),
-        let owner = owningFunction(resolve(link: target, in: "/sys/block"))
+        let owner = owningFunction(resolve(link: target, in: "/sys/block")), wanted(owner)
       else { continue }
       let diskPath = "/sys/block/\(disk)"
       let partitions = sysfs.list(diskPath).filter { $0.hasPrefix(disk) && sysfs.exists("\(diskPath)/\($0)/partition") }
@@ -84,14 +89,19 @@ struct HostUseScanner {
     let interfaces = sysfs.list(classNet)
     guard !interfaces.isEmpty else { return [] }
     let procNet = view.procNet
-    let net = NetworkFacts(
-      fibTrie: sysfs.readString(procNet + "/fib_trie"), route: sysfs.readString(procNet + "/route"),
-      ifInet6: sysfs.readString(procNet + "/if_inet6"), ipv6Route: sysfs.readString(procNet + "/ipv6_route"))
+    // The routing tables are read once, and only when an interface of a wanted function is found.
+    var facts: NetworkFacts?
     var result: [(PCIAddress, HostUse)] = []
     for interface in interfaces {
       guard let target = sysfs.readLink("\(classNet)/\(interface)"),
-        let owner = owningFunction(resolve(link: target, in: classNet))
+        let owner = owningFunction(resolve(link: target, in: classNet)), wanted(owner)
       else { continue }
+      let net =
+        facts
+        ?? NetworkFacts(
+          fibTrie: sysfs.readString(procNet + "/fib_trie"), route: sysfs.readString(procNet + "/route"),
+          ifInet6: sysfs.readString(procNet + "/if_inet6"), ipv6Route: sysfs.readString(procNet + "/ipv6_route"))
+      facts = net
       let flags = sysfs.readInteger("\(classNet)/\(interface)/flags") ?? 0
       let state = sysfs.readString("\(classNet)/\(interface)/operstate") ?? "unknown"
       let up = flags & 1 != 0  // IFF_UP
@@ -132,7 +142,8 @@ struct HostUseScanner {
       for name in sysfs.list(classDir) where name.hasPrefix(prefix) && !name.contains("-") {
         guard let target = sysfs.readLink("\(classDir)/\(name)/device"),
           let owner = owningFunction(resolve(link: target, in: "\(classDir)/\(name)"))
-            ?? owningFunction(resolve(link: sysfs.readLink("\(classDir)/\(name)") ?? "", in: classDir))
+            ?? owningFunction(resolve(link: sysfs.readLink("\(classDir)/\(name)") ?? "", in: classDir)),
+          wanted(owner)
         else { continue }
         if prefix == "fb" && fbconBound {
           result.append(

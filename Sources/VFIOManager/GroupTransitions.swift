@@ -42,7 +42,8 @@ public struct GroupTransitions: ManagerPart, Sendable {
       }
       forced[group, default: []].append(address)
     }
-    let inventory = try readInventory()
+    let named = batch.targets.compactMap { if case .device(let address) = $0.target { address } else { nil } }
+    let inventory = try readInventory(forVerdictsOn: batch.groups, devices: named + force)
     var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
     var plans: [DetachPlan] = []
     for (group, target) in batch.targets {
@@ -200,7 +201,10 @@ public struct GroupTransitions: ManagerPart, Sendable {
   ) throws(ManagerError) -> [GroupOutcome] {
     let batch = try GroupBatch(targets, part: self, dryRun: dryRun)
     defer { withExtendedLifetime(batch) {} }
-    let inventory = try readInventory()
+    // The recorded members too: one that left its group is still found (and restored).
+    var recorded: [PCIAddress] = []
+    for group in batch.groups { recorded += try batch.ledger?.members(of: group).compactMap(\.pciAddress) ?? [] }
+    let inventory = try readInventory(forVerdictsOn: batch.groups, devices: recorded)
     var refusals: [IOMMUGroupID: [ManagerError.Refusal]] = [:]
     var plans: [AttachPlan] = []
     var settled: [IOMMUGroupID: ChangeReport] = [:]

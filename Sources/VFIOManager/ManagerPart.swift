@@ -16,11 +16,17 @@ extension ManagerPart {
   var configuration: AssignmentManager.Configuration { manager.configuration }
   var executor: PlanExecutor { manager.executor }
 
-  func readInventory() throws(ManagerError) -> HostInventory {
+  /// The whole host; with `groups`, only the part the verdicts on those groups (and on the
+  /// groups of `devices`) depend on, which gives them the same verdicts and plans: a detach of
+  /// one VF reads its VF, not the thousands of functions beside it.
+  func readInventory(forVerdictsOn groups: [IOMMUGroupID]? = nil, devices: [PCIAddress] = [])
+    throws(ManagerError) -> HostInventory
+  {
     let start = monotonicSeconds()
     defer { manager.addTime { $0.inventory += monotonicSeconds() - start } }
     do {
-      return try HostInventory.read(sysfs, pageSize: configuration.pageSize)
+      guard let groups else { return try HostInventory.read(sysfs, pageSize: configuration.pageSize) }
+      return try HostInventory.read(sysfs, forVerdictsOn: groups, devices: devices, pageSize: configuration.pageSize)
     } catch {
       throw .unavailable(error.description)
     }

@@ -285,9 +285,8 @@ public struct Assessor: Sendable {
   private func barReasons(_ device: PCIDevice) -> [Reason] {
     var reasons: [Reason] = []
     let page = inventory.pageSize
-    for bar in device.bars where bar.role == .bar && bar.kind == .mmio && (bar.subPage || !bar.pageAligned) {
-      let pageStart = bar.start & ~(page - 1)
-      let pageEnd = (bar.end | (page - 1))
+    for bar in device.bars {
+      guard let (pageStart, pageEnd) = Self.pagesShared(by: bar, page: page) else { continue }
       let neighbours = inventory.devices.filter { other in
         other.address != device.address
           && other.bars.contains { $0.role == .bar && $0.kind == .mmio && $0.start <= pageEnd && $0.end >= pageStart }
@@ -313,9 +312,7 @@ public struct Assessor: Sendable {
   }
 
   private func interruptReasons(_ device: PCIDevice, members: Set<PCIAddress>) -> [Reason] {
-    guard device.interrupt.pin != 0, device.config?.msi == nil, device.config?.msix == nil,
-      let irq = device.interrupt.irq, let sharing = inventory.sharedIRQs[irq]
-    else { return [] }
+    guard let irq = Self.onlyINTx(device), let sharing = inventory.sharedIRQs[irq] else { return [] }
     let others = sharing.filter { !members.contains($0) }
     guard !others.isEmpty else { return [] }
     let masking =
@@ -328,6 +325,19 @@ public struct Assessor: Sendable {
         "\(device.address) has only INTx (\(device.interrupt.pinName ?? "?"), IRQ \(irq)), shared with \(list(others)); \(masking)",
         devices: [device.address] + others)
     ]
+  }
+
+  /// The pages an MMIO BAR lies in when it does not fill them (another function's registers
+  /// may share them); nil for a BAR that fills its pages, and for I/O ports and ROMs.
+  static func pagesShared(by bar: BAR, page: UInt64) -> (start: UInt64, end: UInt64)? {
+    guard bar.role == .bar, bar.kind == .mmio, bar.subPage || !bar.pageAligned else { return nil }
+    return (bar.start & ~(page - 1), bar.end | (page - 1))
+  }
+
+  /// The IRQ of a function that can only interrupt through its INTx pin (no MSI, no MSI-X).
+  static func onlyINTx(_ device: PCIDevice) -> Int? {
+    guard device.interrupt.pin != 0, device.config?.msi == nil, device.config?.msix == nil else { return nil }
+    return device.interrupt.irq
   }
 
   private func sriovReasons(_ device: PCIDevice) -> [Reason] {

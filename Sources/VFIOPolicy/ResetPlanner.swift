@@ -32,6 +32,10 @@ public struct ResetPlanner: Sendable {
   /// Methods the function supports: the kernel's list when sysfs has it, otherwise what its
   /// capabilities allow (FLR, AF FLR, PM without No_Soft_Reset, bus when alone on a bus).
   public func methods(of device: PCIDevice) -> (methods: [ResetMethod], source: ResetChoice.Source) {
+    Self.methods(of: device)
+  }
+
+  static func methods(of device: PCIDevice) -> (methods: [ResetMethod], source: ResetChoice.Source) {
     if let kernel = device.kernelResetMethods { return (kernel, .kernel) }
     var inferred: [ResetMethod] = []
     if device.config?.express?.functionLevelReset == true { inferred.append(.flr) }
@@ -47,10 +51,7 @@ public struct ResetPlanner: Sendable {
       return ResetChoice(
         method: functionReset, affects: [device.address], affectsOutsideGroup: [], affectsInUse: [], source: source)
     }
-    // The kernel may omit "bus" for all but the first function probed on a shared bus, yet
-    // VFIO_DEVICE_PCI_HOT_RESET resets the whole bus for any of them: anything behind a bridge
-    // can be bus-reset once every function on that bus is owned.
-    guard methods.contains(.bus) || methods.contains(.cxlBus) || !device.upstreamBridges.isEmpty else {
+    guard Self.resetsItsBus(device, methods) else {
       return ResetChoice(method: nil, affects: [], affectsOutsideGroup: [], affectsInUse: [], source: source)
     }
     let scope = inventory.busResetScope(of: device)
@@ -59,5 +60,19 @@ public struct ResetPlanner: Sendable {
     return ResetChoice(
       method: methods.contains(.cxlBus) ? .cxlBus : .bus, affects: scope.map(\.address),
       affectsOutsideGroup: outside.map(\.address), affectsInUse: inUse.map(\.address), source: source)
+  }
+
+  /// Whether the function's reset is a bus reset, whose scope (`busResetScope`) decides the
+  /// verdict: it has no reset of its own, and a bus to reset.
+  static func resetsItsBus(_ device: PCIDevice) -> Bool {
+    let methods = methods(of: device).methods
+    return !methods.contains { !$0.affectsOtherFunctions } && resetsItsBus(device, methods)
+  }
+
+  /// The kernel may omit "bus" for all but the first function probed on a shared bus, yet
+  /// VFIO_DEVICE_PCI_HOT_RESET resets the whole bus for any of them: anything behind a bridge
+  /// can be bus-reset once every function on that bus is owned.
+  private static func resetsItsBus(_ device: PCIDevice, _ methods: [ResetMethod]) -> Bool {
+    methods.contains(.bus) || methods.contains(.cxlBus) || !device.upstreamBridges.isEmpty
   }
 }

@@ -143,3 +143,32 @@ extension BatchTests {
     XCTAssertEqual(try ledger().group(10)?.state, .detached)
   }
 }
+
+extension BatchTests {
+  /// A detach and an attach read the functions their verdicts need, not the whole host: on the
+  /// q35-sriov capture, a VF's group reads the VF, its PF (whose IDs it carries) and the bridge
+  /// above, and none of the other functions' config space.
+  func testADetachAndAnAttachReadOnlyTheFunctionsTheirVerdictNeeds() throws {
+    try setUpTree("q35-sriov")
+    let whole = try HostInventory.read(Sysfs(root: tree.path), pageSize: 4096)
+    let vf = try XCTUnwrap(whole.devices.first { $0.isVirtualFunction })
+    let group = try XCTUnwrap(vf.iommuGroup)
+    let expected = Set(([vf.address, try XCTUnwrap(vf.physicalFunction)] + vf.upstreamBridges).map(\.description))
+    XCTAssertLessThan(expected.count, whole.devices.count)
+    for change in ["detach", "attach"] {
+      let recorder = AccessRecorder()
+      let manager = AssignmentManager(
+        sysfs: Sysfs(root: tree.path, recorder: recorder), host: kernel,
+        configuration: .init(stateDirectory: state.path, lockTimeout: 0.2, command: "test"))
+      let report =
+        change == "detach" ? try manager.groups.detach(.group(group)) : try manager.groups.attach(.group(group))
+      XCTAssertEqual(report.outcome, .done, change)
+      // Config space is what reading a function costs most; each function read reads it once.
+      let configs = recorder.accesses.filter { $0.access == .file && $0.path.hasSuffix("/config") }.map { path in
+        String(path.path.split(separator: "/").dropLast().last ?? "")
+      }
+      XCTAssertEqual(Set(configs), expected, change)
+    }
+    XCTAssertEqual(binding(vf.address.description), DriverBinding(vf))
+  }
+}

@@ -8,8 +8,7 @@ import XCTest
 /// temporary directory where a rule needs a situation the capture did not have).
 final class AssessorTests: XCTestCase {
   private func assess(_ target: String, fixture: String = "q35-vtd", root: String? = nil) throws -> Assessment {
-    let inventory = try HostInventory.read(Sysfs(root: root ?? Fixtures.root(fixture)), pageSize: 4096)
-    return try XCTUnwrap(Assessor(inventory: inventory).assess(device: try PCIAddress(parsing: target)))
+    try assessFromBothReadings(target, root: root ?? Fixtures.root(fixture))
   }
 
   private func codes(_ assessment: Assessment, _ severity: Reason.Severity) -> [Reason.Code] {
@@ -80,22 +79,7 @@ final class AssessorTests: XCTestCase {
   func testHostUseBlocksTheWholeGroup() throws {
     // Give the NVMe namespace a mount, as /proc/self/mountinfo and /sys/block show it.
     let copy = try TemporaryTree(copying: Fixtures.root("q35-vtd"))
-    let sysfs = Sysfs(root: copy.path)
-    let dir = resolve(
-      link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/0000:02:00.0")), in: "/sys/bus/pci/devices")
-    let disk = copy.path + dir + "/nvme/nvme0/nvme0n1"
-    // A fresh capture already has the namespace (the guest's nvme driver made it); an
-    // older one gets it added the way the kernel lays it out.
-    if !sysfs.exists("/sys/block/nvme0n1") {
-      XCTAssertEqual(system("mkdir -p '\(disk)' '\(copy.path)/sys/block'"), 0)
-      try copy.write(disk + "/dev", text: "259:0\n")
-      XCTAssertEqual(
-        symlink("..\(dir.dropFirst("/sys".count))/nvme/nvme0/nvme0n1", copy.path + "/sys/block/nvme0n1"), 0)
-    }
-    let devNumber = try XCTUnwrap(sysfs.readString("/sys/block/nvme0n1/dev"))
-    XCTAssertEqual(system("mkdir -p '\(copy.path)/proc/self'"), 0)
-    try copy.write(
-      copy.path + "/proc/self/mountinfo", text: "30 1 \(devNumber) / /srv rw,relatime - ext4 /dev/nvme0n1 rw\n")
+    try mountDisk("nvme0n1", at: "nvme/nvme0/nvme0n1", of: "0000:02:00.0", in: copy)
     let assessment = try assess("02:00.0", root: copy.path)
     XCTAssertEqual(assessment.verdict, .notAssignable)
     let use = try XCTUnwrap(assessment.reasons.first { $0.code == .hostInUse })
@@ -181,11 +165,43 @@ private func format0x(_ value: UInt64) -> String {
   return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
 }
 
+/// Gives function `address` a disk `name` (at `path` in its directory) mounted on /srv, laid out
+/// as the kernel does: its directory, the /sys/block link, its device number in mountinfo. A
+/// capture that already has the disk (the guest's driver made it) keeps its own.
+private func mountDisk(_ name: String, at path: String, of address: String, in copy: TemporaryTree) throws {
+  let sysfs = Sysfs(root: copy.path)
+  let dir = resolve(link: try XCTUnwrap(sysfs.readLink("/sys/bus/pci/devices/\(address)")), in: "/sys/bus/pci/devices")
+  if !sysfs.exists("/sys/block/\(name)") {
+    XCTAssertEqual(system("mkdir -p '\(copy.path + dir)/\(path)' '\(copy.path)/sys/block'"), 0)
+    try copy.write(copy.path + dir + "/\(path)/dev", text: "259:0\n")
+    XCTAssertEqual(symlink("..\(dir.dropFirst("/sys".count))/\(path)", copy.path + "/sys/block/\(name)"), 0)
+  }
+  let devNumber = try XCTUnwrap(sysfs.readString("/sys/block/\(name)/dev"))
+  XCTAssertEqual(system("mkdir -p '\(copy.path)/proc/self'"), 0)
+  try copy.write(
+    copy.path + "/proc/self/mountinfo", text: "30 1 \(devNumber) / /srv rw,relatime - ext4 /dev/\(name) rw\n")
+}
+
+/// The assessment of device `target` from the whole host at `root`; it is also checked to be
+/// the one a detach, which reads only what the verdict needs, comes to (`VerdictScopeTests`),
+/// for the device and for its group.
+private func assessFromBothReadings(_ target: String, root: String, file: StaticString = #filePath, line: UInt = #line)
+  throws -> Assessment
+{
+  let sysfs = Sysfs(root: root)
+  let inventory = try HostInventory.read(sysfs, pageSize: 4096)
+  let address = try PCIAddress(parsing: target)
+  try assertJudgedAlike(.device(address), sysfs, inventory, file: file, line: line)
+  if let group = inventory.device(address)?.iommuGroup {
+    try assertJudgedAlike(.group(group), sysfs, inventory, file: file, line: line)
+  }
+  return try XCTUnwrap(Assessor(inventory: inventory).assess(device: address))
+}
+
 /// The rules the captures show without edits, and the ones that need a situation made.
 final class MoreAssessorTests: XCTestCase {
   private func assess(_ target: String, root: String) throws -> Assessment {
-    let inventory = try HostInventory.read(Sysfs(root: root), pageSize: 4096)
-    return try XCTUnwrap(Assessor(inventory: inventory).assess(device: try PCIAddress(parsing: target)))
+    try assessFromBothReadings(target, root: root)
   }
 
   func testGroupOfOnlyABridgeHasNothingToAssign() throws {
@@ -223,6 +239,15 @@ final class MoreAssessorTests: XCTestCase {
     let vfs = try XCTUnwrap(assessment.reasons.first { $0.code == .sriovVFs })
     XCTAssertEqual(vfs.devices.map(\.description), ["0000:01:00.0", "0000:01:00.1", "0000:01:00.2"])
     XCTAssertEqual(vfs.severity, .condition)
+  }
+
+  func testAPFWhoseVFTheHostUsesIsABlocker() throws {
+    let copy = try TemporaryTree(copying: Fixtures.root("q35-sriov"))
+    try mountDisk("nvme9n1", at: "nvme/nvme9/nvme9n1", of: "0000:01:00.2", in: copy)
+    let assessment = try assess("01:00.0", root: copy.path)
+    let vfs = try XCTUnwrap(assessment.reasons.first { $0.code == .sriovVFs })
+    XCTAssertEqual(vfs.severity, .blocker)
+    XCTAssertEqual(vfs.devices.map(\.description), ["0000:01:00.0", "0000:01:00.2"])
   }
 
   func testEachVFIsItsOwnGroupWithFLR() throws {
