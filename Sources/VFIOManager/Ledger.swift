@@ -334,8 +334,7 @@ public final class Ledger: Sendable {
 
   /// Appends to the history, in its own transaction.
   public func record(_ entry: HistoryEntry) throws(ManagerError) {
-    var entry = entry
-    try write { db in try entry.insert(db) }
+    try write { db in try Self.insert(db, entry) }
   }
 }
 

@@ -103,15 +103,7 @@ extension Ledger {
         let delete = try db.cachedStatement(sql: "DELETE FROM lease WHERE groupID = ?")
         for group in records.endedLeases { try delete.execute(arguments: [group]) }
       }
-      if !records.history.isEmpty {
-        let insert = try db.cachedStatement(
-          sql: "INSERT INTO history (at, uid, pid, groupID, command, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
-        for entry in records.history {
-          try insert.execute(arguments: [
-            entry.at, entry.uid, entry.pid, entry.groupID, entry.command, entry.result, entry.detail,
-          ])
-        }
-      }
+      for entry in records.history { try Self.insert(db, entry) }
       if !records.refusals.isEmpty {
         let upsert = try db.cachedStatement(
           sql: """

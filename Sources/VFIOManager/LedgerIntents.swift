@@ -9,6 +9,10 @@ import VFIOHost
 extension Ledger {
   // MARK: Operations (the crash-safe core)
 
+  // The writes below run once per command and once per step: each is a few statements
+  // prepared once per connection (`cachedStatement`) and bound column by column, with no
+  // record encoded or fetched to change one column.
+
   /// Records a detach before its first step: the group changing to `driver`, the members'
   /// originals (replacing what an earlier detachment recorded), and the plan. Returns the
   /// operation with its row id.
@@ -17,35 +21,47 @@ extension Ledger {
   ) throws(ManagerError) -> LedgerOperation {
     let group = operation.groupID
     return try write { db in
-      var operation = operation
-      try LedgerGroup.update(db, group: group) {
-        $0.state = .changing
-        $0.driver = driver
-        $0.since = Date()
-        $0.uid = Int(getuid())
-        $0.bootID = bootID
-        $0.detachedBy = detachedBy
+      try Self.ensureRow(db, group: group)
+      try db.cachedStatement(
+        sql: "UPDATE iommu_group SET state = ?, driver = ?, since = ?, uid = ?, bootID = ?, detachedBy = ? WHERE id = ?"
+      ).execute(arguments: [GroupState.changing, driver, Date(), Int(getuid()), bootID, detachedBy, group])
+      try db.cachedStatement(sql: "DELETE FROM member WHERE groupID = ?").execute(arguments: [group])
+      let insert = try db.cachedStatement(
+        sql: """
+          INSERT INTO member (groupID, address, vendorID, deviceID, originalDriver, originalOverride)
+          VALUES (?, ?, ?, ?, ?, ?)
+          """)
+      for member in originals {
+        try insert.execute(arguments: [
+          member.groupID, member.address, member.vendorID, member.deviceID, member.originalDriver,
+          member.originalOverride,
+        ])
       }
-      try LedgerMember.filter(Column("groupID") == group).deleteAll(db)
-      for member in originals { try member.insert(db) }
-      try operation.insert(db)
-      return operation
+      return try Self.insert(db, operation)
     }
   }
 
   /// Records an attach or a reset before its first step; an attach marks the group changing.
   public func begin(_ operation: LedgerOperation) throws(ManagerError) -> LedgerOperation {
     try write { db in
-      var operation = operation
-      try operation.insert(db)
-      if operation.kind == .attach { try LedgerGroup.update(db, group: operation.groupID) { $0.state = .changing } }
-      return operation
+      let inserted = try Self.insert(db, operation)
+      if operation.kind == .attach {
+        try Self.ensureRow(db, group: operation.groupID)
+        try db.cachedStatement(sql: "UPDATE iommu_group SET state = ? WHERE id = ?").execute(arguments: [
+          GroupState.changing, operation.groupID,
+        ])
+      }
+      return inserted
     }
   }
 
   /// Marks how far an operation got: the steps up to `stepsDone` are performed and verified.
   public func markStep(_ operation: LedgerOperation) throws(ManagerError) {
-    try write { db in try operation.update(db, columns: ["stepsDone"]) }
+    try write { db in
+      try db.cachedStatement(sql: "UPDATE operation SET stepsDone = ? WHERE id = ?").execute(arguments: [
+        operation.stepsDone, operation.id,
+      ])
+    }
   }
 
   /// Records how an operation ended and, with `groupState`, where its group now stands: back
@@ -61,17 +77,17 @@ extension Ledger {
     operation.detail = detail
     let operation = operation
     try write { db in
-      try operation.update(db)
-      if var history { try history.insert(db) }
-      guard let groupState, var record = try LedgerGroup.fetchOne(db, key: operation.groupID) else { return }
-      if groupState == .host {
-        record.returnToHost()
-        try LedgerMember.filter(Column("groupID") == operation.groupID).deleteAll(db)
-      } else {
-        record.state = groupState
-        record.since = Date()
+      try db.cachedStatement(sql: "UPDATE operation SET stepsDone = ?, status = ?, finished = ?, detail = ? WHERE id = ?")
+        .execute(arguments: [operation.stepsDone, operation.status, operation.finished, operation.detail, operation.id])
+      if let history { try Self.insert(db, history) }
+      switch groupState {
+      case nil: break
+      case .host?: try Self.returnToHost(db, group: operation.groupID)
+      case let state?:
+        try db.cachedStatement(sql: "UPDATE iommu_group SET state = ?, since = ? WHERE id = ?").execute(arguments: [
+          state, Date(), operation.groupID,
+        ])
       }
-      try record.update(db)
     }
   }
 
@@ -79,9 +95,54 @@ extension Ledger {
   /// rebooted): the group is the host's again and its members are forgotten.
   public func endDetachment(group: IOMMUGroupID) throws(ManagerError) {
     try write { db in
-      try LedgerGroup.update(db, group: group) { $0.returnToHost() }
-      try LedgerMember.filter(Column("groupID") == group).deleteAll(db)
+      try Self.ensureRow(db, group: group)
+      try Self.returnToHost(db, group: group)
     }
+  }
+
+  /// The group is the host's again: nothing of a user's stays with it. Ownership, reservation,
+  /// persistence, the broker-only and closing marks and the runner end with the detachment,
+  /// and its members are forgotten; a later detach starts from a host-owned group. (A group
+  /// the ledger has no row for is left without one.)
+  static func returnToHost(_ db: Database, group: IOMMUGroupID) throws {
+    try db.cachedStatement(
+      sql: """
+        UPDATE iommu_group SET state = ?, since = ?, ownerUID = NULL, ownerGID = NULL, mode = NULL,
+          ownedSince = NULL, reservedFor = NULL, reservedSince = NULL, persisted = 0, brokerOnly = 0, closing = 0,
+          runnerPID = NULL, runnerStart = NULL
+        WHERE id = ?
+        """
+    ).execute(arguments: [GroupState.host, Date(), group])
+    try db.cachedStatement(sql: "DELETE FROM member WHERE groupID = ?").execute(arguments: [group])
+  }
+
+  /// The group's row, made (state host, nothing recorded) when the ledger has none yet.
+  static func ensureRow(_ db: Database, group: IOMMUGroupID) throws {
+    try db.cachedStatement(sql: "INSERT OR IGNORE INTO iommu_group (id, state, since, uid) VALUES (?, ?, ?, ?)")
+      .execute(arguments: [group, GroupState.host, Date(), Int(getuid())])
+  }
+
+  /// Inserts the operation; returns it with its row id.
+  private static func insert(_ db: Database, _ operation: LedgerOperation) throws -> LedgerOperation {
+    try db.cachedStatement(
+      sql: """
+        INSERT INTO operation (groupID, kind, plan, stepsDone, status, started, finished, pid, uid, command, detail)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """
+    ).execute(arguments: [
+      operation.groupID, operation.kind, operation.plan, operation.stepsDone, operation.status, operation.started,
+      operation.finished, operation.pid, operation.uid, operation.command, operation.detail,
+    ])
+    var inserted = operation
+    inserted.id = db.lastInsertedRowID
+    return inserted
+  }
+
+  /// Appends one line to the history.
+  static func insert(_ db: Database, _ entry: HistoryEntry) throws {
+    try db.cachedStatement(
+      sql: "INSERT INTO history (at, uid, pid, groupID, command, result, detail) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ).execute(arguments: [entry.at, entry.uid, entry.pid, entry.groupID, entry.command, entry.result, entry.detail])
   }
 
   /// Marks (or clears) an administrator taking the group back while the broker has it leased.

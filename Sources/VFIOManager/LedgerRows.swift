@@ -64,25 +64,6 @@ public struct LedgerGroup: Codable, Sendable, Equatable, FetchableRecord, Persis
     try record.save(db)
   }
 
-  /// The group is the host's again: nothing of a user's stays with it. Ownership, reservation,
-  /// persistence and the broker-only mark end with the detachment; a later detach starts from
-  /// a host-owned group.
-  mutating func returnToHost() {
-    state = .host
-    since = Date()
-    ownerUID = nil
-    ownerGID = nil
-    mode = nil
-    ownedSince = nil
-    reservedFor = nil
-    reservedSince = nil
-    persisted = false
-    brokerOnly = false
-    closing = false
-    runnerPID = nil
-    runnerStart = nil
-  }
-
   /// nil without an owner, and for values no uid, gid or mode can have (a tampered ledger
   /// must not reach chown with them).
   public var ownership: Ownership? {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VFIOCommands
 import VFIOHost
+import VFIOPolicy
 
 /// Times `vfioctl list --json` on each tree, side by side with `lspci -k` on the same tree and
 /// with the usual shell loop over /sys/kernel/iommu_groups, and prints the ratios.
@@ -32,6 +33,7 @@ struct RunCommand: ParsableCommand {
     }
     // After the timed runs, so the tree is as warm as it was for them.
     try breakdown(synthetic)
+    try detachScope(synthetic)
     print("ratio = tool time / vfioctl time (above 1: vfioctl is faster); times are medians of \(runs) runs")
   }
 
@@ -78,6 +80,46 @@ struct RunCommand: ParsableCommand {
     print(
       "\nin-process stages on the synthetic tree: " + stages.map { "\($0.0) \(ms($0.1))" }.joined(separator: ", ")
         + "; \(json.utf8.count / 1024) KiB of JSON")
+  }
+
+  /// What a detach of one VF reads of the synthetic tree (its group and what the verdict needs)
+  /// against the whole host it read before, in process and interleaved; then the whole command,
+  /// `vfioctl detach --dry-run`, beside `lspci -k` on the same tree.
+  private func detachScope(_ tree: String) throws {
+    let sysfs = Sysfs(root: tree)
+    let whole = try HostInventory.read(sysfs)
+    guard let vf = whole.devices.last(where: \.isVirtualFunction), let group = vf.iommuGroup else {
+      throw BenchError("the synthetic tree has no VF in an IOMMU group")
+    }
+    var scopeTimes: [Double] = []
+    var wholeTimes: [Double] = []
+    var functions = 0
+    for run in 0..<runs {
+      for scoped in run % 2 == 0 ? [true, false] : [false, true] {
+        let start = now()
+        if scoped {
+          functions = try HostInventory.read(sysfs, forVerdictsOn: [group]).devices.count
+          scopeTimes.append(now() - start)
+        } else {
+          _ = try HostInventory.read(sysfs)
+          wholeTimes.append(now() - start)
+        }
+      }
+    }
+    let scope = scopeTimes.sorted()[runs / 2]
+    let all = wholeTimes.sorted()[runs / 2]
+    let state = NSTemporaryDirectory() + "vfio-bench-state-\(getpid())"
+    defer { try? FileManager.default.removeItem(atPath: state) }
+    let command = try median {
+      try spawn(vfioctl, ["detach", "--dry-run", "--root", tree, "--state", state, vf.address.description])
+    }
+    let lspci = try median {
+      try spawn("/usr/bin/lspci", ["-k", "-A", "linux-sysfs", "-O", "sysfs.path=\(tree)/sys/bus/pci"])
+    }
+    print(
+      "\ndetach of VF \(vf.address) (group \(group)): reads \(functions) of \(whole.devices.count) functions, "
+        + "\(ms(scope)) against \(ms(all)) for the whole host (\(String(format: "%.0fx", all / scope)) less); "
+        + "`vfioctl detach --dry-run` \(ms(command)), lspci -k \(ms(lspci)) (\(String(format: "%.1fx", lspci / command)))")
   }
 
   /// The loop people paste from wikis: every group, every member, `lspci -nns` each. When it

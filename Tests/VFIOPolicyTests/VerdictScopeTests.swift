@@ -16,7 +16,8 @@ final class VerdictScopeTests: XCTestCase {
     var judged = 0
     let trees = try FileManager.default.contentsOfDirectory(atPath: Fixtures.directory).sorted().filter {
       var isDirectory: ObjCBool = false
-      return FileManager.default.fileExists(atPath: Fixtures.root($0), isDirectory: &isDirectory) && isDirectory.boolValue
+      return FileManager.default.fileExists(atPath: Fixtures.root($0), isDirectory: &isDirectory)
+        && isDirectory.boolValue
     }
     XCTAssertGreaterThanOrEqual(trees.count, 7)
     for tree in trees {
