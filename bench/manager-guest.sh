@@ -1,5 +1,5 @@
 #!/bin/sh
-# Guest side of bench/manager: prints "bare|vfioctl GROUP TOTAL_MS [LEDGER_MS STEPS_MS]" lines.
+# Guest side of bench/manager: prints "bare|vfioctl GROUP TOTAL_MS [LEDGER_MS STEPS_MS INVENTORY_MS]" lines.
 reps=$1
 S=/tmp/bench-state
 ms() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}0"; }   # /proc/uptime in 10 ms steps
@@ -38,10 +38,11 @@ one() {  # one GROUP-LABEL KIND
     if [ "$2" = bare ]; then "bare_$3"; else tool "$4"; fi
     t1=$(ms)
     if [ "$2" = bare ]; then echo "bare $1 $((t1 - t0))"; else
-        # sum the ledger and step times of detach + attach
-        # shellcheck disable=SC2046 # two numbers, two arguments
-        set -- $(sed -n 's/.*steps \([0-9.]*\) ms, ledger \([0-9.]*\) ms/\1 \2/p' /tmp/t | awk '{s+=$1; l+=$2} END {print l, s}')
-        echo "vfioctl $label $((t1 - t0)) $1 $2"
+        # sum the ledger, step and inventory times of detach + attach
+        # shellcheck disable=SC2046 # three numbers, three arguments
+        set -- $(sed -n 's/.*steps \([0-9.]*\) ms, ledger \([0-9.]*\) ms, inventory \([0-9.]*\) ms/\1 \2 \3/p' /tmp/t \
+            | awk '{s+=$1; l+=$2; i+=$3} END {print l, s, i}')
+        echo "vfioctl $label $((t1 - t0)) $1 $2 $3"
     fi
 }
 {

@@ -211,7 +211,7 @@ final class BrokerTests: ManagerTestCase {
     let grant = try client.open("2")
     grant.close()
     try client.release(group: 2)
-    try waitUntil("the lease to end") { running.broker.leasedGroups.isEmpty }
+    waitUntil("the lease to end") { running.broker.leasedGroups.isEmpty }
     XCTAssertThrowsError(try client.release(group: 2)) { XCTAssertEqual(($0 as? BrokerError)?.code, .invalidTarget) }
   }
 
@@ -245,7 +245,7 @@ final class BrokerTests: ManagerTestCase {
     }
     grant.close()
     source.hold(2, false)
-    try waitUntil("the recovered lease to end") { running.broker.leasedGroups.isEmpty }
+    waitUntil("the recovered lease to end") { running.broker.leasedGroups.isEmpty }
     XCTAssertEqual(source.state.withLock { $0.resets }, [2])
   }
 
@@ -265,7 +265,7 @@ final class BrokerTests: ManagerTestCase {
     XCTAssertEqual(request.event, .deviceRequest)
     grant.close()
     source.hold(2, false)
-    try waitUntil("the revocation's answer") { outcome.withLock { $0 } != nil }
+    waitUntil("the revocation's answer") { outcome.withLock { $0 } != nil }
     XCTAssertEqual(outcome.withLock { $0 }, "released")
   }
 
@@ -343,7 +343,7 @@ final class BrokerTests: ManagerTestCase {
 
     // Still serving.
     XCTAssertEqual(try BrokerClient(socketPath: socketPath).hello().version, Wire.version)
-    try waitUntil("the broker to close what it dropped") { descriptorCount() <= before }
+    waitUntil("the broker to close what it dropped") { descriptorCount() <= before }
     XCTAssertEqual(descriptorCount(), before, "no descriptor leaked, here or in the broker (same process)")
   }
 
@@ -382,7 +382,7 @@ final class BrokerTests: ManagerTestCase {
     for client in clients.shuffled().prefix(50) { XCTAssertEqual(try client.hello().version, Wire.version) }
     XCTAssertEqual(running.broker.stats.accepted, 1000)
     clients = []
-    try waitUntil("the broker to drop 1000 connections") { descriptorCount() <= before }
+    waitUntil("the broker to drop 1000 connections") { descriptorCount() <= before }
   }
 
   // MARK: Codec
