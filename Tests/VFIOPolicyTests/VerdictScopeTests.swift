@@ -33,6 +33,16 @@ final class VerdictScopeTests: XCTestCase {
         _ = try assertJudgedAlike(.device(device.address), sysfs, whole, tree)
         judged += 1
       }
+      // A batch reads one part for all its groups.
+      let ids = whole.groups.map(\.id)
+      let batch = try HostInventory.read(sysfs, forVerdictsOn: ids, pageSize: 4096)
+      XCTAssertEqual(batch.groups.map(\.id), ids, tree)
+      for id in ids {
+        XCTAssertEqual(
+          try encoded(Assessor(inventory: batch).assess(group: id)),
+          try encoded(Assessor(inventory: whole).assess(group: id)),
+          "\(tree) group \(id) in a batch of every group")
+      }
     }
     // The captures hold every fact a scope must reach beyond a group's members; without them
     // this test would prove nothing about the scans that find those facts.
@@ -82,8 +92,6 @@ func assertJudgedAlike(
   _ target: Judged, _ sysfs: Sysfs, _ whole: HostInventory, _ label: String = "", file: StaticString = #filePath,
   line: UInt = #line
 ) throws -> HostInventory {
-  let encoder = JSONEncoder()
-  encoder.outputFormatting = [.sortedKeys]
   let scope: HostInventory
   let fromWhole: Assessment?
   let fromScope: Assessment?
@@ -97,8 +105,16 @@ func assertJudgedAlike(
     fromWhole = Assessor(inventory: whole).assess(device: address)
     fromScope = Assessor(inventory: scope).assess(device: address)
   }
-  let expected = String(decoding: try encoder.encode(fromWhole), as: UTF8.self)
-  let actual = String(decoding: try encoder.encode(fromScope), as: UTF8.self)
-  XCTAssertEqual(actual, expected, "\(label) \(target): judged differently from its scope", file: file, line: line)
+  XCTAssertEqual(
+    try encoded(fromScope), try encoded(fromWhole), "\(label) \(target): judged differently from its scope", file: file,
+    line: line)
   return scope
+}
+
+/// An assessment as JSON with sorted keys: two are the same verdict, reasons, members and plan
+/// when these are equal.
+func encoded(_ assessment: Assessment?) throws -> String {
+  let encoder = JSONEncoder()
+  encoder.outputFormatting = [.sortedKeys]
+  return String(decoding: try encoder.encode(assessment), as: UTF8.self)
 }
