@@ -25,6 +25,12 @@ public struct BAR: Sendable, Equatable, Codable {
   /// An MMIO region smaller than a page: it cannot be mapped without exposing the rest of the page.
   public let subPage: Bool
 
+  /// An MMIO BAR (not a ROM, a VF BAR or a bridge window) with addresses in `first...last`:
+  /// one that a mapping of those pages would expose.
+  public func isMMIO(reaching first: UInt64, _ last: UInt64) -> Bool {
+    role == .bar && kind == .mmio && start <= last && end >= first
+  }
+
   public var end: UInt64 { start &+ size &- 1 }
 }
 

@@ -79,19 +79,23 @@ public struct InventoryReading {
     return found
   }
 
-  /// Every function whose kernel IRQ is `irq` (its `irq` attribute; whether it has an INTx pin
-  /// is its config space's to say, once read).
-  public func functions(onIRQ irq: Int) -> [PCIAddress] {
-    sysfs.list("/sys/bus/pci/devices").filter { sysfs.readInteger("/sys/bus/pci/devices/\($0)/irq") == irq }
-      .compactMap(pciAddress)
+  /// Every function whose kernel IRQ is one of `irqs` (its `irq` attribute; whether it has an
+  /// INTx pin is its config space's to say, once read). One pass over the bus for all of them.
+  public func functions(onIRQs irqs: Set<Int>) -> [PCIAddress] {
+    guard !irqs.isEmpty else { return [] }
+    return sysfs.list("/sys/bus/pci/devices").filter { name in
+      sysfs.readInteger("/sys/bus/pci/devices/\(name)/irq").map(irqs.contains) == true
+    }.compactMap(pciAddress)
   }
 
-  /// Every function with an MMIO BAR reaching into `start...end`, from each one's `resource`.
-  public func functions(withMMIOIn start: UInt64, _ end: UInt64) -> [PCIAddress] {
-    sysfs.list("/sys/bus/pci/devices").filter { name in
+  /// Every function with an MMIO BAR reaching into one of `ranges`, from each one's `resource`.
+  /// One pass over the bus for all of them.
+  public func functions(withMMIOIn ranges: [(first: UInt64, last: UInt64)]) -> [PCIAddress] {
+    guard !ranges.isEmpty else { return [] }
+    return sysfs.list("/sys/bus/pci/devices").filter { name in
       guard let bytes = sysfs.readBytes("/sys/bus/pci/devices/\(name)/resource") else { return false }
-      return parseResources(bytes, pageSize: pageSize).bars.contains {
-        $0.role == .bar && $0.kind == .mmio && $0.start <= end && $0.end >= start
+      return parseResources(bytes, pageSize: pageSize).bars.contains { bar in
+        ranges.contains { bar.isMMIO(reaching: $0.first, $0.last) }
       }
     }.compactMap(pciAddress)
   }

@@ -289,7 +289,7 @@ public struct Assessor: Sendable {
       guard let (pageStart, pageEnd) = Self.pagesShared(by: bar, page: page) else { continue }
       let neighbours = inventory.devices.filter { other in
         other.address != device.address
-          && other.bars.contains { $0.role == .bar && $0.kind == .mmio && $0.start <= pageEnd && $0.end >= pageStart }
+          && other.bars.contains { $0.isMMIO(reaching: pageStart, pageEnd) }
       }
       let size = "BAR\(bar.index) is \(bar.size) bytes at 0x\(String(bar.start, radix: 16))"
       if !neighbours.isEmpty {
@@ -329,7 +329,7 @@ public struct Assessor: Sendable {
 
   /// The pages an MMIO BAR lies in when it does not fill them (another function's registers
   /// may share them); nil for a BAR that fills its pages, and for I/O ports and ROMs.
-  static func pagesShared(by bar: BAR, page: UInt64) -> (start: UInt64, end: UInt64)? {
+  static func pagesShared(by bar: BAR, page: UInt64) -> (first: UInt64, last: UInt64)? {
     guard bar.role == .bar, bar.kind == .mmio, bar.subPage || !bar.pageAligned else { return nil }
     return (bar.start & ~(page - 1), bar.end | (page - 1))
   }

@@ -26,16 +26,19 @@ extension HostInventory {
       devices.contains(device.address) || device.iommuGroup.map(targets.contains) == true
     }
     reading.read(judged.flatMap(\.upstreamBridges))
+    // What the members' verdicts need beyond them, gathered first so that each host-wide scan
+    // runs once for the whole set, however many members (or BARs) ask for it.
+    var busResets: [PCIAddress: PCIDevice] = [:]
+    var irqs: Set<Int> = []
+    var pages: [(first: UInt64, last: UInt64)] = []
     for device in judged where device.isEndpoint {
-      if ResetPlanner.resetsItsBus(device), let bridge = device.upstreamBridges.first {
-        reading.read(reading.functions(below: bridge, of: device))
-      }
-      if let irq = Assessor.onlyINTx(device) { reading.read(reading.functions(onIRQ: irq)) }
-      for bar in device.bars {
-        guard let (start, end) = Assessor.pagesShared(by: bar, page: reading.pageSize) else { continue }
-        reading.read(reading.functions(withMMIOIn: start, end))
-      }
+      if ResetPlanner.resetsItsBus(device), let bridge = device.upstreamBridges.first { busResets[bridge] = device }
+      if let irq = Assessor.onlyINTx(device) { irqs.insert(irq) }
+      pages += device.bars.compactMap { Assessor.pagesShared(by: $0, page: reading.pageSize) }
     }
+    for (bridge, below) in busResets { reading.read(reading.functions(below: bridge, of: below)) }
+    reading.read(reading.functions(onIRQs: irqs))
+    reading.read(reading.functions(withMMIOIn: pages))
     return reading.inventory(groups: targets)
   }
 }
